@@ -1,0 +1,2 @@
+//! The `hyperblow` command line.
+fn main() {}

@@ -1,0 +1,17 @@
+//! # hyperblow-core
+//!
+//! The sans-IO heart of the Hyperblow BitTorrent client. Nothing in this crate opens a socket, touches a
+//! file, reads the clock or asks the operating system for randomness: bytes, time ([`time::Instant`]) and
+//! random seeds ([`rng::CoreRng`]) go in, and parsed values, bytes to send, deadlines and requests for disk
+//! or hash work come out. That keeps every protocol deterministic under test and identical under any async
+//! runtime.
+
+pub mod bencode;
+pub mod choker;
+pub mod magnet;
+pub mod metainfo;
+pub mod picker;
+pub mod rng;
+pub mod time;
+pub mod tracker;
+pub mod wire;
