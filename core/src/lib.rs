@@ -7,6 +7,7 @@
 //! runtime.
 
 pub mod bencode;
+pub mod bitfield;
 pub mod choker;
 pub mod magnet;
 pub mod metainfo;
@@ -14,4 +15,8 @@ pub mod picker;
 pub mod rng;
 pub mod time;
 pub mod tracker;
+pub mod types;
 pub mod wire;
+
+pub use time::Instant;
+pub use types::{InfoHash, PeerId};
