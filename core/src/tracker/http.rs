@@ -8,12 +8,15 @@
 //! [`UrlError::HttpsUnsupported`] ("https trackers are not supported yet"), because TLS would need a
 //! dependency the core does not carry yet.
 
+use std::collections::HashSet;
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use thiserror::Error;
 
-use super::{AnnounceEvent, AnnounceParams};
+use super::{AnnounceEvent, AnnounceParams, AnnounceResponse, ScrapeStats};
+use crate::bencode::{decode_prefix, DecodeError, DecodeErrorKind, Value};
 use crate::types::InfoHash;
 
 /// The TCP port an `http://` URL means when it names none.
@@ -371,10 +374,280 @@ pub fn scrape_url(tracker: &str, info_hashes: &[InfoHash]) -> Result<TrackerUrl,
     Ok(url)
 }
 
+/// The announce interval used when a reply has no `interval`, or a zero or negative one: 30 minutes, the
+/// value most trackers use. (A missing interval must not turn into announcing in a tight loop.)
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// Why a tracker's HTTP reply body could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResponseError {
+    /// The tracker answered with `failure reason`: it refused the request and says why.
+    #[error("tracker refused the request: {0}")]
+    Failure(String),
+    /// The body is not valid bencode.
+    #[error("tracker reply is not valid bencode: {0}")]
+    Bencode(#[from] DecodeError),
+    /// The body is valid bencode but not a dictionary.
+    #[error("tracker reply is a {found}, expected a dictionary")]
+    NotADict {
+        /// What the top-level value is.
+        found: &'static str,
+    },
+    /// A field is present but unusable (wrong type, out of range, bad length), or a required one is missing.
+    #[error("tracker reply field {field:?} at byte {offset}: {problem}")]
+    BadField {
+        /// The field's key (for scrape entries, `files/<hex info-hash>/...`).
+        field: String,
+        /// Byte offset of the value in the body (of the enclosing dictionary if the field is missing).
+        offset: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// Decodes a reply body into its top-level dictionary. Trailing ASCII whitespace after the value is allowed
+/// (some trackers end their reply with a newline); anything else after it is an error.
+fn decode_reply(body: &[u8]) -> Result<Value<'_>, ResponseError> {
+    let (root, used) = decode_prefix(body)?;
+    let rest = body.get(used..).unwrap_or(&[]);
+    if !rest.iter().all(u8::is_ascii_whitespace) {
+        return Err(ResponseError::Bencode(DecodeError {
+            offset: used,
+            kind: DecodeErrorKind::TrailingBytes,
+        }));
+    }
+    if root.as_dict().is_none() {
+        return Err(ResponseError::NotADict {
+            found: root.type_name(),
+        });
+    }
+    if let Some(reason) = root.get(b"failure reason") {
+        let text = reason
+            .as_bytes()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_else(|| format!("(a {} instead of a message)", reason.type_name()));
+        return Err(ResponseError::Failure(text));
+    }
+    Ok(root)
+}
+
+/// A field error for `value` under `field`.
+fn bad(field: &str, value: &Value<'_>, problem: impl Into<String>) -> ResponseError {
+    ResponseError::BadField {
+        field: field.to_owned(),
+        offset: value.offset(),
+        problem: problem.into(),
+    }
+}
+
+/// An optional integer field: `None` if absent, an error if it is not an integer.
+fn int_field(dict: &Value<'_>, field: &str) -> Result<Option<i64>, ResponseError> {
+    match dict.get(field.as_bytes()) {
+        None => Ok(None),
+        Some(v) => v.as_int().map(Some).ok_or_else(|| {
+            bad(
+                field,
+                v,
+                format!("expected an integer, found a {}", v.type_name()),
+            )
+        }),
+    }
+}
+
+/// An optional count field (`complete`, `incomplete`, ...): must fit in 0..=u32::MAX when present.
+fn count_field(dict: &Value<'_>, field: &str, path: &str) -> Result<Option<u32>, ResponseError> {
+    let Some(n) = int_field(dict, field)? else {
+        return Ok(None);
+    };
+    u32::try_from(n).map(Some).map_err(|_| {
+        let v = dict.get(field.as_bytes()).unwrap_or(dict);
+        bad(
+            &format!("{path}{field}"),
+            v,
+            format!("count {n} is out of range"),
+        )
+    })
+}
+
+/// A positive number of seconds as a duration; zero or negative means "not given".
+fn seconds(n: Option<i64>) -> Option<Duration> {
+    n.and_then(|n| u64::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .map(Duration::from_secs)
+}
+
+/// Appends the peers of a compact string: `stride` bytes each, the address then a big-endian port (BEP 23
+/// with 6-byte IPv4 entries, BEP 7 with 18-byte IPv6 entries). Entries with port 0 are skipped.
+fn compact_peers(
+    field: &str,
+    value: &Value<'_>,
+    bytes: &[u8],
+    stride: usize,
+    out: &mut Vec<SocketAddr>,
+) -> Result<(), ResponseError> {
+    let entries = bytes.chunks_exact(stride);
+    if !entries.remainder().is_empty() {
+        return Err(bad(
+            field,
+            value,
+            format!(
+                "compact peer list of {} bytes is not a multiple of {stride}",
+                bytes.len()
+            ),
+        ));
+    }
+    for entry in entries {
+        let (addr, port) = entry.split_at(stride - 2);
+        let Ok(port) = <[u8; 2]>::try_from(port).map(u16::from_be_bytes) else {
+            continue;
+        };
+        let ip = if let Ok(v4) = <[u8; 4]>::try_from(addr) {
+            IpAddr::from(v4)
+        } else if let Ok(v6) = <[u8; 16]>::try_from(addr) {
+            IpAddr::from(v6)
+        } else {
+            continue;
+        };
+        if port != 0 {
+            out.push(SocketAddr::new(ip, port));
+        }
+    }
+    Ok(())
+}
+
+/// Appends the peers of a BEP 3 dictionary list. Entries that cannot be used are skipped, not fatal: an
+/// `ip` that is a DNS name (the core does no resolving) or not text, a missing or out-of-range `port`, or an
+/// entry that is not a dictionary. `peer id` is optional and not needed.
+fn dict_peers(list: &[Value<'_>], out: &mut Vec<SocketAddr>) {
+    for entry in list {
+        let ip = entry
+            .get(b"ip")
+            .and_then(Value::as_str)
+            .and_then(|s| s.trim().parse::<IpAddr>().ok());
+        let port = entry
+            .get(b"port")
+            .and_then(Value::as_int)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|&p| p != 0);
+        if let (Some(ip), Some(port)) = (ip, port) {
+            out.push(SocketAddr::new(ip, port));
+        }
+    }
+}
+
+/// Parses an announce reply body (BEP 3 with BEP 23 compact `peers` and BEP 7 `peers6`).
+///
+/// `failure reason` becomes [`ResponseError::Failure`]. `interval` defaults to [`DEFAULT_INTERVAL`] when
+/// missing or not positive; `min interval` is kept only when positive. Peers come from `peers` (compact
+/// string or list of dictionaries) then `peers6`, in the tracker's order, with duplicates removed.
+pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
+    let root = decode_reply(body)?;
+    let mut peers = Vec::new();
+    if let Some(v) = root.get(b"peers") {
+        match (v.as_bytes(), v.as_list()) {
+            (Some(bytes), _) => compact_peers("peers", v, bytes, 6, &mut peers)?,
+            (_, Some(list)) => dict_peers(list, &mut peers),
+            _ => {
+                return Err(bad(
+                    "peers",
+                    v,
+                    format!("expected a string or a list, found a {}", v.type_name()),
+                ))
+            }
+        }
+    }
+    if let Some(v) = root.get(b"peers6") {
+        let bytes = v.as_bytes().ok_or_else(|| {
+            bad(
+                "peers6",
+                v,
+                format!("expected a string, found a {}", v.type_name()),
+            )
+        })?;
+        compact_peers("peers6", v, bytes, 18, &mut peers)?;
+    }
+    let mut seen = HashSet::with_capacity(peers.len());
+    peers.retain(|p| seen.insert(*p));
+
+    let text = |field: &str| -> Result<Option<Vec<u8>>, ResponseError> {
+        match root.get(field.as_bytes()) {
+            None => Ok(None),
+            Some(v) => v.as_bytes().map(|b| Some(b.to_vec())).ok_or_else(|| {
+                bad(
+                    field,
+                    v,
+                    format!("expected a string, found a {}", v.type_name()),
+                )
+            }),
+        }
+    };
+    let warning = text("warning message")?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let tracker_id = text("tracker id")?.filter(|id| !id.is_empty());
+    Ok(AnnounceResponse {
+        interval: seconds(int_field(&root, "interval")?).unwrap_or(DEFAULT_INTERVAL),
+        min_interval: seconds(int_field(&root, "min interval")?),
+        peers,
+        seeders: count_field(&root, "complete", "")?,
+        leechers: count_field(&root, "incomplete", "")?,
+        tracker_id,
+        warning,
+    })
+}
+
+/// Parses a scrape reply body (BEP 48): the `files` dictionary, keyed by raw 20-byte info-hash, each with
+/// `complete`, `downloaded` and `incomplete` (a missing count reads as 0). Returns the entries in the
+/// tracker's order. `failure reason` becomes [`ResponseError::Failure`].
+pub fn parse_scrape_response(body: &[u8]) -> Result<Vec<(InfoHash, ScrapeStats)>, ResponseError> {
+    let root = decode_reply(body)?;
+    let Some(files) = root.get(b"files") else {
+        return Err(bad("files", &root, "missing"));
+    };
+    let entries = files.as_dict().ok_or_else(|| {
+        bad(
+            "files",
+            files,
+            format!("expected a dictionary, found a {}", files.type_name()),
+        )
+    })?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, stats) in entries {
+        let Ok(hash) = <[u8; 20]>::try_from(*key) else {
+            return Err(bad(
+                &format!("files/{}", String::from_utf8_lossy(key)),
+                stats,
+                format!(
+                    "key is {} bytes long, expected a 20-byte info-hash",
+                    key.len()
+                ),
+            ));
+        };
+        let hash = InfoHash(hash);
+        let path = format!("files/{hash}/");
+        if stats.as_dict().is_none() {
+            return Err(bad(
+                &path,
+                stats,
+                format!("expected a dictionary, found a {}", stats.type_name()),
+            ));
+        }
+        out.push((
+            hash,
+            ScrapeStats {
+                seeders: count_field(stats, "complete", &path)?.unwrap_or(0),
+                completed: count_field(stats, "downloaded", &path)?.unwrap_or(0),
+                leechers: count_field(stats, "incomplete", &path)?.unwrap_or(0),
+            },
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bencode::OwnedValue;
     use crate::types::PeerId;
+    use proptest::prelude::*;
 
     fn params(event: AnnounceEvent) -> AnnounceParams {
         AnnounceParams {
@@ -605,5 +878,306 @@ mod tests {
             base.join("https://secure/announce"),
             Err(UrlError::HttpsUnsupported { .. })
         ));
+    }
+
+    fn reply(entries: Vec<(&str, OwnedValue)>) -> Vec<u8> {
+        let mut d = OwnedValue::dict();
+        for (k, v) in entries {
+            d.insert(k, v);
+        }
+        d.encode()
+    }
+
+    fn peer_dict(ip: &str, port: i64) -> OwnedValue {
+        OwnedValue::dict()
+            .with("ip", ip)
+            .with("port", port)
+            .with("peer id", &b"-XX0000-012345678901"[..])
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn compact_peers_and_counts() {
+        let mut compact = vec![10, 0, 0, 1, 0x1a, 0xe1, 192, 168, 1, 2, 0, 80];
+        compact.extend_from_slice(&[10, 0, 0, 1, 0x1a, 0xe1]); // duplicate
+        compact.extend_from_slice(&[10, 0, 0, 9, 0, 0]); // port 0: unusable
+        let body = reply(vec![
+            ("interval", 1800.into()),
+            ("min interval", 60.into()),
+            ("complete", 7.into()),
+            ("incomplete", 3.into()),
+            ("tracker id", "tid-1".into()),
+            ("peers", compact.into()),
+        ]);
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!(
+            r,
+            AnnounceResponse {
+                interval: Duration::from_secs(1800),
+                min_interval: Some(Duration::from_secs(60)),
+                peers: vec![addr("10.0.0.1:6881"), addr("192.168.1.2:80")],
+                seeders: Some(7),
+                leechers: Some(3),
+                tracker_id: Some(b"tid-1".to_vec()),
+                warning: None,
+            }
+        );
+        let body = reply(vec![("peers", vec![1u8; 7].into())]);
+        assert!(matches!(
+            parse_announce_response(&body),
+            Err(ResponseError::BadField { field, .. }) if field == "peers"
+        ));
+    }
+
+    #[test]
+    fn dictionary_peers() {
+        let peers = vec![
+            peer_dict("10.0.0.1", 6881),
+            peer_dict("2001:db8::1", 51413),
+            peer_dict("10.0.0.1", 6881),
+            peer_dict("tracker.example.org", 6881), // a DNS name: skipped
+            peer_dict("10.0.0.2", 70000),           // bad port: skipped
+            OwnedValue::dict().with("ip", "10.0.0.3"), // no port: skipped
+            OwnedValue::Int(5),                     // not a dict: skipped
+            OwnedValue::dict().with("ip", "10.0.0.4").with("port", 1),
+        ];
+        let body = reply(vec![("interval", 900.into()), ("peers", peers.into())]);
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!(
+            r.peers,
+            vec![
+                addr("10.0.0.1:6881"),
+                addr("[2001:db8::1]:51413"),
+                addr("10.0.0.4:1")
+            ]
+        );
+        assert_eq!(r.interval, Duration::from_secs(900));
+        assert_eq!((r.seeders, r.leechers, r.min_interval), (None, None, None));
+    }
+
+    #[test]
+    fn peers6_after_peers() {
+        let mut v6 = Vec::new();
+        let a: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        v6.extend_from_slice(&a.octets());
+        v6.extend_from_slice(&6969u16.to_be_bytes());
+        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        v6.extend_from_slice(&1u16.to_be_bytes());
+        v6.extend_from_slice(&a.octets()); // duplicate
+        v6.extend_from_slice(&6969u16.to_be_bytes());
+        let body = reply(vec![
+            ("peers", vec![127, 0, 0, 1, 0, 2].into()),
+            ("peers6", v6.into()),
+        ]);
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!(
+            r.peers,
+            vec![
+                addr("127.0.0.1:2"),
+                addr("[2001:db8::7]:6969"),
+                addr("[::1]:1")
+            ]
+        );
+        let body = reply(vec![("peers6", vec![0u8; 17].into())]);
+        assert!(matches!(
+            parse_announce_response(&body),
+            Err(ResponseError::BadField { field, .. }) if field == "peers6"
+        ));
+    }
+
+    #[test]
+    fn failure_reason_and_warning() {
+        let body = reply(vec![
+            ("failure reason", "torrent not registered".into()),
+            ("interval", 10.into()),
+        ]);
+        let err = parse_announce_response(&body).unwrap_err();
+        assert_eq!(err, ResponseError::Failure("torrent not registered".into()));
+        assert!(err.to_string().contains("torrent not registered"));
+        assert_eq!(
+            parse_scrape_response(&body),
+            Err(ResponseError::Failure("torrent not registered".into()))
+        );
+        let body = reply(vec![
+            ("warning message", "slow down".into()),
+            ("peers", Vec::<u8>::new().into()),
+        ]);
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!(r.warning.as_deref(), Some("slow down"));
+        assert!(r.peers.is_empty());
+    }
+
+    #[test]
+    fn missing_or_zero_interval_gets_the_default() {
+        for body in [
+            reply(vec![]),
+            reply(vec![("interval", 0.into())]),
+            reply(vec![("interval", (-5).into()), ("min interval", 0.into())]),
+        ] {
+            let r = parse_announce_response(&body).unwrap();
+            assert_eq!(r.interval, DEFAULT_INTERVAL);
+            assert_eq!(r.min_interval, None);
+        }
+        assert_eq!(DEFAULT_INTERVAL, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn malformed_replies() {
+        assert!(matches!(
+            parse_announce_response(b"<html>"),
+            Err(ResponseError::Bencode(_))
+        ));
+        assert!(matches!(
+            parse_announce_response(b"le"),
+            Err(ResponseError::NotADict { found: "list" })
+        ));
+        assert!(matches!(
+            parse_announce_response(b"de garbage"),
+            Err(ResponseError::Bencode(DecodeError { offset: 2, .. }))
+        ));
+        assert!(parse_announce_response(b"de\r\n").is_ok());
+        let body = reply(vec![("interval", "soon".into())]);
+        assert!(matches!(
+            parse_announce_response(&body),
+            Err(ResponseError::BadField { field, offset: 11, .. }) if field == "interval"
+        ));
+        let body = reply(vec![("complete", (-1).into())]);
+        assert!(matches!(
+            parse_announce_response(&body),
+            Err(ResponseError::BadField { field, .. }) if field == "complete"
+        ));
+        let body = reply(vec![("peers", 3.into())]);
+        assert!(parse_announce_response(&body).is_err());
+    }
+
+    #[test]
+    fn scrape_replies() {
+        let a = InfoHash([0xaa; 20]);
+        let b = InfoHash(*b"01234567890123456789");
+        let files = OwnedValue::dict()
+            .with(
+                a.as_bytes(),
+                OwnedValue::dict()
+                    .with("complete", 5)
+                    .with("downloaded", 50)
+                    .with("incomplete", 2)
+                    .with("name", "x"),
+            )
+            .with(b.as_bytes(), OwnedValue::dict().with("complete", 1));
+        let body = reply(vec![("files", files)]);
+        assert_eq!(
+            parse_scrape_response(&body).unwrap(),
+            vec![
+                (
+                    b,
+                    ScrapeStats {
+                        seeders: 1,
+                        completed: 0,
+                        leechers: 0
+                    }
+                ),
+                (
+                    a,
+                    ScrapeStats {
+                        seeders: 5,
+                        completed: 50,
+                        leechers: 2
+                    }
+                ),
+            ]
+        );
+        assert!(
+            parse_scrape_response(&reply(vec![("files", OwnedValue::dict())]))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            parse_scrape_response(&reply(vec![])),
+            Err(ResponseError::BadField { field, .. }) if field == "files"
+        ));
+        let short_key = OwnedValue::dict().with("abc", OwnedValue::dict());
+        assert!(matches!(
+            parse_scrape_response(&reply(vec![("files", short_key)])),
+            Err(ResponseError::BadField { field, .. }) if field == "files/abc"
+        ));
+        let bad_count = OwnedValue::dict().with(
+            a.as_bytes(),
+            OwnedValue::dict().with("complete", 1i64 << 40),
+        );
+        assert!(matches!(
+            parse_scrape_response(&reply(vec![("files", bad_count)])),
+            Err(ResponseError::BadField { field, .. }) if field.ends_with("/complete")
+        ));
+    }
+
+    #[test]
+    fn announce_end_to_end_through_an_exchange() {
+        use crate::time::Instant;
+        use crate::tracker::http_client::{Exchange, ExchangeConfig, Outcome};
+        let url = announce_url(
+            "http://[::1]:6969/announce",
+            &params(AnnounceEvent::Started),
+            None,
+        )
+        .unwrap();
+        let mut ex = Exchange::new(url, Instant::from_secs(5), ExchangeConfig::default());
+        let request = ex.poll_transmit().unwrap();
+        assert!(request.starts_with(b"GET /announce?info_hash=%AB%AB"));
+        let body = reply(vec![
+            ("interval", 120.into()),
+            ("peers", vec![127, 0, 0, 1, 0x1a, 0xe1].into()),
+        ]);
+        let (first, second) = body.split_at(body.len() / 2);
+        let mut response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for part in [first, second] {
+            response.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            response.extend_from_slice(part);
+            response.extend_from_slice(b"\r\n");
+        }
+        response.extend_from_slice(b"0\r\n\r\n");
+        for b in &response {
+            ex.handle_data(std::slice::from_ref(b));
+        }
+        let Some(Ok(Outcome::Body(bytes))) = ex.poll_result() else {
+            panic!("no body");
+        };
+        let r = parse_announce_response(&bytes).unwrap();
+        assert_eq!(r.interval, Duration::from_secs(120));
+        assert_eq!(r.peers, vec![addr("127.0.0.1:6881")]);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_announce_response(&body);
+            let _ = parse_scrape_response(&body);
+        }
+
+        #[test]
+        fn compact_peer_lists_decode_every_entry(
+            v4 in prop::collection::vec((any::<[u8; 4]>(), 1u16..), 0..40),
+            v6 in prop::collection::vec((any::<[u8; 16]>(), 1u16..), 0..20),
+        ) {
+            let mut compact = Vec::new();
+            let mut expected = Vec::new();
+            for (ip, port) in &v4 {
+                compact.extend_from_slice(ip);
+                compact.extend_from_slice(&port.to_be_bytes());
+                expected.push(SocketAddr::new(IpAddr::from(*ip), *port));
+            }
+            let mut compact6 = Vec::new();
+            for (ip, port) in &v6 {
+                compact6.extend_from_slice(ip);
+                compact6.extend_from_slice(&port.to_be_bytes());
+                expected.push(SocketAddr::new(IpAddr::from(*ip), *port));
+            }
+            let mut seen = HashSet::new();
+            expected.retain(|p| seen.insert(*p));
+            let body = reply(vec![("peers", compact.into()), ("peers6", compact6.into())]);
+            prop_assert_eq!(parse_announce_response(&body).unwrap().peers, expected);
+        }
     }
 }
