@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The full test suite, as the README's quick start runs it: lint, then every test in the workspace.
+# The full test suite, exactly as the README's quick start and CI run it:
+# formatting, lints (warnings are errors), then every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check

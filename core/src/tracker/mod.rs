@@ -74,3 +74,6 @@ pub struct ScrapeStats {
     /// Leechers (`incomplete`).
     pub leechers: u32,
 }
+
+pub mod http;
+pub mod http_client;
