@@ -11,6 +11,7 @@ pub mod bitfield;
 pub mod choker;
 pub mod magnet;
 pub mod metainfo;
+pub mod peer;
 pub mod picker;
 pub mod rng;
 pub mod time;
