@@ -746,6 +746,10 @@ impl PeerSession {
         self.out_queue.clear();
         self.out_len = 0;
         self.incoming.clear();
+        self.outstanding.clear();
+        self.late.clear();
+        // Release whatever the peer made us buffer.
+        self.decoder = Decoder::new(self.decoder.max_frame_len());
         self.events.push_back(Event::Closed { error });
     }
 
