@@ -13,7 +13,9 @@ use bytes::{Buf, BytesMut};
 use nom::number::streaming::be_u32;
 
 use super::handshake::{Handshake, HANDSHAKE_LEN};
-use super::message::{parse_fixed, parse_payload, LengthRule, Message, MessageId};
+use super::message::{
+    fixed_message, parse_fixed_fields, parse_payload, LengthRule, Message, MessageId,
+};
 use super::DecodeError;
 
 /// Length prefix (id byte included) of a `piece` message carrying a standard 16 KiB block: the frame limit
@@ -224,19 +226,33 @@ impl Decoder {
 
     /// Decodes the next item, `Ok(None)` when more bytes are needed. Once an error is returned, every later
     /// call returns it again.
+    #[inline]
     pub fn decode(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        if self.phase == Phase::Frames && self.error.is_none() {
+            // Returned directly (not inspected here) so the message is built once, in the caller's slot.
+            return self.decode_frame();
+        }
+        self.decode_slow()
+    }
+
+    /// The rarely taken paths of [`Decoder::decode`]: the sticky error and the handshake.
+    #[cold]
+    fn decode_slow(&mut self) -> Result<Option<Decoded>, DecodeError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
-        let result = match self.phase {
-            Phase::Frames => self.decode_frame().map(|m| m.map(Decoded::Message)),
-            Phase::Handshake => self.decode_handshake(),
-        };
-        if let Err(e) = &result {
-            self.error = Some(e.clone());
-            self.buf = BytesMut::new();
+        match self.decode_handshake() {
+            Ok(item) => Ok(item),
+            Err(e) => Err(self.fail(e)),
         }
-        result
+    }
+
+    /// Records an error as sticky, releases the buffer, and hands the error back.
+    #[cold]
+    fn fail(&mut self, e: DecodeError) -> DecodeError {
+        self.error = Some(e.clone());
+        self.buf = BytesMut::new();
+        e
     }
 
     /// The handshake phase: refuse a wrong protocol prefix as soon as its bytes arrive.
@@ -254,8 +270,8 @@ impl Decoder {
     }
 
     /// The frame phase: one length-prefixed message.
-    #[inline]
-    fn decode_frame(&mut self) -> Result<Option<Message>, DecodeError> {
+    #[inline(always)]
+    fn decode_frame(&mut self) -> Result<Option<Decoded>, DecodeError> {
         let len = match be_u32::<_, nom::error::Error<&[u8]>>(&self.buf[..]) {
             Ok((_, len)) => len,
             // Incomplete: fewer than 4 bytes so far. (A 4-byte big-endian read cannot fail otherwise.)
@@ -263,42 +279,44 @@ impl Decoder {
         };
         let offset = self.consumed;
         if len > self.max_frame_len {
-            return Err(DecodeError::FrameTooLong {
+            return Err(self.fail(DecodeError::FrameTooLong {
                 offset,
                 len,
                 max: self.max_frame_len,
-            });
+            }));
         }
         if len == 0 {
             self.buf.advance(4);
             self.consumed += 4;
             self.messages += 1;
-            return Ok(Some(Message::KeepAlive));
+            return Ok(Some(Decoded::Message(Message::KeepAlive)));
         }
         // Check the id and its length rule as soon as the id byte is here, before waiting for the body.
         let Some(&id_byte) = self.buf.get(4) else {
             return Ok(None);
         };
-        let id = MessageId::from_u8(id_byte).ok_or(DecodeError::UnknownId {
-            offset,
-            id: id_byte,
-        })?;
+        let Some(id) = MessageId::from_u8(id_byte) else {
+            return Err(self.fail(DecodeError::UnknownId {
+                offset,
+                id: id_byte,
+            }));
+        };
         match id.length_rule() {
             LengthRule::Exactly(n) if len != n => {
-                return Err(DecodeError::WrongLength {
+                return Err(self.fail(DecodeError::WrongLength {
                     offset,
                     message: id,
                     len,
                     expected: n,
-                })
+                }))
             }
             LengthRule::AtLeast(n) if len < n => {
-                return Err(DecodeError::TooShort {
+                return Err(self.fail(DecodeError::TooShort {
                     offset,
                     message: id,
                     len,
                     min: n,
-                })
+                }))
             }
             _ => {}
         }
@@ -306,27 +324,29 @@ impl Decoder {
         if self.buf.len() < total {
             return Ok(None);
         }
-        let parsed = match id {
-            MessageId::Piece | MessageId::Bitfield | MessageId::Extended => {
-                parse_payload(id, self.buf.split_to(total).freeze())
-            }
-            _ => {
-                let m = self
-                    .buf
-                    .get(5..total)
-                    .and_then(|body| parse_fixed(id, body));
-                self.buf.advance(total);
-                m
-            }
-        };
-        let msg = parsed.ok_or(DecodeError::Malformed {
+        let malformed = || DecodeError::Malformed {
             offset,
             message: id,
             len,
-        })?;
+        };
+        if let MessageId::Piece | MessageId::Bitfield | MessageId::Extended = id {
+            let Some(msg) = parse_payload(id, self.buf.split_to(total).freeze()) else {
+                return Err(self.fail(malformed()));
+            };
+            self.consumed += total as u64;
+            self.messages += 1;
+            return Ok(Some(Decoded::Message(msg)));
+        }
+        let Some(fields) = self.buf.get(5..total).and_then(parse_fixed_fields) else {
+            return Err(self.fail(malformed()));
+        };
+        let Some(msg) = fixed_message(id, fields) else {
+            return Err(self.fail(malformed()));
+        };
+        self.buf.advance(total);
         self.consumed += total as u64;
         self.messages += 1;
-        Ok(Some(msg))
+        Ok(Some(Decoded::Message(msg)))
     }
 }
 
