@@ -33,6 +33,15 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024 + 9;
 /// hundred bytes; 4 KiB covers them with a wide margin.
 pub const EXTENSION_SLACK: u32 = 4 * 1024;
 
+/// Room [`Decoder::read_buf`] keeps beyond a read so that an ordinary frame (a 16 KiB block or an
+/// extension message, 4-byte prefix included) that starts in the read also ends in the same allocation.
+pub const FRAME_HEADROOM: usize = 4 + (BLOCK_FRAME_LEN + EXTENSION_SLACK) as usize;
+
+/// A partial frame at least this long is not moved to a new allocation; the next read is shortened to
+/// end on its boundary instead. 8 KiB is about what one read system call costs in copying time, so below
+/// it moving the bytes is the cheaper choice.
+pub const SHORT_READ_THRESHOLD: usize = 8 * 1024;
+
 /// Default spare capacity offered to each socket read: 64 KiB, the usual TCP receive-window step and
 /// enough for four 16 KiB blocks per read.
 pub const DEFAULT_READ_CHUNK: usize = 64 * 1024;
@@ -90,6 +99,9 @@ pub struct Decoder {
     consumed: u64,
     /// Messages returned so far, handshake excluded.
     messages: u64,
+    /// Spare capacity held back by [`Decoder::read_buf`] to end the current read on a frame boundary;
+    /// rejoined before the next read.
+    tail: Option<BytesMut>,
     /// Bytes the decoder had to move to a fresh allocation because a frame straddled the end of the old
     /// one (see [`Decoder::bytes_moved`]).
     moved: u64,
@@ -108,6 +120,7 @@ impl Decoder {
             error: None,
             consumed: 0,
             messages: 0,
+            tail: None,
             moved: 0,
         }
     }
@@ -143,7 +156,7 @@ impl Decoder {
 
     /// Capacity of the current read buffer allocation (for memory accounting and tests).
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.buf.capacity() + self.tail.as_ref().map_or(0, BytesMut::capacity)
     }
 
     /// Whether the handshake has been decoded.
@@ -164,8 +177,9 @@ impl Decoder {
     }
 
     /// Total bytes [`Decoder::read_buf`] copied when a partly received frame had to move to a new
-    /// allocation because the old one was full. This is the only copy the decoder ever makes of payload
-    /// bytes; it is at most one partial frame per buffer allocation, and benches report it.
+    /// allocation because the old one was full. This is the only copy the decoder ever makes of received
+    /// bytes: a partial frame shorter than [`SHORT_READ_THRESHOLD`] (or one larger than
+    /// [`FRAME_HEADROOM`] that did not fit), at most once per allocation. Benches report it.
     pub fn bytes_moved(&self) -> u64 {
         self.moved
     }
@@ -177,6 +191,7 @@ impl Decoder {
 
     /// Appends received bytes (copying them); tests and simple drivers use this.
     pub fn extend(&mut self, data: &[u8]) {
+        self.rejoin_tail();
         if self.error.is_none() {
             self.buf.extend_from_slice(data);
         }
@@ -201,25 +216,58 @@ impl Decoder {
         total.saturating_sub(self.buf.len())
     }
 
-    /// The read buffer with spare capacity for the next socket read: at least the configured read chunk,
-    /// and at least what the current frame still needs, so a frame never has to move once it has started
-    /// to arrive into an allocation that could hold it. A driver reads straight into the spare capacity
-    /// (e.g. tokio's `AsyncReadExt::read_buf`), so a piece payload goes socket -> buffer -> `Bytes` with no
-    /// copy. Call [`Decoder::decode`] until it returns `Ok(None)` after every read. After an error the
-    /// buffer is left empty and no capacity is reserved.
+    /// Puts back the spare capacity [`Decoder::read_buf`] held back to shorten a read.
+    #[inline]
+    fn rejoin_tail(&mut self) {
+        if let Some(tail) = self.tail.take() {
+            // O(1) when contiguous, which it is unless a frozen frame was split off in between, and then
+            // `buf` is empty and simply becomes `tail`.
+            self.buf.unsplit(tail);
+        }
+    }
+
+    /// The read buffer with spare capacity for the next socket read. A driver reads straight into the
+    /// spare capacity (e.g. tokio's `AsyncReadExt::read_buf`, which reads at most that much), so a piece
+    /// payload goes socket -> buffer -> `Bytes` with no copy. Call [`Decoder::decode`] until it returns
+    /// `Ok(None)` after every read. After an error the buffer is left empty and no capacity is reserved.
+    ///
+    /// How the spare capacity is chosen, so that payload bytes are not moved either:
+    /// - normally at least the read chunk plus [`FRAME_HEADROOM`], so any ordinary frame that starts in
+    ///   this read also ends inside the same allocation; or, while the frame being received still needs
+    ///   at least a read chunk and fits, as much as there is (a read of the usual size stays inside it);
+    /// - when the allocation is nearly used up while a large part of a frame (at least
+    ///   [`SHORT_READ_THRESHOLD`] bytes) is already buffered, exactly the bytes that frame still needs: the
+    ///   read ends on the frame boundary and the next read starts a fresh allocation with nothing to carry
+    ///   over (one extra, shorter read instead of a copy);
+    /// - otherwise a fresh (or reclaimed) allocation, moving the few buffered bytes of a partial frame;
+    ///   [`Decoder::bytes_moved`] counts them.
     pub fn read_buf(&mut self) -> &mut BytesMut {
-        if self.error.is_none() {
-            let want = self.read_chunk.max(self.missing_for_current());
-            if self.buf.capacity() - self.buf.len() < want {
-                // Reuses the allocation when no frozen frame still points into it (moving the partial frame
-                // to the front), otherwise starts a new one. Either way the partial frame is copied once.
-                self.moved += self.buf.len() as u64;
-                if !self.buf.try_reclaim(want) {
-                    let mut fresh = BytesMut::with_capacity(self.buf.len() + want);
-                    fresh.extend_from_slice(&self.buf);
-                    self.buf = fresh;
-                }
-            }
+        self.rejoin_tail();
+        if self.error.is_some() {
+            return &mut self.buf;
+        }
+        let len = self.buf.len();
+        let spare = self.buf.capacity() - len;
+        let missing = self.missing_for_current();
+        let want = self.read_chunk.max(missing) + FRAME_HEADROOM;
+        if spare >= want {
+            return &mut self.buf;
+        }
+        if missing >= self.read_chunk && spare >= missing && len >= 4 {
+            // A read of the usual size stays inside the current frame, which fits.
+            return &mut self.buf;
+        }
+        if len >= SHORT_READ_THRESHOLD && missing > 0 && spare >= missing {
+            self.tail = Some(self.buf.split_off(len + missing));
+            return &mut self.buf;
+        }
+        // Reuses the allocation when no frozen frame still points into it (moving the partial frame to
+        // the front), otherwise starts a new one.
+        self.moved += len as u64;
+        if !self.buf.try_reclaim(want) {
+            let mut fresh = BytesMut::with_capacity(len + want);
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
         }
         &mut self.buf
     }
@@ -252,6 +300,7 @@ impl Decoder {
     fn fail(&mut self, e: DecodeError) -> DecodeError {
         self.error = Some(e.clone());
         self.buf = BytesMut::new();
+        self.tail = None;
         e
     }
 
@@ -444,6 +493,57 @@ mod tests {
         assert_eq!(block.as_ptr() as usize, base + HANDSHAKE_LEN + 13);
         assert_eq!(items[1], Decoded::Message(msg));
         assert_eq!(d.bytes_moved(), 0);
+    }
+
+    /// Simulates socket reads of up to `chunk` bytes into `read_buf` (a read never exceeds the spare
+    /// capacity); returns the decoded items and the number of reads.
+    fn read_through(d: &mut Decoder, stream: &[u8], chunk: usize) -> (Vec<Decoded>, usize) {
+        let (mut items, mut reads, mut pos) = (Vec::new(), 0, 0);
+        while pos < stream.len() {
+            let buf = d.read_buf();
+            let n = chunk
+                .min(buf.capacity() - buf.len())
+                .min(stream.len() - pos);
+            assert!(n > 0, "read_buf offered no room");
+            buf.extend_from_slice(&stream[pos..pos + n]);
+            pos += n;
+            reads += 1;
+            items.extend(drain(d));
+        }
+        (items, reads)
+    }
+
+    #[test]
+    fn piece_stream_is_never_moved_whatever_the_read_size() {
+        let mut stream = BytesMut::new();
+        let mut want = Vec::new();
+        for i in 0..64u32 {
+            let m = Message::Piece {
+                index: i,
+                begin: 0,
+                block: Bytes::from(vec![i as u8; 16 * 1024]),
+            };
+            m.encode(&mut stream).expect("encodable");
+            want.push(Decoded::Message(m));
+            // A few small messages in between shift the frame boundaries.
+            if i % 5 == 0 {
+                Message::Have { piece: i }
+                    .encode(&mut stream)
+                    .expect("encodable");
+                want.push(Decoded::Message(Message::Have { piece: i }));
+            }
+        }
+        for chunk in [1460, 4096, 16 * 1024 + 13, 64 * 1024, 256 * 1024] {
+            let mut d = Decoder::new_after_handshake(BLOCK_FRAME_LEN).with_read_chunk(chunk);
+            let (items, reads) = read_through(&mut d, &stream, chunk);
+            assert_eq!(items, want, "chunk {chunk}");
+            assert_eq!(d.bytes_moved(), 0, "chunk {chunk}");
+            // Shortened reads cost at most one extra read per allocation.
+            assert!(
+                reads <= 2 * stream.len().div_ceil(chunk) + 2,
+                "chunk {chunk}: {reads} reads"
+            );
+        }
     }
 
     #[test]
