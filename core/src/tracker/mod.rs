@@ -4,6 +4,7 @@
 //! events, intervals, back-off) is written once and does not care which transport a tracker speaks.
 
 pub mod udp;
+pub mod udp_client;
 
 use std::net::SocketAddr;
 use std::time::Duration;
