@@ -3,6 +3,7 @@
 //! The types in this module are what both transports share, so that the announce policy (tiers,
 //! events, intervals, back-off) is written once and does not care which transport a tracker speaks.
 
+pub mod announce;
 pub mod udp;
 pub mod udp_client;
 
