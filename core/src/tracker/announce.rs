@@ -1081,6 +1081,77 @@ mod tests {
         );
     }
 
+    /// The policy and the UDP router together, against an in-memory tracker, on a virtual clock.
+    #[test]
+    fn policy_drives_udp_router_end_to_end() {
+        use crate::tracker::udp::{
+            AddressFamily, AnnounceReply, ConnectResponse, Request, Response, UdpUrl,
+        };
+        use crate::tracker::udp_client::{Event, UdpConfig, UdpTrackerRouter};
+        use std::collections::HashMap;
+
+        let mut p = policy(
+            &[&["udp://127.0.0.1:6969/announce"], &["udp://[::1]:7000"]],
+            AnnounceConfig {
+                announce_to_all_tiers: true,
+                ..AnnounceConfig::default()
+            },
+            9,
+        );
+        let mut router = UdpTrackerRouter::new(UdpConfig::default(), seeded(10));
+        let mut pending = HashMap::new();
+        let mut now = t(0);
+        p.start(now);
+        let mut announced = Vec::new();
+        for _round in 0..3 {
+            while let Some(order) = p.poll_announce(now, LEECH) {
+                let url = UdpUrl::parse(&order.url).unwrap();
+                let addr = url.socket_addr().unwrap();
+                let id = router.announce(now, addr, order.params.clone()).unwrap();
+                pending.insert(id, order.tracker);
+            }
+            // The tracker answers everything immediately.
+            while let Some((to, bytes)) = router.poll_transmit() {
+                let reply = match Request::decode(&bytes).unwrap() {
+                    Request::Connect(c) => Response::Connect(ConnectResponse {
+                        transaction_id: c.transaction_id,
+                        connection_id: 99,
+                    }),
+                    Request::Announce(a) => {
+                        announced.push((to, a.event));
+                        Response::Announce(AnnounceReply {
+                            transaction_id: a.transaction_id,
+                            interval: 120,
+                            leechers: 1,
+                            seeders: 1,
+                            peers: vec![if to.is_ipv4() {
+                                "10.1.1.1:1000".parse().unwrap()
+                            } else {
+                                "[2001:db8::5]:1000".parse().unwrap()
+                            }],
+                        })
+                    }
+                    Request::Scrape(_) => unreachable!("no scrape sent"),
+                };
+                router.handle_datagram(now, to, &reply.to_bytes(AddressFamily::of(&to)));
+            }
+            while let Some(Event::Announce { id, result }) = router.poll_event() {
+                let handle = pending.remove(&id).unwrap();
+                p.handle_response(now, handle, result.map_err(|e| e.to_string()));
+            }
+            now = p.poll_timeout().unwrap();
+        }
+        assert_eq!(announced.len(), 6);
+        assert!(announced[..2]
+            .iter()
+            .all(|(_, e)| *e == AnnounceEvent::Started));
+        assert!(announced[2..]
+            .iter()
+            .all(|(_, e)| *e == AnnounceEvent::None));
+        assert_eq!(p.take_peers().len(), 2);
+        assert_eq!(now, t(360), "interval 120 s at 0, 120, 240; next at 360");
+    }
+
     #[test]
     fn no_trackers_means_nothing_to_do() {
         let mut p = policy(&[], AnnounceConfig::default(), 1);
