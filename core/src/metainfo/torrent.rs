@@ -193,6 +193,16 @@ impl Info {
         Info::from_value(&value)
     }
 
+    /// Parses metadata fetched from peers (BEP 9) after checking that it hashes to the info-hash of the
+    /// magnet link, so that bytes from a lying peer are refused before they are parsed.
+    pub fn from_metadata(raw: &[u8], expected: InfoHash) -> Result<Info, MetainfoError> {
+        let actual = InfoHash(Sha1::digest(raw).into());
+        if actual != expected {
+            return Err(MetainfoError::InfoHashMismatch { expected, actual });
+        }
+        Info::from_bytes(raw)
+    }
+
     /// Parses a decoded `info` value; its raw span becomes [`Info::raw`].
     fn from_value(info: &Value<'_>) -> Result<Info, MetainfoError> {
         if info.as_dict().is_none() {
@@ -562,6 +572,18 @@ mod tests {
         assert_ne!(InfoHash(Sha1::digest(&reencoded).into()), expected);
         // A bare info dict (BEP 9 metadata) gives the same hash; writing the torrent back keeps it.
         assert_eq!(Info::from_bytes(info_raw).unwrap().info_hash(), expected);
+        assert_eq!(
+            Info::from_metadata(info_raw, expected).unwrap().info_hash(),
+            expected
+        );
+        let other = InfoHash([7; 20]);
+        assert_eq!(
+            Info::from_metadata(info_raw, other),
+            Err(MetainfoError::InfoHashMismatch {
+                expected: other,
+                actual: expected
+            })
+        );
         assert_eq!(
             Metainfo::from_bytes(&m.to_bytes()).unwrap().info_hash(),
             expected
