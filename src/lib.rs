@@ -2,3 +2,5 @@
 //!
 //! The real code lives in the workspace crates (`core/`, `driver-*/`, `cli/`); this crate only gathers
 //! fixtures that several tests or benches need, so that they are written once.
+
+pub mod interop;

@@ -3,12 +3,17 @@
 //! The types in this module are what both transports share, so that the announce policy (tiers,
 //! events, intervals, back-off) is written once and does not care which transport a tracker speaks.
 
+pub mod announce;
+pub mod udp;
+pub mod udp_client;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::types::{InfoHash, PeerId};
 
-/// The `event` of an announce (BEP 3; BEP 15 numbers them 0..=3 in this order).
+/// The `event` of an announce (BEP 3). BEP 15 numbers them differently from this declaration order
+/// (none=0, completed=1, started=2, stopped=3): see [`udp::event_to_wire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AnnounceEvent {
     /// A regular, periodic announce.

@@ -1,0 +1,64 @@
+//! Finding the real BitTorrent software that interop tests run against.
+//!
+//! `.ci/run` installs the Debian packages (`opentracker`, `python3-libtorrent`, `mktorrent`,
+//! `transmission-cli`, `transmission-daemon`). On a developer machine without them the tests fail loudly
+//! with the install command; setting `HYPERBLOW_SKIP_INTEROP=1` skips them instead, except under CI
+//! (`CI` set), where skipping is never allowed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The environment variable that lets a developer skip interop tests locally.
+pub const SKIP_VAR: &str = "HYPERBLOW_SKIP_INTEROP";
+
+/// Debian's Python, which is the one that imports `libtorrent` from `python3-libtorrent` (the first
+/// `python3` on PATH may be another build without it).
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+const INSTALL_HINT: &str = "apt-get install -y opentracker python3-libtorrent mktorrent \
+                            transmission-cli transmission-daemon";
+
+/// Whether the caller may skip a missing tool: only when asked explicitly and never in CI.
+fn skip_allowed() -> bool {
+    std::env::var_os(SKIP_VAR).is_some_and(|v| v == "1") && std::env::var_os("CI").is_none()
+}
+
+/// Reports a missing prerequisite: returns `None` (the test should return early) when skipping is
+/// allowed, and panics with the install command otherwise.
+pub fn missing(what: &str) -> Option<PathBuf> {
+    if skip_allowed() {
+        eprintln!("SKIPPED: {what} is not available and {SKIP_VAR}=1");
+        return None;
+    }
+    panic!(
+        "interop prerequisite missing: {what}. Install it with `{INSTALL_HINT}` \
+         (or set {SKIP_VAR}=1 to skip interop tests on a developer machine; never in CI)"
+    );
+}
+
+/// Finds an executable on PATH (or an absolute path), or reports it missing (see [`missing`]).
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = if Path::new(name).is_absolute() {
+        Path::new(name).is_file().then(|| PathBuf::from(name))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    found.or_else(|| missing(name))
+}
+
+/// Debian's Python with the libtorrent bindings importable, or reports it missing (see [`missing`]).
+pub fn require_libtorrent() -> Option<PathBuf> {
+    let ok = Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import libtorrent"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Some(PathBuf::from(SYSTEM_PYTHON))
+    } else {
+        missing("python3-libtorrent (import libtorrent from /usr/bin/python3)")
+    }
+}
