@@ -1165,3 +1165,24 @@ proptest! {
         prop_assert_eq!(drain(&mut s), expect);
     }
 }
+
+#[test]
+fn reading_straight_into_the_decoder_buffer_hands_out_payload_slices() {
+    let mut s = downloading(cfg(BOTH));
+    s.request(t(1), blk(2, 0, 16384)).unwrap();
+    let msg = enc(Message::Piece {
+        index: 2,
+        begin: 0,
+        block: Bytes::from(vec![0x42; 16384]),
+    });
+    // The driver appends each socket read to the read buffer, then tells the session how much came.
+    for part in msg.chunks(5000) {
+        s.read_buf().extend_from_slice(part);
+        s.handle_read_buf(t(2), part.len());
+    }
+    let ev = drain(&mut s);
+    assert!(
+        matches!(&ev[..], [Event::BlockReceived { block, data }] if *block == blk(2, 0, 16384) && data.iter().all(|&b| b == 0x42))
+    );
+    assert_eq!(s.downloaded(), 16384);
+}
