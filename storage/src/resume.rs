@@ -3,7 +3,8 @@
 //! The file is a bencoded dictionary:
 //! `version` (1), `info-hash` (20 bytes), `pieces` (piece count), `have` (the bitfield in wire form) and
 //! `files`, a list with one dictionary per file of the torrent: `size`, `mtime`, `mtime-ns` for a file
-//! that existed, or an empty dictionary for one that did not. It is trusted on load only when every one
+//! that existed, or an empty dictionary for one that did not; and `sha1`, the SHA-1 of the canonical
+//! encoding of the dictionary without `sha1`, so that a damaged file is never half-trusted. It is trusted on load only when every one
 //! of these still matches, so a file changed, truncated, replaced or deleted in between forces a full
 //! check instead of a wrong claim to have pieces.
 
@@ -16,6 +17,7 @@ use hyperblow_core::bencode::{self, OwnedValue};
 use hyperblow_core::bitfield::Bitfield;
 use hyperblow_core::InfoHash;
 
+use crate::check::hash_piece;
 use crate::error::{StorageError, StorageErrorKind, StorageOp};
 use crate::storage::Storage;
 
@@ -24,6 +26,9 @@ pub const MAX_RESUME_FILE_LEN: u64 = 64 * 1024 * 1024;
 
 /// The format version written in `version`.
 const VERSION: i64 = 1;
+
+/// The key of the SHA-1 of the canonical encoding of all the other keys.
+const CHECKSUM_KEY: &str = "sha1";
 
 /// The suggested place for a torrent's resume file: `<root>/.hyperblow/<info-hash hex>.resume`.
 pub fn resume_path(root: &Path, info_hash: &InfoHash) -> PathBuf {
@@ -124,13 +129,14 @@ impl Storage {
             .into_iter()
             .map(FileState::to_value)
             .collect::<Vec<_>>();
-        let encoded = OwnedValue::dict()
+        let body = OwnedValue::dict()
             .with("version", VERSION)
             .with("info-hash", &info_hash.as_bytes()[..])
             .with("pieces", i64::from(pieces))
             .with("have", have.as_bytes())
-            .with("files", files)
-            .encode();
+            .with("files", files);
+        let checksum = hash_piece(&[body.encode()]);
+        let encoded = body.with(CHECKSUM_KEY, &checksum[..]).encode();
 
         let dir = path.parent().unwrap_or(Path::new("."));
         let dir = if dir.as_os_str().is_empty() {
@@ -181,6 +187,15 @@ impl Storage {
             return None;
         }
         let top = bencode::decode(&raw).ok()?;
+        // Catch bit rot and torn writes that still decode: the checksum covers every other key.
+        let mut body = top.to_owned_value();
+        let OwnedValue::Dict(map) = &mut body else {
+            return None;
+        };
+        let stored = map.remove(CHECKSUM_KEY.as_bytes())?;
+        if stored != OwnedValue::Bytes(hash_piece(&[body.encode()]).to_vec()) {
+            return None;
+        }
         if top.get(b"version")?.as_int()? != VERSION
             || top.get(b"info-hash")?.as_bytes()? != info_hash.as_bytes()
         {
