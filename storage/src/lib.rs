@@ -30,6 +30,31 @@
 //! holding the have-bitfield and each file's size and modification time; [`Storage::load_resume`] trusts
 //! it only if all of these still match. Otherwise [`check_pieces`] (or [`Storage::verify_piece`] piece by
 //! piece, e.g. spread over a [`WorkerPool`]) re-hashes what is on disk without creating anything.
+//!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use hyperblow_core::metainfo::Layout;
+//! use hyperblow_storage::{hash_piece, PieceWrite, Storage, StorageConfig, WorkerPool};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let layout = Layout::new(vec![(vec!["hello.txt".to_string()], 11, false)], 8)?;
+//! let storage = Arc::new(Storage::new(dir.path(), layout, StorageConfig::default())?);
+//! let pool = WorkerPool::new(2)?;
+//!
+//! // A driver hashes and writes a received piece off its event loop, then awaits the handle.
+//! let blocks = vec![Bytes::from_static(b"hell"), Bytes::from_static(b"o wo")];
+//! let s = Arc::clone(&storage);
+//! let job = pool.submit(move || {
+//!     let digest = hash_piece(&blocks);
+//!     s.write_piece(0, &blocks).map(|w| (w, digest))
+//! });
+//! let (written, _digest) = job.wait()??; // `job.await` in async code
+//! assert_eq!(written, PieceWrite::Stored);
+//! assert_eq!(&storage.read_block(0, 4, 4)?[..], b"o wo");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod cache;
 mod check;
