@@ -44,6 +44,7 @@ pub(crate) struct HandleCache {
 #[derive(Debug)]
 pub(crate) struct Lease<'a> {
     handle: Option<Arc<File>>,
+    file_index: usize,
     cache: &'a HandleCache,
 }
 
@@ -54,6 +55,26 @@ impl Lease<'_> {
         match &self.handle {
             Some(h) => h,
             None => unreachable_handle(),
+        }
+    }
+}
+
+impl Lease<'_> {
+    /// Records that data was written through this handle, after the write: a [`HandleCache::take_dirty`]
+    /// that ran during the write then leaves the file marked for the next flush.
+    pub(crate) fn mark_written(&self) {
+        let mut inner = self.cache.lock();
+        let file = self.file();
+        let slot = inner
+            .slots
+            .iter_mut()
+            .find(|s| std::ptr::eq(Arc::as_ptr(&s.handle), file));
+        match slot {
+            Some(slot) => slot.dirty = true,
+            // Not reachable while the lease is alive (a busy handle is never evicted); stay safe anyway.
+            None => {
+                inner.dirty_closed.insert(self.file_index);
+            }
         }
     }
 }
@@ -125,6 +146,7 @@ impl HandleCache {
                     let handle = Arc::clone(&slot.handle);
                     return Ok(Lease {
                         handle: Some(handle),
+                        file_index,
                         cache: self,
                     });
                 }
@@ -168,6 +190,7 @@ impl HandleCache {
             inner.peak = inner.peak.max(inner.slots.len());
             return Ok(Lease {
                 handle: Some(handle),
+                file_index,
                 cache: self,
             });
         }

@@ -10,7 +10,8 @@
 //!   component by component and refused if it could leave the root (a bad component, or a directory that
 //!   resolves outside the root through a symbolic link).
 //! - Files are created lazily, on the first write that touches them, and immediately given their final
-//!   length with `set_len` (sparse: nothing is zero-filled, so the disk fills as data arrives).
+//!   length with `set_len` (sparse: nothing is zero-filled, so the disk fills as data arrives). A file
+//!   already there with another length is resized to the torrent's length at that point.
 //! - Verified pieces are written with [`Storage::write_piece`] directly from the received `Bytes` blocks
 //!   (no copy), split across file boundaries; blocks are read back with [`Storage::read_block`].
 //!

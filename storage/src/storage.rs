@@ -326,6 +326,7 @@ impl Storage {
                 offset += chunk.len() as u64;
                 left -= chunk.len() as u64;
             }
+            lease.mark_written();
         }
         Ok(PieceWrite::Stored)
     }
