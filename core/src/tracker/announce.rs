@@ -646,7 +646,13 @@ impl AnnouncePolicy {
             return;
         }
         let floor = self.config.min_interval_floor;
-        let min_interval = resp.min_interval.unwrap_or(floor).max(floor);
+        // A tracker's `min interval` is capped like its `interval`: otherwise a huge value (a hostile
+        // or broken tracker) would push the whole scope's next announce out of reach.
+        let min_interval = resp
+            .min_interval
+            .unwrap_or(floor)
+            .max(floor)
+            .min(self.config.max_interval);
         let interval = if resp.interval.is_zero() {
             self.config.default_interval
         } else {
@@ -1047,6 +1053,20 @@ mod tests {
         // A tracker asking for a tiny interval is held to the floor.
         p.handle_response(t(300), o.tracker, ok(1, &[]));
         assert_eq!(p.poll_timeout(), Some(t(360)));
+    }
+
+    #[test]
+    fn huge_min_interval_is_capped_like_interval() {
+        let mut p = policy(&[&["a"]], AnnounceConfig::default(), 1);
+        p.start(t(0));
+        let o = p.poll_announce(t(0), LEECH).unwrap();
+        let mut resp = ok(1800, &[]).unwrap();
+        resp.min_interval = Some(Duration::from_secs(u64::from(u32::MAX) << 20));
+        p.handle_response(t(0), o.tracker, Ok(resp));
+        let cap = AnnounceConfig::default().max_interval;
+        assert_eq!(p.poll_timeout(), Some(Instant::ZERO + cap));
+        p.want_more_peers();
+        assert!(p.poll_announce(Instant::ZERO + cap, LEECH).is_some());
     }
 
     #[test]
