@@ -1396,6 +1396,144 @@ mod tests {
         assert_eq!(p.take_peers(), vec!["10.9.9.9:9".parse().unwrap()]);
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Advance(u64),
+        ToTimeout,
+        Answer {
+            pick: usize,
+            ok: bool,
+            interval: u64,
+            min_interval: Option<u64>,
+            peers: u8,
+        },
+        Completed,
+        WantPeers,
+        Stop,
+        Start,
+    }
+
+    fn any_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..4000).prop_map(Op::Advance),
+            Just(Op::ToTimeout),
+            Just(Op::ToTimeout),
+            (
+                any::<usize>(),
+                any::<bool>(),
+                prop_oneof![Just(0u64), 0u64..5000, Just(u64::MAX / 4)],
+                proptest::option::of(prop_oneof![0u64..5000, Just(u64::MAX / 4)]),
+                any::<u8>(),
+            )
+                .prop_map(|(pick, ok, interval, min_interval, peers)| Op::Answer {
+                    pick,
+                    ok,
+                    interval,
+                    min_interval,
+                    peers,
+                }),
+            Just(Op::Completed),
+            Just(Op::WantPeers),
+            Just(Op::Stop),
+            Just(Op::Start),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of inputs: no order to a tracker that has one outstanding, `completed` at
+        /// most once per tracker and session, no spin (`poll_timeout` after a drained
+        /// `poll_announce(now)` is later than `now`), peer queues within their caps.
+        #[test]
+        fn arbitrary_inputs_keep_the_policy_sane(
+            all_tiers in proptest::bool::ANY,
+            seed in 0u64..1000,
+            ops in proptest::collection::vec(any_op(), 0..60),
+        ) {
+            let config = AnnounceConfig {
+                announce_to_all_tiers: all_tiers,
+                max_pending_peers: 40,
+                max_known_peers: 60,
+                ..AnnounceConfig::default()
+            };
+            let mut p = policy(&[&["a", "b"], &["c"], &["d", "e", "f"]], config, seed);
+            let mut now = t(0);
+            let mut outstanding: Vec<(TrackerHandle, AnnounceEvent)> = Vec::new();
+            let mut completed_acked: HashSet<TrackerHandle> = HashSet::new();
+            let mut progress = LEECH;
+            let mut peer_base = 0u32;
+            for op in ops {
+                match op {
+                    Op::Advance(s) => now += Duration::from_secs(s),
+                    Op::ToTimeout => {
+                        if let Some(at) = p.poll_timeout() {
+                            now = now.max(at);
+                        }
+                    }
+                    Op::Answer { pick, ok, interval, min_interval, peers } => {
+                        if !outstanding.is_empty() {
+                            let (h, event) = outstanding.remove(pick % outstanding.len());
+                            if ok && event == AnnounceEvent::Completed {
+                                completed_acked.insert(h);
+                            }
+                            let result = if ok {
+                                let list = (0..u32::from(peers))
+                                    .map(|k| {
+                                        let n = peer_base.wrapping_add(k);
+                                        SocketAddr::from((n.to_be_bytes(), 6881))
+                                    })
+                                    .collect();
+                                peer_base = peer_base.wrapping_add(u32::from(peers) / 2);
+                                Ok(AnnounceResponse {
+                                    interval: Duration::from_secs(interval),
+                                    min_interval: min_interval.map(Duration::from_secs),
+                                    peers: list,
+                                    ..AnnounceResponse::default()
+                                })
+                            } else {
+                                Err("down".to_owned())
+                            };
+                            p.handle_response(now, h, result);
+                        }
+                    }
+                    Op::Completed => {
+                        progress = SEED;
+                        p.set_completed(now);
+                    }
+                    Op::WantPeers => p.want_more_peers(),
+                    Op::Stop => p.stop(now),
+                    Op::Start => {
+                        completed_acked.clear();
+                        p.start(now);
+                    }
+                }
+                while let Some(order) = p.poll_announce(now, progress) {
+                    proptest::prop_assert!(
+                        outstanding.iter().all(|(h, _)| *h != order.tracker),
+                        "second order to {:?} while one is outstanding",
+                        order.tracker
+                    );
+                    if order.params.event == AnnounceEvent::Completed {
+                        proptest::prop_assert!(
+                            !completed_acked.contains(&order.tracker),
+                            "second `completed` to {:?}",
+                            order.tracker
+                        );
+                    }
+                    outstanding.push((order.tracker, order.params.event));
+                }
+                if let Some(at) = p.poll_timeout() {
+                    proptest::prop_assert!(at > now, "poll_timeout {:?} not after {:?}", at, now);
+                }
+                let peers = p.take_peers();
+                proptest::prop_assert!(peers.len() <= 40);
+                proptest::prop_assert!(p.known_peers.len() <= 60);
+                let unique: HashSet<_> = peers.iter().collect();
+                proptest::prop_assert_eq!(unique.len(), peers.len());
+            }
+        }
+    }
+
     #[test]
     fn no_trackers_means_nothing_to_do() {
         let mut p = policy(&[], AnnounceConfig::default(), 1);
