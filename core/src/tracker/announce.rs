@@ -1441,6 +1441,7 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
         /// Any sequence of inputs: no order to a tracker that has one outstanding, `completed` at
         /// most once per tracker and session, no spin (`poll_timeout` after a drained
         /// `poll_announce(now)` is later than `now`), peer queues within their caps.
