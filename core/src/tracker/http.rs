@@ -318,8 +318,9 @@ fn event_name(event: AnnounceEvent) -> Option<&'static str> {
 }
 
 /// Builds the announce URL (BEP 3): the tracker URL with `info_hash`, `peer_id`, `port`, `uploaded`,
-/// `downloaded`, `left`, `compact=1`, `event` (unless a regular announce), `numwant` (when set), `key` (8 hex
-/// digits) and `trackerid` (when a previous reply gave one) appended to any query it already has.
+/// `downloaded`, `left`, `compact=1`, `no_peer_id=1`, `event` (unless a regular announce), `numwant`
+/// (when set), `key` (8 hex digits) and `trackerid` (when a previous reply gave one) appended to any
+/// query it already has.
 pub fn announce_url(
     tracker: &str,
     params: &AnnounceParams,
@@ -333,6 +334,9 @@ pub fn announce_url(
     url.push_param("downloaded", &params.downloaded.to_string());
     url.push_param("left", &params.left.to_string());
     url.push_param("compact", "1");
+    // For trackers that ignore `compact`: their dictionary peers then leave out the 20-byte ids we
+    // do not use, which keeps big replies well under the body cap.
+    url.push_param("no_peer_id", "1");
     if let Some(event) = event_name(params.event) {
         url.push_param("event", event);
     }
@@ -785,7 +789,7 @@ mod tests {
             url.target(),
             format!(
                 "/announce?info_hash={ih}&peer_id=-HB0100-abcdefghijkl&port=6881&uploaded=10\
-                 &downloaded=20&left=30&compact=1&event=started&numwant=50&key=00c0ffee"
+                 &downloaded=20&left=30&compact=1&no_peer_id=1&event=started&numwant=50&key=00c0ffee"
             )
         );
         let mut p = params(AnnounceEvent::None);
