@@ -12,6 +12,19 @@
 //!
 //! Private torrents (BEP 27) must not use PEX: [`local_extensions`] leaves `ut_pex` out for them and the
 //! PEX constructors refuse them.
+//!
+//! ## Wiring (for the engine)
+//! - Our handshake: `m` = [`local_extensions`]`(private)`, plus `metadata_size` from
+//!   [`metadata::MetadataServer::metadata_size`] ([`handshake_fields`] builds both).
+//! - After the peer's handshake: `fetcher.add_peer(key, peer.metadata_size,
+//!   peer_extension_id(&peer.messages, UT_METADATA).is_some())` for a magnet torrent still fetching;
+//!   a [`pex::PexSender`] and [`pex::PexReceiver`] for the connection if the peer registered `ut_pex`
+//!   and the torrent is not private.
+//! - Incoming `Extended { id, payload }`: route with [`LocalExtension::from_id`]; ut_metadata payloads
+//!   decode to a request (answer with the server), data (`fetcher.handle_data`) or reject
+//!   (`fetcher.handle_reject`); a [`metadata::MetadataMessageError::UnknownType`] is ignored.
+//! - Outgoing: drain `fetcher.poll_request(now)` and `sender.poll_message(now, &connected)`, send with
+//!   the *peer's* id for the name; wake at `fetcher.poll_timeout()` / `sender.next_send_time()`.
 
 use std::collections::BTreeMap;
 
