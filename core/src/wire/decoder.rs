@@ -1,0 +1,643 @@
+//! The streaming peer wire decoder: bytes in any chunking go in, the handshake and then messages come out
+//! in order.
+//!
+//! Framing uses a nom *streaming* parser for the 4-byte length (`Incomplete` means "wait for more
+//! bytes"); a length over the configured maximum is refused from those 4 bytes alone, before any of the
+//! body is buffered. Once the whole frame is buffered its body is parsed with *complete* parsers, where
+//! running short is a protocol error. Payload-carrying frames (`piece`, `bitfield`, `extended`) are split
+//! off the read buffer and frozen, so their payload is a `Bytes` slice of the very memory the socket read
+//! into; fixed-size messages are parsed in place and skipped, with no allocation and no reference
+//! counting.
+
+use bytes::{Buf, BytesMut};
+use nom::number::streaming::be_u32;
+
+use super::handshake::{Handshake, HANDSHAKE_LEN};
+use super::message::{parse_fixed, parse_payload, LengthRule, Message, MessageId};
+use super::DecodeError;
+
+/// Length prefix (id byte included) of a `piece` message carrying a standard 16 KiB block: the frame limit
+/// a connection needs once the bitfield phase is over (13 bytes on the wire with the 4-byte prefix).
+pub const BLOCK_FRAME_LEN: u32 = 16 * 1024 + 9;
+
+/// Default frame limit: 1 MiB of payload plus the 9 bytes of the largest fixed header. A bitfield takes one
+/// bit per piece, so this admits torrents of up to 8 Mi pieces (e.g. 8 TiB in 1 MiB pieces, or any
+/// torrent whose metadata is not yet known, as with a magnet link), while a hostile peer can make us
+/// buffer at most ~1 MiB per connection. Use [`max_frame_len_for`] once the piece count is known.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024 + 9;
+
+/// Slack above [`BLOCK_FRAME_LEN`] for extension messages: a BEP 9 metadata piece is 16 KiB plus a
+/// bencoded header under 100 bytes, and extension handshakes and PEX messages seen in practice are a few
+/// hundred bytes; 4 KiB covers them with a wide margin.
+pub const EXTENSION_SLACK: u32 = 4 * 1024;
+
+/// Default spare capacity offered to each socket read: 64 KiB, the usual TCP receive-window step and
+/// enough for four 16 KiB blocks per read.
+pub const DEFAULT_READ_CHUNK: usize = 64 * 1024;
+
+/// The tightest sensible frame limit for a torrent of `piece_count` pieces: big enough for its bitfield
+/// (one bit per piece, plus the id byte) and for a 16 KiB block or extension message, no bigger.
+pub fn max_frame_len_for(piece_count: u32) -> u32 {
+    let bitfield = piece_count.div_ceil(8).saturating_add(1);
+    bitfield.max(BLOCK_FRAME_LEN + EXTENSION_SLACK)
+}
+
+/// One item from the stream: the handshake first, then messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// The peer's 68-byte handshake (always the first item).
+    Handshake(Handshake),
+    /// A message after the handshake.
+    Message(Message),
+}
+
+/// Where the decoder is in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the 68 handshake bytes.
+    Handshake,
+    /// Length-prefixed frames.
+    Frames,
+}
+
+/// Streaming decoder for one connection's incoming bytes.
+///
+/// Use: after each socket read into [`Decoder::read_buf`] (or [`Decoder::extend`]), call
+/// [`Decoder::decode`] until it returns `Ok(None)`. Draining after every read is what keeps the buffer
+/// bounded: it then never holds more than one partial frame (at most `4 + max_frame_len` bytes) plus one
+/// read. Errors are sticky: once `decode` fails, it returns the same error forever and the buffer is
+/// released.
+///
+/// `bitfield` is only valid as the first message after the handshake; the decoder does not enforce this
+/// (it cannot tell which extension messages a session tolerates first) but reports
+/// [`Decoder::messages_decoded`] so the session can. Spare bits of a bitfield are checked by the session,
+/// which knows the piece count.
+#[derive(Debug)]
+pub struct Decoder {
+    /// Bytes received and not yet consumed; frames start at index 0.
+    buf: BytesMut,
+    /// Handshake or frames.
+    phase: Phase,
+    /// Largest accepted length prefix (id byte and body, not the prefix itself).
+    max_frame_len: u32,
+    /// Spare capacity [`Decoder::read_buf`] guarantees for one read.
+    read_chunk: usize,
+    /// The sticky error, once one happened.
+    error: Option<DecodeError>,
+    /// Stream offset of `buf[0]` (bytes consumed so far), for error messages.
+    consumed: u64,
+    /// Messages returned so far, handshake excluded.
+    messages: u64,
+    /// Bytes the decoder had to move to a fresh allocation because a frame straddled the end of the old
+    /// one (see [`Decoder::bytes_moved`]).
+    moved: u64,
+}
+
+impl Decoder {
+    /// A decoder for a new connection: expects the 68-byte handshake, then frames of at most
+    /// `max_frame_len` bytes after the 4-byte prefix (see [`DEFAULT_MAX_FRAME_LEN`],
+    /// [`max_frame_len_for`]).
+    pub fn new(max_frame_len: u32) -> Decoder {
+        Decoder {
+            buf: BytesMut::new(),
+            phase: Phase::Handshake,
+            max_frame_len,
+            read_chunk: DEFAULT_READ_CHUNK,
+            error: None,
+            consumed: 0,
+            messages: 0,
+            moved: 0,
+        }
+    }
+
+    /// A decoder for a stream whose handshake was already consumed elsewhere: starts with frames.
+    pub fn new_after_handshake(max_frame_len: u32) -> Decoder {
+        let mut d = Decoder::new(max_frame_len);
+        d.phase = Phase::Frames;
+        d
+    }
+
+    /// Sets the spare capacity offered to each read by [`Decoder::read_buf`] (at least 1 byte).
+    pub fn with_read_chunk(mut self, read_chunk: usize) -> Decoder {
+        self.read_chunk = read_chunk.max(1);
+        self
+    }
+
+    /// Changes the frame limit, e.g. from [`DEFAULT_MAX_FRAME_LEN`] to [`max_frame_len_for`] once a magnet
+    /// link's metadata (and so the piece count) is known. Applies from the next frame header on.
+    pub fn set_max_frame_len(&mut self, max_frame_len: u32) {
+        self.max_frame_len = max_frame_len;
+    }
+
+    /// The current frame limit.
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// Bytes buffered and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Capacity of the current read buffer allocation (for memory accounting and tests).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Whether the handshake has been decoded.
+    pub fn handshake_done(&self) -> bool {
+        self.phase == Phase::Frames
+    }
+
+    /// Messages returned after the handshake so far, the one just returned included: right after `decode`
+    /// yields a `bitfield`, a value of 1 means it was the first message, as BEP 3 requires.
+    pub fn messages_decoded(&self) -> u64 {
+        self.messages
+    }
+
+    /// Stream offset (bytes since the first handshake byte, or since the first frame for
+    /// [`Decoder::new_after_handshake`]) of the next undecoded byte.
+    pub fn stream_offset(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Total bytes [`Decoder::read_buf`] copied when a partly received frame had to move to a new
+    /// allocation because the old one was full. This is the only copy the decoder ever makes of payload
+    /// bytes; it is at most one partial frame per buffer allocation, and benches report it.
+    pub fn bytes_moved(&self) -> u64 {
+        self.moved
+    }
+
+    /// The sticky error, if decoding failed.
+    pub fn error(&self) -> Option<&DecodeError> {
+        self.error.as_ref()
+    }
+
+    /// Appends received bytes (copying them); tests and simple drivers use this.
+    pub fn extend(&mut self, data: &[u8]) {
+        if self.error.is_none() {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// Bytes still missing for the frame (or handshake) at the front of the buffer, if its size is known
+    /// and allowed.
+    fn missing_for_current(&self) -> usize {
+        let total = match self.phase {
+            Phase::Handshake => HANDSHAKE_LEN,
+            Phase::Frames => match self.buf.first_chunk::<4>() {
+                Some(prefix) => {
+                    let len = u32::from_be_bytes(*prefix);
+                    if len > self.max_frame_len {
+                        return 0;
+                    }
+                    4 + len as usize
+                }
+                None => 4,
+            },
+        };
+        total.saturating_sub(self.buf.len())
+    }
+
+    /// The read buffer with spare capacity for the next socket read: at least the configured read chunk,
+    /// and at least what the current frame still needs, so a frame never has to move once it has started
+    /// to arrive into an allocation that could hold it. A driver reads straight into the spare capacity
+    /// (e.g. tokio's `AsyncReadExt::read_buf`), so a piece payload goes socket -> buffer -> `Bytes` with no
+    /// copy. Call [`Decoder::decode`] until it returns `Ok(None)` after every read. After an error the
+    /// buffer is left empty and no capacity is reserved.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        if self.error.is_none() {
+            let want = self.read_chunk.max(self.missing_for_current());
+            if self.buf.capacity() - self.buf.len() < want {
+                // Reuses the allocation when no frozen frame still points into it (moving the partial frame
+                // to the front), otherwise starts a new one. Either way the partial frame is copied once.
+                self.moved += self.buf.len() as u64;
+                if !self.buf.try_reclaim(want) {
+                    let mut fresh = BytesMut::with_capacity(self.buf.len() + want);
+                    fresh.extend_from_slice(&self.buf);
+                    self.buf = fresh;
+                }
+            }
+        }
+        &mut self.buf
+    }
+
+    /// Decodes the next item, `Ok(None)` when more bytes are needed. Once an error is returned, every later
+    /// call returns it again.
+    pub fn decode(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let result = match self.phase {
+            Phase::Frames => self.decode_frame().map(|m| m.map(Decoded::Message)),
+            Phase::Handshake => self.decode_handshake(),
+        };
+        if let Err(e) = &result {
+            self.error = Some(e.clone());
+            self.buf = BytesMut::new();
+        }
+        result
+    }
+
+    /// The handshake phase: refuse a wrong protocol prefix as soon as its bytes arrive.
+    fn decode_handshake(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        let head = self.buf.get(..self.buf.len().min(20)).unwrap_or(&[]);
+        Handshake::check_prefix(head)?;
+        let Some(bytes) = self.buf.get(..HANDSHAKE_LEN) else {
+            return Ok(None);
+        };
+        let hs = Handshake::parse(bytes)?;
+        self.buf.advance(HANDSHAKE_LEN);
+        self.consumed += HANDSHAKE_LEN as u64;
+        self.phase = Phase::Frames;
+        Ok(Some(Decoded::Handshake(hs)))
+    }
+
+    /// The frame phase: one length-prefixed message.
+    #[inline]
+    fn decode_frame(&mut self) -> Result<Option<Message>, DecodeError> {
+        let len = match be_u32::<_, nom::error::Error<&[u8]>>(&self.buf[..]) {
+            Ok((_, len)) => len,
+            // Incomplete: fewer than 4 bytes so far. (A 4-byte big-endian read cannot fail otherwise.)
+            Err(_) => return Ok(None),
+        };
+        let offset = self.consumed;
+        if len > self.max_frame_len {
+            return Err(DecodeError::FrameTooLong {
+                offset,
+                len,
+                max: self.max_frame_len,
+            });
+        }
+        if len == 0 {
+            self.buf.advance(4);
+            self.consumed += 4;
+            self.messages += 1;
+            return Ok(Some(Message::KeepAlive));
+        }
+        // Check the id and its length rule as soon as the id byte is here, before waiting for the body.
+        let Some(&id_byte) = self.buf.get(4) else {
+            return Ok(None);
+        };
+        let id = MessageId::from_u8(id_byte).ok_or(DecodeError::UnknownId {
+            offset,
+            id: id_byte,
+        })?;
+        match id.length_rule() {
+            LengthRule::Exactly(n) if len != n => {
+                return Err(DecodeError::WrongLength {
+                    offset,
+                    message: id,
+                    len,
+                    expected: n,
+                })
+            }
+            LengthRule::AtLeast(n) if len < n => {
+                return Err(DecodeError::TooShort {
+                    offset,
+                    message: id,
+                    len,
+                    min: n,
+                })
+            }
+            _ => {}
+        }
+        let total = 4 + len as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let parsed = match id {
+            MessageId::Piece | MessageId::Bitfield | MessageId::Extended => {
+                parse_payload(id, self.buf.split_to(total).freeze())
+            }
+            _ => {
+                let m = self
+                    .buf
+                    .get(5..total)
+                    .and_then(|body| parse_fixed(id, body));
+                self.buf.advance(total);
+                m
+            }
+        };
+        let msg = parsed.ok_or(DecodeError::Malformed {
+            offset,
+            message: id,
+            len,
+        })?;
+        self.consumed += total as u64;
+        self.messages += 1;
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{InfoHash, PeerId};
+    use crate::wire::{BlockRequest, Reserved};
+    use bytes::Bytes;
+
+    fn handshake() -> Handshake {
+        Handshake::new(
+            InfoHash([0xab; 20]),
+            PeerId(*b"-XX0001-123456789012"),
+            Reserved::FAST | Reserved::EXTENSION_PROTOCOL,
+        )
+    }
+
+    fn drain(d: &mut Decoder) -> Vec<Decoded> {
+        let mut out = Vec::new();
+        while let Some(item) = d.decode().expect("valid stream") {
+            out.push(item);
+        }
+        out
+    }
+
+    /// Handshake + bitfield + have, as one peer typically sends them, as raw bytes.
+    fn opening_bytes() -> Vec<u8> {
+        let mut v = handshake().to_bytes().to_vec();
+        v.extend_from_slice(&[0, 0, 0, 3, 5, 0b1010_0000, 0b0100_0000]);
+        v.extend_from_slice(&[0, 0, 0, 5, 4, 0, 0, 0, 9]);
+        v
+    }
+
+    fn opening_items() -> Vec<Decoded> {
+        vec![
+            Decoded::Handshake(handshake()),
+            Decoded::Message(Message::Bitfield(Bytes::from_static(&[
+                0b1010_0000,
+                0b0100_0000,
+            ]))),
+            Decoded::Message(Message::Have { piece: 9 }),
+        ]
+    }
+
+    #[test]
+    fn handshake_bitfield_and_have_in_one_read() {
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_LEN);
+        d.extend(&opening_bytes());
+        let mut items = Vec::new();
+        while let Some(item) = d.decode().expect("valid") {
+            if matches!(item, Decoded::Message(Message::Bitfield(_))) {
+                assert_eq!(d.messages_decoded(), 1, "bitfield is the first message");
+            }
+            items.push(item);
+        }
+        assert_eq!(items, opening_items());
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.stream_offset(), opening_bytes().len() as u64);
+    }
+
+    #[test]
+    fn one_byte_at_a_time() {
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_LEN);
+        let mut items = Vec::new();
+        for b in opening_bytes() {
+            d.extend(&[b]);
+            items.extend(drain(&mut d));
+        }
+        assert_eq!(items, opening_items());
+    }
+
+    #[test]
+    fn read_buf_path_delivers_piece_payload_without_copy() {
+        let mut stream = BytesMut::new();
+        handshake().encode(&mut stream);
+        let block = Bytes::from(vec![0x5a; 16 * 1024]);
+        let msg = Message::Piece {
+            index: 1,
+            begin: 0,
+            block,
+        };
+        msg.encode(&mut stream).expect("encodable");
+        let mut d = Decoder::new(BLOCK_FRAME_LEN);
+        let buf = d.read_buf();
+        assert!(buf.capacity() - buf.len() >= DEFAULT_READ_CHUNK);
+        let base = buf.as_ptr() as usize;
+        buf.extend_from_slice(&stream);
+        let items = drain(&mut d);
+        assert_eq!(items.len(), 2);
+        let Decoded::Message(Message::Piece { block, .. }) = &items[1] else {
+            panic!("expected a piece, got {:?}", items[1]);
+        };
+        // The block points into the read buffer, right after handshake + 13-byte header.
+        assert_eq!(block.as_ptr() as usize, base + HANDSHAKE_LEN + 13);
+        assert_eq!(items[1], Decoded::Message(msg));
+        assert_eq!(d.bytes_moved(), 0);
+    }
+
+    #[test]
+    fn read_buf_reserves_room_for_the_rest_of_a_large_frame() {
+        let mut d = Decoder::new_after_handshake(DEFAULT_MAX_FRAME_LEN).with_read_chunk(1460);
+        // Header of a 200 KiB bitfield frame.
+        d.extend(&(200 * 1024u32 + 1).to_be_bytes());
+        d.extend(&[5]);
+        assert_eq!(d.decode(), Ok(None));
+        let buf = d.read_buf();
+        assert!(buf.capacity() - buf.len() >= 200 * 1024 + 1 + 4 - 5);
+    }
+
+    #[test]
+    fn hostile_length_is_refused_without_allocating() {
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_LEN);
+        d.extend(&handshake().to_bytes());
+        d.extend(&[0xff, 0xff, 0xff, 0xff]);
+        let cap_before = d.capacity();
+        assert!(matches!(d.decode(), Ok(Some(Decoded::Handshake(_)))));
+        let err = DecodeError::FrameTooLong {
+            offset: HANDSHAKE_LEN as u64,
+            len: u32::MAX,
+            max: DEFAULT_MAX_FRAME_LEN,
+        };
+        assert_eq!(d.decode(), Err(err.clone()));
+        assert!(d.capacity() <= cap_before);
+        // Sticky, and the read buffer no longer grows.
+        assert_eq!(d.decode(), Err(err.clone()));
+        assert_eq!(d.read_buf().capacity(), 0);
+        d.extend(&[0, 0, 0, 0]);
+        assert_eq!(d.decode(), Err(err));
+        assert!(d.error().is_some());
+    }
+
+    #[test]
+    fn hostile_length_before_body_arrives() {
+        // Just over the limit: refused from the 4-byte prefix alone.
+        let mut d = Decoder::new_after_handshake(BLOCK_FRAME_LEN);
+        d.extend(&(BLOCK_FRAME_LEN + 1).to_be_bytes());
+        assert_eq!(
+            d.decode(),
+            Err(DecodeError::FrameTooLong {
+                offset: 0,
+                len: BLOCK_FRAME_LEN + 1,
+                max: BLOCK_FRAME_LEN
+            })
+        );
+        // At the limit: accepted and waited for.
+        let mut d = Decoder::new_after_handshake(BLOCK_FRAME_LEN);
+        d.extend(&BLOCK_FRAME_LEN.to_be_bytes());
+        d.extend(&[7]);
+        assert_eq!(d.decode(), Ok(None));
+    }
+
+    #[test]
+    fn unknown_id_is_an_error_with_offset() {
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_LEN);
+        d.extend(&handshake().to_bytes());
+        d.extend(&[0, 0, 0, 1, 2]); // interested
+        d.extend(&[0, 0, 0, 1, 0x0a]); // id 10: unassigned
+        assert!(matches!(d.decode(), Ok(Some(Decoded::Handshake(_)))));
+        assert_eq!(d.decode(), Ok(Some(Decoded::Message(Message::Interested))));
+        let err = d.decode().expect_err("unknown id");
+        assert_eq!(err, DecodeError::UnknownId { offset: 73, id: 10 });
+        assert_eq!(
+            err.to_string(),
+            "frame at stream offset 73: unknown message id 10"
+        );
+    }
+
+    #[test]
+    fn have_with_three_bytes_is_a_wrong_length() {
+        let mut d = Decoder::new_after_handshake(DEFAULT_MAX_FRAME_LEN);
+        // Only the prefix and id are needed to refuse it.
+        d.extend(&[0, 0, 0, 4, 4]);
+        let err = d.decode().expect_err("wrong length");
+        assert_eq!(
+            err,
+            DecodeError::WrongLength {
+                offset: 0,
+                message: MessageId::Have,
+                len: 4,
+                expected: 5
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "frame at stream offset 0: have (id 4) message has length 4, expected 5"
+        );
+    }
+
+    #[test]
+    fn short_piece_and_extended_are_refused() {
+        let mut d = Decoder::new_after_handshake(DEFAULT_MAX_FRAME_LEN);
+        d.extend(&[0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(
+            d.decode(),
+            Err(DecodeError::TooShort {
+                message: MessageId::Piece,
+                len: 8,
+                min: 9,
+                ..
+            })
+        ));
+        let mut d = Decoder::new_after_handshake(DEFAULT_MAX_FRAME_LEN);
+        d.extend(&[0, 0, 0, 1, 20]);
+        assert!(matches!(
+            d.decode(),
+            Err(DecodeError::TooShort {
+                message: MessageId::Extended,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn wrong_protocol_is_refused_at_the_first_byte() {
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_LEN);
+        d.extend(&[0x16]); // a TLS record, say
+        assert_eq!(d.decode(), Err(DecodeError::BadProtocolLength(0x16)));
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_LEN);
+        d.extend(b"\x13BitTorrent pro");
+        assert_eq!(d.decode(), Ok(None));
+        d.extend(b"xocol");
+        assert!(matches!(
+            d.decode(),
+            Err(DecodeError::BadProtocolName { .. })
+        ));
+    }
+
+    #[test]
+    fn all_messages_decode_from_bep_byte_vectors() {
+        let cases: Vec<(Vec<u8>, Message)> = vec![
+            (vec![0, 0, 0, 0], Message::KeepAlive),
+            (vec![0, 0, 0, 1, 0], Message::Choke),
+            (vec![0, 0, 0, 1, 1], Message::Unchoke),
+            (vec![0, 0, 0, 1, 2], Message::Interested),
+            (vec![0, 0, 0, 1, 3], Message::NotInterested),
+            (
+                vec![0, 0, 0, 5, 4, 0, 0, 1, 0],
+                Message::Have { piece: 256 },
+            ),
+            (
+                vec![0, 0, 0, 13, 6, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
+                Message::Request(BlockRequest {
+                    index: 1,
+                    begin: 0x4000,
+                    length: 0x4000,
+                }),
+            ),
+            (
+                vec![0, 0, 0, 13, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x40, 0],
+                Message::Cancel(BlockRequest {
+                    index: 1,
+                    begin: 0,
+                    length: 0x4000,
+                }),
+            ),
+            (vec![0, 0, 0, 3, 9, 0x1a, 0xe1], Message::Port(6881)),
+            (
+                vec![0, 0, 0, 5, 0x0d, 0, 0, 0, 2],
+                Message::Suggest { piece: 2 },
+            ),
+            (vec![0, 0, 0, 1, 0x0e], Message::HaveAll),
+            (vec![0, 0, 0, 1, 0x0f], Message::HaveNone),
+            (
+                vec![0, 0, 0, 0x0d, 0x10, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0x40, 0],
+                Message::RejectRequest(BlockRequest {
+                    index: 3,
+                    begin: 0,
+                    length: 0x4000,
+                }),
+            ),
+            (
+                vec![0, 0, 0, 5, 0x11, 0, 0, 0, 4],
+                Message::AllowedFast { piece: 4 },
+            ),
+            (
+                vec![
+                    0, 0, 0, 0x0c, 7, 0, 0, 0, 2, 0, 0, 0, 0x10, b'a', b'b', b'c',
+                ],
+                Message::Piece {
+                    index: 2,
+                    begin: 0x10,
+                    block: Bytes::from_static(b"abc"),
+                },
+            ),
+            (
+                vec![0, 0, 0, 4, 20, 0, b'd', b'e'],
+                Message::Extended {
+                    id: 0,
+                    payload: Bytes::from_static(b"de"),
+                },
+            ),
+        ];
+        for (bytes, want) in cases {
+            let mut d = Decoder::new_after_handshake(DEFAULT_MAX_FRAME_LEN);
+            d.extend(&bytes);
+            assert_eq!(
+                d.decode(),
+                Ok(Some(Decoded::Message(want.clone()))),
+                "{bytes:?}"
+            );
+            assert_eq!(d.decode(), Ok(None));
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn frame_limit_for_piece_count() {
+        assert_eq!(max_frame_len_for(10), BLOCK_FRAME_LEN + EXTENSION_SLACK);
+        // 1 Mi pieces need a 128 KiB bitfield plus the id byte.
+        assert_eq!(max_frame_len_for(1 << 20), (1 << 17) + 1);
+        assert_eq!(max_frame_len_for(u32::MAX), (1 << 29) + 1);
+    }
+}
