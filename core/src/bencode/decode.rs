@@ -183,15 +183,17 @@ fn byte_string(input: &[u8]) -> TResult<'_, &[u8]> {
     Ok((rest, bytes))
 }
 
-/// An open container on the decoder's stack.
+/// An open container on the decoder's stack. Its children so far are the tail of a scratch vector
+/// shared by all open containers, starting at `base`; on close they are moved into one exactly-sized
+/// `Vec`, so a container costs one allocation instead of a series of regrowths.
 enum Frame<'a> {
     List {
         start: usize,
-        items: Vec<Value<'a>>,
+        base: usize,
     },
     Dict {
         start: usize,
-        entries: Vec<(&'a [u8], Value<'a>)>,
+        base: usize,
         /// A key that has been read and waits for its value.
         pending: Option<&'a [u8]>,
         /// Whether every key so far was strictly greater than the previous one; if so, duplicates are
@@ -268,6 +270,8 @@ pub fn decode_prefix_with(
 ) -> Result<(Value<'_>, usize), DecodeError> {
     let max_depth = options.max_depth.min(MAX_DEPTH_CAP);
     let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut items: Vec<Value<'_>> = Vec::new();
+    let mut entries: Vec<(&[u8], Value<'_>)> = Vec::new();
     let mut rest: &[u8] = input;
     loop {
         let pos = input.len() - rest.len();
@@ -277,7 +281,7 @@ pub fn decode_prefix_with(
 
         // Inside a dict waiting for a key: either the end of the dict or a byte-string key.
         if let Some(Frame::Dict {
-            entries,
+            base,
             pending: pending @ None,
             sorted,
             ..
@@ -288,7 +292,7 @@ pub fn decode_prefix_with(
                     return Err(err_at(input, rest, DecodeErrorKind::NonStringKey));
                 }
                 let (after, key) = byte_string(rest).map_err(|e| token_err(input, e))?;
-                if let Some((prev, _)) = entries.last() {
+                if let Some((prev, _)) = entries.last().filter(|_| entries.len() > *base) {
                     if *prev == key {
                         return Err(err_at(
                             input,
@@ -314,24 +318,26 @@ pub fn decode_prefix_with(
                 let end = input.len() - after.len();
                 match stack.pop() {
                     None => return Err(err_at(input, rest, DecodeErrorKind::UnexpectedByte(b'e'))),
-                    Some(Frame::List { start, items }) => {
+                    Some(Frame::List { start, base }) => {
                         rest = after;
-                        Value::new(Kind::List(items), &input[start..end], start)
+                        let children = items.drain(base..).collect();
+                        Value::new(Kind::List(children), &input[start..end], start)
                     }
                     Some(Frame::Dict {
                         pending: Some(_), ..
                     }) => return Err(err_at(input, rest, DecodeErrorKind::KeyWithoutValue)),
                     Some(Frame::Dict {
                         start,
-                        entries,
+                        base,
                         sorted,
                         pending: None,
                     }) => {
+                        let children: Vec<_> = entries.drain(base..).collect();
                         if !sorted {
-                            check_duplicates(start, &entries)?;
+                            check_duplicates(start, &children)?;
                         }
                         rest = after;
-                        Value::new(Kind::Dict(entries), &input[start..end], start)
+                        Value::new(Kind::Dict(children), &input[start..end], start)
                     }
                 }
             }
@@ -342,12 +348,12 @@ pub fn decode_prefix_with(
                 stack.push(if first == b'l' {
                     Frame::List {
                         start: pos,
-                        items: Vec::new(),
+                        base: items.len(),
                     }
                 } else {
                     Frame::Dict {
                         start: pos,
-                        entries: Vec::new(),
+                        base: entries.len(),
                         pending: None,
                         sorted: true,
                     }
@@ -373,10 +379,8 @@ pub fn decode_prefix_with(
         // A value is complete: hand it to its parent, or finish.
         match stack.last_mut() {
             None => return Ok((value, input.len() - rest.len())),
-            Some(Frame::List { items, .. }) => items.push(value),
-            Some(Frame::Dict {
-                entries, pending, ..
-            }) => match pending.take() {
+            Some(Frame::List { .. }) => items.push(value),
+            Some(Frame::Dict { pending, .. }) => match pending.take() {
                 Some(key) => entries.push((key, value)),
                 // Unreachable by construction (keys are read above), but never panic on input.
                 None => return Err(err_at(input, rest, DecodeErrorKind::NonStringKey)),

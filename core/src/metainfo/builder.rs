@@ -375,6 +375,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn output_does_not_depend_on_listing_order() {
+        let files = vec![(s(&["b"]), 3), (s(&["a", "z"]), 2), (s(&["a", "y"]), 1)];
+        let build = |files: Vec<(Vec<String>, u64)>| {
+            let mut h = TorrentBuilder::multi_file("d", files).start().unwrap();
+            let order: Vec<String> = h
+                .layout()
+                .files()
+                .iter()
+                .map(|f| f.display_path())
+                .collect();
+            h.update(b"123456").unwrap();
+            (order, h.finish().unwrap())
+        };
+        let (order, first) = build(files.clone());
+        assert_eq!(order, vec!["d/a/y", "d/a/z", "d/b"]);
+        let mut reversed = files;
+        reversed.reverse();
+        assert_eq!(build(reversed).1, first);
+    }
+
     fn arb_files() -> impl Strategy<Value = Vec<(Vec<String>, u64)>> {
         proptest::collection::vec(
             (proptest::collection::vec("[a-c]{1,2}", 0..3), 0u64..3000),

@@ -18,6 +18,7 @@ pub use files::{check_component, FileEntry, FileSlice, FileSlices, Layout};
 pub use torrent::{Info, Metainfo};
 
 use crate::bencode::DecodeError;
+use crate::types::InfoHash;
 
 /// Why a `.torrent` (or an `info` dictionary, or a torrent to build) was rejected. Field names are
 /// written as paths like `info.files[3].length`.
@@ -97,6 +98,14 @@ pub enum MetainfoError {
     /// Two files with the same path, or a file whose path is a directory of another file.
     #[error("path `{0}` is used by more than one file (or is both a file and a directory)")]
     PathConflict(String),
+    /// BEP 9 metadata whose SHA-1 is not the info-hash it was fetched for.
+    #[error("metadata hashes to {actual}, expected {expected}")]
+    InfoHashMismatch {
+        /// The info-hash the metadata was requested for.
+        expected: InfoHash,
+        /// What the received bytes hash to.
+        actual: InfoHash,
+    },
     /// A builder received more content than the declared file lengths.
     #[error("builder received more content than the {expected} bytes declared")]
     TooMuchData {

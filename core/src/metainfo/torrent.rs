@@ -100,34 +100,80 @@ fn text_with_utf8_twin(
     }
 }
 
-/// A file's path components: `path.utf-8` if it is a list of valid UTF-8 strings, else `path`.
-fn file_path(file: &Value<'_>, field: &str) -> Result<Vec<String>, MetainfoError> {
+/// Appends a file's path components to `path`: `path.utf-8` if it is a non-empty list of valid UTF-8
+/// strings, else `path` (lossily decoded). `field` is only formatted when there is an error, because
+/// this runs once per file of torrents with tens of thousands of files.
+fn push_file_path(
+    file: &Value<'_>,
+    field: &dyn Fn() -> String,
+    path: &mut Vec<String>,
+) -> Result<(), MetainfoError> {
     if let Some(list) = file.get(b"path.utf-8").and_then(Value::as_list) {
-        let utf8: Option<Vec<String>> = list
-            .iter()
-            .map(|c| c.as_str().map(str::to_string))
-            .collect();
-        if let Some(components) = utf8 {
-            if !components.is_empty() {
-                return Ok(components);
-            }
+        if !list.is_empty() && list.iter().all(|c| c.as_str().is_some()) {
+            path.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
+            return Ok(());
         }
     }
-    let path_field = format!("{field}.path");
-    let list = list_field(require(file, "path", &path_field)?, &path_field)?;
-    list.iter()
-        .enumerate()
-        .map(|(i, c)| {
-            bytes_field(c, &format!("{path_field}[{i}]"))
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        })
-        .collect()
+    let Some(value) = file.get(b"path") else {
+        return Err(MetainfoError::MissingField(format!("{}.path", field())));
+    };
+    let list = value
+        .as_list()
+        .ok_or_else(|| wrong_type(&format!("{}.path", field()), value, "list"))?;
+    for (i, c) in list.iter().enumerate() {
+        let bytes = c
+            .as_bytes()
+            .ok_or_else(|| wrong_type(&format!("{}.path[{i}]", field()), c, "byte string"))?;
+        path.push(String::from_utf8_lossy(bytes).into_owned());
+    }
+    Ok(())
+}
+
+/// Parses one entry of `info.files` into (full path starting with `name`, length, padding).
+fn parse_file(
+    index: usize,
+    file: &Value<'_>,
+    name: &str,
+) -> Result<(Vec<String>, u64, bool), MetainfoError> {
+    let field = || format!("info.files[{index}]");
+    if file.as_dict().is_none() {
+        return Err(wrong_type(&field(), file, "dictionary"));
+    }
+    let len_field = || format!("{}.length", field());
+    let len_value = file
+        .get(b"length")
+        .ok_or_else(|| MetainfoError::MissingField(len_field()))?;
+    let len = len_value
+        .as_int()
+        .ok_or_else(|| wrong_type(&len_field(), len_value, "integer"))?;
+    let len = u64::try_from(len).map_err(|_| MetainfoError::NegativeLength {
+        field: len_field(),
+        value: len,
+    })?;
+    let mut path = vec![name.to_string()];
+    push_file_path(file, &field, &mut path)?;
+    let components = path.get(1..).unwrap_or_default();
+    let bad = |reason| unsafe_path(&format!("{}.path", field()), components, reason);
+    if components.is_empty() {
+        return Err(bad("empty path"));
+    }
+    for c in components {
+        check_component(c).map_err(bad)?;
+    }
+    let padding = file
+        .get(b"attr")
+        .and_then(Value::as_bytes)
+        .is_some_and(|a| a.contains(&b'p'));
+    Ok((path, len, padding))
 }
 
 /// Rejects duplicate paths and a file path that is also a directory of another file.
 pub(super) fn check_conflicts(layout: &Layout) -> Result<(), MetainfoError> {
     let mut paths: Vec<&[String]> = layout.files().iter().map(|f| f.path.as_slice()).collect();
-    paths.sort_unstable();
+    // Builders (ours included) usually write files sorted already; then there is nothing to sort.
+    if !paths.windows(2).all(|w| matches!(w, [a, b] if a <= b)) {
+        paths.sort_unstable();
+    }
     // After sorting, a path that is a prefix of others is immediately followed by one of them.
     for pair in paths.windows(2) {
         if let [a, b] = pair {
@@ -145,6 +191,16 @@ impl Info {
     pub fn from_bytes(raw: &[u8]) -> Result<Info, MetainfoError> {
         let value = bencode::decode(raw)?;
         Info::from_value(&value)
+    }
+
+    /// Parses metadata fetched from peers (BEP 9) after checking that it hashes to the info-hash of the
+    /// magnet link, so that bytes from a lying peer are refused before they are parsed.
+    pub fn from_metadata(raw: &[u8], expected: InfoHash) -> Result<Info, MetainfoError> {
+        let actual = InfoHash(Sha1::digest(raw).into());
+        if actual != expected {
+            return Err(MetainfoError::InfoHashMismatch { expected, actual });
+        }
+        Info::from_bytes(raw)
     }
 
     /// Parses a decoded `info` value; its raw span becomes [`Info::raw`].
@@ -197,36 +253,11 @@ impl Info {
                 if list.is_empty() {
                     return Err(MetainfoError::NoFiles);
                 }
-                let mut out = Vec::with_capacity(list.len());
-                for (i, file) in list.iter().enumerate() {
-                    let field = format!("info.files[{i}]");
-                    if file.as_dict().is_none() {
-                        return Err(wrong_type(&field, file, "dictionary"));
-                    }
-                    let len_field = format!("{field}.length");
-                    let len = int_field(require(file, "length", &len_field)?, &len_field)?;
-                    let len = u64::try_from(len).map_err(|_| MetainfoError::NegativeLength {
-                        field: len_field.clone(),
-                        value: len,
-                    })?;
-                    let components = file_path(file, &field)?;
-                    let path_field = format!("{field}.path");
-                    if components.is_empty() {
-                        return Err(unsafe_path(&path_field, &components, "empty path"));
-                    }
-                    for c in &components {
-                        check_component(c)
-                            .map_err(|reason| unsafe_path(&path_field, &components, reason))?;
-                    }
-                    let padding = file
-                        .get(b"attr")
-                        .and_then(Value::as_bytes)
-                        .is_some_and(|a| a.contains(&b'p'));
-                    let mut path = Vec::with_capacity(components.len() + 1);
-                    path.push(name.clone());
-                    path.extend(components);
-                    out.push((path, len, padding));
-                }
+                let out = list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, file)| parse_file(i, file, &name))
+                    .collect::<Result<Vec<_>, _>>()?;
                 (out, true)
             }
             _ => return Err(MetainfoError::AmbiguousMode),
@@ -541,6 +572,18 @@ mod tests {
         assert_ne!(InfoHash(Sha1::digest(&reencoded).into()), expected);
         // A bare info dict (BEP 9 metadata) gives the same hash; writing the torrent back keeps it.
         assert_eq!(Info::from_bytes(info_raw).unwrap().info_hash(), expected);
+        assert_eq!(
+            Info::from_metadata(info_raw, expected).unwrap().info_hash(),
+            expected
+        );
+        let other = InfoHash([7; 20]);
+        assert_eq!(
+            Info::from_metadata(info_raw, other),
+            Err(MetainfoError::InfoHashMismatch {
+                expected: other,
+                actual: expected
+            })
+        );
         assert_eq!(
             Metainfo::from_bytes(&m.to_bytes()).unwrap().info_hash(),
             expected
