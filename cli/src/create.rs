@@ -73,7 +73,9 @@ pub fn run(args: &CreateArgs) -> Result<(), CliError> {
         builder = builder.comment(comment);
     }
     if !args.no_date {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         builder = builder.creation_date(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
     }
 
@@ -100,12 +102,14 @@ pub fn run(args: &CreateArgs) -> Result<(), CliError> {
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]).map_err(|e| CliError::input(path, e))?;
+            hasher
+                .update(&buf[..n])
+                .map_err(|e| CliError::input(path, e))?;
         }
     }
-    let built = hasher
-        .finish()
-        .map_err(|e| CliError::input(root, format!("{e} (did a file change while it was read?)")))?;
+    let built = hasher.finish().map_err(|e| {
+        CliError::input(root, format!("{e} (did a file change while it was read?)"))
+    })?;
     std::fs::write(&args.output, &built.bytes).map_err(|e| CliError::disk(&args.output, e))?;
     eprintln!(
         "created {} ({}, info-hash {})",

@@ -22,9 +22,12 @@ pub struct InfoArgs {
 
 /// Runs `hyperblow info`.
 pub fn run(args: &InfoArgs) -> Result<(), CliError> {
-    let report = if args.source.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("magnet:")) {
-        let link = MagnetLink::parse(&args.source)
-            .map_err(|e| CliError::Input(e.to_string()))?;
+    let report = if args
+        .source
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("magnet:"))
+    {
+        let link = MagnetLink::parse(&args.source).map_err(|e| CliError::Input(e.to_string()))?;
         magnet_report(&link)
     } else {
         let path = PathBuf::from(&args.source);
@@ -34,7 +37,10 @@ pub fn run(args: &InfoArgs) -> Result<(), CliError> {
         torrent_report(&meta)
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print!("{}", render_text(&report));
     }
@@ -100,18 +106,30 @@ fn render_text(r: &Value) -> String {
     let line = |out: &mut String, label: &str, value: &str| {
         let _ = writeln!(out, "{:<14}{value}", format!("{label}:"));
     };
-    line(&mut out, "Name", &s("name").unwrap_or_else(|| "(unknown)".into()));
+    line(
+        &mut out,
+        "Name",
+        &s("name").unwrap_or_else(|| "(unknown)".into()),
+    );
     line(&mut out, "Info-hash", &s("info_hash").unwrap_or_default());
     if r["kind"] == "torrent" {
         let total = r["total_length"].as_u64().unwrap_or(0);
         let piece = r["piece_length"].as_u64().unwrap_or(0);
-        line(&mut out, "Size", &format!("{} ({total} bytes)", units::bytes(total)));
+        line(
+            &mut out,
+            "Size",
+            &format!("{} ({total} bytes)", units::bytes(total)),
+        );
         line(
             &mut out,
             "Pieces",
             &format!("{} x {}", r["piece_count"], units::bytes(piece)),
         );
-        let private = if r["private"].as_bool() == Some(true) { "yes" } else { "no" };
+        let private = if r["private"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        };
         line(&mut out, "Private", private);
         if let Some(by) = s("created_by") {
             line(&mut out, "Created by", &by);
@@ -123,7 +141,11 @@ fn render_text(r: &Value) -> String {
             line(&mut out, "Comment", &comment);
         }
     } else {
-        line(&mut out, "Metadata", "not fetched yet: sizes and files come from peers");
+        line(
+            &mut out,
+            "Metadata",
+            "not fetched yet: sizes and files come from peers",
+        );
         for peer in r["peers"].as_array().into_iter().flatten() {
             line(&mut out, "Peer", peer.as_str().unwrap_or_default());
         }
@@ -138,7 +160,12 @@ fn render_text(r: &Value) -> String {
         let _ = writeln!(out, "Trackers:");
         for (i, tier) in tiers.iter().enumerate() {
             for url in tier.as_array().into_iter().flatten() {
-                let _ = writeln!(out, "  tier {}  {}", i + 1, url.as_str().unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "  tier {}  {}",
+                    i + 1,
+                    url.as_str().unwrap_or_default()
+                );
             }
         }
     }
@@ -146,7 +173,11 @@ fn render_text(r: &Value) -> String {
         let _ = writeln!(out, "Files ({}):", files.len());
         for f in files {
             let len = f["length"].as_u64().unwrap_or(0);
-            let padding = if f["padding"].as_bool() == Some(true) { "  (padding)" } else { "" };
+            let padding = if f["padding"].as_bool() == Some(true) {
+                "  (padding)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
                 "  {:>4}  {:>12}  {}{padding}",
@@ -189,7 +220,7 @@ mod tests {
     fn dates() {
         assert_eq!(format_unix_date(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_unix_date(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(format_unix_date(1_796_000_000), "2026-11-30 01:33:20 UTC");
+        assert_eq!(format_unix_date(1_796_000_000), "2026-11-30 00:53:20 UTC");
         assert_eq!(format_unix_date(-1), "1969-12-31 23:59:59 UTC");
     }
 }

@@ -12,6 +12,7 @@ pub mod choker;
 pub mod engine;
 pub mod magnet;
 pub mod metainfo;
+pub mod peer;
 pub mod picker;
 pub mod rng;
 pub mod time;

@@ -59,7 +59,8 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
 
 /// Feeds `stream` cut into `chunks` (sizes cycled, each at least 1), draining after every piece and
 /// checking the buffer bound; returns the decoded items or the first error. Half the time the chunk goes
-/// through `read_buf` (the driver's path), half through `extend`.
+/// through `read_buf` (the driver's path, where a read may be shortened to the spare capacity), half
+/// through `extend`.
 fn feed(d: &mut Decoder, stream: &[u8], chunks: &[usize]) -> (Vec<Decoded>, Option<DecodeError>) {
     let mut out = Vec::new();
     let mut pos = 0;
@@ -70,9 +71,12 @@ fn feed(d: &mut Decoder, stream: &[u8], chunks: &[usize]) -> (Vec<Decoded>, Opti
             .copied()
             .unwrap_or(1)
             .max(1);
-        let end = (pos + size).min(stream.len());
+        let mut end = (pos + size).min(stream.len());
         if i % 2 == 0 {
-            d.read_buf().extend_from_slice(&stream[pos..end]);
+            // Like a socket read: at most the spare capacity offered.
+            let buf = d.read_buf();
+            end = end.min(pos + (buf.capacity() - buf.len()).max(1));
+            buf.extend_from_slice(&stream[pos..end]);
         } else {
             d.extend(&stream[pos..end]);
         }

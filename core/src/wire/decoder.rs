@@ -13,7 +13,9 @@ use bytes::{Buf, BytesMut};
 use nom::number::streaming::be_u32;
 
 use super::handshake::{Handshake, HANDSHAKE_LEN};
-use super::message::{parse_fixed, parse_payload, LengthRule, Message, MessageId};
+use super::message::{
+    fixed_message, parse_fixed_fields, parse_payload, LengthRule, Message, MessageId,
+};
 use super::DecodeError;
 
 /// Length prefix (id byte included) of a `piece` message carrying a standard 16 KiB block: the frame limit
@@ -30,6 +32,15 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 1024 * 1024 + 9;
 /// bencoded header under 100 bytes, and extension handshakes and PEX messages seen in practice are a few
 /// hundred bytes; 4 KiB covers them with a wide margin.
 pub const EXTENSION_SLACK: u32 = 4 * 1024;
+
+/// Room [`Decoder::read_buf`] keeps beyond a read so that an ordinary frame (a 16 KiB block or an
+/// extension message, 4-byte prefix included) that starts in the read also ends in the same allocation.
+pub const FRAME_HEADROOM: usize = 4 + (BLOCK_FRAME_LEN + EXTENSION_SLACK) as usize;
+
+/// A partial frame at least this long is not moved to a new allocation; the next read is shortened to
+/// end on its boundary instead. 8 KiB is about what one read system call costs in copying time, so below
+/// it moving the bytes is the cheaper choice.
+pub const SHORT_READ_THRESHOLD: usize = 8 * 1024;
 
 /// Default spare capacity offered to each socket read: 64 KiB, the usual TCP receive-window step and
 /// enough for four 16 KiB blocks per read.
@@ -88,6 +99,9 @@ pub struct Decoder {
     consumed: u64,
     /// Messages returned so far, handshake excluded.
     messages: u64,
+    /// Spare capacity held back by [`Decoder::read_buf`] to end the current read on a frame boundary;
+    /// rejoined before the next read.
+    tail: Option<BytesMut>,
     /// Bytes the decoder had to move to a fresh allocation because a frame straddled the end of the old
     /// one (see [`Decoder::bytes_moved`]).
     moved: u64,
@@ -106,6 +120,7 @@ impl Decoder {
             error: None,
             consumed: 0,
             messages: 0,
+            tail: None,
             moved: 0,
         }
     }
@@ -141,7 +156,7 @@ impl Decoder {
 
     /// Capacity of the current read buffer allocation (for memory accounting and tests).
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.buf.capacity() + self.tail.as_ref().map_or(0, BytesMut::capacity)
     }
 
     /// Whether the handshake has been decoded.
@@ -162,8 +177,9 @@ impl Decoder {
     }
 
     /// Total bytes [`Decoder::read_buf`] copied when a partly received frame had to move to a new
-    /// allocation because the old one was full. This is the only copy the decoder ever makes of payload
-    /// bytes; it is at most one partial frame per buffer allocation, and benches report it.
+    /// allocation because the old one was full. This is the only copy the decoder ever makes of received
+    /// bytes: a partial frame shorter than [`SHORT_READ_THRESHOLD`] (or one larger than
+    /// [`FRAME_HEADROOM`] that did not fit), at most once per allocation. Benches report it.
     pub fn bytes_moved(&self) -> u64 {
         self.moved
     }
@@ -175,6 +191,7 @@ impl Decoder {
 
     /// Appends received bytes (copying them); tests and simple drivers use this.
     pub fn extend(&mut self, data: &[u8]) {
+        self.rejoin_tail();
         if self.error.is_none() {
             self.buf.extend_from_slice(data);
         }
@@ -199,44 +216,92 @@ impl Decoder {
         total.saturating_sub(self.buf.len())
     }
 
-    /// The read buffer with spare capacity for the next socket read: at least the configured read chunk,
-    /// and at least what the current frame still needs, so a frame never has to move once it has started
-    /// to arrive into an allocation that could hold it. A driver reads straight into the spare capacity
-    /// (e.g. tokio's `AsyncReadExt::read_buf`), so a piece payload goes socket -> buffer -> `Bytes` with no
-    /// copy. Call [`Decoder::decode`] until it returns `Ok(None)` after every read. After an error the
-    /// buffer is left empty and no capacity is reserved.
+    /// Puts back the spare capacity [`Decoder::read_buf`] held back to shorten a read.
+    #[inline]
+    fn rejoin_tail(&mut self) {
+        if let Some(tail) = self.tail.take() {
+            // O(1) when contiguous, which it is unless a frozen frame was split off in between, and then
+            // `buf` is empty and simply becomes `tail`.
+            self.buf.unsplit(tail);
+        }
+    }
+
+    /// The read buffer with spare capacity for the next socket read. A driver reads straight into the
+    /// spare capacity (e.g. tokio's `AsyncReadExt::read_buf`, which reads at most that much), so a piece
+    /// payload goes socket -> buffer -> `Bytes` with no copy. Call [`Decoder::decode`] until it returns
+    /// `Ok(None)` after every read. After an error the buffer is left empty and no capacity is reserved.
+    ///
+    /// How the spare capacity is chosen, so that payload bytes are not moved either:
+    /// - normally at least the read chunk plus [`FRAME_HEADROOM`], so any ordinary frame that starts in
+    ///   this read also ends inside the same allocation; or, while the frame being received still needs
+    ///   at least a read chunk and fits, as much as there is (a read of the usual size stays inside it);
+    /// - when the allocation is nearly used up while a large part of a frame (at least
+    ///   [`SHORT_READ_THRESHOLD`] bytes) is already buffered, exactly the bytes that frame still needs: the
+    ///   read ends on the frame boundary and the next read starts a fresh allocation with nothing to carry
+    ///   over (one extra, shorter read instead of a copy);
+    /// - otherwise a fresh (or reclaimed) allocation, moving the few buffered bytes of a partial frame;
+    ///   [`Decoder::bytes_moved`] counts them.
     pub fn read_buf(&mut self) -> &mut BytesMut {
-        if self.error.is_none() {
-            let want = self.read_chunk.max(self.missing_for_current());
-            if self.buf.capacity() - self.buf.len() < want {
-                // Reuses the allocation when no frozen frame still points into it (moving the partial frame
-                // to the front), otherwise starts a new one. Either way the partial frame is copied once.
-                self.moved += self.buf.len() as u64;
-                if !self.buf.try_reclaim(want) {
-                    let mut fresh = BytesMut::with_capacity(self.buf.len() + want);
-                    fresh.extend_from_slice(&self.buf);
-                    self.buf = fresh;
-                }
-            }
+        self.rejoin_tail();
+        if self.error.is_some() {
+            return &mut self.buf;
+        }
+        let len = self.buf.len();
+        let spare = self.buf.capacity() - len;
+        let missing = self.missing_for_current();
+        let want = self.read_chunk.max(missing) + FRAME_HEADROOM;
+        if spare >= want {
+            return &mut self.buf;
+        }
+        if missing >= self.read_chunk && spare >= missing && len >= 4 {
+            // A read of the usual size stays inside the current frame, which fits.
+            return &mut self.buf;
+        }
+        if len >= SHORT_READ_THRESHOLD && missing > 0 && spare >= missing {
+            self.tail = Some(self.buf.split_off(len + missing));
+            return &mut self.buf;
+        }
+        // Reuses the allocation when no frozen frame still points into it (moving the partial frame to
+        // the front), otherwise starts a new one.
+        self.moved += len as u64;
+        if !self.buf.try_reclaim(want) {
+            let mut fresh = BytesMut::with_capacity(len + want);
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
         }
         &mut self.buf
     }
 
     /// Decodes the next item, `Ok(None)` when more bytes are needed. Once an error is returned, every later
     /// call returns it again.
+    #[inline]
     pub fn decode(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        if self.phase == Phase::Frames && self.error.is_none() {
+            // Returned directly (not inspected here) so the message is built once, in the caller's slot.
+            return self.decode_frame();
+        }
+        self.decode_slow()
+    }
+
+    /// The rarely taken paths of [`Decoder::decode`]: the sticky error and the handshake.
+    #[cold]
+    fn decode_slow(&mut self) -> Result<Option<Decoded>, DecodeError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
-        let result = match self.phase {
-            Phase::Frames => self.decode_frame().map(|m| m.map(Decoded::Message)),
-            Phase::Handshake => self.decode_handshake(),
-        };
-        if let Err(e) = &result {
-            self.error = Some(e.clone());
-            self.buf = BytesMut::new();
+        match self.decode_handshake() {
+            Ok(item) => Ok(item),
+            Err(e) => Err(self.fail(e)),
         }
-        result
+    }
+
+    /// Records an error as sticky, releases the buffer, and hands the error back.
+    #[cold]
+    fn fail(&mut self, e: DecodeError) -> DecodeError {
+        self.error = Some(e.clone());
+        self.buf = BytesMut::new();
+        self.tail = None;
+        e
     }
 
     /// The handshake phase: refuse a wrong protocol prefix as soon as its bytes arrive.
@@ -254,8 +319,8 @@ impl Decoder {
     }
 
     /// The frame phase: one length-prefixed message.
-    #[inline]
-    fn decode_frame(&mut self) -> Result<Option<Message>, DecodeError> {
+    #[inline(always)]
+    fn decode_frame(&mut self) -> Result<Option<Decoded>, DecodeError> {
         let len = match be_u32::<_, nom::error::Error<&[u8]>>(&self.buf[..]) {
             Ok((_, len)) => len,
             // Incomplete: fewer than 4 bytes so far. (A 4-byte big-endian read cannot fail otherwise.)
@@ -263,42 +328,44 @@ impl Decoder {
         };
         let offset = self.consumed;
         if len > self.max_frame_len {
-            return Err(DecodeError::FrameTooLong {
+            return Err(self.fail(DecodeError::FrameTooLong {
                 offset,
                 len,
                 max: self.max_frame_len,
-            });
+            }));
         }
         if len == 0 {
             self.buf.advance(4);
             self.consumed += 4;
             self.messages += 1;
-            return Ok(Some(Message::KeepAlive));
+            return Ok(Some(Decoded::Message(Message::KeepAlive)));
         }
         // Check the id and its length rule as soon as the id byte is here, before waiting for the body.
         let Some(&id_byte) = self.buf.get(4) else {
             return Ok(None);
         };
-        let id = MessageId::from_u8(id_byte).ok_or(DecodeError::UnknownId {
-            offset,
-            id: id_byte,
-        })?;
+        let Some(id) = MessageId::from_u8(id_byte) else {
+            return Err(self.fail(DecodeError::UnknownId {
+                offset,
+                id: id_byte,
+            }));
+        };
         match id.length_rule() {
             LengthRule::Exactly(n) if len != n => {
-                return Err(DecodeError::WrongLength {
+                return Err(self.fail(DecodeError::WrongLength {
                     offset,
                     message: id,
                     len,
                     expected: n,
-                })
+                }))
             }
             LengthRule::AtLeast(n) if len < n => {
-                return Err(DecodeError::TooShort {
+                return Err(self.fail(DecodeError::TooShort {
                     offset,
                     message: id,
                     len,
                     min: n,
-                })
+                }))
             }
             _ => {}
         }
@@ -306,27 +373,29 @@ impl Decoder {
         if self.buf.len() < total {
             return Ok(None);
         }
-        let parsed = match id {
-            MessageId::Piece | MessageId::Bitfield | MessageId::Extended => {
-                parse_payload(id, self.buf.split_to(total).freeze())
-            }
-            _ => {
-                let m = self
-                    .buf
-                    .get(5..total)
-                    .and_then(|body| parse_fixed(id, body));
-                self.buf.advance(total);
-                m
-            }
-        };
-        let msg = parsed.ok_or(DecodeError::Malformed {
+        let malformed = || DecodeError::Malformed {
             offset,
             message: id,
             len,
-        })?;
+        };
+        if let MessageId::Piece | MessageId::Bitfield | MessageId::Extended = id {
+            let Some(msg) = parse_payload(id, self.buf.split_to(total).freeze()) else {
+                return Err(self.fail(malformed()));
+            };
+            self.consumed += total as u64;
+            self.messages += 1;
+            return Ok(Some(Decoded::Message(msg)));
+        }
+        let Some(fields) = self.buf.get(5..total).and_then(parse_fixed_fields) else {
+            return Err(self.fail(malformed()));
+        };
+        let Some(msg) = fixed_message(id, fields) else {
+            return Err(self.fail(malformed()));
+        };
+        self.buf.advance(total);
         self.consumed += total as u64;
         self.messages += 1;
-        Ok(Some(msg))
+        Ok(Some(Decoded::Message(msg)))
     }
 }
 
@@ -424,6 +493,57 @@ mod tests {
         assert_eq!(block.as_ptr() as usize, base + HANDSHAKE_LEN + 13);
         assert_eq!(items[1], Decoded::Message(msg));
         assert_eq!(d.bytes_moved(), 0);
+    }
+
+    /// Simulates socket reads of up to `chunk` bytes into `read_buf` (a read never exceeds the spare
+    /// capacity); returns the decoded items and the number of reads.
+    fn read_through(d: &mut Decoder, stream: &[u8], chunk: usize) -> (Vec<Decoded>, usize) {
+        let (mut items, mut reads, mut pos) = (Vec::new(), 0, 0);
+        while pos < stream.len() {
+            let buf = d.read_buf();
+            let n = chunk
+                .min(buf.capacity() - buf.len())
+                .min(stream.len() - pos);
+            assert!(n > 0, "read_buf offered no room");
+            buf.extend_from_slice(&stream[pos..pos + n]);
+            pos += n;
+            reads += 1;
+            items.extend(drain(d));
+        }
+        (items, reads)
+    }
+
+    #[test]
+    fn piece_stream_is_never_moved_whatever_the_read_size() {
+        let mut stream = BytesMut::new();
+        let mut want = Vec::new();
+        for i in 0..64u32 {
+            let m = Message::Piece {
+                index: i,
+                begin: 0,
+                block: Bytes::from(vec![i as u8; 16 * 1024]),
+            };
+            m.encode(&mut stream).expect("encodable");
+            want.push(Decoded::Message(m));
+            // A few small messages in between shift the frame boundaries.
+            if i % 5 == 0 {
+                Message::Have { piece: i }
+                    .encode(&mut stream)
+                    .expect("encodable");
+                want.push(Decoded::Message(Message::Have { piece: i }));
+            }
+        }
+        for chunk in [1460, 4096, 16 * 1024 + 13, 64 * 1024, 256 * 1024] {
+            let mut d = Decoder::new_after_handshake(BLOCK_FRAME_LEN).with_read_chunk(chunk);
+            let (items, reads) = read_through(&mut d, &stream, chunk);
+            assert_eq!(items, want, "chunk {chunk}");
+            assert_eq!(d.bytes_moved(), 0, "chunk {chunk}");
+            // Shortened reads cost at most one extra read per allocation.
+            assert!(
+                reads <= 2 * stream.len().div_ceil(chunk) + 2,
+                "chunk {chunk}: {reads} reads"
+            );
+        }
     }
 
     #[test]

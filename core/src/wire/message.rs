@@ -9,7 +9,6 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 use nom::number::complete::{be_u16, be_u32};
 use nom::sequence::tuple;
-use nom::IResult;
 
 use super::EncodeError;
 
@@ -358,27 +357,42 @@ impl Message {
     }
 }
 
-/// nom (complete) parser for a body made of one 4-byte integer.
-fn p_u32(input: &[u8]) -> IResult<&[u8], u32> {
-    be_u32(input)
-}
-
-/// nom (complete) parser for a block address.
-fn p_block(input: &[u8]) -> IResult<&[u8], BlockRequest> {
-    let (rest, (index, begin, length)) = tuple((be_u32, be_u32, be_u32))(input)?;
-    Ok((
-        rest,
-        BlockRequest {
-            index,
-            begin,
-            length,
-        },
-    ))
-}
+/// The integer fields of a fixed-size message body, parsed before the message is built so that the
+/// hot path constructs the enum once, in its final place (building it through an `Option` costs a
+/// stack round trip per message).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Fields(pub(crate) u32, pub(crate) u32, pub(crate) u32);
 
 /// Parses the body (bytes after the id) of a fixed-size message whose length the caller has already
-/// checked against [`MessageId::length_rule`]. Complete parsers: running short is an error (`None`).
-pub(crate) fn parse_fixed(id: MessageId, body: &[u8]) -> Option<Message> {
+/// checked against [`MessageId::length_rule`], with nom *complete* parsers: running short is an error
+/// (`None`).
+#[inline(always)]
+pub(crate) fn parse_fixed_fields(body: &[u8]) -> Option<Fields> {
+    type E<'a> = nom::error::Error<&'a [u8]>;
+    Some(match body.len() {
+        0 => Fields::default(),
+        2 => Fields(u32::from(be_u16::<_, E<'_>>(body).ok()?.1), 0, 0),
+        4 => Fields(be_u32::<_, E<'_>>(body).ok()?.1, 0, 0),
+        12 => {
+            // Three sequential parsers rather than `tuple`, which does not inline and returns its
+            // output through memory.
+            let (rest, a) = be_u32::<_, E<'_>>(body).ok()?;
+            let (rest, b) = be_u32::<_, E<'_>>(rest).ok()?;
+            let (_, c) = be_u32::<_, E<'_>>(rest).ok()?;
+            Fields(a, b, c)
+        }
+        _ => return None,
+    })
+}
+
+/// Builds a fixed-size message from its parsed fields. `None` for payload-carrying ids.
+#[inline(always)]
+pub(crate) fn fixed_message(id: MessageId, f: Fields) -> Option<Message> {
+    let block = BlockRequest {
+        index: f.0,
+        begin: f.1,
+        length: f.2,
+    };
     Some(match id {
         MessageId::Choke => Message::Choke,
         MessageId::Unchoke => Message::Unchoke,
@@ -386,19 +400,14 @@ pub(crate) fn parse_fixed(id: MessageId, body: &[u8]) -> Option<Message> {
         MessageId::NotInterested => Message::NotInterested,
         MessageId::HaveAll => Message::HaveAll,
         MessageId::HaveNone => Message::HaveNone,
-        MessageId::Have => Message::Have {
-            piece: p_u32(body).ok()?.1,
-        },
-        MessageId::Suggest => Message::Suggest {
-            piece: p_u32(body).ok()?.1,
-        },
-        MessageId::AllowedFast => Message::AllowedFast {
-            piece: p_u32(body).ok()?.1,
-        },
-        MessageId::Request => Message::Request(p_block(body).ok()?.1),
-        MessageId::Cancel => Message::Cancel(p_block(body).ok()?.1),
-        MessageId::RejectRequest => Message::RejectRequest(p_block(body).ok()?.1),
-        MessageId::Port => Message::Port(be_u16::<_, nom::error::Error<&[u8]>>(body).ok()?.1),
+        MessageId::Have => Message::Have { piece: f.0 },
+        MessageId::Suggest => Message::Suggest { piece: f.0 },
+        MessageId::AllowedFast => Message::AllowedFast { piece: f.0 },
+        MessageId::Request => Message::Request(block),
+        MessageId::Cancel => Message::Cancel(block),
+        MessageId::RejectRequest => Message::RejectRequest(block),
+        // A u16 widened by the parser: the conversion back cannot fail for a 2-byte body.
+        MessageId::Port => Message::Port(u16::try_from(f.0).ok()?),
         MessageId::Bitfield | MessageId::Piece | MessageId::Extended => return None,
     })
 }
