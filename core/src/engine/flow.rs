@@ -454,7 +454,7 @@ impl Engine {
             }
             keep
         });
-        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
+        self.release_pending(freed);
     }
 
     /// A hash job finished: write the piece if it matches, otherwise throw it away and strike.
@@ -494,7 +494,7 @@ impl Engine {
         let Some(buf) = t.pieces.remove(&piece) else {
             return;
         };
-        self.pending_bytes = self.pending_bytes.saturating_sub(u64::from(buf.size));
+        let freed = u64::from(buf.size);
         t.picker.piece_failed(piece);
         t.refill = true;
         self.events.push_back(Event::PieceFailed {
@@ -521,6 +521,7 @@ impl Engine {
                 to_ban.push((addr, *n));
             }
         }
+        self.release_pending(freed);
         for (addr, n) in to_ban {
             let reason = format!("sent data for {n} pieces that failed the hash check");
             self.ban(now, tid, addr, &reason);
@@ -535,10 +536,14 @@ impl Engine {
         let Some(buf) = t.pieces.remove(&piece) else {
             return;
         };
-        self.pending_bytes = self.pending_bytes.saturating_sub(u64::from(buf.size));
-        if !t.picker.piece_verified(piece) {
+        let fresh = t.picker.piece_verified(piece);
+        self.release_pending(u64::from(buf.size));
+        if !fresh {
             return;
         }
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
         // Peers whose block of an earlier failed attempt differs from the verified data lied.
         let mut liars = BTreeSet::new();
         if let Some(kept) = t.failed_blocks.remove(&piece) {
@@ -658,11 +663,13 @@ impl Engine {
             .filter(|(_, b)| b.stage != PieceStage::Writing)
             .map(|(p, _)| *p)
             .collect();
+        let mut freed = 0u64;
         for p in dropped {
             if let Some(b) = t.pieces.remove(&p) {
-                self.pending_bytes = self.pending_bytes.saturating_sub(u64::from(b.size));
+                freed += u64::from(b.size);
             }
         }
+        self.release_pending(freed);
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
             let partial: Vec<u32> = t.picker.partial_pieces().collect();
@@ -807,6 +814,18 @@ impl Engine {
                 self.addrs.insert(addr, id);
                 self.outputs.push_back(Output::Connect { conn: id, addr });
                 half_open += 1;
+            }
+        }
+    }
+
+    /// Pieces left memory: if that brings us back under the cap, every torrent may start pieces again.
+    pub(super) fn release_pending(&mut self, bytes: u64) {
+        let cap = self.config.max_pending_piece_bytes;
+        let was_over = self.pending_bytes >= cap;
+        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+        if was_over && self.pending_bytes < cap {
+            for t in self.torrents.values_mut() {
+                t.refill = true;
             }
         }
     }

@@ -412,7 +412,7 @@ impl Engine {
         self.close_torrent_conns(now, torrent, "torrent removed");
         if let Some(mut t) = self.torrents.remove(&torrent) {
             t.policy.stop(now);
-            self.pending_bytes = self.pending_bytes.saturating_sub(t.pending_bytes());
+            self.release_pending(t.pending_bytes());
             self.trackers.retire(torrent, t.policy);
         }
         self.jobs.retain(|_, j| match j {
