@@ -197,6 +197,9 @@ impl Engine {
         }
         let tid = found.unwrap_or(TorrentId(0));
         c.torrent = Some(tid);
+        if self.addrs.remove(&(c.addr, None)).is_some() {
+            self.addrs.insert((c.addr, Some(tid)), id);
+        }
         c.peer_id = Some(peer_id);
         t.conns.insert(id);
         t.keys.insert(c.key, id);
@@ -395,13 +398,19 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
-        if self.addrs.get(&c.addr) == Some(&id) {
-            self.addrs.remove(&c.addr);
+        if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
+            self.addrs.remove(&(c.addr, c.torrent));
         }
         if send_close {
             self.outputs.push_back(Output::Close { conn: id });
         }
         let Some(tid) = c.torrent else {
+            if matches!(
+                c.session.error(),
+                Some(peer::SessionError::ConnectedToSelf(_))
+            ) {
+                self.forget_self_dial(now, c.session.info_hash());
+            }
             return;
         };
         if let Some(t) = self.torrents.get_mut(&tid) {
@@ -425,6 +434,29 @@ impl Engine {
             t.refill = true;
         }
         self.sync_pieces(tid);
+    }
+
+    /// An incoming connection carried our own peer id: one of our dials reached ourselves. If exactly
+    /// one dial (of the torrent named, when the session knows it) is waiting for its handshake, that
+    /// is the one: never dial that address again.
+    fn forget_self_dial(&mut self, now: Instant, info_hash: Option<InfoHash>) {
+        let waiting: Vec<(TorrentId, ConnId, SocketAddr)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.outgoing && c.connected && c.established_at.is_none())
+            .filter_map(|(id, c)| {
+                let tid = c.torrent?;
+                let t = self.torrents.get(&tid)?;
+                let matches = info_hash.is_none_or(|h| h == t.info.info_hash());
+                matches.then_some((tid, *id, c.addr))
+            })
+            .collect();
+        if let [(tid, id, addr)] = waiting[..] {
+            if let Some(t) = self.torrents.get_mut(&tid) {
+                t.book.ban(&addr);
+            }
+            self.drop_conn(now, id, "connected to ourselves", true);
+        }
     }
 
     /// Closes every connection of a torrent.
@@ -765,10 +797,9 @@ impl Engine {
                 }
                 let addrs = &self.addrs;
                 let banned = &t.banned;
-                let Some(addr) = t
-                    .book
-                    .candidate(now, |a| !addrs.contains_key(a) && !banned.contains(a))
-                else {
+                let Some(addr) = t.book.candidate(now, |a| {
+                    !addrs.contains_key(&(*a, Some(tid))) && !banned.contains(a)
+                }) else {
                     if t.conns.len() < self.config.max_peers_per_torrent / 2
                         && !t.picker.is_complete()
                     {
@@ -811,7 +842,7 @@ impl Engine {
                         unflushed: 0,
                     },
                 );
-                self.addrs.insert(addr, id);
+                self.addrs.insert((addr, Some(tid)), id);
                 self.outputs.push_back(Output::Connect { conn: id, addr });
                 half_open += 1;
             }

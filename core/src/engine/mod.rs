@@ -172,8 +172,9 @@ pub struct Engine {
     peer_id: PeerId,
     torrents: BTreeMap<TorrentId, Torrent>,
     conns: BTreeMap<ConnId, Conn>,
-    /// Remote address of every peer connection, to never open two to the same address.
-    addrs: BTreeMap<SocketAddr, ConnId>,
+    /// Remote address (and torrent, once known) of every peer connection, to never open two
+    /// connections to the same address for the same torrent.
+    addrs: BTreeMap<(SocketAddr, Option<TorrentId>), ConnId>,
     jobs: BTreeMap<JobId, JobInfo>,
     trackers: TrackerGlue,
     outputs: VecDeque<Output>,
@@ -497,7 +498,11 @@ impl Engine {
     pub fn handle_incoming(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
         if self.shutdown_deadline.is_some()
             || self.conns.len() >= self.config.max_connections
-            || self.addrs.contains_key(&remote)
+            || self
+                .addrs
+                .range((remote, None)..)
+                .next()
+                .is_some_and(|((a, _), _)| *a == remote)
         {
             return None;
         }
@@ -522,7 +527,7 @@ impl Engine {
                 unflushed: 0,
             },
         );
-        self.addrs.insert(remote, id);
+        self.addrs.insert((remote, None), id);
         Some(id)
     }
 

@@ -1182,13 +1182,21 @@ fn disk_write_failure_stops_only_that_torrent() {
         .engine
         .add_torrent(now, add(&meta_a, None, vec![seeder]))
         .expect("a");
-    // The same seeder address for a second torrent: a second connection to it is a different
-    // torrent, so the address-level de-duplication must not block it forever.
     let lb = net.nodes[l]
         .engine
         .add_torrent(now, add(&meta_b, None, vec![seeder]))
         .expect("b");
     net.nodes[l].fail_writes.insert(la);
+    // Both torrents connect to the same seeder at once (one connection per torrent).
+    let connected = |n: &Net| {
+        n.nodes[l]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PeerConnected { .. }))
+            .count()
+            == 2
+    };
+    assert!(net.run_until(Duration::from_secs(5), connected));
     assert!(net.run_until(Duration::from_secs(300), |n| n.completed(l, lb)));
     assert_eq!(disk_content(&net.nodes[l], lb), content_b);
     let st = net.nodes[l]
@@ -1444,4 +1452,20 @@ fn duplicate_add_and_bad_selection_are_refused() {
     );
     assert!(e.handle_incoming(now, addr(9, 1)).is_some());
     assert!(e.handle_incoming(now, addr(9, 2)).is_none());
+}
+
+#[test]
+fn a_dial_to_ourselves_is_never_repeated() {
+    let (mut net, _meta, _content, _ts, tl) = seed_and_leech(vec![]);
+    let own = net.nodes[1].addr;
+    let now = net.now;
+    net.nodes[1].engine.add_peer(now, tl, own);
+    net.run_for(Duration::from_secs(600));
+    let dials = net
+        .connects
+        .iter()
+        .filter(|(i, a)| *i == 1 && *a == own)
+        .count();
+    assert_eq!(dials, 1);
+    assert!(net.links.is_empty());
 }
