@@ -398,6 +398,7 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
         }
@@ -774,6 +775,21 @@ impl Engine {
         }
     }
 
+    /// Dials if something changed or a back-off ended, then notes when to look again.
+    fn dial(&mut self, now: Instant) {
+        let due = self.dial_due.is_some_and(|t| t <= now);
+        if !self.dial_dirty && !due {
+            return;
+        }
+        self.dial_dirty = false;
+        self.try_connect(now);
+        self.dial_due = self
+            .torrents
+            .values()
+            .filter_map(|t| self.next_connect_time(t, now))
+            .min();
+    }
+
     /// Dials addresses from the address books while the caps allow.
     fn try_connect(&mut self, now: Instant) {
         if self.shutdown_deadline.is_some() {
@@ -885,7 +901,7 @@ impl Engine {
                 self.run_choker(now, *tid);
             }
         }
-        self.try_connect(now);
+        self.dial(now);
         self.drive_trackers(now);
         if let Some(deadline) = self.shutdown_deadline {
             let quiet =
@@ -936,13 +952,13 @@ impl Engine {
                     }
                     t.policy.handle_response(now, handle, result);
                     for p in t.policy.take_peers() {
-                        t.book.add(now, p);
+                        self.dial_dirty |= t.book.add(now, p);
                     }
                 } else {
                     self.trackers.retired_response(now, tid, handle, result);
                 }
             }
-            self.try_connect(now);
+            self.dial(now);
         }
     }
 

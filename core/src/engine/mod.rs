@@ -189,6 +189,10 @@ pub struct Engine {
     shut_down: bool,
     /// The latest `now` any input carried (the engine has no clock of its own).
     last_now: Instant,
+    /// Something changed that may allow new dials (addresses, free slots).
+    dial_dirty: bool,
+    /// When an address that is backing off becomes diallable (and slots allow).
+    dial_due: Option<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -230,6 +234,8 @@ impl Engine {
             shutdown_deadline: None,
             shut_down: false,
             last_now: now,
+            dial_dirty: false,
+            dial_due: None,
         }
     }
 
@@ -346,6 +352,7 @@ impl Engine {
             t.policy.start(now);
         }
         self.torrents.insert(id, t);
+        self.dial_dirty = true;
         self.events.push_back(Event::TorrentAdded(id));
         self.maintain(now);
         Ok(id)
@@ -354,7 +361,7 @@ impl Engine {
     /// Adds a peer address to a torrent's address book and dials it when a slot is free.
     pub fn add_peer(&mut self, now: Instant, torrent: TorrentId, addr: SocketAddr) {
         if let Some(t) = self.torrents.get_mut(&torrent) {
-            t.book.add(now, addr);
+            self.dial_dirty |= t.book.add(now, addr);
         }
         self.maintain(now);
     }
@@ -399,6 +406,7 @@ impl Engine {
                 e.failures = 0;
             }
         }
+        self.dial_dirty = true;
         self.events.push_back(Event::TorrentResumed(torrent));
         self.maintain(now);
     }
@@ -540,6 +548,7 @@ impl Engine {
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.connected = true;
+            self.dial_dirty = true;
         }
         self.flush(conn);
         self.maintain(now);
@@ -551,12 +560,6 @@ impl Engine {
             self.trackers.http_failed(conn, reason);
             self.after_trackers(now);
             return;
-        }
-        if let Some(c) = self.conns.get(&conn) {
-            let (addr, torrent) = (c.addr, c.torrent);
-            if let Some(t) = torrent.and_then(|t| self.torrents.get_mut(&t)) {
-                t.book.failed(now, &addr);
-            }
         }
         self.drop_conn(now, conn, reason, false);
         self.maintain(now);
@@ -735,11 +738,11 @@ impl Engine {
             if t.is_running() || !t.policy.is_stopped() {
                 consider(t.policy.poll_timeout());
             }
-            if t.is_running() && self.shutdown_deadline.is_none() {
-                consider(self.next_connect_time(t));
-            }
         }
         consider(self.trackers.poll_timeout());
+        if self.shutdown_deadline.is_none() {
+            consider(self.dial_due);
+        }
         if !self.shut_down {
             consider(self.shutdown_deadline);
         }
@@ -876,12 +879,13 @@ impl Engine {
 
     /// When `maintain` could next dial an address of `t` that is backing off (only if slots allow;
     /// addresses blocked by caps are dialled when a connection ends, which is an input).
-    fn next_connect_time(&self, t: &Torrent) -> Option<Instant> {
-        if self.conns.len() >= self.config.max_connections
+    fn next_connect_time(&self, t: &Torrent, now: Instant) -> Option<Instant> {
+        if !t.is_running()
+            || self.conns.len() >= self.config.max_connections
             || t.conns.len() >= self.config.max_peers_per_torrent
         {
             return None;
         }
-        t.book.next_try(self.last_now)
+        t.book.next_try(now)
     }
 }
