@@ -92,13 +92,23 @@ impl Engine {
                     .push_back(Event::PeerConnected { torrent: tid, addr });
             }
             E::Bitfield => {
+                let mut seed = false;
                 if let PeerPieces::Bitfield(b) = c.session.peer_pieces() {
                     t.picker.peer_bitfield(b);
+                    seed = b.all();
+                }
+                if seed && t.picker.have().all() {
+                    c.session.close();
+                    return;
                 }
                 self.update_interest(now, id);
             }
             E::HaveAll => {
                 t.picker.peer_has_all();
+                if t.picker.have().all() {
+                    c.session.close();
+                    return;
+                }
                 self.update_interest(now, id);
             }
             E::HaveNone => self.update_interest(now, id),

@@ -1469,3 +1469,41 @@ fn a_dial_to_ourselves_is_never_repeated() {
     assert_eq!(dials, 1);
     assert!(net.links.is_empty());
 }
+
+#[test]
+fn seeds_do_not_keep_connections_to_seeds_and_a_bigger_torrent_is_quick() {
+    // 3 MiB in 256 KiB pieces from two seeders; the seeders, both complete, drop each other.
+    let files: &[(&str, u64)] = &[("big", 3 * 1024 * 1024), ("tail", 12_345)];
+    let pl = 256 * 1024;
+    let (meta, content) = make_torrent("big", files, pl, vec![]);
+    let mut net = Net::new();
+    let now = net.now;
+    let pieces = meta.info.layout().piece_count();
+    let s1 = net.add_node(EngineConfig::default(), 1);
+    let s2 = net.add_node(EngineConfig::default(), 2);
+    let l = net.add_node(EngineConfig::default(), 3);
+    let a2 = net.nodes[s2].addr;
+    for (s, peers) in [(s1, vec![a2]), (s2, vec![])] {
+        let t = net.nodes[s]
+            .engine
+            .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), peers))
+            .expect("seed");
+        load_disk(&mut net.nodes[s], t, &content, pl);
+    }
+    let seeders = vec![net.nodes[s1].addr, a2];
+    let tl = net.nodes[l]
+        .engine
+        .add_torrent(now, add(&meta, None, seeders))
+        .expect("leech");
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(l, tl)));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+    let st = net.nodes[s1].engine.stats(net.now);
+    assert!(
+        st[0].peer_list.iter().all(|p| p.addr != a2),
+        "seed-to-seed link kept"
+    );
+    assert!(net.nodes[s1].events.iter().any(|e| matches!(
+        e,
+        Event::PeerDisconnected { addr, .. } if *addr == a2
+    )));
+}
