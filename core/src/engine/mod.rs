@@ -217,7 +217,7 @@ impl Engine {
         let router = UdpTrackerRouter::new(config.udp.clone(), seeded(rng.random()));
         let key = rng.random();
         Engine {
-            trackers: TrackerGlue::new(router, key),
+            trackers: TrackerGlue::new(router, key, config.dns_ttl),
             config,
             rng,
             peer_id,
