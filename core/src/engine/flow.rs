@@ -1,0 +1,979 @@
+//! The engine's internals: peer events to picker and jobs, pieces through hash and write, choking,
+//! dialling, banning, and the periodic upkeep run after every input.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::*;
+
+impl Engine {
+    /// Drains a connection's session events, then requests blocks, sends bytes and issues reads for it.
+    pub(super) fn process_conn(&mut self, now: Instant, id: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let Some(ev) = c.session.poll_event() else {
+                break;
+            };
+            self.on_peer_event(now, id, ev);
+        }
+        if let Some(c) = self.conns.get(&id) {
+            if c.session.is_closed() {
+                let reason = c
+                    .session
+                    .error()
+                    .map_or_else(|| "session closed".to_owned(), |e| e.to_string());
+                self.drop_conn(now, id, &reason, true);
+                return;
+            }
+        }
+        self.fill_requests(now, id);
+        self.flush(id);
+        self.pump_reads(id);
+    }
+
+    fn on_peer_event(&mut self, now: Instant, id: ConnId, ev: peer::Event) {
+        use peer::Event as E;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let key = c.key;
+        if let E::HandshakeReceived {
+            info_hash, peer_id, ..
+        } = ev
+        {
+            self.on_incoming_handshake(now, id, info_hash, peer_id);
+            return;
+        }
+        let Some(tid) = c.torrent else {
+            return;
+        };
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        match ev {
+            E::HandshakeReceived { .. } => {}
+            E::Established { peer_id, .. } => {
+                c.peer_id = Some(peer_id);
+                c.established_at = Some(now);
+                let addr = c.addr;
+                if peer_id == self.peer_id {
+                    // Ourselves (through some address of ours): never again.
+                    t.book.ban(&addr);
+                    c.session.close();
+                    return;
+                }
+                if t.banned_ids.contains(&peer_id) {
+                    t.book.ban(&addr);
+                    c.session.close();
+                    return;
+                }
+                let duplicate = t.conns.iter().any(|other| {
+                    *other != id
+                        && self.conns.get(other).is_some_and(|o| {
+                            o.peer_id == Some(peer_id) && o.established_at.is_some()
+                        })
+                });
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                if duplicate {
+                    c.session.close();
+                    return;
+                }
+                if let Some(e) = t.book.entries.get_mut(&addr) {
+                    e.failures = 0;
+                }
+                t.choke_dirty = true;
+                self.events
+                    .push_back(Event::PeerConnected { torrent: tid, addr });
+            }
+            E::Bitfield => {
+                let mut seed = false;
+                if let PeerPieces::Bitfield(b) = c.session.peer_pieces() {
+                    t.picker.peer_bitfield(b);
+                    seed = b.all();
+                }
+                if seed && t.picker.have().all() {
+                    c.session.close();
+                    return;
+                }
+                self.update_interest(now, id);
+            }
+            E::HaveAll => {
+                t.picker.peer_has_all();
+                if t.picker.have().all() {
+                    c.session.close();
+                    return;
+                }
+                self.update_interest(now, id);
+            }
+            E::HaveNone => self.update_interest(now, id),
+            E::Have(piece) => {
+                t.picker.peer_has(piece);
+                self.update_interest(now, id);
+            }
+            E::Choked { released_requests } => {
+                for b in released_requests {
+                    t.picker.request_cancelled(key, b);
+                }
+                t.refill = true;
+            }
+            E::Unchoked => {}
+            E::Interested => {
+                if t.choker.unchoked().len() <= self.config.unchoke_slots {
+                    t.choker.rechoke_soon();
+                }
+                t.choke_dirty = true;
+            }
+            E::NotInterested => {
+                if t.choker.is_unchoked(id) {
+                    t.choker.rechoke_soon();
+                    t.choke_dirty = true;
+                }
+            }
+            E::BlockReceived { block, data } => self.on_block(now, id, block, data),
+            E::Rejected { block } => {
+                t.picker.request_cancelled(key, block);
+                t.refill = true;
+            }
+            E::RequestsTimedOut { blocks } => {
+                for b in blocks {
+                    t.picker.request_cancelled(key, b);
+                }
+                t.refill = true;
+            }
+            E::Snubbed => t.choke_dirty = true,
+            E::ReadRequest { block } => {
+                if t.is_running() && t.picker.have().get(block.piece) {
+                    c.read_queue.push_back(block);
+                } else {
+                    c.session.reject_request(now, block);
+                }
+            }
+            E::Cancelled { block } => c.read_queue.retain(|b| *b != block),
+            E::AllowedFast(_)
+            | E::Suggest(_)
+            | E::Extended { .. }
+            | E::Port(_)
+            | E::Closed { .. } => {}
+        }
+    }
+
+    /// An incoming peer named a torrent: accept it if we run that torrent and have room for it.
+    fn on_incoming_handshake(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        info_hash: InfoHash,
+        peer_id: PeerId,
+    ) {
+        let found = self
+            .torrents
+            .iter()
+            .find(|(_, t)| t.info.info_hash() == info_hash && t.is_running())
+            .map(|(tid, _)| *tid);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = found.and_then(|tid| self.torrents.get_mut(&tid)) else {
+            let _ = c.session.reject();
+            return;
+        };
+        let duplicate = t.conns.iter().any(|other| {
+            self.conns
+                .get(other)
+                .is_some_and(|o| o.peer_id == Some(peer_id))
+        });
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if peer_id == self.peer_id
+            || duplicate
+            || t.banned_ids.contains(&peer_id)
+            || t.banned.contains(&c.addr)
+            || t.conns.len() >= self.config.max_peers_per_torrent
+            || self.shutdown_deadline.is_some()
+        {
+            let _ = c.session.reject();
+            return;
+        }
+        if c.session.accept(now, t.geometry, t.picker.have()).is_err() {
+            c.session.close();
+            return;
+        }
+        let tid = found.unwrap_or(TorrentId(0));
+        c.torrent = Some(tid);
+        if self.addrs.remove(&(c.addr, None)).is_some() {
+            self.addrs.insert((c.addr, Some(tid)), id);
+        }
+        c.peer_id = Some(peer_id);
+        t.conns.insert(id);
+        t.keys.insert(c.key, id);
+    }
+
+    fn on_block(&mut self, now: Instant, id: ConnId, block: BlockRequest, data: Bytes) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let (key, addr) = (c.key, c.addr);
+        let Some(tid) = c.torrent else {
+            return;
+        };
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        if !t.is_running() {
+            return;
+        }
+        let len = u64::from(block.length);
+        t.downloaded += len;
+        t.down_rate.record(now, len);
+        let BlockReceived::New {
+            piece_complete,
+            cancel,
+        } = t
+            .picker
+            .block_received(key, block.piece, block.offset, block.length)
+        else {
+            return;
+        };
+        let size = t.picker.piece_size(block.piece);
+        let buf = t.pieces.entry(block.piece).or_insert_with(|| {
+            self.pending_bytes += u64::from(size);
+            PieceBuf {
+                size,
+                blocks: Default::default(),
+                stage: PieceStage::Assembling,
+            }
+        });
+        buf.blocks.insert(block.offset, (data, addr));
+        let mut hash_job = None;
+        if piece_complete {
+            buf.stage = PieceStage::Hashing;
+            let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
+            hash_job = Some(blocks);
+        }
+        let mut to_flush = Vec::new();
+        for k in cancel {
+            if let Some(cid) = t.keys.get(&k) {
+                if let Some(oc) = self.conns.get_mut(cid) {
+                    oc.session.cancel(now, block);
+                    to_flush.push(*cid);
+                }
+            }
+        }
+        for cid in to_flush {
+            self.flush(cid);
+        }
+        if let Some(blocks) = hash_job {
+            self.new_job(
+                JobInfo::Hash {
+                    torrent: tid,
+                    piece: block.piece,
+                },
+                Job::Hash {
+                    torrent: tid,
+                    piece: block.piece,
+                    blocks,
+                },
+            );
+        }
+    }
+
+    /// Asks the picker for as many blocks as the session wants and requests them.
+    pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
+        let over = self.pending_bytes >= self.config.max_pending_piece_bytes;
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = c.torrent.and_then(|tid| self.torrents.get_mut(&tid)) else {
+            return;
+        };
+        if !t.is_running() || !c.session.is_established() || t.picker.is_complete() {
+            return;
+        }
+        let n = c.session.wanted_requests(now);
+        if n == 0 {
+            return;
+        }
+        let key = c.key;
+        let picks = if c.session.peer_choking() || over {
+            let allowed: Vec<u32> = if c.session.peer_choking() {
+                c.session
+                    .allowed_fast()
+                    .iter()
+                    .copied()
+                    .filter(|p| !over || t.pieces.contains_key(p))
+                    .collect()
+            } else {
+                t.picker.partial_pieces().collect()
+            };
+            if allowed.is_empty() {
+                return;
+            }
+            t.picker
+                .pick_allowed_fast(key, c.session.peer_pieces(), &allowed, n, &mut self.rng)
+        } else {
+            t.picker
+                .pick(key, c.session.peer_pieces(), n, &mut self.rng)
+        };
+        for b in picks {
+            if c.session.request(now, b).is_err() {
+                t.picker.request_cancelled(key, b);
+                continue;
+            }
+            if !t.pieces.contains_key(&b.piece) {
+                let size = t.picker.piece_size(b.piece);
+                self.pending_bytes += u64::from(size);
+                t.pieces.insert(
+                    b.piece,
+                    PieceBuf {
+                        size,
+                        blocks: Default::default(),
+                        stage: PieceStage::Assembling,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Tells the peer whether it has something we need.
+    pub(super) fn update_interest(&mut self, now: Instant, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(t) = c.torrent.and_then(|tid| self.torrents.get(&tid)) else {
+            return;
+        };
+        let interested = t.is_running() && t.picker.is_interesting(c.session.peer_pieces());
+        c.session.set_interested(now, interested);
+    }
+
+    /// Moves the session's bytes to `Output::Send`, up to the send window.
+    pub(super) fn flush(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !c.connected {
+            return;
+        }
+        while c.unflushed < SEND_WINDOW {
+            let Some(data) = c.session.poll_transmit() else {
+                break;
+            };
+            c.unflushed += data.len();
+            self.outputs.push_back(Output::Send { conn: id, data });
+        }
+    }
+
+    /// Issues disk reads for the peer's requests while little is on its way to it.
+    pub(super) fn pump_reads(&mut self, id: ConnId) {
+        let mut issue = Vec::new();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(tid) = c.torrent else {
+            return;
+        };
+        while c.outbound_bytes() < READ_AHEAD {
+            let Some(block) = c.read_queue.pop_front() else {
+                break;
+            };
+            c.reading_bytes += block.length as usize;
+            issue.push(block);
+        }
+        for block in issue {
+            self.new_job(
+                JobInfo::Read {
+                    torrent: tid,
+                    conn: id,
+                    block,
+                },
+                Job::Read {
+                    torrent: tid,
+                    piece: block.piece,
+                    offset: block.offset,
+                    length: block.length,
+                },
+            );
+        }
+    }
+
+    /// Forgets a connection (telling the driver to close it if `send_close`).
+    pub(super) fn drop_conn(&mut self, now: Instant, id: ConnId, reason: &str, send_close: bool) {
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
+        self.dial_dirty = true;
+        if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
+            self.addrs.remove(&(c.addr, c.torrent));
+        }
+        if send_close {
+            self.outputs.push_back(Output::Close { conn: id });
+        }
+        let Some(tid) = c.torrent else {
+            if matches!(
+                c.session.error(),
+                Some(peer::SessionError::ConnectedToSelf(_))
+            ) {
+                self.forget_self_dial(now, c.session.info_hash());
+            }
+            return;
+        };
+        if let Some(t) = self.torrents.get_mut(&tid) {
+            t.conns.remove(&id);
+            t.keys.remove(&c.key);
+            t.picker.peer_disconnected(c.key, c.session.peer_pieces());
+            if c.established_at.is_some() {
+                t.book.disconnected(now, &c.addr);
+                self.events.push_back(Event::PeerDisconnected {
+                    torrent: tid,
+                    addr: c.addr,
+                    reason: reason.to_owned(),
+                });
+            } else if c.outgoing {
+                t.book.failed(now, &c.addr);
+            }
+            if t.choker.is_unchoked(id) {
+                t.choker.rechoke_soon();
+                t.choke_dirty = true;
+            }
+            t.refill = true;
+        }
+        self.sync_pieces(tid);
+    }
+
+    /// An incoming connection carried our own peer id: one of our dials reached ourselves. If exactly
+    /// one dial (of the torrent named, when the session knows it) is waiting for its handshake, that
+    /// is the one: never dial that address again.
+    fn forget_self_dial(&mut self, now: Instant, info_hash: Option<InfoHash>) {
+        let waiting: Vec<(TorrentId, ConnId, SocketAddr)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.outgoing && c.connected && c.established_at.is_none())
+            .filter_map(|(id, c)| {
+                let tid = c.torrent?;
+                let t = self.torrents.get(&tid)?;
+                let matches = info_hash.is_none_or(|h| h == t.info.info_hash());
+                matches.then_some((tid, *id, c.addr))
+            })
+            .collect();
+        if let [(tid, id, addr)] = waiting[..] {
+            if let Some(t) = self.torrents.get_mut(&tid) {
+                t.book.ban(&addr);
+            }
+            self.drop_conn(now, id, "connected to ourselves", true);
+        }
+    }
+
+    /// Closes every connection of a torrent.
+    pub(super) fn close_torrent_conns(&mut self, now: Instant, tid: TorrentId, reason: &str) {
+        let ids: Vec<ConnId> = self
+            .torrents
+            .get(&tid)
+            .map(|t| t.conns.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.drop_conn(now, id, reason, true);
+        }
+    }
+
+    /// Drops the buffers of pieces the picker no longer has in progress (nothing received, nothing
+    /// requested any more).
+    pub(super) fn sync_pieces(&mut self, tid: TorrentId) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        let partial: BTreeSet<u32> = t.picker.partial_pieces().collect();
+        let mut freed = 0u64;
+        t.pieces.retain(|p, b| {
+            let keep = b.stage != PieceStage::Assembling || partial.contains(p);
+            if !keep {
+                freed += u64::from(b.size);
+            }
+            keep
+        });
+        self.release_pending(freed);
+    }
+
+    /// A hash job finished: write the piece if it matches, otherwise throw it away and strike.
+    pub(super) fn piece_hashed(
+        &mut self,
+        now: Instant,
+        tid: TorrentId,
+        piece: u32,
+        hash: [u8; 20],
+    ) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        let expected = t.info.piece_hash(piece);
+        let Some(buf) = t.pieces.get_mut(&piece) else {
+            return;
+        };
+        if buf.stage != PieceStage::Hashing {
+            return;
+        }
+        if expected == Some(hash) {
+            buf.stage = PieceStage::Writing;
+            let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
+            self.new_job(
+                JobInfo::Write {
+                    torrent: tid,
+                    piece,
+                },
+                Job::Write {
+                    torrent: tid,
+                    piece,
+                    blocks,
+                },
+            );
+            return;
+        }
+        let Some(buf) = t.pieces.remove(&piece) else {
+            return;
+        };
+        let freed = u64::from(buf.size);
+        t.picker.piece_failed(piece);
+        t.refill = true;
+        self.events.push_back(Event::PieceFailed {
+            torrent: tid,
+            piece,
+        });
+        let contributors: BTreeSet<SocketAddr> = buf.blocks.values().map(|(_, a)| *a).collect();
+        let mut strike = Vec::new();
+        if contributors.len() == 1 {
+            strike.extend(contributors);
+        } else if t.failed_bytes + buf.size as usize <= MAX_FAILED_KEEP {
+            // Several peers: keep the blocks and judge each peer when the piece passes.
+            t.failed_bytes += buf.size as usize;
+            let kept = t.failed_blocks.entry(piece).or_default();
+            kept.extend(buf.blocks.into_iter().map(|(o, (d, a))| (o, d, a)));
+        } else {
+            strike.extend(contributors);
+        }
+        let mut to_ban = Vec::new();
+        for addr in strike {
+            let n = t.strikes.entry(addr).or_insert(0);
+            *n += 1;
+            if *n >= MAX_STRIKES {
+                to_ban.push((addr, *n));
+            }
+        }
+        self.release_pending(freed);
+        for (addr, n) in to_ban {
+            let reason = format!("sent data for {n} pieces that failed the hash check");
+            self.ban(now, tid, addr, &reason);
+        }
+    }
+
+    /// A write job finished: the piece is verified.
+    pub(super) fn piece_written(&mut self, now: Instant, tid: TorrentId, piece: u32) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        let Some(buf) = t.pieces.remove(&piece) else {
+            return;
+        };
+        let fresh = t.picker.piece_verified(piece);
+        self.release_pending(u64::from(buf.size));
+        if !fresh {
+            return;
+        }
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        // Peers whose block of an earlier failed attempt differs from the verified data lied.
+        let mut liars = BTreeSet::new();
+        if let Some(kept) = t.failed_blocks.remove(&piece) {
+            for (offset, data, addr) in kept {
+                t.failed_bytes = t.failed_bytes.saturating_sub(data.len());
+                if buf
+                    .blocks
+                    .get(&offset)
+                    .is_some_and(|(good, _)| *good != data)
+                {
+                    liars.insert(addr);
+                }
+            }
+        }
+        self.events.push_back(Event::PieceVerified {
+            torrent: tid,
+            piece,
+        });
+        let ids: Vec<ConnId> = t.conns.iter().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.session.send_have(now, piece);
+            }
+            self.update_interest(now, id);
+            self.flush(id);
+        }
+        for addr in liars {
+            self.ban(
+                now,
+                tid,
+                addr,
+                "sent a block that differs from the verified piece",
+            );
+        }
+        self.check_complete(now, tid);
+    }
+
+    /// Emits `TorrentCompleted` (once per selection) and announces `completed`.
+    pub(super) fn check_complete(&mut self, now: Instant, tid: TorrentId) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        if !t.picker.is_complete() || t.complete_reported {
+            return;
+        }
+        t.complete_reported = true;
+        t.policy.set_completed(now);
+        t.choker.rechoke_soon();
+        t.choke_dirty = true;
+        self.events.push_back(Event::TorrentCompleted(tid));
+        if !t.picker.have().all() {
+            return;
+        }
+        // Seeds have nothing to trade with a seed.
+        let seeds: Vec<ConnId> = t
+            .conns
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.conns
+                    .get(id)
+                    .is_some_and(|c| match c.session.peer_pieces() {
+                        PeerPieces::All => true,
+                        PeerPieces::Bitfield(b) => b.all(),
+                    })
+            })
+            .collect();
+        for id in seeds {
+            self.drop_conn(now, id, "both sides are seeds", true);
+        }
+    }
+
+    /// Bans an address for this torrent: disconnect, never reconnect.
+    pub(super) fn ban(&mut self, now: Instant, tid: TorrentId, addr: SocketAddr, reason: &str) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        if !t.banned.insert(addr) {
+            return;
+        }
+        t.book.ban(&addr);
+        let victims: Vec<ConnId> = t
+            .conns
+            .iter()
+            .copied()
+            .filter(|id| self.conns.get(id).is_some_and(|c| c.addr == addr))
+            .collect();
+        for id in &victims {
+            if let Some(pid) = self.conns.get(id).and_then(|c| c.peer_id) {
+                t.banned_ids.insert(pid);
+            }
+        }
+        self.events.push_back(Event::PeerBanned {
+            torrent: tid,
+            addr,
+            reason: reason.to_owned(),
+        });
+        for id in victims {
+            self.drop_conn(now, id, reason, true);
+        }
+    }
+
+    /// A disk job failed: the torrent stops with the message; other torrents are untouched.
+    pub(super) fn torrent_error(&mut self, now: Instant, tid: TorrentId, message: String) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        if matches!(t.run, RunState::Error(_)) {
+            return;
+        }
+        t.run = RunState::Error(message.clone());
+        t.policy.stop(now);
+        // Pieces in memory that are not being written are thrown away and become missing again.
+        let dropped: Vec<u32> = t
+            .pieces
+            .iter()
+            .filter(|(_, b)| b.stage != PieceStage::Writing)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut freed = 0u64;
+        for p in dropped {
+            if let Some(b) = t.pieces.remove(&p) {
+                freed += u64::from(b.size);
+            }
+        }
+        self.release_pending(freed);
+        self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
+        if let Some(t) = self.torrents.get_mut(&tid) {
+            let partial: Vec<u32> = t.picker.partial_pieces().collect();
+            for p in partial {
+                if !t.pieces.contains_key(&p) {
+                    t.picker.piece_failed(p);
+                }
+            }
+        }
+        self.events.push_back(Event::TorrentError {
+            torrent: tid,
+            message,
+        });
+    }
+
+    /// Re-evaluates interest and requests for every peer of a torrent.
+    pub(super) fn refresh_torrent_peers(&mut self, now: Instant, tid: TorrentId) {
+        let ids: Vec<ConnId> = self
+            .torrents
+            .get(&tid)
+            .map(|t| t.conns.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.update_interest(now, id);
+        }
+        if let Some(t) = self.torrents.get_mut(&tid) {
+            t.refill = true;
+        }
+    }
+
+    /// Runs the choker of a torrent and applies its answer.
+    fn run_choker(&mut self, now: Instant, tid: TorrentId) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        t.choke_dirty = false;
+        let peers: Vec<ChokePeer<ConnId>> = t
+            .conns
+            .iter()
+            .filter_map(|id| {
+                let c = self.conns.get(id)?;
+                let at = c.established_at?;
+                Some(ChokePeer {
+                    id: *id,
+                    interested: c.session.peer_interested(),
+                    download_rate: c.session.download_rate(now),
+                    upload_rate: c.session.upload_rate(now),
+                    connected_at: at,
+                    snubbed: c.session.is_snubbed(),
+                })
+            })
+            .collect();
+        let mode = if t.picker.is_complete() {
+            ChokeMode::Seeding
+        } else {
+            ChokeMode::Leeching
+        };
+        let unchoked = t.choker.tick(now, &peers, mode, &mut self.rng).to_vec();
+        let ids: Vec<ConnId> = peers.iter().map(|p| p.id).collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                let choke = !unchoked.contains(&id);
+                if choke && !c.session.am_choking() {
+                    c.read_queue.clear();
+                }
+                c.session.set_choking(now, choke);
+            }
+            self.flush(id);
+            self.pump_reads(id);
+        }
+    }
+
+    /// Dials if something changed or a back-off ended, then notes when to look again.
+    fn dial(&mut self, now: Instant) {
+        let due = self.dial_due.is_some_and(|t| t <= now);
+        if !self.dial_dirty && !due {
+            return;
+        }
+        self.dial_dirty = false;
+        self.try_connect(now);
+        self.dial_due = self
+            .torrents
+            .values()
+            .filter_map(|t| self.next_connect_time(t, now))
+            .min();
+    }
+
+    /// Dials addresses from the address books while the caps allow.
+    fn try_connect(&mut self, now: Instant) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let mut half_open = self.half_open();
+        let session_config = self.session_config();
+        let tids: Vec<TorrentId> = self.torrents.keys().copied().collect();
+        for tid in tids {
+            loop {
+                if self.conns.len() >= self.config.max_connections
+                    || half_open >= self.config.max_half_open
+                {
+                    return;
+                }
+                let Some(t) = self.torrents.get_mut(&tid) else {
+                    break;
+                };
+                if !t.is_running() || t.conns.len() >= self.config.max_peers_per_torrent {
+                    break;
+                }
+                let addrs = &self.addrs;
+                let banned = &t.banned;
+                let Some(addr) = t.book.candidate(now, |a| {
+                    !addrs.contains_key(&(*a, Some(tid))) && !banned.contains(a)
+                }) else {
+                    if t.conns.len() < self.config.max_peers_per_torrent / 2
+                        && !t.picker.is_complete()
+                    {
+                        t.policy.want_more_peers();
+                    }
+                    break;
+                };
+                let session = match PeerSession::outgoing(
+                    session_config.clone(),
+                    t.geometry,
+                    t.info.info_hash(),
+                    self.peer_id,
+                    t.picker.have(),
+                    now,
+                ) {
+                    Ok(s) => s,
+                    Err(_) => break,
+                };
+                if let Some(e) = t.book.entries.get_mut(&addr) {
+                    e.connected = true;
+                }
+                let id = ConnId(self.next_conn);
+                self.next_conn += 1;
+                let key = PeerKey(id.0 as u32);
+                t.conns.insert(id);
+                t.keys.insert(key, id);
+                self.conns.insert(
+                    id,
+                    Conn {
+                        addr,
+                        torrent: Some(tid),
+                        session,
+                        outgoing: true,
+                        connected: false,
+                        key,
+                        established_at: None,
+                        peer_id: None,
+                        read_queue: VecDeque::new(),
+                        reading_bytes: 0,
+                        unflushed: 0,
+                    },
+                );
+                self.addrs.insert((addr, Some(tid)), id);
+                self.outputs.push_back(Output::Connect { conn: id, addr });
+                half_open += 1;
+            }
+        }
+    }
+
+    /// Pieces left memory: if that brings us back under the cap, every torrent may start pieces again.
+    pub(super) fn release_pending(&mut self, bytes: u64) {
+        let cap = self.config.max_pending_piece_bytes;
+        let was_over = self.pending_bytes >= cap;
+        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+        if was_over && self.pending_bytes < cap {
+            for t in self.torrents.values_mut() {
+                t.refill = true;
+            }
+        }
+    }
+
+    /// Upkeep after every input: requests, choking, dialling, trackers, shutdown.
+    pub(super) fn maintain(&mut self, now: Instant) {
+        if now > self.last_now {
+            self.last_now = now;
+        }
+        let tids: Vec<TorrentId> = self.torrents.keys().copied().collect();
+        for tid in &tids {
+            let Some(t) = self.torrents.get_mut(tid) else {
+                continue;
+            };
+            if std::mem::take(&mut t.refill) {
+                let ids: Vec<ConnId> = t.conns.iter().copied().collect();
+                for id in ids {
+                    self.fill_requests(now, id);
+                    self.flush(id);
+                }
+            }
+            let Some(t) = self.torrents.get_mut(tid) else {
+                continue;
+            };
+            if t.choke_dirty && t.is_running() {
+                self.run_choker(now, *tid);
+            }
+        }
+        self.dial(now);
+        self.drive_trackers(now);
+        if let Some(deadline) = self.shutdown_deadline {
+            let quiet =
+                self.torrents.values().all(|t| t.policy.is_stopped()) && self.trackers.is_idle();
+            if quiet || now >= deadline {
+                self.shut_down = true;
+            }
+        }
+    }
+
+    /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
+    fn drive_trackers(&mut self, now: Instant) {
+        for _ in 0..16 {
+            let mut orders = Vec::new();
+            for (tid, t) in self.torrents.iter_mut() {
+                let progress = Progress {
+                    uploaded: t.uploaded,
+                    downloaded: t.downloaded,
+                    left: t.picker.left(),
+                };
+                while let Some(order) = t.policy.poll_announce(now, progress) {
+                    orders.push((*tid, order));
+                }
+            }
+            self.trackers.poll_retired(now, &mut orders);
+            for (tid, order) in orders {
+                self.trackers
+                    .dispatch(now, tid, order, &mut self.outputs, &mut self.next_conn);
+            }
+            self.trackers.pump_router(&mut self.outputs);
+            let results = self.trackers.take_results();
+            if results.is_empty() {
+                break;
+            }
+            for (tid, handle, url, result) in results {
+                if let Some(t) = self.torrents.get_mut(&tid) {
+                    match &result {
+                        Ok(r) => self.events.push_back(Event::TrackerReply {
+                            torrent: tid,
+                            url: url.clone(),
+                            peers: r.peers.len(),
+                        }),
+                        Err(m) => self.events.push_back(Event::TrackerError {
+                            torrent: tid,
+                            url: url.clone(),
+                            message: m.clone(),
+                        }),
+                    }
+                    t.policy.handle_response(now, handle, result);
+                    for p in t.policy.take_peers() {
+                        self.dial_dirty |= t.book.add(now, p);
+                    }
+                } else {
+                    self.trackers.retired_response(now, tid, handle, result);
+                }
+            }
+            self.dial(now);
+        }
+    }
+
+    /// Called after tracker inputs: same upkeep as any input.
+    pub(super) fn after_trackers(&mut self, now: Instant) {
+        self.maintain(now);
+    }
+}

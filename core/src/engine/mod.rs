@@ -1,0 +1,891 @@
+//! The engine: many torrents, their peers and trackers, behind one sans-IO input/output contract.
+//!
+//! Inputs are method calls that carry `now` (bytes read, connections opened or closed, datagrams,
+//! finished jobs, resolved names, timer expiries, user commands); outputs are drained with
+//! [`Engine::poll_output`] (see [`Output`]), events with [`Engine::poll_event`], and the next deadline
+//! with [`Engine::poll_timeout`]. The contract's types live in [`io`].
+//!
+//! # How a driver runs it
+//! After every input, drain `poll_output` until `None` and perform each output (connect, send, close,
+//! datagram, resolve, job); drain `poll_event` for the front end; arm one timer at `poll_timeout` and
+//! call `handle_timeout` when it fires. Report every `Send`'s bytes with `handle_flushed` once the
+//! socket took them: the engine keeps at most [`conn::SEND_WINDOW`] unflushed bytes per connection and
+//! paces disk reads for a peer by what is still on its way to it.
+//!
+//! # Determinism
+//! All state that decides outputs is kept in `BTreeMap`s and `Vec`s and every random choice draws from
+//! the one [`CoreRng`] seeded in [`Engine::new`], so the same inputs give the same outputs.
+
+pub mod io;
+
+mod conn;
+mod flow;
+mod torrent;
+mod trackers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::bitfield::Bitfield;
+use crate::choker::{ChokeMode, ChokePeer, Choker, ChokerConfig};
+use crate::metainfo::Metainfo;
+use crate::peer::{self, BlockRequest, Geometry, PeerSession, RateMeter, SessionConfig};
+use crate::picker::{BlockReceived, PeerKey, PeerPieces, Picker, PickerConfig};
+use crate::rng::{seeded, CoreRng, RngExt};
+use crate::time::Instant;
+use crate::tracker::announce::{AnnounceConfig, AnnouncePolicy, Progress};
+use crate::tracker::udp_client::{UdpConfig, UdpTrackerRouter};
+use crate::types::{InfoHash, PeerId};
+
+use conn::{Conn, READ_AHEAD, SEND_WINDOW};
+use torrent::{PieceBuf, PieceStage, RunState, Torrent, MAX_FAILED_KEEP, MAX_STRIKES};
+use trackers::TrackerGlue;
+
+pub use io::*;
+
+/// Tunables of an [`Engine`]. [`EngineConfig::default`] gives the values named on each field.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The TCP port we accept peers on (announced to trackers and peers). Default 6881.
+    pub listen_port: u16,
+    /// Most peer connections in total (default 200).
+    pub max_connections: usize,
+    /// Most peer connections per torrent (default 60).
+    pub max_peers_per_torrent: usize,
+    /// Most outgoing connections still dialling at once (default 25).
+    pub max_half_open: usize,
+    /// Per-connection protocol tunables.
+    pub session: SessionConfig,
+    /// Regular unchoke slots per torrent (default 4; the optimistic unchoke comes on top).
+    pub unchoke_slots: usize,
+    /// Our peer id; `None` generates a BEP 20 one from the engine's seed.
+    pub peer_id: Option<PeerId>,
+    /// Cap on the bytes of pieces being assembled, hashed and written, across all torrents (default
+    /// 48 MiB): no new piece is started past it, pieces already started are finished.
+    pub max_pending_piece_bytes: u64,
+    /// Piece picking policy.
+    pub picker: PickerConfig,
+    /// Announce policy (per torrent).
+    pub announce: AnnounceConfig,
+    /// UDP tracker client.
+    pub udp: UdpConfig,
+    /// How long a resolved host name is reused (default 15 min).
+    pub dns_ttl: Duration,
+    /// How long `shutdown` waits for `stopped` announces before giving up (default 5 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            listen_port: 6881,
+            max_connections: 200,
+            max_peers_per_torrent: 60,
+            max_half_open: 25,
+            session: SessionConfig::default(),
+            unchoke_slots: 4,
+            peer_id: None,
+            max_pending_piece_bytes: 48 * 1024 * 1024,
+            picker: PickerConfig::default(),
+            announce: AnnounceConfig::default(),
+            udp: UdpConfig::default(),
+            dns_ttl: Duration::from_secs(15 * 60),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A torrent to add.
+#[derive(Debug, Clone)]
+pub struct AddTorrent {
+    /// The parsed `.torrent` (or metadata fetched for a magnet link plus its trackers).
+    pub metainfo: Metainfo,
+    /// Pieces already verified on disk (from a resume check); `None`: nothing.
+    pub have: Option<Bitfield>,
+    /// One flag per file; `None`: every file.
+    pub wanted_files: Option<Vec<bool>>,
+    /// Add it paused (no connections, no announces until `resume`).
+    pub paused: bool,
+    /// Peer addresses to try besides what trackers return (e.g. `--peer` on the command line).
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Why a command about a torrent was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    /// A torrent with this info-hash is already in the engine.
+    #[error("torrent {0} is already added")]
+    Duplicate(InfoHash),
+    /// The file selection does not have one flag per file.
+    #[error("file selection has {got} entries but the torrent has {files} files")]
+    SelectionLength {
+        /// Entries given.
+        got: usize,
+        /// Files in the torrent.
+        files: usize,
+    },
+    /// The have-set does not have one bit per piece.
+    #[error("have-set covers {got} pieces but the torrent has {pieces}")]
+    HaveLength {
+        /// Bits given.
+        got: u32,
+        /// Pieces in the torrent.
+        pieces: u32,
+    },
+    /// The torrent's geometry is unusable.
+    #[error("unusable torrent geometry: {0}")]
+    Geometry(String),
+    /// No torrent with this id.
+    #[error("no torrent with id {0:?}")]
+    UnknownTorrent(TorrentId),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// What a job handed out is for.
+#[derive(Debug, Clone, Copy)]
+enum JobInfo {
+    Hash {
+        torrent: TorrentId,
+        piece: u32,
+    },
+    Write {
+        torrent: TorrentId,
+        piece: u32,
+    },
+    Read {
+        torrent: TorrentId,
+        conn: ConnId,
+        block: BlockRequest,
+    },
+}
+
+/// The sans-IO BitTorrent engine. See the [module documentation](self).
+pub struct Engine {
+    config: EngineConfig,
+    rng: CoreRng,
+    peer_id: PeerId,
+    torrents: BTreeMap<TorrentId, Torrent>,
+    conns: BTreeMap<ConnId, Conn>,
+    /// Remote address (and torrent, once known) of every peer connection, to never open two
+    /// connections to the same address for the same torrent.
+    addrs: BTreeMap<(SocketAddr, Option<TorrentId>), ConnId>,
+    jobs: BTreeMap<JobId, JobInfo>,
+    trackers: TrackerGlue,
+    outputs: VecDeque<Output>,
+    events: VecDeque<Event>,
+    next_torrent: u32,
+    next_conn: u64,
+    next_job: u64,
+    /// Bytes of pieces held in memory, across torrents.
+    pending_bytes: u64,
+    /// When shutdown gives up waiting, once `shutdown` was called.
+    shutdown_deadline: Option<Instant>,
+    shut_down: bool,
+    /// The latest `now` any input carried (the engine has no clock of its own).
+    last_now: Instant,
+    /// Something changed that may allow new dials (addresses, free slots).
+    dial_dirty: bool,
+    /// When an address that is backing off becomes diallable (and slots allow).
+    dial_due: Option<Instant>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("peer_id", &self.peer_id)
+            .field("torrents", &self.torrents.len())
+            .field("connections", &self.conns.len())
+            .field("jobs", &self.jobs.len())
+            .field("pending_bytes", &self.pending_bytes)
+            .field("shut_down", &self.shut_down)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine with no torrents. `seed` seeds every random choice (peer id, piece order, tracker
+    /// order, transaction ids); `now` is the caller's clock at start.
+    pub fn new(config: EngineConfig, seed: u64, now: Instant) -> Engine {
+        let mut rng = seeded(seed);
+        let peer_id = config.peer_id.unwrap_or_else(|| PeerId::generate(&mut rng));
+        let router = UdpTrackerRouter::new(config.udp.clone(), seeded(rng.random()));
+        let key = rng.random();
+        Engine {
+            trackers: TrackerGlue::new(router, key, config.dns_ttl),
+            config,
+            rng,
+            peer_id,
+            torrents: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            events: VecDeque::new(),
+            next_torrent: 0,
+            next_conn: 0,
+            next_job: 0,
+            pending_bytes: 0,
+            shutdown_deadline: None,
+            shut_down: false,
+            last_now: now,
+            dial_dirty: false,
+            dial_due: None,
+        }
+    }
+
+    /// Our peer id for this session.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    // ===== user commands =========================================================================
+
+    /// Adds a torrent; it starts at once unless `add.paused`.
+    pub fn add_torrent(&mut self, now: Instant, add: AddTorrent) -> Result<TorrentId, AddError> {
+        if self.shutdown_deadline.is_some() {
+            return Err(AddError::ShuttingDown);
+        }
+        let info_hash = add.metainfo.info_hash();
+        if self
+            .torrents
+            .values()
+            .any(|t| t.info.info_hash() == info_hash)
+        {
+            return Err(AddError::Duplicate(info_hash));
+        }
+        let info = add.metainfo.info.clone();
+        let layout = info.layout();
+        let files = layout.files().len();
+        let pieces = layout.piece_count();
+        let wanted_files = match add.wanted_files {
+            Some(w) if w.len() != files => {
+                return Err(AddError::SelectionLength {
+                    got: w.len(),
+                    files,
+                })
+            }
+            Some(w) => w,
+            None => vec![true; files],
+        };
+        if let Some(have) = &add.have {
+            if have.len() != pieces {
+                return Err(AddError::HaveLength {
+                    got: have.len(),
+                    pieces,
+                });
+            }
+        }
+        let geometry = Geometry::new(layout.piece_length(), layout.total_length())
+            .map_err(|e| AddError::Geometry(e.to_string()))?;
+        let mut picker = Picker::new(
+            pieces,
+            layout.piece_length(),
+            layout.total_length(),
+            self.config.picker,
+        )
+        .map_err(|e| AddError::Geometry(e.to_string()))?;
+        if let Some(have) = &add.have {
+            for p in have.iter_ones() {
+                picker.piece_verified(p);
+            }
+        }
+        picker.set_wanted(&Torrent::wanted_pieces(layout, &wanted_files));
+        let policy = AnnouncePolicy::new(
+            info_hash,
+            self.peer_id,
+            self.config.listen_port,
+            self.trackers.key,
+            &add.metainfo.trackers,
+            self.config.announce.clone(),
+            &mut self.rng,
+        );
+        let choker = Choker::new(ChokerConfig {
+            regular_slots: self.config.unchoke_slots,
+            ..ChokerConfig::default()
+        });
+        let window = self.config.session.rate_window;
+        let id = TorrentId(self.next_torrent);
+        self.next_torrent = self.next_torrent.wrapping_add(1);
+        let complete = picker.is_complete();
+        let mut t = Torrent {
+            info,
+            geometry,
+            picker,
+            wanted_files,
+            run: if add.paused {
+                RunState::Paused
+            } else {
+                RunState::Running
+            },
+            complete_reported: complete,
+            policy,
+            choker,
+            conns: Default::default(),
+            keys: Default::default(),
+            book: Default::default(),
+            pieces: Default::default(),
+            failed_blocks: Default::default(),
+            failed_bytes: 0,
+            strikes: Default::default(),
+            banned: Default::default(),
+            banned_ids: Default::default(),
+            downloaded: 0,
+            uploaded: 0,
+            down_rate: RateMeter::new(window),
+            up_rate: RateMeter::new(window),
+            choke_dirty: true,
+            refill: false,
+        };
+        for addr in add.peers {
+            t.book.add(now, addr);
+        }
+        if complete {
+            t.policy.set_completed(now);
+        }
+        if !add.paused {
+            t.policy.start(now);
+        }
+        self.torrents.insert(id, t);
+        self.dial_dirty = true;
+        self.events.push_back(Event::TorrentAdded(id));
+        self.maintain(now);
+        Ok(id)
+    }
+
+    /// Adds a peer address to a torrent's address book and dials it when a slot is free.
+    pub fn add_peer(&mut self, now: Instant, torrent: TorrentId, addr: SocketAddr) {
+        if let Some(t) = self.torrents.get_mut(&torrent) {
+            self.dial_dirty |= t.book.add(now, addr);
+        }
+        self.maintain(now);
+    }
+
+    /// Pauses a torrent: `stopped` to its trackers, every peer closed. Verified pieces stay.
+    pub fn pause(&mut self, now: Instant, torrent: TorrentId) {
+        let Some(t) = self.torrents.get_mut(&torrent) else {
+            return;
+        };
+        if t.run != RunState::Running {
+            return;
+        }
+        t.run = RunState::Paused;
+        t.policy.stop(now);
+        self.close_torrent_conns(now, torrent, "torrent paused");
+        self.events.push_back(Event::TorrentPaused(torrent));
+        self.maintain(now);
+    }
+
+    /// Resumes a paused torrent (or retries one stopped by an error).
+    pub fn resume(&mut self, now: Instant, torrent: TorrentId) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let Some(t) = self.torrents.get_mut(&torrent) else {
+            return;
+        };
+        if t.run == RunState::Running {
+            return;
+        }
+        t.run = RunState::Running;
+        t.downloaded = 0;
+        t.uploaded = 0;
+        t.policy.start(now);
+        if t.picker.is_complete() {
+            t.policy.set_completed(now);
+        }
+        t.choke_dirty = true;
+        for e in t.book.entries.values_mut() {
+            if !e.banned {
+                e.next_try = now;
+                e.failures = 0;
+            }
+        }
+        self.dial_dirty = true;
+        self.events.push_back(Event::TorrentResumed(torrent));
+        self.maintain(now);
+    }
+
+    /// Removes a torrent: `stopped` to its trackers (finished in the background), peers closed, its id
+    /// forgotten. Jobs still running for it are ignored when they finish. Deleting data is the
+    /// driver's business.
+    pub fn remove(&mut self, now: Instant, torrent: TorrentId) {
+        if !self.torrents.contains_key(&torrent) {
+            return;
+        }
+        self.close_torrent_conns(now, torrent, "torrent removed");
+        if let Some(mut t) = self.torrents.remove(&torrent) {
+            t.policy.stop(now);
+            self.release_pending(t.pending_bytes());
+            self.trackers.retire(torrent, t.policy);
+        }
+        self.jobs.retain(|_, j| match j {
+            JobInfo::Hash { torrent: t, .. }
+            | JobInfo::Write { torrent: t, .. }
+            | JobInfo::Read { torrent: t, .. } => *t != torrent,
+        });
+        self.events.push_back(Event::TorrentRemoved(torrent));
+        self.maintain(now);
+    }
+
+    /// Changes which files are downloaded. Takes effect at once: requests for pieces no longer
+    /// wanted are cancelled, interest is re-evaluated, new pieces are requested.
+    pub fn set_wanted_files(
+        &mut self,
+        now: Instant,
+        torrent: TorrentId,
+        wanted: Vec<bool>,
+    ) -> Result<(), AddError> {
+        let Some(t) = self.torrents.get_mut(&torrent) else {
+            return Err(AddError::UnknownTorrent(torrent));
+        };
+        let files = t.layout().files().len();
+        if wanted.len() != files {
+            return Err(AddError::SelectionLength {
+                got: wanted.len(),
+                files,
+            });
+        }
+        let bits = Torrent::wanted_pieces(t.layout(), &wanted);
+        t.wanted_files = wanted;
+        t.picker.set_wanted(&bits);
+        let stale = t.picker.requests_for_unwanted();
+        for (key, block) in stale {
+            t.picker.request_cancelled(key, block);
+            if let Some(c) = t.keys.get(&key).and_then(|id| self.conns.get_mut(id)) {
+                c.session.cancel(now, block);
+            }
+        }
+        self.sync_pieces(torrent);
+        if let Some(t) = self.torrents.get_mut(&torrent) {
+            if !t.picker.is_complete() {
+                t.complete_reported = false;
+            }
+        }
+        self.check_complete(now, torrent);
+        self.refresh_torrent_peers(now, torrent);
+        self.maintain(now);
+        Ok(())
+    }
+
+    /// Stops everything: `stopped` to every tracker, every connection closed. `is_shut_down` turns
+    /// true once the announces are answered or after [`EngineConfig::shutdown_timeout`].
+    pub fn shutdown(&mut self, now: Instant) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+        let ids: Vec<TorrentId> = self.torrents.keys().copied().collect();
+        for id in ids {
+            if let Some(t) = self.torrents.get_mut(&id) {
+                t.policy.stop(now);
+            }
+            self.close_torrent_conns(now, id, "shutting down");
+        }
+        let rest: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in rest {
+            self.drop_conn(now, id, "shutting down", true);
+        }
+        self.maintain(now);
+    }
+
+    /// Whether `shutdown` has finished; the driver may exit.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    // ===== network ===============================================================================
+
+    /// A peer connected to our listening socket. Returns the connection's id, or `None` to refuse it
+    /// (connection caps, shutting down, or already connected to that address).
+    pub fn handle_incoming(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
+        if self.shutdown_deadline.is_some()
+            || self.conns.len() >= self.config.max_connections
+            || self
+                .addrs
+                .range((remote, None)..)
+                .next()
+                .is_some_and(|((a, _), _)| *a == remote)
+        {
+            return None;
+        }
+        if self.torrents.values().any(|t| t.banned.contains(&remote)) {
+            return None;
+        }
+        let id = self.new_conn_id();
+        let session = PeerSession::incoming(self.session_config(), self.peer_id, now);
+        self.conns.insert(
+            id,
+            Conn {
+                addr: remote,
+                torrent: None,
+                session,
+                outgoing: false,
+                connected: true,
+                key: PeerKey(id.0 as u32),
+                established_at: None,
+                peer_id: None,
+                read_queue: VecDeque::new(),
+                reading_bytes: 0,
+                unflushed: 0,
+            },
+        );
+        self.addrs.insert((remote, None), id);
+        Some(id)
+    }
+
+    /// An outgoing connection (peer or HTTP tracker) is up.
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnId) {
+        if self.trackers.is_http(conn) {
+            self.trackers.http_connected(conn, &mut self.outputs);
+            self.after_trackers(now);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.connected = true;
+            self.dial_dirty = true;
+        }
+        self.flush(conn);
+        self.maintain(now);
+    }
+
+    /// An outgoing connection could not be opened.
+    pub fn handle_connect_failed(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        if self.trackers.is_http(conn) {
+            self.trackers.http_failed(conn, reason);
+            self.after_trackers(now);
+            return;
+        }
+        self.drop_conn(now, conn, reason, false);
+        self.maintain(now);
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_read(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        if self.trackers.is_http(conn) {
+            self.trackers
+                .http_read(now, conn, data, &mut self.outputs, &mut self.next_conn);
+            self.after_trackers(now);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.session.handle_read(now, data);
+        self.process_conn(now, conn);
+        self.maintain(now);
+    }
+
+    /// The remote end closed the connection, or the socket failed. Report nothing back.
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
+        if self.trackers.is_http(conn) {
+            self.trackers
+                .http_closed(now, conn, &mut self.outputs, &mut self.next_conn);
+            self.after_trackers(now);
+            return;
+        }
+        self.drop_conn(now, conn, "connection closed by peer", false);
+        self.maintain(now);
+    }
+
+    /// The socket took `bytes` of what was sent on `conn`.
+    pub fn handle_flushed(&mut self, now: Instant, conn: ConnId, bytes: usize) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.unflushed = c.unflushed.saturating_sub(bytes);
+        self.flush(conn);
+        self.pump_reads(conn);
+        self.maintain(now);
+    }
+
+    /// A datagram arrived on the engine's UDP socket.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.trackers.router.handle_datagram(now, from, data);
+        self.after_trackers(now);
+    }
+
+    /// A host-name lookup finished.
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        id: ResolveId,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        self.trackers
+            .resolved(now, id, result, &mut self.outputs, &mut self.next_conn);
+        self.after_trackers(now);
+    }
+
+    // ===== work ==================================================================================
+
+    /// A job finished.
+    pub fn handle_job_done(&mut self, now: Instant, id: JobId, result: JobResult) {
+        let Some(info) = self.jobs.remove(&id) else {
+            return;
+        };
+        if let JobResult::Failed(f) = &result {
+            let torrent = match info {
+                JobInfo::Hash { torrent, .. }
+                | JobInfo::Write { torrent, .. }
+                | JobInfo::Read { torrent, .. } => torrent,
+            };
+            if let JobInfo::Read { conn, block, .. } = info {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.reading_bytes = c.reading_bytes.saturating_sub(block.length as usize);
+                }
+            }
+            self.torrent_error(now, torrent, f.message.clone());
+            self.maintain(now);
+            return;
+        }
+        match (info, result) {
+            (JobInfo::Hash { torrent, piece }, JobResult::Hashed(hash)) => {
+                self.piece_hashed(now, torrent, piece, hash)
+            }
+            (JobInfo::Write { torrent, piece }, JobResult::Written) => {
+                self.piece_written(now, torrent, piece)
+            }
+            (
+                JobInfo::Read {
+                    torrent,
+                    conn,
+                    block,
+                },
+                JobResult::Read(data),
+            ) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.reading_bytes = c.reading_bytes.saturating_sub(block.length as usize);
+                    if c.session.send_block(now, block, data) {
+                        if let Some(t) = self.torrents.get_mut(&torrent) {
+                            t.uploaded += u64::from(block.length);
+                            t.up_rate.record(now, u64::from(block.length));
+                        }
+                    }
+                    self.flush(conn);
+                    self.pump_reads(conn);
+                }
+            }
+            (info, result) => {
+                // A result of the wrong kind is a driver bug; treat it as a disk failure.
+                let torrent = match info {
+                    JobInfo::Hash { torrent, .. }
+                    | JobInfo::Write { torrent, .. }
+                    | JobInfo::Read { torrent, .. } => torrent,
+                };
+                let kind = match result {
+                    JobResult::Hashed(_) => "hash",
+                    JobResult::Written => "write",
+                    JobResult::Read(_) => "read",
+                    JobResult::Failed(_) => "failure",
+                };
+                self.torrent_error(
+                    now,
+                    torrent,
+                    format!("job {id:?} got a {kind} result for {info:?}"),
+                );
+            }
+        }
+        self.maintain(now);
+    }
+
+    // ===== time ==================================================================================
+
+    /// The timer fired (or any time at or after `poll_timeout`).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.session.handle_timeout(now);
+            }
+            self.process_conn(now, id);
+        }
+        self.trackers
+            .handle_timeout(now, &mut self.outputs, &mut self.next_conn);
+        for t in self.torrents.values_mut() {
+            if t.choker.poll_timeout().is_some_and(|d| d <= now) {
+                t.choke_dirty = true;
+            }
+        }
+        self.after_trackers(now);
+    }
+
+    /// When to call `handle_timeout` next (`None`: only on other inputs).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for c in self.conns.values() {
+            consider(c.session.poll_timeout());
+        }
+        for t in self.torrents.values() {
+            if t.is_running() && !t.conns.is_empty() {
+                consider(t.choker.poll_timeout());
+            }
+            if t.is_running() || !t.policy.is_stopped() {
+                consider(t.policy.poll_timeout());
+            }
+        }
+        consider(self.trackers.poll_timeout());
+        if self.shutdown_deadline.is_none() {
+            consider(self.dial_due);
+        }
+        if !self.shut_down {
+            consider(self.shutdown_deadline);
+        }
+        next
+    }
+
+    // ===== outputs ===============================================================================
+
+    /// The next thing the driver must do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next event for front ends.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// A snapshot of every torrent, in id order.
+    pub fn stats(&self, now: Instant) -> Vec<TorrentStats> {
+        self.torrents
+            .keys()
+            .filter_map(|id| self.torrent_stats(now, *id))
+            .collect()
+    }
+
+    /// A snapshot of one torrent.
+    pub fn torrent_stats(&self, now: Instant, torrent: TorrentId) -> Option<TorrentStats> {
+        let t = self.torrents.get(&torrent)?;
+        let files = t.file_stats();
+        let wanted_bytes: u64 = files.iter().filter(|f| f.wanted).map(|f| f.length).sum();
+        let have_bytes: u64 = files.iter().filter(|f| f.wanted).map(|f| f.have).sum();
+        let mut peer_list = Vec::new();
+        let mut seeds = 0;
+        let pieces = t.picker.num_pieces();
+        for id in &t.conns {
+            let Some(c) = self.conns.get(id) else {
+                continue;
+            };
+            if !c.session.is_established() {
+                continue;
+            }
+            let s = &c.session;
+            let count = match s.peer_pieces() {
+                PeerPieces::All => pieces,
+                PeerPieces::Bitfield(b) => b.count_ones(),
+            };
+            if count == pieces {
+                seeds += 1;
+            }
+            peer_list.push(PeerStats {
+                addr: c.addr,
+                peer_id: c.peer_id,
+                client: s.peer_extensions().client.clone(),
+                outgoing: c.outgoing,
+                download_rate: s.download_rate(now),
+                upload_rate: s.upload_rate(now),
+                downloaded: s.downloaded(),
+                uploaded: s.uploaded(),
+                pieces: count,
+                am_choking: s.am_choking(),
+                am_interested: s.am_interested(),
+                peer_choking: s.peer_choking(),
+                peer_interested: s.peer_interested(),
+                requests: s.outstanding_requests().count() as u32,
+                snubbed: s.is_snubbed(),
+            });
+        }
+        let download_rate = t.down_rate.rate(now);
+        let left = wanted_bytes.saturating_sub(have_bytes);
+        let eta = if left > 0 && download_rate > 0 && t.is_running() {
+            Some(Duration::from_secs(left.div_ceil(download_rate)))
+        } else {
+            None
+        };
+        let state = match &t.run {
+            RunState::Paused => TorrentState::Paused,
+            RunState::Error(m) => TorrentState::Error(m.clone()),
+            RunState::Running if t.picker.is_complete() => TorrentState::Seeding,
+            RunState::Running => TorrentState::Downloading,
+        };
+        Some(TorrentStats {
+            id: torrent,
+            name: t.info.name().to_owned(),
+            info_hash: t.info.info_hash(),
+            state,
+            total_bytes: t.layout().total_length(),
+            wanted_bytes,
+            have_bytes,
+            downloaded: t.downloaded,
+            uploaded: t.uploaded,
+            download_rate,
+            upload_rate: t.up_rate.rate(now),
+            peers: peer_list.len() as u32,
+            seeds,
+            eta,
+            have: t.picker.have().clone(),
+            peer_list,
+            trackers: t.policy.tracker_status(now),
+            files,
+        })
+    }
+
+    // ===== internals: connections ================================================================
+
+    fn session_config(&self) -> SessionConfig {
+        let mut c = self.config.session.clone();
+        if c.listen_port.is_none() {
+            c.listen_port = Some(self.config.listen_port);
+        }
+        c
+    }
+
+    fn new_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    fn new_job(&mut self, info: JobInfo, job: Job) {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        self.jobs.insert(id, info);
+        self.outputs.push_back(Output::Job { id, job });
+    }
+
+    /// Outgoing connections still dialling.
+    fn half_open(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.outgoing && !c.connected)
+            .count()
+    }
+
+    /// When `maintain` could next dial an address of `t` that is backing off (only if slots allow;
+    /// addresses blocked by caps are dialled when a connection ends, which is an input).
+    fn next_connect_time(&self, t: &Torrent, now: Instant) -> Option<Instant> {
+        if !t.is_running()
+            || self.conns.len() >= self.config.max_connections
+            || t.conns.len() >= self.config.max_peers_per_torrent
+        {
+            return None;
+        }
+        t.book.next_try(now)
+    }
+}

@@ -1,0 +1,276 @@
+//! The state of one torrent inside the engine: its pieces (picker, blocks being assembled), its peers
+//! (connections, address book, strikes and bans), its choker and its announce policy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::bitfield::Bitfield;
+use crate::choker::Choker;
+use crate::metainfo::{Info, Layout};
+use crate::peer::{Geometry, RateMeter};
+use crate::picker::{PeerKey, Picker};
+use crate::time::Instant;
+use crate::tracker::announce::AnnouncePolicy;
+use crate::types::PeerId;
+
+use super::io::{ConnId, FileStats};
+
+/// The most addresses remembered per torrent; new ones beyond it are dropped.
+pub(crate) const MAX_BOOK: usize = 2000;
+
+/// The first back-off after a failed connect; it doubles per failure.
+const CONNECT_BACKOFF: Duration = Duration::from_secs(15);
+
+/// The longest back-off between connect attempts.
+const CONNECT_BACKOFF_CAP: Duration = Duration::from_secs(30 * 60);
+
+/// Strikes (pieces that failed their hash check with a block from the peer) that get a peer banned.
+pub(crate) const MAX_STRIKES: u32 = 2;
+
+/// Most bytes of failed pieces kept per torrent to find, once the piece passes, which peer's block
+/// was wrong.
+pub(crate) const MAX_FAILED_KEEP: usize = 8 * 1024 * 1024;
+
+/// What the user asked of a torrent, and whether an error stopped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RunState {
+    /// Connecting, trading, announcing.
+    Running,
+    /// Stopped by the user.
+    Paused,
+    /// Stopped by a disk failure.
+    Error(String),
+}
+
+/// One address the torrent knows of.
+#[derive(Debug, Clone)]
+pub(crate) struct BookEntry {
+    /// Not before this instant.
+    pub next_try: Instant,
+    /// Consecutive failed connects.
+    pub failures: u32,
+    /// A connection to this address exists.
+    pub connected: bool,
+    /// Never connect again (banned, or it was ourselves).
+    pub banned: bool,
+}
+
+/// The peers a torrent may connect to: bounded, de-duplicated, with back-off.
+#[derive(Debug, Default)]
+pub(crate) struct AddressBook {
+    pub entries: BTreeMap<SocketAddr, BookEntry>,
+}
+
+impl AddressBook {
+    /// Adds `addr` (if new and there is room); returns whether it was added.
+    pub fn add(&mut self, now: Instant, addr: SocketAddr) -> bool {
+        if self.entries.contains_key(&addr) || self.entries.len() >= MAX_BOOK {
+            return false;
+        }
+        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+            return false;
+        }
+        self.entries.insert(
+            addr,
+            BookEntry {
+                next_try: now,
+                failures: 0,
+                connected: false,
+                banned: false,
+            },
+        );
+        true
+    }
+
+    /// The first address that may be dialled at `now` and passes `usable`.
+    pub fn candidate(
+        &self,
+        now: Instant,
+        mut usable: impl FnMut(&SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !e.connected && !e.banned && e.next_try <= now)
+            .map(|(a, _)| *a)
+            .find(|a| usable(a))
+    }
+
+    /// The earliest future instant some address becomes diallable.
+    pub fn next_try(&self, now: Instant) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter(|e| !e.connected && !e.banned && e.next_try > now)
+            .map(|e| e.next_try)
+            .min()
+    }
+
+    /// A connect to `addr` failed: back off exponentially.
+    pub fn failed(&mut self, now: Instant, addr: &SocketAddr) {
+        if let Some(e) = self.entries.get_mut(addr) {
+            e.connected = false;
+            e.failures = e.failures.saturating_add(1);
+            let factor = 1u32 << e.failures.min(12).saturating_sub(1);
+            e.next_try = now
+                + CONNECT_BACKOFF
+                    .saturating_mul(factor)
+                    .min(CONNECT_BACKOFF_CAP);
+        }
+    }
+
+    /// An established connection to `addr` ended: it may be tried again after a while.
+    pub fn disconnected(&mut self, now: Instant, addr: &SocketAddr) {
+        if let Some(e) = self.entries.get_mut(addr) {
+            e.connected = false;
+            e.failures = 0;
+            e.next_try = now + Duration::from_secs(60);
+        }
+    }
+
+    /// Never dial `addr` again.
+    pub fn ban(&mut self, addr: &SocketAddr) {
+        if let Some(e) = self.entries.get_mut(addr) {
+            e.banned = true;
+            e.connected = false;
+        }
+    }
+}
+
+/// Where a piece with all its blocks stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PieceStage {
+    /// Blocks are arriving.
+    Assembling,
+    /// A hash job is out.
+    Hashing,
+    /// It matched; a write job is out.
+    Writing,
+}
+
+/// A piece being assembled, hashed or written.
+#[derive(Debug)]
+pub(crate) struct PieceBuf {
+    /// Its size in bytes (what it counts against the pending-bytes cap).
+    pub size: u32,
+    /// Blocks by offset: the data and who sent it.
+    pub blocks: BTreeMap<u32, (Bytes, SocketAddr)>,
+    /// Where it stands.
+    pub stage: PieceStage,
+}
+
+/// One torrent.
+pub(crate) struct Torrent {
+    /// The metainfo (`info` dictionary and trackers).
+    pub info: Info,
+    /// The piece geometry, for peer sessions.
+    pub geometry: Geometry,
+    /// Pieces: had, wanted, requested.
+    pub picker: Picker,
+    /// Which files the user selected.
+    pub wanted_files: Vec<bool>,
+    /// Running, paused or stopped by an error.
+    pub run: RunState,
+    /// Whether `TorrentCompleted` was emitted for the current selection.
+    pub complete_reported: bool,
+    /// Trackers.
+    pub policy: AnnouncePolicy,
+    /// Who we upload to.
+    pub choker: Choker<ConnId>,
+    /// Connections (dialling, handshaking or established).
+    pub conns: BTreeSet<ConnId>,
+    /// Picker keys to connections.
+    pub keys: BTreeMap<PeerKey, ConnId>,
+    /// Addresses to dial.
+    pub book: AddressBook,
+    /// Pieces with blocks in memory.
+    pub pieces: BTreeMap<u32, PieceBuf>,
+    /// Blocks of pieces that failed their check, kept to find the liar once the piece passes.
+    pub failed_blocks: BTreeMap<u32, Vec<(u32, Bytes, SocketAddr)>>,
+    /// Bytes in `failed_blocks`.
+    pub failed_bytes: usize,
+    /// Strikes per address.
+    pub strikes: BTreeMap<SocketAddr, u32>,
+    /// Banned addresses.
+    pub banned: BTreeSet<SocketAddr>,
+    /// Banned peer ids.
+    pub banned_ids: BTreeSet<PeerId>,
+    /// Payload downloaded since the last start (for announces).
+    pub downloaded: u64,
+    /// Payload uploaded since the last start (for announces).
+    pub uploaded: u64,
+    /// Download rate of the whole torrent.
+    pub down_rate: RateMeter,
+    /// Upload rate of the whole torrent.
+    pub up_rate: RateMeter,
+    /// The choker must be run at the next opportunity.
+    pub choke_dirty: bool,
+    /// Blocks became requestable again: offer them to every peer at the next opportunity.
+    pub refill: bool,
+}
+
+impl Torrent {
+    /// The layout (files and pieces).
+    pub fn layout(&self) -> &Layout {
+        self.info.layout()
+    }
+
+    /// Whether peers, trackers and jobs are active.
+    pub fn is_running(&self) -> bool {
+        self.run == RunState::Running
+    }
+
+    /// The pieces wanted by a file selection (a piece straddling a selected file is wanted).
+    pub fn wanted_pieces(layout: &Layout, wanted_files: &[bool]) -> Bitfield {
+        let mut bits = Bitfield::new(layout.piece_count());
+        for (i, w) in layout
+            .pieces_for_files(wanted_files)
+            .into_iter()
+            .enumerate()
+        {
+            if w {
+                bits.set(i as u32);
+            }
+        }
+        bits
+    }
+
+    /// Per-file statistics: bytes covered by verified pieces.
+    pub fn file_stats(&self) -> Vec<FileStats> {
+        let layout = self.layout();
+        let have = self.picker.have();
+        let pl = u64::from(layout.piece_length());
+        layout
+            .files()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mut covered = 0u64;
+                if let Some(range) = layout.file_pieces(i) {
+                    for p in range {
+                        if !have.get(p) {
+                            continue;
+                        }
+                        let start = u64::from(p) * pl;
+                        let end = start + u64::from(layout.piece_len(p).unwrap_or(0));
+                        let lo = start.max(f.offset);
+                        let hi = end.min(f.offset + f.length);
+                        covered += hi.saturating_sub(lo);
+                    }
+                }
+                FileStats {
+                    path: f.display_path(),
+                    length: f.length,
+                    wanted: self.wanted_files.get(i).copied().unwrap_or(false),
+                    have: covered,
+                }
+            })
+            .collect()
+    }
+
+    /// Sum of the piece sizes held in memory (assembling, hashing or writing).
+    pub fn pending_bytes(&self) -> u64 {
+        self.pieces.values().map(|p| u64::from(p.size)).sum()
+    }
+}
