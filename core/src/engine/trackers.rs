@@ -492,10 +492,17 @@ impl TrackerGlue {
             .values()
             .filter_map(|r| r.exchange.poll_timeout())
             .min();
-        match (self.router.poll_timeout(), http) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Retired policies still have deadlines of their own (`stopped` retries, the per-attempt
+        // budget); without them a shutdown could wait on an unrelated timer.
+        let retired = self
+            .retired
+            .values()
+            .filter_map(|(policy, _)| policy.poll_timeout())
+            .min();
+        [self.router.poll_timeout(), http, retired]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
