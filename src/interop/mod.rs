@@ -27,7 +27,9 @@ pub mod transmission;
 
 pub use fixtures::{mktorrent, payload, write_payload, TorrentFile};
 pub use libtorrent::{LtConfig, LtLine, LtPeer, LtRole, LtSource, LtStatus};
-pub use opentracker::{http_get, udp_connect, udp_exchange, HttpReply, Opentracker};
+pub use opentracker::{
+    http_get, udp_connect, udp_exchange, udp_exchange_raw, HttpReply, Opentracker,
+};
 pub use ports::{free_addr, free_port};
 pub use process::{run_bounded, run_checked, wait_for, ChildGuard, HarnessError, Signal};
 pub use transmission::Transmission;

@@ -102,7 +102,7 @@ impl Opentracker {
                 }
                 if let Some(ih) = probe {
                     let url = format!(
-                        "{}?info_hash={}&peer_id=-HBPROBE-0000000000&port=1&uploaded=0&\
+                        "{}?info_hash={}&peer_id=-HBPROBE-00000000000&port=1&uploaded=0&\
                          downloaded=0&left=0&compact=1&event=stopped",
                         self.http_announce_url(),
                         hyperblow_core::tracker::http::percent_encode(ih.as_bytes())
@@ -244,9 +244,15 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<HttpReply> {
     })
 }
 
-/// Sends one BEP 15 request and returns the reply with the same transaction id, waiting at most
-/// `timeout` (no retransmission: loopback does not lose datagrams).
-pub fn udp_exchange(tracker: SocketAddr, request: &Request, timeout: Duration) -> Result<Response> {
+/// Sends one BEP 15 request and returns the raw datagram that answers it (the first one from
+/// `tracker` whose action/transaction header echoes the request's transaction id), waiting at most
+/// `timeout` (no retransmission: loopback does not lose datagrams). Raw, because trackers send
+/// replies that a strict decoder rejects (see [`udp_exchange`]).
+pub fn udp_exchange_raw(
+    tracker: SocketAddr,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
     let what = format!("UDP tracker exchange with {tracker}");
     let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(HarnessError::io(what.clone()))?;
     sock.send_to(&request.to_bytes(), tracker)
@@ -276,18 +282,33 @@ pub fn udp_exchange(tracker: SocketAddr, request: &Request, timeout: Duration) -
             }
             Err(e) => return Err(HarnessError::io(what)(e)),
         };
+        let datagram = buf.get(..n).unwrap_or_default();
         if from != tracker {
             continue;
         }
-        let resp = Response::decode(buf.get(..n).unwrap_or_default(), AddressFamily::of(&from))
-            .map_err(|e| HarnessError::Tool {
-                what: what.clone(),
-                detail: e.to_string(),
-            })?;
-        if resp.transaction_id() == request.transaction_id() {
-            return Ok(resp);
+        if let Ok((_, tid)) = Response::peek_header(datagram) {
+            if tid == request.transaction_id() {
+                return Ok(datagram.to_vec());
+            }
         }
     }
+}
+
+/// [`udp_exchange_raw`], decoded with hyperblow-core's strict BEP 15 decoder.
+///
+/// Quirk: Debian's opentracker answers an announce of a hash that is not on its whitelist with a
+/// bare 8-byte header (action 1 = announce, the transaction id) instead of an action-3 error, which
+/// this decoder rejects as a short announce reply.
+pub fn udp_exchange(tracker: SocketAddr, request: &Request, timeout: Duration) -> Result<Response> {
+    let raw = udp_exchange_raw(tracker, request, timeout)?;
+    let family = AddressFamily::of(&tracker);
+    Response::decode(&raw, family).map_err(|e| HarnessError::Tool {
+        what: format!(
+            "decode the UDP tracker reply from {tracker} ({} bytes)",
+            raw.len()
+        ),
+        detail: e.to_string(),
+    })
 }
 
 /// A BEP 15 connect: returns the connection id the tracker granted.

@@ -77,6 +77,9 @@ def settings(listen_port):
         "ignore_limits_on_local_network": True,
         "seeding_outgoing_connections": True,
         "listen_system_port_fallback": False,
+        # Plaintext BitTorrent out (what Hyperblow speaks); plaintext or MSE accepted in.
+        "out_enc_policy": int(lt.enc_policy.pe_disabled),
+        "in_enc_policy": int(lt.enc_policy.pe_enabled),
         "alert_mask": lt.alert.category_t.error_notification
         | lt.alert.category_t.status_notification
         | lt.alert.category_t.tracker_notification
