@@ -1,0 +1,86 @@
+//! The few things an async runtime must provide so that the shared event loop can run on it.
+//!
+//! Everything else (the engine loop, connection tasks, the UDP task, disk jobs, the session handle) is
+//! written once against this trait. Byte streams are `futures-io` [`AsyncRead`]/[`AsyncWrite`], so a
+//! runtime whose sockets already implement those traits (async-std, smol, async-net) needs no adapter,
+//! and tokio needs a thin one.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use futures::io::{AsyncRead, AsyncWrite};
+
+/// A runtime the session can run on: task spawning, TCP, UDP, a timer and name resolution.
+///
+/// Implementations are small handles (`Clone`, cheap to copy into tasks). Every future they return must
+/// be `Send` because the shared code spawns tasks that hold them.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    /// The reading half of a TCP connection.
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    /// The writing half of a TCP connection. `poll_close` must shut down the write side.
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+    /// A bound TCP listener.
+    type Listener: Send + Sync + 'static;
+    /// A bound UDP socket (shared between the receiving and the sending task).
+    type Udp: Send + Sync + 'static;
+
+    /// Runs `task` in the background until it finishes (the result is not awaited).
+    fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static;
+
+    /// Opens a TCP connection to `addr` (no timeout here: the caller adds one) and splits it into its
+    /// reading and writing halves. Implementations should set `TCP_NODELAY` (the writer batches).
+    fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer)>> + Send + 'static;
+
+    /// Binds a TCP listener to `addr` (port 0 picks a free port).
+    fn listen(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::Listener>> + Send + '_;
+
+    /// The address a listener is bound to (to learn the port picked for port 0).
+    fn listener_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
+
+    /// Waits for the next incoming connection: its halves and the remote address.
+    fn accept(
+        listener: &Self::Listener,
+    ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer, SocketAddr)>> + Send + '_;
+
+    /// Binds a UDP socket to `addr`.
+    fn bind_udp(&self, addr: SocketAddr)
+        -> impl Future<Output = io::Result<Self::Udp>> + Send + '_;
+
+    /// The address a UDP socket is bound to.
+    fn udp_addr(socket: &Self::Udp) -> io::Result<SocketAddr>;
+
+    /// Sends one datagram.
+    fn send_to<'a>(
+        socket: &'a Self::Udp,
+        data: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Receives one datagram into `buf`: its length and sender.
+    fn recv_from<'a>(
+        socket: &'a Self::Udp,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+
+    /// Completes at (or soon after) `deadline`; at once if it has passed.
+    fn sleep_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> impl Future<Output = ()> + Send + 'static;
+
+    /// Looks up `host` without blocking the caller's thread (the runtime's blocking pool or resolver).
+    fn resolve(
+        &self,
+        host: String,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static;
+}
