@@ -412,3 +412,60 @@ fn pause_resume_select_and_remove() {
     assert!(s.pause(t.id).wait_timeout(WAIT).is_err());
     shutdown(&s);
 }
+
+/// The async API from inside each runtime: `start_in_runtime`, awaited answers and the event stream
+/// as a `Stream`, with a transfer from an async-std seeder to a tokio leecher.
+#[test]
+fn async_callers_inside_each_runtime() {
+    use futures::StreamExt;
+    let fx = Fixture::multi("async", 16 * 1024, &[("f.bin", 100_000), ("g.bin", 1)]);
+    let seed_dir = tempfile::tempdir().unwrap();
+    let leech_dir = tempfile::tempdir().unwrap();
+    fx.write_to(seed_dir.path());
+
+    let seeder = async_std::task::block_on(async {
+        let s = hyperblow_async_std::start_in_runtime(config(11)).unwrap();
+        s.add_torrent(AddTorrentRequest::new(fx.metainfo.clone(), seed_dir.path()))
+            .await
+            .unwrap();
+        s
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let run = async {
+            let s = hyperblow_tokio::start_in_runtime(config(12)).unwrap();
+            let mut events = s.events();
+            let t = s
+                .add_torrent(
+                    AddTorrentRequest::new(fx.metainfo.clone(), leech_dir.path())
+                        .peers(vec![seeder.listen_addr()]),
+                )
+                .await
+                .unwrap();
+            while let Some(e) = events.next().await {
+                if e == SessionEvent::Engine(Event::TorrentCompleted(t.id)) {
+                    break;
+                }
+            }
+            assert_eq!(s.stats().await.unwrap()[0].state, TorrentState::Seeding);
+            s.shutdown().await.unwrap();
+        };
+        tokio::time::timeout(WAIT, run).await.expect("in time");
+    });
+    assert!(
+        hyperblow_tokio::start_in_runtime(config(13)).is_err(),
+        "no runtime here"
+    );
+    async_std::task::block_on(async {
+        async_std::future::timeout(WAIT, seeder.shutdown())
+            .await
+            .expect("in time")
+            .unwrap();
+    });
+    fx.assert_in(leech_dir.path());
+}

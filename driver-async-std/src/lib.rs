@@ -32,7 +32,7 @@ pub struct AsyncStd;
 /// Starts a session for synchronous callers such as the CLI: async-std's executor threads run the
 /// connection tasks, and one thread of its own runs the event loop until the session shuts down.
 pub fn start(config: SessionConfig) -> Result<SessionHandle, StartError> {
-    let (session, task) = async_std::task::block_on(prepare_session(AsyncStd, config))?;
+    let (session, task) = prepare_session(AsyncStd, config)?;
     std::thread::Builder::new()
         .name("hyperblow-loop".into())
         .spawn(move || async_std::task::block_on(task))
@@ -40,9 +40,9 @@ pub fn start(config: SessionConfig) -> Result<SessionHandle, StartError> {
     Ok(session)
 }
 
-/// Starts a session from async-std code (its event loop becomes a task).
-pub async fn start_async(config: SessionConfig) -> Result<SessionHandle, StartError> {
-    spawn_session(AsyncStd, config).await
+/// Starts a session whose event loop is a task on async-std's executor, like every other task.
+pub fn start_in_runtime(config: SessionConfig) -> Result<SessionHandle, StartError> {
+    spawn_session(AsyncStd, config)
 }
 
 /// A connected stream with Nagle off, as its reading and writing sides (clones of one socket).
@@ -74,15 +74,8 @@ impl Runtime for AsyncStd {
         async move { halves(TcpStream::connect(addr).await?) }
     }
 
-    fn listen(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<TcpListener>> + Send + '_ {
-        TcpListener::bind(addr)
-    }
-
-    fn listener_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
-        listener.local_addr()
+    fn tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        Ok(TcpListener::from(listener))
     }
 
     fn accept(
@@ -95,15 +88,8 @@ impl Runtime for AsyncStd {
         }
     }
 
-    fn bind_udp(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<UdpSocket>> + Send + '_ {
-        UdpSocket::bind(addr)
-    }
-
-    fn udp_addr(socket: &UdpSocket) -> io::Result<SocketAddr> {
-        socket.local_addr()
+    fn udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
+        Ok(UdpSocket::from(socket))
     }
 
     fn send_to<'a>(

@@ -37,26 +37,17 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer)>> + Send + 'static;
 
-    /// Binds a TCP listener to `addr` (port 0 picks a free port).
-    fn listen(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<Self::Listener>> + Send + '_;
-
-    /// The address a listener is bound to (to learn the port picked for port 0).
-    fn listener_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
+    /// Adopts a bound, non-blocking std listener (the shared code binds it, so bind errors and the
+    /// port picked for port 0 are handled once). Called inside the runtime's context.
+    fn tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<Self::Listener>;
 
     /// Waits for the next incoming connection: its halves and the remote address.
     fn accept(
         listener: &Self::Listener,
     ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer, SocketAddr)>> + Send + '_;
 
-    /// Binds a UDP socket to `addr`.
-    fn bind_udp(&self, addr: SocketAddr)
-        -> impl Future<Output = io::Result<Self::Udp>> + Send + '_;
-
-    /// The address a UDP socket is bound to.
-    fn udp_addr(socket: &Self::Udp) -> io::Result<SocketAddr>;
+    /// Adopts a bound, non-blocking std UDP socket. Called inside the runtime's context.
+    fn udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Self::Udp>;
 
     /// Sends one datagram.
     fn send_to<'a>(

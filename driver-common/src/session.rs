@@ -148,31 +148,29 @@ fn os_seed() -> u64 {
 }
 
 /// Binds the sockets, builds the engine and returns the handle plus the event loop to run. The TCP
-/// listener is bound first so the engine announces the port actually bound.
-pub async fn prepare_session<R: Runtime>(
+/// listener is bound first so the engine announces the port actually bound. Call it inside the
+/// runtime's context (tokio registers the sockets with the current reactor).
+pub fn prepare_session<R: Runtime>(
     rt: R,
     mut config: SessionConfig,
 ) -> Result<(SessionHandle, SessionTask), StartError> {
     let tcp_addr = SocketAddr::new(config.bind_addr, config.listen_port);
-    let listener = rt
-        .listen(tcp_addr)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: tcp_addr,
-            source,
-        })?;
-    let listen_addr = R::listener_addr(&listener).map_err(|source| StartError::Listen {
+    let listen_err = |source| StartError::Listen {
         addr: tcp_addr,
         source,
-    })?;
+    };
+    let std_listener = std::net::TcpListener::bind(tcp_addr).map_err(listen_err)?;
+    std_listener.set_nonblocking(true).map_err(listen_err)?;
+    let listen_addr = std_listener.local_addr().map_err(listen_err)?;
+    let listener = rt.tcp_listener(std_listener).map_err(listen_err)?;
     let udp_addr = SocketAddr::new(config.bind_addr, 0);
-    let udp = rt
-        .bind_udp(udp_addr)
-        .await
-        .map_err(|source| StartError::Udp {
-            addr: udp_addr,
-            source,
-        })?;
+    let udp_err = |source| StartError::Udp {
+        addr: udp_addr,
+        source,
+    };
+    let std_udp = std::net::UdpSocket::bind(udp_addr).map_err(udp_err)?;
+    std_udp.set_nonblocking(true).map_err(udp_err)?;
+    let udp = rt.udp_socket(std_udp).map_err(udp_err)?;
     let threads = match config.worker_threads {
         0 => hyperblow_storage::default_threads(),
         n => n,
@@ -233,12 +231,12 @@ pub async fn prepare_session<R: Runtime>(
     Ok((handle, task))
 }
 
-/// Starts a session on `rt` with its event loop spawned there; for callers already inside the runtime.
-pub async fn spawn_session<R: Runtime>(
+/// Starts a session on `rt` with its event loop spawned there as a task.
+pub fn spawn_session<R: Runtime>(
     rt: R,
     config: SessionConfig,
 ) -> Result<SessionHandle, StartError> {
-    let (handle, task) = prepare_session(rt.clone(), config).await?;
+    let (handle, task) = prepare_session(rt.clone(), config)?;
     rt.spawn(task);
     Ok(handle)
 }

@@ -55,10 +55,10 @@ pub fn start(config: SessionConfig) -> Result<SessionHandle, StartError> {
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
-    let (session, task) = runtime.block_on(prepare_session(
-        Tokio::new(runtime.handle().clone()),
-        config,
-    ))?;
+    let (session, task) = {
+        let _context = runtime.enter();
+        prepare_session(Tokio::new(runtime.handle().clone()), config)?
+    };
     std::thread::Builder::new()
         .name("hyperblow-loop".into())
         .spawn(move || {
@@ -69,9 +69,12 @@ pub fn start(config: SessionConfig) -> Result<SessionHandle, StartError> {
     Ok(session)
 }
 
-/// Starts a session inside the tokio runtime the caller runs in (its event loop becomes a task).
-pub async fn start_async(config: SessionConfig) -> Result<SessionHandle, StartError> {
-    spawn_session(Tokio::current(), config).await
+/// Starts a session inside the tokio runtime the caller runs in (its event loop becomes a task there).
+/// Fails outside a tokio runtime.
+pub fn start_in_runtime(config: SessionConfig) -> Result<SessionHandle, StartError> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|e| StartError::Runtime(io::Error::other(e)))?;
+    spawn_session(Tokio::new(handle), config)
 }
 
 /// The reading half of a tokio TCP stream, as a `futures-io` reader.
@@ -149,15 +152,8 @@ impl Runtime for Tokio {
         async move { split(TcpStream::connect(addr).await?) }
     }
 
-    fn listen(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<TcpListener>> + Send + '_ {
-        TcpListener::bind(addr)
-    }
-
-    fn listener_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
-        listener.local_addr()
+    fn tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        TcpListener::from_std(listener)
     }
 
     fn accept(
@@ -170,15 +166,8 @@ impl Runtime for Tokio {
         }
     }
 
-    fn bind_udp(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<UdpSocket>> + Send + '_ {
-        UdpSocket::bind(addr)
-    }
-
-    fn udp_addr(socket: &UdpSocket) -> io::Result<SocketAddr> {
-        socket.local_addr()
+    fn udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
+        UdpSocket::from_std(socket)
     }
 
     fn send_to<'a>(
