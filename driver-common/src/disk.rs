@@ -190,3 +190,62 @@ pub(crate) fn delete_data(storage: &Storage, resume: &Path) -> Result<(), (PathB
         Err(e) => Err((resume.to_path_buf(), e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hyperblow_core::metainfo::Layout;
+
+    use super::*;
+
+    #[test]
+    fn delete_removes_files_empty_dirs_and_resume_but_not_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(
+            vec![
+                (vec!["t".into(), "a".into(), "x".into()], 3, false),
+                (vec!["t".into(), "b".into()], 0, false),
+            ],
+            16384,
+        )
+        .unwrap();
+        let storage = Storage::new(dir.path(), layout, StorageConfig::default()).unwrap();
+        storage.create_empty_files().unwrap();
+        let written = storage
+            .write_piece(0, &[bytes::Bytes::from_static(b"abc")])
+            .unwrap();
+        assert_eq!(written, hyperblow_storage::PieceWrite::Stored);
+        let resume = dir.path().join("r.resume");
+        fs::write(&resume, b"x").unwrap();
+        fs::write(dir.path().join("other"), b"keep").unwrap();
+        delete_data(&storage, &resume).unwrap();
+        assert!(!dir.path().join("t").exists());
+        assert!(!resume.exists());
+        assert!(dir.path().join("other").exists());
+        // Deleting again (nothing left) is fine.
+        delete_data(&storage, &resume).unwrap();
+    }
+
+    #[test]
+    fn failed_jobs_name_the_problem() {
+        let (r, e) = run_job(
+            None,
+            Job::Read {
+                torrent: hyperblow_core::engine::TorrentId(0),
+                piece: 0,
+                offset: 0,
+                length: 1,
+            },
+        );
+        assert!(e.is_none());
+        assert!(matches!(r, JobResult::Failed(f) if f.message.contains("removed")));
+        let (r, _) = run_job(
+            None,
+            Job::Hash {
+                torrent: hyperblow_core::engine::TorrentId(0),
+                piece: 0,
+                blocks: vec![bytes::Bytes::from_static(b"abc")],
+            },
+        );
+        assert_eq!(r, JobResult::Hashed(hash_piece(&[b"abc"])));
+    }
+}

@@ -232,3 +232,99 @@ pub(crate) async fn udp_send_task<R: Runtime>(
         let _ = R::send_to(&socket, &data, to).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::block::block_on;
+
+    /// Takes at most `step` bytes per call (from the first non-empty buffer only, as a socket might).
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        fail_after: Option<usize>,
+    }
+
+    impl futures::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.fail_after.is_some_and(|n| self.got.len() >= n) {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+            }
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn batch() -> (Vec<Bytes>, Vec<u8>) {
+        let parts: Vec<Bytes> = [&b"hello"[..], b"", b" wor", b"ld", b"", b"!"]
+            .iter()
+            .map(|p| Bytes::copy_from_slice(p))
+            .collect();
+        let all = parts.iter().flat_map(|b| b.to_vec()).collect();
+        (parts, all)
+    }
+
+    #[test]
+    fn vectored_write_survives_short_writes_and_empty_buffers() {
+        for step in 1..8 {
+            let (mut parts, all) = batch();
+            let mut w = Trickle {
+                got: Vec::new(),
+                step,
+                fail_after: None,
+            };
+            let r = block_on(&mut Box::pin(write_all_vectored(&mut w, &mut parts)), None);
+            assert!(matches!(r, Some(Ok(()))), "step {step}");
+            assert_eq!(w.got, all, "step {step}");
+        }
+    }
+
+    #[test]
+    fn writer_reports_flushed_bytes_then_failure() {
+        let (tx, rx) = mpsc::unbounded();
+        let (ctl_tx, mut ctl_rx) = mpsc::unbounded();
+        for p in batch().0 {
+            tx.unbounded_send(WriterCmd::Data(p)).unwrap();
+        }
+        tx.unbounded_send(WriterCmd::Close).unwrap();
+        let w = Trickle {
+            got: Vec::new(),
+            step: 3,
+            fail_after: None,
+        };
+        block_on(&mut Box::pin(writer_task(ConnId(4), w, rx, ctl_tx)), None);
+        match ctl_rx.try_recv() {
+            Ok(Ctl::Flushed(ConnId(4), 12)) => {}
+            _ => panic!("expected one flush report of 12 bytes"),
+        }
+
+        let (tx, rx) = mpsc::unbounded();
+        let (ctl_tx, mut ctl_rx) = mpsc::unbounded();
+        tx.unbounded_send(WriterCmd::Data(Bytes::from_static(b"0123456789")))
+            .unwrap();
+        let w = Trickle {
+            got: Vec::new(),
+            step: 4,
+            fail_after: Some(4),
+        };
+        block_on(&mut Box::pin(writer_task(ConnId(5), w, rx, ctl_tx)), None);
+        assert!(matches!(
+            ctl_rx.try_recv(),
+            Ok(Ctl::WriteFailed(ConnId(5), _))
+        ));
+    }
+}
