@@ -469,3 +469,44 @@ fn async_callers_inside_each_runtime() {
     });
     fx.assert_in(leech_dir.path());
 }
+
+/// Throughput check, not run by default: `HB_BULK_MIB=256 cargo test --release --test drivers bulk --
+/// --ignored --nocapture` prints the rate of a single-file loopback transfer on each runtime.
+#[test]
+#[ignore]
+fn bulk_transfer_rate() {
+    let mib: usize = std::env::var("HB_BULK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let fx = Fixture::multi("bulk", 256 * 1024, &[("big.bin", mib << 20)]);
+    for rt in [Rt::Tokio, Rt::AsyncStd] {
+        let seed_dir = tempfile::tempdir().unwrap();
+        let leech_dir = tempfile::tempdir().unwrap();
+        fx.write_to(seed_dir.path());
+        let seeder = start(rt, 20);
+        seeder
+            .add_torrent(AddTorrentRequest::new(fx.metainfo.clone(), seed_dir.path()))
+            .wait_timeout(Duration::from_secs(300))
+            .unwrap();
+        let leecher = start(rt, 21);
+        let mut events = leecher.events();
+        let started = Instant::now();
+        let t = leecher
+            .add_torrent(
+                AddTorrentRequest::new(fx.metainfo.clone(), leech_dir.path())
+                    .peers(vec![seeder.listen_addr()]),
+            )
+            .wait_timeout(WAIT)
+            .unwrap();
+        wait_for(&mut events, completed(t.id));
+        let took = started.elapsed();
+        println!(
+            "{rt:?}: {mib} MiB in {took:?} = {:.0} MiB/s",
+            mib as f64 / took.as_secs_f64()
+        );
+        shutdown(&leecher);
+        shutdown(&seeder);
+        fx.assert_in(leech_dir.path());
+    }
+}
