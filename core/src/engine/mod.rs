@@ -581,6 +581,22 @@ impl Engine {
         self.maintain(now);
     }
 
+    /// Bytes arrived on a connection, in a buffer the engine may keep: a peer connection's decoder takes
+    /// it over without copying (piece payloads stay slices of it until they are written). Otherwise the
+    /// same as [`Engine::handle_read`].
+    pub fn handle_read_owned(&mut self, now: Instant, conn: ConnId, data: bytes::BytesMut) {
+        if self.trackers.is_http(conn) {
+            self.handle_read(now, conn, &data);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.session.handle_read_owned(now, data);
+        self.process_conn(now, conn);
+        self.maintain(now);
+    }
+
     /// The remote end closed the connection, or the socket failed. Report nothing back.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
         if self.trackers.is_http(conn) {

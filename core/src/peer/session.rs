@@ -253,6 +253,19 @@ impl PeerSession {
         self.process(now);
     }
 
+    /// Feeds a chunk the driver read into memory of its own, taking it over instead of copying it (see
+    /// [`Decoder::extend_owned`]): piece payloads stay slices of the very memory the socket read into.
+    pub fn handle_read_owned(&mut self, now: Instant, data: BytesMut) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if !data.is_empty() {
+            self.last_recv = now;
+        }
+        self.decoder.extend_owned(data);
+        self.process(now);
+    }
+
     /// The decoder's read buffer, for a driver that reads from the socket straight into it (zero
     /// copy); call [`PeerSession::handle_read_buf`] after each read.
     pub fn read_buf(&mut self) -> &mut BytesMut {

@@ -197,6 +197,30 @@ impl Decoder {
         }
     }
 
+    /// Appends a chunk the driver read into memory of its own, without copying it when possible: an
+    /// empty buffer simply becomes the chunk, and a chunk that continues the very allocation the buffered
+    /// partial frame lives in is joined in O(1). Only a partial frame left over from a *different*
+    /// allocation costs a copy. A driver that reads in a separate task (and sizes its reads with a
+    /// [`FrameTracker`](super::FrameTracker) so allocations end on frame boundaries) uses this instead
+    /// of [`Decoder::read_buf`].
+    pub fn extend_owned(&mut self, chunk: BytesMut) {
+        self.rejoin_tail();
+        if self.error.is_some() || chunk.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() {
+            // Also drops our hold on the previous chunk's allocation.
+            self.buf = chunk;
+        } else {
+            let end = self.buf.as_ptr().wrapping_add(self.buf.len());
+            if end != chunk.as_ptr() {
+                // Not a continuation: `unsplit` copies both into a new allocation.
+                self.moved += (self.buf.len() + chunk.len()) as u64;
+            }
+            self.buf.unsplit(chunk);
+        }
+    }
+
     /// Bytes still missing for the frame (or handshake) at the front of the buffer, if its size is known
     /// and allowed.
     fn missing_for_current(&self) -> usize {

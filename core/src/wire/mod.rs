@@ -7,6 +7,7 @@
 //! now, do its spare bits match the piece count, was a piece requested) is the peer session's job.
 
 mod decoder;
+mod framing;
 mod handshake;
 mod message;
 
@@ -14,6 +15,7 @@ pub use decoder::{
     max_frame_len_for, Decoded, Decoder, BLOCK_FRAME_LEN, DEFAULT_MAX_FRAME_LEN,
     DEFAULT_READ_CHUNK, EXTENSION_SLACK,
 };
+pub use framing::FrameTracker;
 pub use handshake::{Handshake, Reserved, HANDSHAKE_LEN, PROTOCOL};
 pub use message::{
     encode_piece_header, piece_header, BlockRequest, Message, MessageId, PIECE_HEADER_LEN,
