@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant as StdInstant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable};
 use futures::{FutureExt, StreamExt};
@@ -43,8 +43,8 @@ pub(crate) enum Net<R: Runtime> {
     Connected(ConnId),
     /// An outgoing connection could not be opened.
     ConnectFailed(ConnId, String),
-    /// Bytes arrived.
-    Read(ConnId, Bytes),
+    /// Bytes arrived (an owned buffer: the engine keeps piece payloads as slices of it).
+    Read(ConnId, BytesMut),
     /// The remote end closed, or reading failed.
     Closed(ConnId),
     /// A peer connected to our listener.
@@ -100,6 +100,10 @@ struct Session<R: Runtime> {
     /// The acceptor and UDP tasks, stopped at the end.
     background: Vec<AbortHandle>,
     writes_in_flight: usize,
+    /// Block reads the engine asked for during the current drain, issued together at its end.
+    reads: Vec<disk::BlockRead>,
+    /// Reused buffers for those reads.
+    read_pool: disk::ReadPool,
     last_timeout_call: Option<StdInstant>,
     shutdown: Option<Shutdown>,
 }
@@ -224,6 +228,8 @@ pub fn prepare_session<R: Runtime>(
         subscribers: Vec::new(),
         background,
         writes_in_flight: 0,
+        reads: Vec::new(),
+        read_pool: disk::ReadPool::default(),
         last_timeout_call: None,
         shutdown: None,
     };
@@ -375,6 +381,34 @@ impl<R: Runtime> Session<R> {
             }
             self.broadcast(SessionEvent::Engine(ev));
         }
+        self.issue_reads();
+    }
+
+    /// Issues the block reads collected during a drain: runs of adjacent blocks of one piece become
+    /// one read of up to [`disk::READ_RUN_MAX`] bytes on one worker (one system call and one wake-up
+    /// instead of one per 16 KiB block), split into the blocks without copying.
+    fn issue_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads);
+        for run in disk::adjacent_runs(reads) {
+            let torrent = run.first().map_or(TorrentId(0), |r| r.torrent);
+            let storage = self.disks.get(&torrent).map(|d| Arc::clone(&d.storage));
+            let ctl = self.ctl_tx.clone();
+            let pool = self.read_pool.clone();
+            self.pool.execute(move || {
+                for (id, result, error) in disk::read_run(storage.as_deref(), &pool, &run) {
+                    let _ = ctl.unbounded_send(Ctl::JobDone {
+                        id,
+                        torrent,
+                        write: false,
+                        result,
+                        error,
+                    });
+                }
+            });
+        }
     }
 
     fn broadcast(&mut self, ev: SessionEvent) {
@@ -428,27 +462,61 @@ impl<R: Runtime> Session<R> {
             }
             Output::Job { id, job } => {
                 use hyperblow_core::engine::Job;
+                if let Job::Read {
+                    torrent,
+                    piece,
+                    offset,
+                    length,
+                } = job
+                {
+                    self.reads.push(disk::BlockRead {
+                        id,
+                        torrent,
+                        piece,
+                        offset,
+                        length,
+                    });
+                    return;
+                }
                 let (torrent, write) = match &job {
                     Job::Hash { torrent, .. } | Job::Read { torrent, .. } => (*torrent, false),
                     Job::Write { torrent, .. } => (*torrent, true),
                 };
                 if write {
                     self.writes_in_flight += 1;
+                    if let Some(d) = self.disks.get_mut(&torrent) {
+                        if d.writing {
+                            d.write_queue.push_back((id, job));
+                            return;
+                        }
+                        d.writing = true;
+                    }
                 }
-                let storage = self.disks.get(&torrent).map(|d| Arc::clone(&d.storage));
-                let ctl = self.ctl_tx.clone();
-                self.pool.execute(move || {
-                    let (result, error) = disk::run_job(storage.as_deref(), job);
-                    let _ = ctl.unbounded_send(Ctl::JobDone {
-                        id,
-                        torrent,
-                        write,
-                        result,
-                        error,
-                    });
-                });
+                self.run_job(id, torrent, write, job);
             }
         }
+    }
+
+    /// Runs an engine job on the pool; its result comes back as [`Ctl::JobDone`].
+    fn run_job(
+        &self,
+        id: JobId,
+        torrent: TorrentId,
+        write: bool,
+        job: hyperblow_core::engine::Job,
+    ) {
+        let storage = self.disks.get(&torrent).map(|d| Arc::clone(&d.storage));
+        let ctl = self.ctl_tx.clone();
+        self.pool.execute(move || {
+            let (result, error) = disk::run_job(storage.as_deref(), job);
+            let _ = ctl.unbounded_send(Ctl::JobDone {
+                id,
+                torrent,
+                write,
+                result,
+                error,
+            });
+        });
     }
 
     fn net(&mut self, m: Net<R>) {
@@ -466,7 +534,7 @@ impl<R: Runtime> Session<R> {
             }
             Net::Read(conn, data) => {
                 if self.conns.contains_key(&conn) {
-                    self.engine.handle_read(now, conn, &data);
+                    self.engine.handle_read_owned(now, conn, data);
                 }
             }
             Net::Closed(conn) => self.closed(conn),
@@ -520,10 +588,16 @@ impl<R: Runtime> Session<R> {
             } => {
                 if write {
                     self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
-                    if result == JobResult::Written {
-                        if let Some(d) = self.disks.get_mut(&torrent) {
+                    let mut next = None;
+                    if let Some(d) = self.disks.get_mut(&torrent) {
+                        if result == JobResult::Written {
                             d.dirty = true;
                         }
+                        next = d.write_queue.pop_front();
+                        d.writing = next.is_some();
+                    }
+                    if let Some((id, job)) = next {
+                        self.run_job(id, torrent, true, job);
                     }
                 }
                 if let Some(e) = error {
@@ -680,6 +754,8 @@ impl<R: Runtime> Session<R> {
                         saving: false,
                         flush_next: false,
                         last_save: None,
+                        writing: false,
+                        write_queue: Default::default(),
                     },
                 );
                 Ok(AddedTorrent {
@@ -703,11 +779,17 @@ impl<R: Runtime> Session<R> {
     ) {
         let now = self.now();
         let have = self.engine.torrent_stats(now, id).map(|s| s.have);
-        let Some(d) = self.disks.remove(&id) else {
+        let Some(mut d) = self.disks.remove(&id) else {
             let _ = reply.send(Err(AddError::UnknownTorrent(id).into()));
             return;
         };
         self.engine.remove(now, id);
+        let Disk { write_queue, .. } = &mut d;
+        // Writes still queued for it now fail ("storage gone"), which also settles the count of writes
+        // in flight.
+        for (job_id, job) in std::mem::take(write_queue) {
+            self.run_job(job_id, id, true, job);
+        }
         self.pool.execute(move || {
             let r = if delete {
                 disk::delete_data(&d.storage, &d.resume_path)

@@ -6,18 +6,33 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::future::{self, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{SinkExt, StreamExt};
 use hyperblow_core::engine::ConnId;
+use hyperblow_core::wire::FrameTracker;
 
 use crate::runtime::Runtime;
 use crate::session::{Ctl, Net};
 
-/// Bytes read from a socket at once (one message to the event loop at most this long).
-pub(crate) const READ_BUF: usize = 64 * 1024;
+/// Smallest read buffer allocation (a connection that only ever gets small messages keeps this).
+const READ_ALLOC_MIN: usize = 64 * 1024;
+
+/// Largest read buffer allocation, reached by doubling while reads keep coming in large.
+const READ_ALLOC_MAX: usize = 1024 * 1024;
+
+/// Most bytes one read may take (one message to the event loop at most this long). Together with the
+/// loop's channel capacity this bounds what can wait for the loop.
+pub(crate) const READ_MAX: usize = 256 * 1024;
+
+/// Room kept at the end of each allocation: reads stop short of it, then the reader reads frame by
+/// frame (exactly the bytes up to the next boundary) until it sits on a boundary and moves to a fresh
+/// allocation. It holds any ordinary frame (a 16 KiB block or an extension message, with headers), so a
+/// frame never straddles two allocations, which would make the decoder copy it (and the whole chunk
+/// after it).
+const READ_SWITCH: usize = 32 * 1024;
 
 /// Largest UDP datagram we accept (trackers send well under this).
 const DATAGRAM_BUF: usize = 64 * 1024;
@@ -77,23 +92,120 @@ pub(crate) async fn connect_task<R: Runtime>(
 
 /// Reads from the socket until it ends, handing every chunk to the loop (waiting when the loop is
 /// behind: the bounded channel is the backpressure). Reports the end with [`Net::Closed`].
+///
+/// Reads go straight into a large allocation that is handed over piece by piece (`split_to`), so a
+/// block's payload is never copied in user space: the decoder takes each chunk over and piece payloads
+/// stay slices of it. The allocation is zero-filled once when made (reading into uninitialised memory
+/// would need `unsafe`); its size adapts to the connection (see [`next_alloc`]). A [`FrameTracker`]
+/// shortens the last read of an allocation to end on a frame boundary, so the decoder never copies a
+/// partial frame across allocations. Nothing is ever held back: every byte read is sent at once.
 pub(crate) async fn reader_task<R: Runtime>(
     conn: ConnId,
     mut reader: R::Reader,
     mut net: mpsc::Sender<Net<R>>,
 ) {
-    let mut buf = vec![0u8; READ_BUF];
+    let mut tracker = FrameTracker::new();
+    // Free, zero-filled room of the current allocation.
+    let mut room = BytesMut::new();
+    let mut recycler = Recycler::default();
+    let mut alloc = READ_ALLOC_MIN;
+    let mut biggest = 0;
     loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let mut want = room.len().saturating_sub(READ_SWITCH).min(READ_MAX);
+        if want == 0 {
+            let stop = usize::try_from(tracker.next_stop()).unwrap_or(usize::MAX);
+            if stop > 0 && stop <= room.len() {
+                want = stop;
+            } else {
+                // On a boundary, or a frame too big for what is left: a fresh allocation.
+                alloc = next_alloc(alloc, biggest);
+                biggest = 0;
+                room = recycler.swap(std::mem::take(&mut room), alloc);
+                want = (alloc - READ_SWITCH).min(READ_MAX);
+            }
+        }
+        let Some(space) = room.get_mut(..want) else {
+            break;
         };
-        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        let n = match reader.read(space).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n.min(want),
+        };
+        biggest = biggest.max(n);
+        let chunk = room.split_to(n);
+        tracker.advance(&chunk);
         if net.send(Net::Read(conn, chunk)).await.is_err() {
             return;
         }
     }
     let _ = net.send(Net::Closed(conn)).await;
+}
+
+/// Most earlier allocations a reader keeps an eye on for reuse.
+const RECYCLE_DEPTH: usize = 32;
+
+/// Most of those that may sit unused (every chunk cut from them dropped) at once.
+const RECYCLE_SPARE: usize = 2;
+
+/// A reader's earlier allocations, reused once every chunk cut from them is gone (the blocks were
+/// written). Reusing warm memory instead of freeing and allocating 1 MiB at a time avoids the page
+/// faults, kernel zeroing and `madvise` calls of fresh memory, which cost more CPU than the copy the
+/// zero-copy path saved.
+#[derive(Default)]
+struct Recycler {
+    /// Handles on earlier allocations (empty; each keeps its allocation alive), oldest first.
+    retired: std::collections::VecDeque<BytesMut>,
+}
+
+impl Recycler {
+    /// Retires `old` and returns a zero-filled buffer of `size` bytes: a reclaimed earlier allocation
+    /// if one is free, else a new one.
+    fn swap(&mut self, mut old: BytesMut, size: usize) -> BytesMut {
+        if old.capacity() > 0 {
+            old.clear();
+            self.retired.push_back(old);
+        }
+        let mut found = None;
+        let mut spare = 0;
+        self.retired.retain_mut(|h| {
+            // `try_reclaim` succeeds only when this handle is the allocation's last owner.
+            if !h.try_reclaim(size) {
+                return true;
+            }
+            if found.is_none() {
+                found = Some(std::mem::take(h));
+                return false;
+            }
+            spare += 1;
+            spare <= RECYCLE_SPARE
+        });
+        // Only allocations still in use are left beyond the spares: forgetting the oldest handle just
+        // lets that memory go when its last block does.
+        while self.retired.len() > RECYCLE_DEPTH {
+            self.retired.pop_front();
+        }
+        match found {
+            Some(mut b) => {
+                b.clear();
+                b.resize(size, 0);
+                b
+            }
+            None => BytesMut::zeroed(size),
+        }
+    }
+}
+
+/// The size of the next read allocation: double while reads come in large (a bulk transfer), halve
+/// while they stay small (an idle or slow peer keeps little memory), within
+/// [`READ_ALLOC_MIN`]..=[`READ_ALLOC_MAX`].
+fn next_alloc(current: usize, biggest_read: usize) -> usize {
+    if biggest_read * 4 >= current {
+        (current * 2).min(READ_ALLOC_MAX)
+    } else if biggest_read * 16 < current {
+        (current / 2).max(READ_ALLOC_MIN)
+    } else {
+        current
+    }
 }
 
 /// Writes what the loop sends, in order, reporting each batch with [`Ctl::Flushed`]. The queue holds at
@@ -276,6 +388,35 @@ mod tests {
             .collect();
         let all = parts.iter().flat_map(|b| b.to_vec()).collect();
         (parts, all)
+    }
+
+    #[test]
+    fn recycler_reuses_an_allocation_once_its_chunks_are_gone() {
+        let mut r = Recycler::default();
+        let mut a = r.swap(BytesMut::new(), 1024);
+        assert_eq!(a.len(), 1024);
+        let base = a.as_ptr();
+        a[..4].copy_from_slice(b"data");
+        let chunk = a.split_to(600);
+        // Still in use: a new allocation.
+        let mut b = r.swap(a, 1024);
+        assert_ne!(b.as_ptr(), base);
+        let chunk_b = b.split_to(1024);
+        drop(chunk);
+        // The first one is free now: reused, zero-filled again.
+        let c = r.swap(b, 1024);
+        assert_eq!(c.as_ptr(), base);
+        assert!(c.iter().all(|&x| x == 0));
+        assert_eq!(c.len(), 1024);
+        drop(chunk_b);
+        // Never more than a few unused ones are kept.
+        let mut r = Recycler::default();
+        let mut cur = BytesMut::new();
+        for _ in 0..10 {
+            cur = r.swap(cur, 64);
+            cur.clear();
+        }
+        assert!(r.retired.len() <= RECYCLE_SPARE + 1);
     }
 
     #[test]

@@ -314,17 +314,26 @@ impl Storage {
             let mut offset = s.offset;
             let mut left = s.length;
             while left > 0 {
-                let chunk = cursor.take(left);
-                if chunk.is_empty() {
+                // Up to MAX_IOV blocks per system call: one large write lets the kernel use large
+                // page-cache folios, which costs about half the CPU of the same bytes in 16 KiB writes.
+                let mut iov: Vec<&[u8]> = Vec::new();
+                let mut run = 0u64;
+                while iov.len() < MAX_IOV && run < left {
+                    let chunk = cursor.take(left - run);
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    run += chunk.len() as u64;
+                    iov.push(chunk);
+                }
+                if iov.is_empty() {
                     // Cannot happen: the block lengths add up to the piece length, checked above.
                     return Err(self.invalid(format!("piece {index}: blocks ran out")));
                 }
-                lease
-                    .file()
-                    .write_all_at(chunk, offset)
+                write_all_vectored_at(lease.file(), &mut iov, offset)
                     .map_err(|e| StorageError::io(StorageOp::Write, path, e))?;
-                offset += chunk.len() as u64;
-                left -= chunk.len() as u64;
+                offset += run;
+                left -= run;
             }
             lease.mark_written();
         }
@@ -346,6 +355,27 @@ impl Storage {
         let mut buf = BytesMut::zeroed(length as usize);
         self.read_slices(slices, &mut buf)?;
         Ok(buf.freeze())
+    }
+
+    /// Like [`Storage::read_block`], into the caller's buffer (its length is the block length), so a
+    /// caller can reuse its buffers instead of allocating one per read.
+    pub fn read_block_into(
+        &self,
+        index: u32,
+        begin: u32,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        let length = u32::try_from(buf.len())
+            .map_err(|_| self.invalid(format!("a read of {} bytes is too long", buf.len())))?;
+        let slices = self
+            .layout
+            .block_ranges(index, begin, length)
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "block at {begin} of length {length} is not inside piece {index}"
+                ))
+            })?;
+        self.read_slices(slices, buf)
     }
 
     /// Reads a whole piece into one buffer (for hashing or serving).
@@ -436,6 +466,48 @@ impl Storage {
 }
 
 /// Walks a list of blocks as one byte stream.
+/// Most buffers handed to one `pwritev` (well under every system's `IOV_MAX`; 64 blocks of 16 KiB make a
+/// 1 MiB write).
+const MAX_IOV: usize = 64;
+
+/// Writes every buffer of `bufs`, in order, at `offset` with positioned vectored writes, resuming after
+/// short writes. Empties `bufs` as it goes.
+fn write_all_vectored_at(file: &File, bufs: &mut Vec<&[u8]>, mut offset: u64) -> io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        let slices: Vec<io::IoSlice<'_>> = bufs
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .map(|b| io::IoSlice::new(b))
+            .collect();
+        let mut n = match rustix::io::pwritev(file, &slices, offset) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        offset += n as u64;
+        while n > 0 {
+            let Some(b) = bufs.get_mut(first) else {
+                break;
+            };
+            if n >= b.len() {
+                n -= b.len();
+                first += 1;
+            } else {
+                *b = b.get(n..).unwrap_or_default();
+                n = 0;
+            }
+        }
+        while bufs.get(first).is_some_and(|b| b.is_empty()) {
+            first += 1;
+        }
+    }
+    bufs.clear();
+    Ok(())
+}
+
 struct BlockCursor<'a> {
     blocks: &'a [Bytes],
     block: usize,
