@@ -377,10 +377,14 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn start_session(rt: &str) -> Result<SessionHandle, Error> {
-    let config = SessionConfig {
+    let mut config = SessionConfig {
         bind_addr: "127.0.0.1".parse()?,
         ..SessionConfig::default()
     };
+    // For experiments only: the numbers reported should come from the defaults.
+    if let Ok(v) = std::env::var("HB_BENCH_PENDING_MIB") {
+        config.engine.max_pending_piece_bytes = v.parse::<u64>()? * MIB;
+    }
     Ok(match rt {
         "tokio" => hyperblow_tokio::start(config)?,
         "async-std" => hyperblow_async_std::start(config)?,

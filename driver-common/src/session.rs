@@ -102,6 +102,8 @@ struct Session<R: Runtime> {
     writes_in_flight: usize,
     /// Block reads the engine asked for during the current drain, issued together at its end.
     reads: Vec<disk::BlockRead>,
+    /// Bytes the engine sent during the current drain, per connection, in order.
+    sends: Vec<(ConnId, Vec<Bytes>)>,
     /// Reused buffers for those reads.
     read_pool: disk::ReadPool,
     last_timeout_call: Option<StdInstant>,
@@ -229,6 +231,7 @@ pub fn prepare_session<R: Runtime>(
         background,
         writes_in_flight: 0,
         reads: Vec::new(),
+        sends: Vec::new(),
         read_pool: disk::ReadPool::default(),
         last_timeout_call: None,
         shutdown: None,
@@ -381,7 +384,18 @@ impl<R: Runtime> Session<R> {
             }
             self.broadcast(SessionEvent::Engine(ev));
         }
+        self.flush_sends();
         self.issue_reads();
+    }
+
+    /// Hands each connection's gathered sends to its writer, one message per connection.
+    fn flush_sends(&mut self) {
+        for (conn, data) in self.sends.drain(..) {
+            if let Some(c) = self.conns.get(&conn) {
+                // A failure means the writer already ended; its report is on the way.
+                let _ = c.writer.unbounded_send(WriterCmd::Batch(data));
+            }
+        }
     }
 
     /// Issues the block reads collected during a drain: runs of adjacent blocks of one piece become
@@ -438,12 +452,14 @@ impl<R: Runtime> Session<R> {
                 self.rt.spawn(Abortable::new(task, reg).map(|_| ()));
             }
             Output::Send { conn, data } => {
-                if let Some(c) = self.conns.get(&conn) {
-                    // A failure means the writer already ended; its report is on the way.
-                    let _ = c.writer.unbounded_send(WriterCmd::Data(data));
+                // Gathered per connection and handed over at the end of the drain.
+                match self.sends.iter_mut().find(|(c, _)| *c == conn) {
+                    Some((_, v)) => v.push(data),
+                    None => self.sends.push((conn, vec![data])),
                 }
             }
             Output::Close { conn } => {
+                self.flush_sends();
                 if let Some(c) = self.conns.remove(&conn) {
                     let _ = c.writer.unbounded_send(WriterCmd::Close);
                     c.reader.abort();

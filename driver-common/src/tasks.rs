@@ -43,8 +43,9 @@ const MAX_IOV: usize = 64;
 /// What the event loop tells a connection's writer.
 #[derive(Debug)]
 pub(crate) enum WriterCmd {
-    /// Write these bytes after everything before them.
-    Data(Bytes),
+    /// Write these buffers, in order, after everything before them (what the engine sent during one
+    /// drain of its outputs: one message and one wake-up instead of one per buffer).
+    Batch(Vec<Bytes>),
     /// Write what is queued, then close the connection.
     Close,
 }
@@ -224,13 +225,13 @@ pub(crate) async fn writer_task<W>(
     'outer: while let Some(cmd) = rx.next().await {
         let mut close = false;
         match cmd {
-            WriterCmd::Data(b) => batch.push(b),
+            WriterCmd::Batch(mut b) => batch.append(&mut b),
             WriterCmd::Close => close = true,
         }
         // Take whatever else is already queued so that one system call carries it all.
         while !close {
             match rx.try_recv() {
-                Ok(WriterCmd::Data(b)) => batch.push(b),
+                Ok(WriterCmd::Batch(mut b)) => batch.append(&mut b),
                 Ok(WriterCmd::Close) => close = true,
                 Err(_) => break,
             }
@@ -438,9 +439,10 @@ mod tests {
     fn writer_reports_flushed_bytes_then_failure() {
         let (tx, rx) = mpsc::unbounded();
         let (ctl_tx, mut ctl_rx) = mpsc::unbounded();
-        for p in batch().0 {
-            tx.unbounded_send(WriterCmd::Data(p)).unwrap();
-        }
+        let mut parts = batch().0;
+        let rest = parts.split_off(2);
+        tx.unbounded_send(WriterCmd::Batch(parts)).unwrap();
+        tx.unbounded_send(WriterCmd::Batch(rest)).unwrap();
         tx.unbounded_send(WriterCmd::Close).unwrap();
         let w = Trickle {
             got: Vec::new(),
@@ -455,7 +457,7 @@ mod tests {
 
         let (tx, rx) = mpsc::unbounded();
         let (ctl_tx, mut ctl_rx) = mpsc::unbounded();
-        tx.unbounded_send(WriterCmd::Data(Bytes::from_static(b"0123456789")))
+        tx.unbounded_send(WriterCmd::Batch(vec![Bytes::from_static(b"0123456789")]))
             .unwrap();
         let w = Trickle {
             got: Vec::new(),

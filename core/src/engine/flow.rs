@@ -286,7 +286,7 @@ impl Engine {
 
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
-        let over = self.pending_bytes >= self.config.max_pending_piece_bytes;
+        let over = self.pending_bytes >= self.pending_cap();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -875,9 +875,24 @@ impl Engine {
         }
     }
 
+    /// The cap on piece bytes in memory: [`EngineConfig::max_pending_piece_bytes`], but never under
+    /// [`MIN_PENDING_PIECES`] pieces of the torrent with the longest pieces, so that a torrent with
+    /// huge pieces can still assemble one while the previous one is hashed and written.
+    pub(super) fn pending_cap(&self) -> u64 {
+        let longest = self
+            .torrents
+            .values()
+            .map(|t| u64::from(t.info.layout().piece_length()))
+            .max()
+            .unwrap_or(0);
+        self.config
+            .max_pending_piece_bytes
+            .max(longest.saturating_mul(MIN_PENDING_PIECES))
+    }
+
     /// Pieces left memory: if that brings us back under the cap, every torrent may start pieces again.
     pub(super) fn release_pending(&mut self, bytes: u64) {
-        let cap = self.config.max_pending_piece_bytes;
+        let cap = self.pending_cap();
         let was_over = self.pending_bytes >= cap;
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         if was_over && self.pending_bytes < cap {

@@ -1370,7 +1370,8 @@ fn pieces_in_memory_are_capped() {
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(
         EngineConfig {
-            max_pending_piece_bytes: u64::from(PL) * 2,
+            // Below the floor: the cap becomes two pieces.
+            max_pending_piece_bytes: 1,
             ..EngineConfig::default()
         },
         2,
