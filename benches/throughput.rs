@@ -25,7 +25,8 @@
 //!
 //! Environment knobs: `HB_BENCH_SIZES` (MiB, comma-separated, default `256,1024`), `HB_BENCH_RUNTIMES`
 //! (default `tokio,async-std`), `HB_BENCH_PIECE_KIB` (default 1024), `HB_BENCH_TIMEOUT` (seconds per
-//! download, default 300).
+//! download, default 300). For experiments only (reported numbers use the defaults):
+//! `HB_BENCH_PENDING_MIB` overrides the engine's `max_pending_piece_bytes` in both processes.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
