@@ -192,6 +192,13 @@ impl Engine {
 
     // ===== internals =============================================================================
 
+    /// Of two connections to the same peer, one each way (common with PEX: both sides learn of each
+    /// other and dial at once), both ends keep the one dialled by the side with the smaller peer id,
+    /// so they never close both. True when that is our dial.
+    pub(super) fn keep_dialled_by_us(ours: PeerId, theirs: PeerId) -> bool {
+        ours < theirs
+    }
+
     /// What our extension handshake says to `peer` for torrent `t`.
     pub(super) fn our_extensions(t: &Torrent, peer: SocketAddr) -> OurExtensions {
         OurExtensions {

@@ -72,19 +72,28 @@ impl Engine {
                     c.session.close();
                     return;
                 }
-                let duplicate = t.conns.iter().any(|other| {
+                let other = t.conns.iter().copied().find(|other| {
                     *other != id
                         && self.conns.get(other).is_some_and(|o| {
                             o.peer_id == Some(peer_id) && o.established_at.is_some()
                         })
                 });
-                let Some(c) = self.conns.get_mut(&id) else {
+                if let Some(other) = other {
+                    let other_outgoing = self.conns.get(&other).is_some_and(|o| o.outgoing);
+                    let outgoing = self.conns.get(&id).is_some_and(|c| c.outgoing);
+                    let keep_this = other_outgoing != outgoing
+                        && Self::keep_dialled_by_us(self.peer_id, peer_id) == outgoing;
+                    if !keep_this {
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.session.close();
+                        }
+                        return;
+                    }
+                    self.drop_conn(now, other, "duplicate connection to the same peer", true);
+                }
+                let Some(t) = self.torrents.get_mut(&tid) else {
                     return;
                 };
-                if duplicate {
-                    c.session.close();
-                    return;
-                }
                 if let Some(e) = t.book.entries.get_mut(&addr) {
                     e.failures = 0;
                 }
@@ -200,11 +209,19 @@ impl Engine {
             let _ = c.session.reject();
             return;
         };
-        let duplicate = t.conns.iter().any(|other| {
+        let existing = t.conns.iter().copied().find(|other| {
             self.conns
                 .get(other)
                 .is_some_and(|o| o.peer_id == Some(peer_id))
         });
+        // Our established dial to the same peer gives way when the peer's id is the smaller one.
+        let replace = existing.filter(|o| {
+            self.conns
+                .get(o)
+                .is_some_and(|o| o.outgoing && o.established_at.is_some())
+                && !Self::keep_dialled_by_us(self.peer_id, peer_id)
+        });
+        let duplicate = existing.is_some() && replace.is_none();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -212,13 +229,19 @@ impl Engine {
             || duplicate
             || t.banned_ids.contains(&peer_id)
             || t.banned.contains(&c.addr)
-            || t.conns.len() >= self.config.max_peers_per_torrent
+            || t.conns.len() >= self.config.max_peers_per_torrent + usize::from(replace.is_some())
             || self.shutdown_deadline.is_some()
         {
             let _ = c.session.reject();
             return;
         }
         let tid = found.unwrap_or(TorrentId(0));
+        if let Some(other) = replace {
+            self.drop_conn(now, other, "duplicate connection to the same peer", true);
+        }
+        let (Some(c), Some(t)) = (self.conns.get_mut(&id), self.torrents.get_mut(&tid)) else {
+            return;
+        };
         let ours = Self::our_extensions(t, c.addr);
         c.session.set_our_extensions(now, ours);
         let accepted = match (t.geometry, t.picker.as_ref()) {

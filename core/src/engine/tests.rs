@@ -818,6 +818,8 @@ struct Raw {
     got: Vec<(ConnId, Decoded)>,
     closed: Vec<ConnId>,
     events: Vec<Event>,
+    /// Addresses the engine asked to connect to.
+    dials: Vec<SocketAddr>,
 }
 
 impl Raw {
@@ -831,6 +833,7 @@ impl Raw {
             got: Vec::new(),
             closed: Vec::new(),
             events: Vec::new(),
+            dials: Vec::new(),
         }
     }
 
@@ -885,7 +888,8 @@ impl Raw {
                     };
                     self.engine.handle_job_done(self.now, id, result);
                 }
-                Output::Connect { .. } | Output::SendDatagram { .. } | Output::Resolve { .. } => {}
+                Output::Connect { addr, .. } => self.dials.push(addr),
+                Output::SendDatagram { .. } | Output::Resolve { .. } => {}
             }
         }
         while let Some(e) = self.engine.poll_event() {
@@ -1507,3 +1511,5 @@ fn seeds_do_not_keep_connections_to_seeds_and_a_bigger_torrent_is_quick() {
         Event::PeerDisconnected { addr, .. } if *addr == a2
     )));
 }
+
+mod magnet;
