@@ -1,0 +1,87 @@
+//! # hyperblow-driver
+//!
+//! Everything the tokio and async-std drivers share, written once: the event loop that owns the
+//! sans-IO [`Engine`](hyperblow_core::engine::Engine), the per-connection reader and writer tasks, the
+//! acceptor, the UDP tracker socket, the one timer, the disk and hash jobs on a
+//! [`WorkerPool`](hyperblow_storage::WorkerPool), per-torrent [`Storage`](hyperblow_storage::Storage)
+//! with resume files, and the [`SessionHandle`] front ends talk to.
+//!
+//! A runtime only implements the small [`Runtime`] trait (spawn, TCP connect/listen/accept, UDP, a
+//! sleep, name resolution); byte streams are `futures-io` `AsyncRead`/`AsyncWrite`. The
+//! `hyperblow-tokio` and `hyperblow-async-std` crates do that and expose `start(config)`.
+//!
+//! ## How the loop runs the engine
+//! - Time: one `std::time::Instant` is taken at start; the engine's `Instant` is the time elapsed
+//!   since then. The engine never reads a clock.
+//! - After every input the loop drains `poll_output` (connect, send, close, datagram, resolve, job) and
+//!   `poll_event` (to subscribers), then arms a single timer at `poll_timeout`, re-armed whenever that
+//!   changes. A deadline already in the past fires `handle_timeout` at most once per millisecond, so a
+//!   confused deadline can never make the loop spin.
+//! - Backpressure: socket reads reach the loop through a bounded channel (a reader waits while the loop
+//!   is behind). A connection's writer queue is an unbounded channel, but it never holds more than the
+//!   engine's per-connection send window: the engine stops emitting `Send` until the writer reports
+//!   bytes written (`handle_flushed`).
+//! - Disk: hash, write and read jobs run on the worker pool. After pieces are written the torrent's
+//!   resume file is saved at most once per [`SessionConfig::resume_interval`]; at completion and at
+//!   shutdown the files are flushed (`fsync`) before the save, so a restart trusts the resume file and
+//!   skips the re-check.
+//!
+//! ## Using the handle
+//! ```no_run
+//! use std::time::Duration;
+//! use hyperblow_core::metainfo::Metainfo;
+//! use hyperblow_driver::{AddTorrentRequest, RecvError, SessionEvent, SessionHandle};
+//! use hyperblow_driver::engine::{Event, TorrentState};
+//!
+//! /// Downloads one torrent into `out`, printing progress, from a plain (non-async) thread.
+//! /// `session` comes from `hyperblow_tokio::start(SessionConfig::default())?` or
+//! /// `hyperblow_async_std::start(..)?`: the handle is the same type for both runtimes.
+//! fn download(session: &SessionHandle, torrent: &[u8], out: &str) -> Result<(), Box<dyn std::error::Error>> {
+//!     let metainfo = Metainfo::from_bytes(torrent)?;
+//!     let mut events = session.events(); // subscribe first, to see every event of the torrent
+//!     let added = session.add_torrent(AddTorrentRequest::new(metainfo, out)).wait()?;
+//!     println!("{} of {} pieces already on disk", added.have_pieces, added.total_pieces);
+//!     loop {
+//!         match events.recv_timeout(Duration::from_millis(500)) {
+//!             Ok(SessionEvent::Engine(Event::TorrentCompleted(id))) if id == added.id => break,
+//!             Ok(SessionEvent::Checking { checked, total, .. }) => println!("checking {checked}/{total}"),
+//!             Ok(_) | Err(RecvError::Empty) => {}
+//!             Err(RecvError::Closed) => return Err("session ended".into()),
+//!         }
+//!         for t in session.stats().wait()? {
+//!             if let TorrentState::Error(e) = &t.state {
+//!                 return Err(e.clone().into());
+//!             }
+//!             println!("{} {:.1}% {} B/s", t.name, t.progress() * 100.0, t.download_rate);
+//!         }
+//!     }
+//!     session.shutdown().wait()?; // flushes files and saves resume data
+//!     Ok(())
+//! }
+//! ```
+//! In async code, `.await` the same [`Pending`] answers instead of calling `.wait()`, and use the
+//! [`EventStream`] as a `futures::Stream` (or [`EventStream::recv`]).
+
+mod block;
+mod disk;
+mod handle;
+mod runtime;
+mod session;
+mod tasks;
+
+pub use handle::{
+    AddTorrentRequest, AddedTorrent, EventStream, Pending, RecvError, SessionConfig, SessionError,
+    SessionEvent, SessionHandle, StartError, StartKind, EVENT_BUFFER,
+};
+pub use runtime::Runtime;
+pub use session::{prepare_session, spawn_session, SessionTask};
+
+/// The engine types the handle's API uses (ids, stats, events, configuration), re-exported so front
+/// ends need not name `hyperblow_core::engine` themselves.
+pub mod engine {
+    pub use hyperblow_core::engine::{
+        AddError, EngineConfig, Event, FileStats, PeerStats, TorrentId, TorrentState, TorrentStats,
+    };
+}
+
+pub use hyperblow_storage::{StorageConfig, StorageErrorKind};

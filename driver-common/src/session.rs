@@ -1,0 +1,842 @@
+//! The event loop: owns the [`Engine`], turns everything that happens (socket bytes, closes, flushes,
+//! datagrams, resolutions, job results, user commands, the timer) into engine inputs carrying `now`, and
+//! performs every engine output. Written once, generic over the [`Runtime`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant as StdInstant};
+
+use bytes::Bytes;
+use futures::channel::{mpsc, oneshot};
+use futures::future::{AbortHandle, Abortable};
+use futures::{FutureExt, StreamExt};
+use hyperblow_core::engine::{
+    AddError, AddTorrent, ConnId, Engine, Event, JobId, JobResult, Output, ResolveId, TorrentId,
+};
+use hyperblow_core::{InfoHash, Instant};
+use hyperblow_storage::{Storage, StorageConfig, StorageError, WorkerPool};
+
+use crate::disk::{self, Disk, Prepared};
+use crate::handle::{
+    AddTorrentRequest, AddedTorrent, Command, SessionConfig, SessionError, SessionEvent,
+    SessionHandle, StartError,
+};
+use crate::runtime::Runtime;
+use crate::tasks::{self, WriterCmd};
+
+/// Least time between two `handle_timeout` calls when the engine keeps asking for a deadline that has
+/// already passed: the loop never spins, whatever the engine says.
+const MIN_TIMER_GAP: Duration = Duration::from_millis(1);
+
+/// Extra time on top of the engine's shutdown timeout for pending disk writes to land.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Messages from the network tasks. The channel is bounded: a reader waits when the loop is behind.
+pub(crate) enum Net<R: Runtime> {
+    /// An outgoing connection is up (sent before any `Read` of it).
+    Connected(ConnId),
+    /// An outgoing connection could not be opened.
+    ConnectFailed(ConnId, String),
+    /// Bytes arrived.
+    Read(ConnId, Bytes),
+    /// The remote end closed, or reading failed.
+    Closed(ConnId),
+    /// A peer connected to our listener.
+    Incoming(R::Reader, R::Writer, SocketAddr),
+    /// A UDP datagram arrived.
+    Datagram(SocketAddr, Bytes),
+}
+
+/// Messages from writers, resolvers and worker threads (each bounded by what the engine handed out).
+pub(crate) enum Ctl {
+    /// A writer wrote these bytes.
+    Flushed(ConnId, usize),
+    /// A write failed; the connection is dead.
+    WriteFailed(ConnId, String),
+    /// A host-name lookup finished.
+    Resolved(ResolveId, Result<Vec<SocketAddr>, String>),
+    /// A job finished.
+    JobDone {
+        id: JobId,
+        torrent: TorrentId,
+        write: bool,
+        result: JobResult,
+        error: Option<StorageError>,
+    },
+    /// A torrent's storage is set up (or failed to be).
+    Prepared(
+        Box<AddTorrentRequest>,
+        Result<Prepared, StorageError>,
+        oneshot::Sender<Result<AddedTorrent, SessionError>>,
+    ),
+    /// Checking progress, to pass on to subscribers.
+    Event(SessionEvent),
+    /// A resume save finished.
+    ResumeSaved(TorrentId, Result<(), StorageError>),
+}
+
+/// The running session's state, driven by [`Session::run`].
+struct Session<R: Runtime> {
+    rt: R,
+    engine: Engine,
+    /// Real time at which the engine's `Instant::ZERO` lies.
+    origin: StdInstant,
+    config: SessionConfig,
+    conns: HashMap<ConnId, ConnEntry>,
+    net_tx: mpsc::Sender<Net<R>>,
+    ctl_tx: mpsc::UnboundedSender<Ctl>,
+    udp_tx: mpsc::UnboundedSender<(SocketAddr, Bytes)>,
+    pool: Arc<WorkerPool>,
+    disks: BTreeMap<TorrentId, Disk>,
+    /// Info-hashes whose storage is being prepared.
+    adding: HashSet<InfoHash>,
+    subscribers: Vec<mpsc::Sender<SessionEvent>>,
+    /// The acceptor and UDP tasks, stopped at the end.
+    background: Vec<AbortHandle>,
+    writes_in_flight: usize,
+    last_timeout_call: Option<StdInstant>,
+    shutdown: Option<Shutdown>,
+}
+
+/// The loop's handles on one connection's tasks.
+struct ConnEntry {
+    writer: mpsc::UnboundedSender<WriterCmd>,
+    reader: AbortHandle,
+}
+
+/// A shutdown in progress.
+struct Shutdown {
+    /// Give up waiting for the engine and the disk after this.
+    deadline: StdInstant,
+    waiters: Vec<oneshot::Sender<Result<(), SessionError>>>,
+}
+
+/// The event loop of a session, returned by [`prepare_session`]: run it on the runtime (spawn it, or
+/// `block_on` it on a dedicated thread). It finishes when the session has shut down.
+#[must_use = "the session does nothing until its task runs"]
+pub struct SessionTask(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl std::fmt::Debug for SessionTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionTask")
+    }
+}
+
+impl Future for SessionTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// A seed from the OS (std's per-process random hash keys) mixed with the clock.
+fn os_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Binds the sockets, builds the engine and returns the handle plus the event loop to run. The TCP
+/// listener is bound first so the engine announces the port actually bound. Call it inside the
+/// runtime's context (tokio registers the sockets with the current reactor).
+pub fn prepare_session<R: Runtime>(
+    rt: R,
+    mut config: SessionConfig,
+) -> Result<(SessionHandle, SessionTask), StartError> {
+    let tcp_addr = SocketAddr::new(config.bind_addr, config.listen_port);
+    let listen_err = |source| StartError::Listen {
+        addr: tcp_addr,
+        source,
+    };
+    let std_listener = std::net::TcpListener::bind(tcp_addr).map_err(listen_err)?;
+    std_listener.set_nonblocking(true).map_err(listen_err)?;
+    let listen_addr = std_listener.local_addr().map_err(listen_err)?;
+    let listener = rt.tcp_listener(std_listener).map_err(listen_err)?;
+    let udp_addr = SocketAddr::new(config.bind_addr, 0);
+    let udp_err = |source| StartError::Udp {
+        addr: udp_addr,
+        source,
+    };
+    let std_udp = std::net::UdpSocket::bind(udp_addr).map_err(udp_err)?;
+    std_udp.set_nonblocking(true).map_err(udp_err)?;
+    let udp = rt.udp_socket(std_udp).map_err(udp_err)?;
+    let threads = match config.worker_threads {
+        0 => hyperblow_storage::default_threads(),
+        n => n,
+    };
+    let pool = WorkerPool::new(threads).map_err(StartError::Workers)?;
+
+    config.engine.listen_port = listen_addr.port();
+    let origin = StdInstant::now();
+    let engine = Engine::new(
+        config.engine.clone(),
+        config.seed.unwrap_or_else(os_seed),
+        Instant::ZERO,
+    );
+    let (cmd_tx, cmd_rx) = mpsc::unbounded();
+    let (ctl_tx, ctl_rx) = mpsc::unbounded();
+    let (net_tx, net_rx) = mpsc::channel(64);
+    let (udp_tx, udp_rx) = mpsc::unbounded();
+    let handle = SessionHandle::new(cmd_tx, listen_addr, engine.peer_id());
+
+    let udp = Arc::new(udp);
+    let mut background = Vec::new();
+    let mut spawn_bg = |task: Pin<Box<dyn Future<Output = ()> + Send>>| {
+        let (abort, reg) = AbortHandle::new_pair();
+        rt.spawn(Abortable::new(task, reg).map(|_| ()));
+        background.push(abort);
+    };
+    spawn_bg(Box::pin(tasks::accept_task(
+        rt.clone(),
+        listener,
+        net_tx.clone(),
+    )));
+    spawn_bg(Box::pin(tasks::udp_recv_task(
+        rt.clone(),
+        Arc::clone(&udp),
+        net_tx.clone(),
+    )));
+    spawn_bg(Box::pin(tasks::udp_send_task::<R>(udp, udp_rx)));
+
+    let session = Session {
+        rt,
+        engine,
+        origin,
+        config,
+        conns: HashMap::new(),
+        net_tx,
+        ctl_tx,
+        udp_tx,
+        pool: Arc::new(pool),
+        disks: BTreeMap::new(),
+        adding: HashSet::new(),
+        subscribers: Vec::new(),
+        background,
+        writes_in_flight: 0,
+        last_timeout_call: None,
+        shutdown: None,
+    };
+    let task = SessionTask(Box::pin(session.run(cmd_rx, ctl_rx, net_rx)));
+    Ok((handle, task))
+}
+
+/// Starts a session on `rt` with its event loop spawned there as a task.
+pub fn spawn_session<R: Runtime>(
+    rt: R,
+    config: SessionConfig,
+) -> Result<SessionHandle, StartError> {
+    let (handle, task) = prepare_session(rt.clone(), config)?;
+    rt.spawn(task);
+    Ok(handle)
+}
+
+/// What woke the loop.
+enum Wake<R: Runtime> {
+    Command(Option<Command>),
+    Ctl(Ctl),
+    Net(Net<R>),
+    Timer,
+}
+
+impl<R: Runtime> Session<R> {
+    /// The engine's clock: real time since `origin`.
+    fn now(&self) -> Instant {
+        Instant::from_origin(self.origin.elapsed())
+    }
+
+    /// The real time of an engine instant (`None` if too far out to represent).
+    fn real(&self, t: Instant) -> Option<StdInstant> {
+        self.origin.checked_add(t.since_origin())
+    }
+
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::UnboundedReceiver<Command>,
+        mut ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+        mut net_rx: mpsc::Receiver<Net<R>>,
+    ) {
+        type Timer = Pin<Box<dyn Future<Output = ()> + Send>>;
+        let mut timer: Option<(StdInstant, Timer)> = None;
+        let mut commands_open = true;
+        loop {
+            self.drain();
+            if self.shutdown.is_some() && self.finish_shutdown_if_done().await {
+                return;
+            }
+            // One timer, re-armed only when the deadline changes.
+            match self.next_deadline() {
+                Some(at) if timer.as_ref().is_some_and(|(t, _)| *t == at) => {}
+                Some(at) => timer = Some((at, Box::pin(self.rt.sleep_until(at)))),
+                None => timer = None,
+            }
+            let wake = poll_fn(|cx| {
+                if commands_open {
+                    if let Poll::Ready(c) = cmd_rx.poll_next_unpin(cx) {
+                        return Poll::Ready(Wake::Command(c));
+                    }
+                }
+                if let Poll::Ready(Some(m)) = ctl_rx.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Ctl(m));
+                }
+                if let Poll::Ready(Some(m)) = net_rx.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Net(m));
+                }
+                if let Some((_, t)) = &mut timer {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Timer);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Command(Some(c)) => self.command(c),
+                Wake::Command(None) => {
+                    // Every handle is gone: nobody can stop us later, so stop now.
+                    commands_open = false;
+                    self.begin_shutdown(None);
+                }
+                Wake::Ctl(m) => self.ctl(m),
+                Wake::Net(m) => self.net(m),
+                Wake::Timer => timer = None,
+            }
+            self.timers();
+        }
+    }
+
+    /// The earliest of: the engine's deadline (never sooner than [`MIN_TIMER_GAP`] after the last
+    /// `handle_timeout`), the next resume save, the shutdown deadline.
+    fn next_deadline(&self) -> Option<StdInstant> {
+        let mut next = self.engine.poll_timeout().and_then(|t| self.real(t));
+        if let (Some(n), Some(last)) = (next, self.last_timeout_call) {
+            next = Some(n.max(last + MIN_TIMER_GAP));
+        }
+        let mut consider = |t: StdInstant| next = Some(next.map_or(t, |n| n.min(t)));
+        for d in self.disks.values() {
+            if d.dirty && !d.saving {
+                consider(
+                    d.last_save
+                        .map_or(self.origin, |t| t + self.config.resume_interval),
+                );
+            }
+        }
+        if let Some(s) = &self.shutdown {
+            consider(s.deadline);
+        }
+        next
+    }
+
+    /// Fires what is due: the engine's timer and resume saves.
+    fn timers(&mut self) {
+        let real_now = StdInstant::now();
+        let due = self
+            .engine
+            .poll_timeout()
+            .and_then(|t| self.real(t))
+            .is_some_and(|t| t <= real_now);
+        let gap_ok = self
+            .last_timeout_call
+            .is_none_or(|last| real_now >= last + MIN_TIMER_GAP);
+        if due && gap_ok {
+            self.last_timeout_call = Some(real_now);
+            let now = self.now();
+            self.engine.handle_timeout(now);
+        }
+        self.save_resumes(real_now);
+    }
+
+    /// Performs every pending engine output and passes its events on.
+    fn drain(&mut self) {
+        loop {
+            while let Some(out) = self.engine.poll_output() {
+                self.output(out);
+            }
+            let Some(ev) = self.engine.poll_event() else {
+                break;
+            };
+            if let Event::TorrentCompleted(id) = &ev {
+                if let Some(d) = self.disks.get_mut(id) {
+                    // Make the resume file valid right away: flush, then save without waiting.
+                    d.dirty = true;
+                    d.flush_next = true;
+                    d.last_save = None;
+                }
+            }
+            self.broadcast(SessionEvent::Engine(ev));
+        }
+    }
+
+    fn broadcast(&mut self, ev: SessionEvent) {
+        self.subscribers
+            .retain_mut(|s| match s.try_send(ev.clone()) {
+                Ok(()) => true,
+                // A full buffer drops this event for that subscriber only; a gone one is forgotten.
+                Err(e) => !e.is_disconnected(),
+            });
+    }
+
+    fn output(&mut self, out: Output) {
+        match out {
+            Output::Connect { conn, addr } => {
+                let (writer, writer_rx) = mpsc::unbounded();
+                let (reader, reg) = AbortHandle::new_pair();
+                self.conns.insert(conn, ConnEntry { writer, reader });
+                let task = tasks::connect_task(
+                    self.rt.clone(),
+                    conn,
+                    addr,
+                    self.config.connect_timeout,
+                    writer_rx,
+                    self.net_tx.clone(),
+                    self.ctl_tx.clone(),
+                );
+                self.rt.spawn(Abortable::new(task, reg).map(|_| ()));
+            }
+            Output::Send { conn, data } => {
+                if let Some(c) = self.conns.get(&conn) {
+                    // A failure means the writer already ended; its report is on the way.
+                    let _ = c.writer.unbounded_send(WriterCmd::Data(data));
+                }
+            }
+            Output::Close { conn } => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    let _ = c.writer.unbounded_send(WriterCmd::Close);
+                    c.reader.abort();
+                }
+            }
+            Output::SendDatagram { to, data } => {
+                let _ = self.udp_tx.unbounded_send((to, data));
+            }
+            Output::Resolve { id, host, port } => {
+                let lookup = self.rt.resolve(host.clone(), port);
+                let ctl = self.ctl_tx.clone();
+                self.rt.spawn(async move {
+                    let result = lookup.await.map_err(|e| format!("resolving {host}: {e}"));
+                    let _ = ctl.unbounded_send(Ctl::Resolved(id, result));
+                });
+            }
+            Output::Job { id, job } => {
+                use hyperblow_core::engine::Job;
+                let (torrent, write) = match &job {
+                    Job::Hash { torrent, .. } | Job::Read { torrent, .. } => (*torrent, false),
+                    Job::Write { torrent, .. } => (*torrent, true),
+                };
+                if write {
+                    self.writes_in_flight += 1;
+                }
+                let storage = self.disks.get(&torrent).map(|d| Arc::clone(&d.storage));
+                let ctl = self.ctl_tx.clone();
+                self.pool.execute(move || {
+                    let (result, error) = disk::run_job(storage.as_deref(), job);
+                    let _ = ctl.unbounded_send(Ctl::JobDone {
+                        id,
+                        torrent,
+                        write,
+                        result,
+                        error,
+                    });
+                });
+            }
+        }
+    }
+
+    fn net(&mut self, m: Net<R>) {
+        let now = self.now();
+        match m {
+            Net::Connected(conn) => {
+                if self.conns.contains_key(&conn) {
+                    self.engine.handle_connected(now, conn);
+                }
+            }
+            Net::ConnectFailed(conn, reason) => {
+                if self.conns.remove(&conn).is_some() {
+                    self.engine.handle_connect_failed(now, conn, &reason);
+                }
+            }
+            Net::Read(conn, data) => {
+                if self.conns.contains_key(&conn) {
+                    self.engine.handle_read(now, conn, &data);
+                }
+            }
+            Net::Closed(conn) => self.closed(conn),
+            Net::Incoming(reader, writer, remote) => {
+                let Some(conn) = self.engine.handle_incoming(now, remote) else {
+                    return; // refused: dropping the halves closes the socket
+                };
+                let (wtx, wrx) = mpsc::unbounded();
+                let (abort, reg) = AbortHandle::new_pair();
+                self.conns.insert(
+                    conn,
+                    ConnEntry {
+                        writer: wtx,
+                        reader: abort,
+                    },
+                );
+                self.rt
+                    .spawn(tasks::writer_task(conn, writer, wrx, self.ctl_tx.clone()));
+                let read = tasks::reader_task::<R>(conn, reader, self.net_tx.clone());
+                self.rt.spawn(Abortable::new(read, reg).map(|_| ()));
+            }
+            Net::Datagram(from, data) => self.engine.handle_datagram(now, from, &data),
+        }
+    }
+
+    /// A connection ended on its own (not closed by the engine).
+    fn closed(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.remove(&conn) {
+            c.reader.abort();
+            let now = self.now();
+            self.engine.handle_closed(now, conn);
+        }
+    }
+
+    fn ctl(&mut self, m: Ctl) {
+        let now = self.now();
+        match m {
+            Ctl::Flushed(conn, n) => {
+                if self.conns.contains_key(&conn) {
+                    self.engine.handle_flushed(now, conn, n);
+                }
+            }
+            Ctl::WriteFailed(conn, _reason) => self.closed(conn),
+            Ctl::Resolved(id, result) => self.engine.handle_resolved(now, id, result),
+            Ctl::JobDone {
+                id,
+                torrent,
+                write,
+                result,
+                error,
+            } => {
+                if write {
+                    self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+                    if result == JobResult::Written {
+                        if let Some(d) = self.disks.get_mut(&torrent) {
+                            d.dirty = true;
+                        }
+                    }
+                }
+                if let Some(e) = error {
+                    self.broadcast(SessionEvent::StorageError {
+                        torrent,
+                        kind: e.kind,
+                        message: e.to_string(),
+                    });
+                }
+                self.engine.handle_job_done(now, id, result);
+            }
+            Ctl::Prepared(req, result, reply) => self.add_prepared(*req, result, reply),
+            Ctl::Event(ev) => self.broadcast(ev),
+            Ctl::ResumeSaved(torrent, result) => {
+                if let Some(d) = self.disks.get_mut(&torrent) {
+                    d.saving = false;
+                }
+                if let Err(e) = result {
+                    self.broadcast(SessionEvent::StorageError {
+                        torrent,
+                        kind: e.kind,
+                        message: format!("saving resume data: {e}"),
+                    });
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = self.now();
+        match c {
+            Command::Add(req, reply) => self.add(req, reply),
+            Command::Pause(id, reply) => {
+                let r = self.known(id).map(|()| self.engine.pause(now, id));
+                let _ = reply.send(r);
+            }
+            Command::Resume(id, reply) => {
+                let r = self.known(id).map(|()| self.engine.resume(now, id));
+                let _ = reply.send(r);
+            }
+            Command::AddPeer(id, addr, reply) => {
+                let r = self.known(id).map(|()| self.engine.add_peer(now, id, addr));
+                let _ = reply.send(r);
+            }
+            Command::SetFiles(id, wanted, reply) => {
+                let r = match self.engine.set_wanted_files(now, id, wanted.clone()) {
+                    Ok(()) => {
+                        if let Some(d) = self.disks.get(&id) {
+                            d.storage.set_wanted(&wanted);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Remove(id, delete, reply) => self.remove(id, delete, reply),
+            Command::Stats(reply) => {
+                let _ = reply.send(Ok(self.engine.stats(now)));
+            }
+            Command::Subscribe(tx) => self.subscribers.push(tx),
+            Command::Shutdown(reply) => self.begin_shutdown(Some(reply)),
+        }
+    }
+
+    fn known(&self, id: TorrentId) -> Result<(), SessionError> {
+        if self.disks.contains_key(&id) {
+            Ok(())
+        } else {
+            Err(AddError::UnknownTorrent(id).into())
+        }
+    }
+
+    /// Starts setting up a torrent's storage on the pool; [`Ctl::Prepared`] finishes the job.
+    fn add(
+        &mut self,
+        req: Box<AddTorrentRequest>,
+        reply: oneshot::Sender<Result<AddedTorrent, SessionError>>,
+    ) {
+        if self.shutdown.is_some() {
+            let _ = reply.send(Err(AddError::ShuttingDown.into()));
+            return;
+        }
+        let info_hash = req.metainfo.info_hash();
+        if self.adding.contains(&info_hash) || self.disks.values().any(|d| d.info_hash == info_hash)
+        {
+            let _ = reply.send(Err(AddError::Duplicate(info_hash).into()));
+            return;
+        }
+        self.adding.insert(info_hash);
+        let resume = self.resume_path(&req, &info_hash);
+        let storage_config: StorageConfig = self.config.storage.clone();
+        let ctl = self.ctl_tx.clone();
+        self.pool.execute(move || {
+            let total = req.metainfo.info.layout().piece_count();
+            let step = (total / 100).max(1);
+            let progress = |checked: u32, total: u32| {
+                if checked.is_multiple_of(step) || checked == total {
+                    let _ = ctl.unbounded_send(Ctl::Event(SessionEvent::Checking {
+                        info_hash,
+                        checked,
+                        total,
+                    }));
+                }
+            };
+            let result = disk::prepare(&req, storage_config, &resume, progress);
+            let _ = ctl.unbounded_send(Ctl::Prepared(req, result, reply));
+        });
+    }
+
+    fn resume_path(&self, req: &AddTorrentRequest, info_hash: &InfoHash) -> PathBuf {
+        disk::resume_file(
+            self.config.resume_dir.as_deref(),
+            &req.output_dir,
+            info_hash,
+        )
+    }
+
+    fn add_prepared(
+        &mut self,
+        req: AddTorrentRequest,
+        result: Result<Prepared, StorageError>,
+        reply: oneshot::Sender<Result<AddedTorrent, SessionError>>,
+    ) {
+        let info_hash = req.metainfo.info_hash();
+        self.adding.remove(&info_hash);
+        let prepared = match result {
+            Ok(p) => p,
+            Err(source) => {
+                let _ = reply.send(Err(SessionError::Storage { info_hash, source }));
+                return;
+            }
+        };
+        let resume_path = self.resume_path(&req, &info_hash);
+        let total_pieces = req.metainfo.info.layout().piece_count();
+        let have_pieces = prepared.have.as_ref().map_or(0, |h| h.count_ones());
+        let add = AddTorrent {
+            metainfo: req.metainfo,
+            have: prepared.have,
+            wanted_files: req.wanted_files,
+            paused: req.paused,
+            peers: req.peers,
+        };
+        let now = self.now();
+        let r = match self.engine.add_torrent(now, add) {
+            Ok(id) => {
+                self.disks.insert(
+                    id,
+                    Disk {
+                        storage: prepared.storage,
+                        info_hash,
+                        resume_path,
+                        dirty: false,
+                        saving: false,
+                        flush_next: false,
+                        last_save: None,
+                    },
+                );
+                Ok(AddedTorrent {
+                    id,
+                    info_hash,
+                    start: prepared.start,
+                    have_pieces,
+                    total_pieces,
+                })
+            }
+            Err(e) => Err(e.into()),
+        };
+        let _ = reply.send(r);
+    }
+
+    fn remove(
+        &mut self,
+        id: TorrentId,
+        delete: bool,
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    ) {
+        let now = self.now();
+        let have = self.engine.torrent_stats(now, id).map(|s| s.have);
+        let Some(d) = self.disks.remove(&id) else {
+            let _ = reply.send(Err(AddError::UnknownTorrent(id).into()));
+            return;
+        };
+        self.engine.remove(now, id);
+        self.pool.execute(move || {
+            let r = if delete {
+                disk::delete_data(&d.storage, &d.resume_path)
+                    .map_err(|(path, source)| SessionError::Delete { path, source })
+            } else {
+                // Keep what was verified for a later re-add.
+                match have {
+                    Some(have) => disk::save(&d.storage, &d.resume_path, &d.info_hash, &have, true)
+                        .map_err(|source| SessionError::Storage {
+                            info_hash: d.info_hash,
+                            source,
+                        }),
+                    None => Ok(()),
+                }
+            };
+            let _ = reply.send(r);
+        });
+    }
+
+    /// Saves the resume file of every torrent that wrote pieces and whose interval has passed.
+    fn save_resumes(&mut self, real_now: StdInstant) {
+        let now = self.now();
+        let interval = self.config.resume_interval;
+        let Session {
+            disks,
+            engine,
+            pool,
+            ctl_tx,
+            ..
+        } = self;
+        for (id, d) in disks.iter_mut() {
+            if !d.dirty || d.saving || d.last_save.is_some_and(|t| real_now < t + interval) {
+                continue;
+            }
+            let Some(have) = engine.torrent_stats(now, *id).map(|s| s.have) else {
+                continue;
+            };
+            d.dirty = false;
+            d.saving = true;
+            d.last_save = Some(real_now);
+            let flush = std::mem::take(&mut d.flush_next);
+            let (storage, path, hash, id) = (
+                Arc::clone(&d.storage),
+                d.resume_path.clone(),
+                d.info_hash,
+                *id,
+            );
+            let ctl = ctl_tx.clone();
+            pool.execute(move || {
+                let r = disk::save(&storage, &path, &hash, &have, flush);
+                let _ = ctl.unbounded_send(Ctl::ResumeSaved(id, r));
+            });
+        }
+    }
+
+    fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<Result<(), SessionError>>>) {
+        if self.shutdown.is_none() {
+            let now = self.now();
+            self.engine.shutdown(now);
+            self.shutdown = Some(Shutdown {
+                deadline: StdInstant::now() + self.config.engine.shutdown_timeout + SHUTDOWN_GRACE,
+                waiters: Vec::new(),
+            });
+        }
+        if let (Some(s), Some(r)) = (&mut self.shutdown, reply) {
+            s.waiters.push(r);
+        }
+    }
+
+    /// Once the engine is shut down and no disk write is pending (or the deadline passed): flushes every
+    /// torrent's files, saves the resume files, stops every task and answers the waiters.
+    async fn finish_shutdown_if_done(&mut self) -> bool {
+        let Some(s) = &self.shutdown else {
+            return false;
+        };
+        let done = self.engine.is_shut_down() && self.writes_in_flight == 0;
+        if !done && StdInstant::now() < s.deadline {
+            return false;
+        }
+        let now = self.now();
+        let targets: Vec<(TorrentId, Arc<Storage>, PathBuf, InfoHash, Option<_>)> = self
+            .disks
+            .iter()
+            .map(|(id, d)| {
+                (
+                    *id,
+                    Arc::clone(&d.storage),
+                    d.resume_path.clone(),
+                    d.info_hash,
+                    self.engine.torrent_stats(now, *id).map(|t| t.have),
+                )
+            })
+            .collect();
+        let job = self.pool.submit(move || {
+            let mut errors = Vec::new();
+            for (id, storage, path, hash, have) in targets {
+                let r = match have {
+                    Some(have) => disk::save(&storage, &path, &hash, &have, true),
+                    None => storage.flush(),
+                };
+                if let Err(e) = r {
+                    errors.push((id, e));
+                }
+            }
+            errors
+        });
+        if let Ok(errors) = job.await {
+            for (torrent, e) in errors {
+                self.broadcast(SessionEvent::StorageError {
+                    torrent,
+                    kind: e.kind,
+                    message: format!("at shutdown: {e}"),
+                });
+            }
+        }
+        for (_, c) in self.conns.drain() {
+            let _ = c.writer.unbounded_send(WriterCmd::Close);
+            c.reader.abort();
+        }
+        for b in self.background.drain(..) {
+            b.abort();
+        }
+        self.broadcast(SessionEvent::ShutDown);
+        self.subscribers.clear();
+        if let Some(s) = self.shutdown.take() {
+            for w in s.waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+        true
+    }
+}
