@@ -445,6 +445,20 @@ impl Engine {
         t.complete_reported = false;
         t.choke_dirty = true;
         t.refill = true;
+        let have = picker.have().clone();
+        t.picker = Some(picker);
+        self.events.push_back(Event::MetadataReceived {
+            torrent: tid,
+            info_hash,
+        });
+        if let Some(message) = selection_error {
+            // Its sessions are closed without ever learning the geometry.
+            self.torrent_error(now, tid, message);
+            return;
+        }
+        let Some(t) = self.torrents.get(&tid) else {
+            return;
+        };
         let ids: Vec<ConnId> = t.conns.iter().copied().collect();
         for id in &ids {
             let Some(c) = self.conns.get_mut(id) else {
@@ -458,16 +472,7 @@ impl Engine {
             c.session
                 .set_our_extensions(now, Self::our_extensions(t, c.addr));
             // Only a session that already knows a geometry refuses; none of this torrent's does.
-            let _ = c.session.set_geometry(now, geometry, picker.have());
-        }
-        t.picker = Some(picker);
-        self.events.push_back(Event::MetadataReceived {
-            torrent: tid,
-            info_hash,
-        });
-        if let Some(message) = selection_error {
-            self.torrent_error(now, tid, message);
-            return;
+            let _ = c.session.set_geometry(now, geometry, &have);
         }
         for id in ids {
             self.process_conn(now, id);

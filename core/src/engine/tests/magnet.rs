@@ -794,3 +794,53 @@ fn a_private_swarm_never_exchanges_peers() {
         }
     }
 }
+
+#[test]
+fn a_selection_of_the_wrong_length_stops_the_magnet_torrent_until_fixed() {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut net = Net::new();
+    let s = net.add_node(EngineConfig::default(), 1);
+    let l = net.add_node(EngineConfig::default(), 2);
+    let pieces = meta.info.layout().piece_count();
+    let now = net.now;
+    let ts = net.nodes[s]
+        .engine
+        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
+        .expect("add seed");
+    load_disk(&mut net.nodes[s], ts, &content, PL);
+    let seeder = net.nodes[s].addr;
+    let tl = net.nodes[l]
+        .engine
+        .add_magnet(
+            now,
+            AddMagnet {
+                link: link(&meta, vec![]),
+                wanted_files: Some(vec![true, true]),
+                paused: false,
+                peers: vec![seeder],
+            },
+        )
+        .expect("add magnet");
+    net.run_for(Duration::from_secs(5));
+    let events = &net.nodes[l].events;
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::MetadataReceived { .. })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::TorrentError { message, .. } if message.contains("2 entries")
+    )));
+    let st = net.nodes[l]
+        .engine
+        .torrent_stats(net.now, tl)
+        .expect("stats");
+    assert!(matches!(st.state, TorrentState::Error(_)));
+    let now = net.now;
+    net.nodes[l]
+        .engine
+        .set_wanted_files(now, tl, vec![true, true, true])
+        .expect("selection");
+    net.nodes[l].engine.resume(now, tl);
+    assert!(net.run_until(Duration::from_secs(120), |n| n.completed(l, tl)));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+}
