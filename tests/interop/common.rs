@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
+use hyperblow_driver::SessionHandle;
 use hyperblow_driver::{AddTorrentRequest, AddedTorrent, EventStream, SessionConfig, SessionEvent};
-use hyperblow_driver::{RecvError, SessionHandle};
 use hyperblow_tests::interop::process::logs_of;
 use hyperblow_tests::interop::{
     free_port, mktorrent, require_libtorrent, require_tool, wait_for, write_payload, ChildGuard,
@@ -143,11 +143,8 @@ impl Hb {
     pub fn events(&self) -> Vec<SessionEvent> {
         let mut guard = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let (stream, log) = &mut *guard;
-        loop {
-            match stream.try_recv() {
-                Ok(e) => log.push(e),
-                Err(RecvError::Empty | RecvError::Closed) => break,
-            }
+        while let Ok(e) = stream.try_recv() {
+            log.push(e);
         }
         log.clone()
     }
