@@ -20,6 +20,7 @@ pub mod io;
 
 mod conn;
 mod flow;
+mod scrape;
 mod torrent;
 mod trackers;
 
