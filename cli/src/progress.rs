@@ -100,6 +100,7 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(LogWriter::default)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -246,7 +247,8 @@ impl Display {
             SessionEvent::Engine(Event::PieceFailed { piece, .. }) => {
                 tracing::info!("piece {piece} failed its hash check; fetching it again")
             }
-            SessionEvent::StorageError { message, .. } => tracing::error!("disk: {message}"),
+            // The command ends with this error as its one-line message; the log only adds detail.
+            SessionEvent::StorageError { message, .. } => tracing::debug!("disk: {message}"),
             _ => {}
         }
     }
