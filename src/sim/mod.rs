@@ -146,7 +146,8 @@ pub struct SimConfig {
     /// Store verified pieces that equal the original content as references to it instead of copies
     /// (for big benchmark swarms; the comparison is done at write time).
     pub share_verified_pieces: bool,
-    /// Decode and record the peer-wire messages on every peer link ([`Sim::tap_log`]).
+    /// Decode and record the peer-wire messages on every peer link ([`Sim::tap_log`]), stamped with
+    /// the time the sender queued them.
     pub tap: bool,
     /// Random connection cuts, if any.
     pub drop_links: Option<DropLinks>,
@@ -949,6 +950,11 @@ impl Sim {
         if !sc.open[side] {
             return;
         }
+        if let (Some(tap), End::Node(from, _), End::Node(to, _)) =
+            (sc.dirs[side].tap.as_mut(), sc.ends[side], sc.ends[1 - side])
+        {
+            tap.feed(now, from, to, &data, &mut self.taps);
+        }
         let d = &mut sc.dirs[side];
         let done = d.busy.max(now) + d.spec.transmit(data.len());
         d.busy = done;
@@ -1172,9 +1178,6 @@ impl Sim {
         match sc.ends[to] {
             End::Node(n, id) => {
                 self.counters.bytes_delivered += data.len() as u64;
-                if let (Some(tap), End::Node(from, _)) = (sc.dirs[dir].tap.as_mut(), sc.ends[dir]) {
-                    tap.feed(now, from, n, &data, &mut self.taps);
-                }
                 self.nodes[n].engine.handle_read(now, id, &data);
                 self.drain(n);
             }

@@ -48,7 +48,7 @@ pub enum TapMessage {
 /// One tapped message: when it arrived, from which node to which node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TapRecord {
-    /// When its last byte arrived at the receiver.
+    /// When the sender queued it on the link (the engine's decision time; arrival is later).
     pub at: Instant,
     /// Sending node.
     pub from: usize,
@@ -73,7 +73,7 @@ impl Tap {
         }
     }
 
-    /// Feeds delivered bytes; appends the messages they completed to `out`.
+    /// Feeds bytes queued on the link; appends the messages they completed to `out`.
     pub(crate) fn feed(
         &mut self,
         at: Instant,
