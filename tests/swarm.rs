@@ -569,3 +569,116 @@ fn same_seed_same_run_other_seed_other_run() {
         secs(&c.1)
     );
 }
+
+/// How a piece picking policy spreads pieces: the time until every piece has at least one and at
+/// least two copies among the leechers, and how many pieces had a copy, sampled every second.
+struct Spread {
+    first_copy: Duration,
+    two_copies: Duration,
+    pieces_out: Vec<usize>,
+    seeder_uploaded: u64,
+}
+
+/// One seeder with a slow uplink, eight leechers with faster links between them, a 2 MiB torrent
+/// in 32 pieces; every leecher picks with `picker`.
+fn spread_run(picker: hyperblow_core::picker::PickerConfig) -> Spread {
+    let torrent = make_torrent(
+        "spread",
+        &[("x.bin", 2 * MIB)],
+        64 * KIB as u32,
+        vec![vec![http_tracker_url()]],
+        14,
+    );
+    let config = SimConfig {
+        default_link: LinkSpec::new(25, 64),
+        ..SimConfig::default()
+    };
+    let mut sw = Swarm::with(config, torrent, 8, |_| EngineConfig {
+        picker,
+        ..EngineConfig::default()
+    });
+    sw.sim.set_uplink(sw.seeder.0, LinkSpec::new(25, 16));
+    let ih = sw.info_hash();
+    let pieces = sw.torrent.metainfo.info.layout().piece_count() as usize;
+    let start = sw.sim.now();
+    let (mut first, mut two) = (None, None);
+    let mut pieces_out = Vec::new();
+    while two.is_none() {
+        sw.sim.run_for(Duration::from_secs(1)).expect("runs");
+        let mut copies = vec![0usize; pieces];
+        for (n, _) in &sw.leechers {
+            for p in sw.sim.stored_pieces(*n, ih) {
+                copies[p as usize] += 1;
+            }
+        }
+        let min = copies.iter().copied().min().unwrap_or(0);
+        pieces_out.push(copies.iter().filter(|c| **c > 0).count());
+        let elapsed = sw.sim.now().saturating_duration_since(start);
+        if min >= 1 && first.is_none() {
+            first = Some(elapsed);
+        }
+        if min >= 2 {
+            two = Some(elapsed);
+        }
+        assert!(elapsed < Duration::from_secs(3600), "pieces never spread");
+    }
+    let now = sw.sim.now();
+    let seeder_uploaded = sw
+        .sim
+        .engine(sw.seeder.0)
+        .torrent_stats(now, sw.seeder.1)
+        .expect("stats")
+        .uploaded;
+    sw.run_to_completion(Duration::from_secs(3600));
+    sw.check_all();
+    Spread {
+        first_copy: first.unwrap_or_default(),
+        two_copies: two.unwrap_or_default(),
+        pieces_out,
+        seeder_uploaded,
+    }
+}
+
+fn every5(v: &[usize]) -> Vec<usize> {
+    v.iter().step_by(5).copied().collect()
+}
+
+/// Scenario 6: rarest-first spreads pieces faster than a sequential picker. The seeder is the
+/// bottleneck; with rarest-first its upload goes to pieces nobody has yet, with sequential picking
+/// every leecher wants the same low pieces and the seeder sends them again and again.
+#[test]
+fn rarest_first_spreads_pieces_faster_than_sequential() {
+    use hyperblow_core::picker::PickerConfig;
+    let rarest = spread_run(PickerConfig::default());
+    let sequential = spread_run(PickerConfig {
+        sequential: true,
+        ..PickerConfig::default()
+    });
+    eprintln!(
+        "scenario 6: every piece out after {:?} (rarest-first) vs {:?} (sequential); twice after {:?} vs {:?}; \
+         seeder uploaded {} vs {} bytes by then; pieces out of 32 every 5 s: {:?} vs {:?}",
+        rarest.first_copy,
+        sequential.first_copy,
+        rarest.two_copies,
+        sequential.two_copies,
+        rarest.seeder_uploaded,
+        sequential.seeder_uploaded,
+        every5(&rarest.pieces_out),
+        every5(&sequential.pieces_out)
+    );
+    // Halfway to rarest-first's finish, sequential had fewer distinct pieces out.
+    let half = rarest.pieces_out.len() / 2;
+    assert!(rarest.pieces_out[half] > sequential.pieces_out[half]);
+    assert!(
+        rarest.first_copy.as_secs_f64() < 0.8 * sequential.first_copy.as_secs_f64(),
+        "rarest-first put every piece out after {:?}, sequential after {:?}",
+        rarest.first_copy,
+        sequential.first_copy
+    );
+    assert!(
+        rarest.two_copies < sequential.two_copies,
+        "rarest-first had two copies of everything after {:?}, sequential after {:?}",
+        rarest.two_copies,
+        sequential.two_copies
+    );
+}
