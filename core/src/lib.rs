@@ -10,6 +10,7 @@ pub mod bencode;
 pub mod bitfield;
 pub mod choker;
 pub mod engine;
+pub mod ext;
 pub mod magnet;
 pub mod metainfo;
 pub mod peer;

@@ -92,13 +92,23 @@ impl Engine {
                     .push_back(Event::PeerConnected { torrent: tid, addr });
             }
             E::Bitfield => {
+                let mut seed = false;
                 if let PeerPieces::Bitfield(b) = c.session.peer_pieces() {
                     t.picker.peer_bitfield(b);
+                    seed = b.all();
+                }
+                if seed && t.picker.have().all() {
+                    c.session.close();
+                    return;
                 }
                 self.update_interest(now, id);
             }
             E::HaveAll => {
                 t.picker.peer_has_all();
+                if t.picker.have().all() {
+                    c.session.close();
+                    return;
+                }
                 self.update_interest(now, id);
             }
             E::HaveNone => self.update_interest(now, id),
@@ -197,6 +207,9 @@ impl Engine {
         }
         let tid = found.unwrap_or(TorrentId(0));
         c.torrent = Some(tid);
+        if self.addrs.remove(&(c.addr, None)).is_some() {
+            self.addrs.insert((c.addr, Some(tid)), id);
+        }
         c.peer_id = Some(peer_id);
         t.conns.insert(id);
         t.keys.insert(c.key, id);
@@ -395,13 +408,20 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
-        if self.addrs.get(&c.addr) == Some(&id) {
-            self.addrs.remove(&c.addr);
+        self.dial_dirty = true;
+        if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
+            self.addrs.remove(&(c.addr, c.torrent));
         }
         if send_close {
             self.outputs.push_back(Output::Close { conn: id });
         }
         let Some(tid) = c.torrent else {
+            if matches!(
+                c.session.error(),
+                Some(peer::SessionError::ConnectedToSelf(_))
+            ) {
+                self.forget_self_dial(now, c.session.info_hash());
+            }
             return;
         };
         if let Some(t) = self.torrents.get_mut(&tid) {
@@ -425,6 +445,29 @@ impl Engine {
             t.refill = true;
         }
         self.sync_pieces(tid);
+    }
+
+    /// An incoming connection carried our own peer id: one of our dials reached ourselves. If exactly
+    /// one dial (of the torrent named, when the session knows it) is waiting for its handshake, that
+    /// is the one: never dial that address again.
+    fn forget_self_dial(&mut self, now: Instant, info_hash: Option<InfoHash>) {
+        let waiting: Vec<(TorrentId, ConnId, SocketAddr)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.outgoing && c.connected && c.established_at.is_none())
+            .filter_map(|(id, c)| {
+                let tid = c.torrent?;
+                let t = self.torrents.get(&tid)?;
+                let matches = info_hash.is_none_or(|h| h == t.info.info_hash());
+                matches.then_some((tid, *id, c.addr))
+            })
+            .collect();
+        if let [(tid, id, addr)] = waiting[..] {
+            if let Some(t) = self.torrents.get_mut(&tid) {
+                t.book.ban(&addr);
+            }
+            self.drop_conn(now, id, "connected to ourselves", true);
+        }
     }
 
     /// Closes every connection of a torrent.
@@ -454,7 +497,7 @@ impl Engine {
             }
             keep
         });
-        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
+        self.release_pending(freed);
     }
 
     /// A hash job finished: write the piece if it matches, otherwise throw it away and strike.
@@ -494,7 +537,7 @@ impl Engine {
         let Some(buf) = t.pieces.remove(&piece) else {
             return;
         };
-        self.pending_bytes = self.pending_bytes.saturating_sub(u64::from(buf.size));
+        let freed = u64::from(buf.size);
         t.picker.piece_failed(piece);
         t.refill = true;
         self.events.push_back(Event::PieceFailed {
@@ -521,6 +564,7 @@ impl Engine {
                 to_ban.push((addr, *n));
             }
         }
+        self.release_pending(freed);
         for (addr, n) in to_ban {
             let reason = format!("sent data for {n} pieces that failed the hash check");
             self.ban(now, tid, addr, &reason);
@@ -535,10 +579,14 @@ impl Engine {
         let Some(buf) = t.pieces.remove(&piece) else {
             return;
         };
-        self.pending_bytes = self.pending_bytes.saturating_sub(u64::from(buf.size));
-        if !t.picker.piece_verified(piece) {
+        let fresh = t.picker.piece_verified(piece);
+        self.release_pending(u64::from(buf.size));
+        if !fresh {
             return;
         }
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
         // Peers whose block of an earlier failed attempt differs from the verified data lied.
         let mut liars = BTreeSet::new();
         if let Some(kept) = t.failed_blocks.remove(&piece) {
@@ -658,11 +706,13 @@ impl Engine {
             .filter(|(_, b)| b.stage != PieceStage::Writing)
             .map(|(p, _)| *p)
             .collect();
+        let mut freed = 0u64;
         for p in dropped {
             if let Some(b) = t.pieces.remove(&p) {
-                self.pending_bytes = self.pending_bytes.saturating_sub(u64::from(b.size));
+                freed += u64::from(b.size);
             }
         }
+        self.release_pending(freed);
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
             let partial: Vec<u32> = t.picker.partial_pieces().collect();
@@ -735,6 +785,21 @@ impl Engine {
         }
     }
 
+    /// Dials if something changed or a back-off ended, then notes when to look again.
+    fn dial(&mut self, now: Instant) {
+        let due = self.dial_due.is_some_and(|t| t <= now);
+        if !self.dial_dirty && !due {
+            return;
+        }
+        self.dial_dirty = false;
+        self.try_connect(now);
+        self.dial_due = self
+            .torrents
+            .values()
+            .filter_map(|t| self.next_connect_time(t, now))
+            .min();
+    }
+
     /// Dials addresses from the address books while the caps allow.
     fn try_connect(&mut self, now: Instant) {
         if self.shutdown_deadline.is_some() {
@@ -758,10 +823,9 @@ impl Engine {
                 }
                 let addrs = &self.addrs;
                 let banned = &t.banned;
-                let Some(addr) = t
-                    .book
-                    .candidate(now, |a| !addrs.contains_key(a) && !banned.contains(a))
-                else {
+                let Some(addr) = t.book.candidate(now, |a| {
+                    !addrs.contains_key(&(*a, Some(tid))) && !banned.contains(a)
+                }) else {
                     if t.conns.len() < self.config.max_peers_per_torrent / 2
                         && !t.picker.is_complete()
                     {
@@ -804,9 +868,21 @@ impl Engine {
                         unflushed: 0,
                     },
                 );
-                self.addrs.insert(addr, id);
+                self.addrs.insert((addr, Some(tid)), id);
                 self.outputs.push_back(Output::Connect { conn: id, addr });
                 half_open += 1;
+            }
+        }
+    }
+
+    /// Pieces left memory: if that brings us back under the cap, every torrent may start pieces again.
+    pub(super) fn release_pending(&mut self, bytes: u64) {
+        let cap = self.config.max_pending_piece_bytes;
+        let was_over = self.pending_bytes >= cap;
+        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
+        if was_over && self.pending_bytes < cap {
+            for t in self.torrents.values_mut() {
+                t.refill = true;
             }
         }
     }
@@ -835,7 +911,7 @@ impl Engine {
                 self.run_choker(now, *tid);
             }
         }
-        self.try_connect(now);
+        self.dial(now);
         self.drive_trackers(now);
         if let Some(deadline) = self.shutdown_deadline {
             let quiet =
@@ -886,13 +962,13 @@ impl Engine {
                     }
                     t.policy.handle_response(now, handle, result);
                     for p in t.policy.take_peers() {
-                        t.book.add(now, p);
+                        self.dial_dirty |= t.book.add(now, p);
                     }
                 } else {
                     self.trackers.retired_response(now, tid, handle, result);
                 }
             }
-            self.try_connect(now);
+            self.dial(now);
         }
     }
 

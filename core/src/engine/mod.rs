@@ -172,8 +172,9 @@ pub struct Engine {
     peer_id: PeerId,
     torrents: BTreeMap<TorrentId, Torrent>,
     conns: BTreeMap<ConnId, Conn>,
-    /// Remote address of every peer connection, to never open two to the same address.
-    addrs: BTreeMap<SocketAddr, ConnId>,
+    /// Remote address (and torrent, once known) of every peer connection, to never open two
+    /// connections to the same address for the same torrent.
+    addrs: BTreeMap<(SocketAddr, Option<TorrentId>), ConnId>,
     jobs: BTreeMap<JobId, JobInfo>,
     trackers: TrackerGlue,
     outputs: VecDeque<Output>,
@@ -188,6 +189,10 @@ pub struct Engine {
     shut_down: bool,
     /// The latest `now` any input carried (the engine has no clock of its own).
     last_now: Instant,
+    /// Something changed that may allow new dials (addresses, free slots).
+    dial_dirty: bool,
+    /// When an address that is backing off becomes diallable (and slots allow).
+    dial_due: Option<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -212,7 +217,7 @@ impl Engine {
         let router = UdpTrackerRouter::new(config.udp.clone(), seeded(rng.random()));
         let key = rng.random();
         Engine {
-            trackers: TrackerGlue::new(router, key),
+            trackers: TrackerGlue::new(router, key, config.dns_ttl),
             config,
             rng,
             peer_id,
@@ -229,6 +234,8 @@ impl Engine {
             shutdown_deadline: None,
             shut_down: false,
             last_now: now,
+            dial_dirty: false,
+            dial_due: None,
         }
     }
 
@@ -345,6 +352,7 @@ impl Engine {
             t.policy.start(now);
         }
         self.torrents.insert(id, t);
+        self.dial_dirty = true;
         self.events.push_back(Event::TorrentAdded(id));
         self.maintain(now);
         Ok(id)
@@ -353,7 +361,7 @@ impl Engine {
     /// Adds a peer address to a torrent's address book and dials it when a slot is free.
     pub fn add_peer(&mut self, now: Instant, torrent: TorrentId, addr: SocketAddr) {
         if let Some(t) = self.torrents.get_mut(&torrent) {
-            t.book.add(now, addr);
+            self.dial_dirty |= t.book.add(now, addr);
         }
         self.maintain(now);
     }
@@ -398,6 +406,7 @@ impl Engine {
                 e.failures = 0;
             }
         }
+        self.dial_dirty = true;
         self.events.push_back(Event::TorrentResumed(torrent));
         self.maintain(now);
     }
@@ -412,7 +421,7 @@ impl Engine {
         self.close_torrent_conns(now, torrent, "torrent removed");
         if let Some(mut t) = self.torrents.remove(&torrent) {
             t.policy.stop(now);
-            self.pending_bytes = self.pending_bytes.saturating_sub(t.pending_bytes());
+            self.release_pending(t.pending_bytes());
             self.trackers.retire(torrent, t.policy);
         }
         self.jobs.retain(|_, j| match j {
@@ -497,7 +506,11 @@ impl Engine {
     pub fn handle_incoming(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
         if self.shutdown_deadline.is_some()
             || self.conns.len() >= self.config.max_connections
-            || self.addrs.contains_key(&remote)
+            || self
+                .addrs
+                .range((remote, None)..)
+                .next()
+                .is_some_and(|((a, _), _)| *a == remote)
         {
             return None;
         }
@@ -522,7 +535,7 @@ impl Engine {
                 unflushed: 0,
             },
         );
-        self.addrs.insert(remote, id);
+        self.addrs.insert((remote, None), id);
         Some(id)
     }
 
@@ -535,6 +548,7 @@ impl Engine {
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.connected = true;
+            self.dial_dirty = true;
         }
         self.flush(conn);
         self.maintain(now);
@@ -546,12 +560,6 @@ impl Engine {
             self.trackers.http_failed(conn, reason);
             self.after_trackers(now);
             return;
-        }
-        if let Some(c) = self.conns.get(&conn) {
-            let (addr, torrent) = (c.addr, c.torrent);
-            if let Some(t) = torrent.and_then(|t| self.torrents.get_mut(&t)) {
-                t.book.failed(now, &addr);
-            }
         }
         self.drop_conn(now, conn, reason, false);
         self.maintain(now);
@@ -730,11 +738,11 @@ impl Engine {
             if t.is_running() || !t.policy.is_stopped() {
                 consider(t.policy.poll_timeout());
             }
-            if t.is_running() && self.shutdown_deadline.is_none() {
-                consider(self.next_connect_time(t));
-            }
         }
         consider(self.trackers.poll_timeout());
+        if self.shutdown_deadline.is_none() {
+            consider(self.dial_due);
+        }
         if !self.shut_down {
             consider(self.shutdown_deadline);
         }
@@ -871,12 +879,13 @@ impl Engine {
 
     /// When `maintain` could next dial an address of `t` that is backing off (only if slots allow;
     /// addresses blocked by caps are dialled when a connection ends, which is an input).
-    fn next_connect_time(&self, t: &Torrent) -> Option<Instant> {
-        if self.conns.len() >= self.config.max_connections
+    fn next_connect_time(&self, t: &Torrent, now: Instant) -> Option<Instant> {
+        if !t.is_running()
+            || self.conns.len() >= self.config.max_connections
             || t.conns.len() >= self.config.max_peers_per_torrent
         {
             return None;
         }
-        t.book.next_try(self.last_now)
+        t.book.next_try(now)
     }
 }

@@ -13,12 +13,12 @@ use crate::metainfo::TorrentBuilder;
 use crate::tracker::udp::{
     AddressFamily, AnnounceReply, ConnectResponse, Request as UdpRequest, Response as UdpResponse,
 };
+use crate::wire::{Decoded, Decoder, Handshake, Message, Reserved, DEFAULT_MAX_FRAME_LEN};
 
 // ===== the harness ==============================================================================
 
 /// How a node serves reads: honestly or with every block corrupted.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[allow(dead_code)] // `Corrupt` is used by the ban tests that follow
 enum Serve {
     Honest,
     Corrupt,
@@ -88,11 +88,18 @@ struct Net {
     hosts: BTreeMap<String, IpAddr>,
     queue: VecDeque<Action>,
     next_port: u16,
-    /// Links whose bytes are dropped (a peer that went silent).
+    /// Links whose bytes are withheld (a peer that went silent) until `unmute`.
     mute: BTreeSet<(usize, ConnId)>,
+    withheld: Vec<Action>,
     /// Jobs held back instead of performed (node, id, job).
     held_hash: bool,
     held: Vec<(usize, JobId, Job)>,
+    /// Nodes whose outgoing peer messages are decoded into `sent`.
+    tap: BTreeSet<usize>,
+    decoders: BTreeMap<(usize, ConnId), Decoder>,
+    sent: Vec<(usize, SocketAddr, Message)>,
+    /// Every `Connect` a node asked for.
+    connects: Vec<(usize, SocketAddr)>,
 }
 
 fn addr(i: u8, port: u16) -> SocketAddr {
@@ -112,8 +119,13 @@ impl Net {
             queue: VecDeque::new(),
             next_port: 40000,
             mute: BTreeSet::new(),
+            withheld: Vec::new(),
             held_hash: false,
             held: Vec::new(),
+            tap: BTreeSet::new(),
+            decoders: BTreeMap::new(),
+            sent: Vec::new(),
+            connects: Vec::new(),
         }
     }
 
@@ -142,7 +154,15 @@ impl Net {
 
     /// Performs every output and queued action until nothing is left.
     fn settle(&mut self) {
+        self.settle_until(&|_| false);
+    }
+
+    /// Like `settle`, but stops as soon as `stop` holds (checked after every step).
+    fn settle_until(&mut self, stop: &dyn Fn(&Net) -> bool) -> bool {
         for _ in 0..2_000_000 {
+            if stop(self) {
+                return true;
+            }
             let mut did = false;
             for i in 0..self.nodes.len() {
                 while let Some(o) = self.nodes[i].engine.poll_output() {
@@ -158,7 +178,7 @@ impl Net {
                 did = true;
             }
             if !did {
-                return;
+                return stop(self);
             }
         }
         panic!("network did not settle");
@@ -168,6 +188,7 @@ impl Net {
         let now = self.now;
         match o {
             Output::Connect { conn, addr: to } => {
+                self.connects.push((i, to));
                 if let Some(j) = self.node_at(to) {
                     let port = self.next_port;
                     self.next_port += 1;
@@ -193,16 +214,29 @@ impl Net {
             }
             Output::Send { conn, data } => {
                 if let Some(&(j, jc)) = self.links.get(&(i, conn)) {
-                    if !self.mute.contains(&(i, conn)) {
-                        self.queue.push_back(Action::Deliver {
-                            node: j,
-                            conn: jc,
-                            data,
-                            from: Some((i, conn)),
-                        });
+                    if self.tap.contains(&i) {
+                        let to = self.nodes[j].addr;
+                        let d = self
+                            .decoders
+                            .entry((i, conn))
+                            .or_insert_with(|| Decoder::new(DEFAULT_MAX_FRAME_LEN));
+                        d.extend(&data);
+                        while let Ok(Some(m)) = d.decode() {
+                            if let Decoded::Message(m) = m {
+                                self.sent.push((i, to, m));
+                            }
+                        }
+                    }
+                    let a = Action::Deliver {
+                        node: j,
+                        conn: jc,
+                        data,
+                        from: Some((i, conn)),
+                    };
+                    if self.mute.contains(&(i, conn)) {
+                        self.withheld.push(a);
                     } else {
-                        let n = data.len();
-                        self.nodes[i].engine.handle_flushed(now, conn, n);
+                        self.queue.push_back(a);
                     }
                 } else if let Some((to, buf)) = self.http_conns.get_mut(&(i, conn)) {
                     buf.extend_from_slice(&data);
@@ -368,11 +402,10 @@ impl Net {
     }
 
     /// Settles, then steps the clock to the next deadline, until `done` or `limit` of virtual time.
-    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) -> bool {
+    fn run_until(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) -> bool {
         let end = self.now + limit;
         loop {
-            self.settle();
-            if done(self) {
+            if self.settle_until(&done) {
                 return true;
             }
             let next = self
@@ -403,13 +436,17 @@ impl Net {
         }
     }
 
-    #[allow(dead_code)]
     fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
         self.run_until(d, |_| false);
         if self.now < end {
             self.now = end;
         }
+    }
+
+    fn unmute(&mut self) {
+        self.mute.clear();
+        self.queue.extend(self.withheld.drain(..));
     }
 
     fn completed(&self, node: usize, t: TorrentId) -> bool {
@@ -552,4 +589,921 @@ fn leech_from_one_manually_added_seeder() {
         .filter(|e| matches!(e, Event::PieceVerified { .. }))
         .count();
     assert_eq!(verified as u32, content.len().div_ceil(PL as usize) as u32);
+}
+
+fn compact(peers: &[SocketAddr]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in peers {
+        if let SocketAddr::V4(v4) = p {
+            out.extend_from_slice(&v4.ip().octets());
+            out.extend_from_slice(&v4.port().to_be_bytes());
+        }
+    }
+    out
+}
+
+fn http_body(peers: &[SocketAddr]) -> Vec<u8> {
+    let c = compact(peers);
+    let mut body = format!("d8:intervali1800e5:peers{}:", c.len()).into_bytes();
+    body.extend_from_slice(&c);
+    body.push(b'e');
+    body
+}
+
+#[test]
+fn leech_through_a_fake_http_tracker() {
+    let url = "http://tracker.test:8080/announce".to_owned();
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
+    let tracker = addr(100, 8080);
+    net.hosts.insert("tracker.test".into(), tracker.ip());
+    let seeder = net.nodes[0].addr;
+    net.http.insert(
+        tracker,
+        FakeHttp {
+            body: http_body(&[seeder]),
+            requests: Vec::new(),
+        },
+    );
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    let reqs = &net.http[&tracker].requests;
+    assert!(reqs.iter().any(|r| r.contains("event=started")), "{reqs:?}");
+    assert!(
+        reqs.iter().any(|r| r.contains("event=completed")),
+        "{reqs:?}"
+    );
+    assert!(net.nodes[1]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TrackerReply { peers: 1, .. })));
+    // The tracker shows up in the stats.
+    let st = net.nodes[1]
+        .engine
+        .torrent_stats(net.now, tl)
+        .expect("stats");
+    assert_eq!(st.trackers.len(), 1);
+}
+
+#[test]
+fn leech_through_a_fake_udp_tracker() {
+    let url = "udp://udp.test:6969/announce".to_owned();
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
+    let tracker = addr(101, 6969);
+    net.hosts.insert("udp.test".into(), tracker.ip());
+    let seeder = net.nodes[0].addr;
+    net.udp.insert(
+        tracker,
+        FakeUdp {
+            peers: vec![seeder],
+            announces: Vec::new(),
+        },
+    );
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    let events = &net.udp[&tracker].announces;
+    use crate::tracker::AnnounceEvent as A;
+    assert!(events.contains(&A::Started), "{events:?}");
+    assert!(events.contains(&A::Completed), "{events:?}");
+    // Shutdown sends `stopped` and finishes.
+    let now = net.now;
+    net.nodes[1].engine.shutdown(now);
+    net.nodes[0].engine.shutdown(now);
+    assert!(net.run_until(Duration::from_secs(10), |n| n.nodes[1]
+        .engine
+        .is_shut_down()));
+    assert!(net.udp[&tracker].announces.contains(&A::Stopped));
+}
+
+#[test]
+fn unreachable_tracker_is_reported_and_does_not_stall_manual_peers() {
+    let url = "http://nowhere.test/announce".to_owned();
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
+    let seeder = net.nodes[0].addr;
+    let now = net.now;
+    net.nodes[1].engine.add_peer(now, tl, seeder);
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    assert!(net.nodes[1]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TrackerError { message, .. } if message.contains("resolve"))));
+}
+
+/// A seeder, and a leecher that knows several seeders; node 0 is the one being tested against.
+fn swarm(seeders: usize, serve: &[Serve]) -> (Net, Vec<u8>, TorrentId, Vec<SocketAddr>) {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut net = Net::new();
+    let pieces = meta.info.layout().piece_count();
+    let now = net.now;
+    let mut addrs = Vec::new();
+    for k in 0..seeders {
+        let s = net.add_node(EngineConfig::default(), 10 + k as u64);
+        let ts = net.nodes[s]
+            .engine
+            .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
+            .expect("add seed");
+        load_disk(&mut net.nodes[s], ts, &content, PL);
+        net.nodes[s].serve = serve.get(k).copied().unwrap_or(Serve::Honest);
+        addrs.push(net.nodes[s].addr);
+    }
+    let l = net.add_node(EngineConfig::default(), 99);
+    let tl = net.nodes[l]
+        .engine
+        .add_torrent(now, add(&meta, None, addrs.clone()))
+        .expect("add leech");
+    (net, content, tl, addrs)
+}
+
+#[test]
+fn corrupt_peer_is_banned_and_download_completes_from_honest_peer() {
+    let (mut net, content, tl, addrs) = swarm(2, &[Serve::Corrupt, Serve::Honest]);
+    let l = 2;
+    assert!(net.run_until(Duration::from_secs(120), |n| n.completed(l, tl)));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+    let bans: Vec<&Event> = net.nodes[l]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerBanned { .. }))
+        .collect();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert!(matches!(bans[0], Event::PeerBanned { addr, .. } if *addr == addrs[0]));
+    assert!(net.nodes[l]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PieceFailed { .. })));
+    // Never reconnected: one dial to the liar in the whole run, even after a long while.
+    net.run_for(Duration::from_secs(600));
+    let dials = net
+        .connects
+        .iter()
+        .filter(|(i, a)| *i == l && *a == addrs[0])
+        .count();
+    assert_eq!(dials, 1);
+}
+
+#[test]
+fn endgame_cancels_duplicate_requests() {
+    let (mut net, content, tl, _addrs) = swarm(3, &[]);
+    let l = 3;
+    net.tap.insert(l);
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(l, tl)));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+    let cancels = net
+        .sent
+        .iter()
+        .filter(|(i, _, m)| *i == l && matches!(m, Message::Cancel(_)))
+        .count();
+    assert!(cancels > 0, "no cancel was sent in endgame");
+    // Duplicates are bounded: requests sent minus blocks needed is what endgame added.
+    let requests = net
+        .sent
+        .iter()
+        .filter(|(i, _, m)| *i == l && matches!(m, Message::Request(_)))
+        .count();
+    let blocks = content.len().div_ceil(16 * 1024);
+    assert!(
+        requests >= blocks && requests <= blocks * 3,
+        "{requests} requests for {blocks} blocks"
+    );
+}
+
+#[test]
+fn silent_peer_times_out_is_snubbed_and_download_completes_when_it_wakes() {
+    let (mut net, content, tl, addrs) = swarm(1, &[]);
+    let l = 1;
+    // Silence the seeder once data flows (the first piece is verified; later blocks are withheld).
+    let connected = |n: &Net| {
+        n.nodes[l]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PieceVerified { .. }))
+    };
+    assert!(net.run_until(Duration::from_secs(10), connected));
+    let seeder_side: Vec<(usize, ConnId)> =
+        net.links.keys().filter(|(i, _)| *i == 0).copied().collect();
+    net.mute.extend(seeder_side);
+    let start = net.now;
+    // After the snub timeout (60 s) the peer is snubbed and its requests timed out.
+    net.run_for(Duration::from_secs(90));
+    let st = net.nodes[l]
+        .engine
+        .torrent_stats(net.now, tl)
+        .expect("stats");
+    let p = st
+        .peer_list
+        .iter()
+        .find(|p| p.addr == addrs[0])
+        .expect("still connected");
+    assert!(p.snubbed, "{p:?}");
+    assert!(
+        p.requests <= 1,
+        "queue depth drops to one while snubbed: {p:?}"
+    );
+    assert!(!net.completed(l, tl));
+    // It wakes up: late blocks are accepted or dropped, timed-out blocks are asked again.
+    net.unmute();
+    assert!(net.run_until(Duration::from_secs(120), |n| n.completed(l, tl)));
+    assert!(net.now >= start + Duration::from_secs(60));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+}
+
+// ----- one engine against a hand-driven peer ------------------------------------------------------
+
+/// One engine whose peer is played by the test, message by message.
+struct Raw {
+    engine: Engine,
+    now: Instant,
+    disk: BTreeMap<(TorrentId, u32), Bytes>,
+    decoders: BTreeMap<ConnId, Decoder>,
+    got: Vec<(ConnId, Decoded)>,
+    closed: Vec<ConnId>,
+    events: Vec<Event>,
+}
+
+impl Raw {
+    fn new() -> Raw {
+        let now = Instant::from_secs(50);
+        Raw {
+            engine: Engine::new(EngineConfig::default(), 7, now),
+            now,
+            disk: BTreeMap::new(),
+            decoders: BTreeMap::new(),
+            got: Vec::new(),
+            closed: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Send { conn, data } => {
+                    let d = self
+                        .decoders
+                        .entry(conn)
+                        .or_insert_with(|| Decoder::new(DEFAULT_MAX_FRAME_LEN));
+                    d.extend(&data);
+                    while let Ok(Some(m)) = d.decode() {
+                        self.got.push((conn, m));
+                    }
+                    self.engine.handle_flushed(self.now, conn, data.len());
+                }
+                Output::Close { conn } => self.closed.push(conn),
+                Output::Job { id, job } => {
+                    let result = match job {
+                        Job::Hash { blocks, .. } => {
+                            let mut h = Sha1::new();
+                            for b in &blocks {
+                                h.update(b);
+                            }
+                            JobResult::Hashed(h.finalize().into())
+                        }
+                        Job::Write {
+                            torrent,
+                            piece,
+                            blocks,
+                        } => {
+                            let v: Vec<u8> =
+                                blocks.iter().flat_map(|b| b.iter().copied()).collect();
+                            self.disk.insert((torrent, piece), v.into());
+                            JobResult::Written
+                        }
+                        Job::Read {
+                            torrent,
+                            piece,
+                            offset,
+                            length,
+                        } => match self.disk.get(&(torrent, piece)) {
+                            Some(p) => JobResult::Read(
+                                p.slice(offset as usize..(offset + length) as usize),
+                            ),
+                            None => JobResult::Failed(StorageFailure {
+                                kind: StorageFailureKind::NotFound,
+                                message: "missing".into(),
+                            }),
+                        },
+                    };
+                    self.engine.handle_job_done(self.now, id, result);
+                }
+                Output::Connect { .. } | Output::SendDatagram { .. } | Output::Resolve { .. } => {}
+            }
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msgs: &[Message]) {
+        let mut buf = bytes::BytesMut::new();
+        for m in msgs {
+            m.encode(&mut buf).expect("encode");
+        }
+        self.engine.handle_read(self.now, conn, &buf);
+        self.drain();
+    }
+
+    /// Messages received on `conn` since the last call.
+    fn take(&mut self, conn: ConnId) -> Vec<Message> {
+        let mut out = Vec::new();
+        self.got.retain(|(c, d)| {
+            if *c != conn {
+                return true;
+            }
+            if let Decoded::Message(m) = d {
+                out.push(m.clone());
+            }
+            false
+        });
+        out
+    }
+}
+
+fn requests(msgs: &[Message]) -> BTreeSet<(u32, u32)> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Request(r) => Some((r.index, r.begin)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn bitfield_of(pieces: u32, have: &[u32]) -> Bytes {
+    let mut b = Bitfield::new(pieces);
+    for p in have {
+        b.set(*p);
+    }
+    Bytes::copy_from_slice(b.as_bytes())
+}
+
+fn raw_leecher(reserved: Reserved) -> (Raw, Metainfo, Vec<u8>, TorrentId, ConnId) {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut raw = Raw::new();
+    let t = raw
+        .engine
+        .add_torrent(raw.now, add(&meta, None, vec![]))
+        .expect("add");
+    raw.drain();
+    let conn = raw
+        .engine
+        .handle_incoming(raw.now, addr(200, 5000))
+        .expect("accepted");
+    // Handshake, bitfield and have in a single read.
+    let hs = Handshake::new(meta.info_hash(), PeerId(*b"-XX0001-abcdefghijkl"), reserved);
+    let mut bytes = hs.to_bytes().to_vec();
+    let mut buf = bytes::BytesMut::new();
+    let pieces = meta.info.layout().piece_count();
+    Message::Bitfield(bitfield_of(pieces, &[0]))
+        .encode(&mut buf)
+        .expect("encode");
+    Message::Have { piece: 1 }.encode(&mut buf).expect("encode");
+    bytes.extend_from_slice(&buf);
+    raw.engine.handle_read(raw.now, conn, &bytes);
+    raw.drain();
+    (raw, meta, content, t, conn)
+}
+
+fn block_msg(content: &[u8], piece: u32, begin: u32, len: u32) -> Message {
+    let start = piece as usize * PL as usize + begin as usize;
+    Message::Piece {
+        index: piece,
+        begin,
+        block: Bytes::copy_from_slice(&content[start..start + len as usize]),
+    }
+}
+
+#[test]
+fn coalesced_handshake_bitfield_have_then_choke_without_fast_extension() {
+    let (mut raw, _meta, content, t, conn) = raw_leecher(Reserved::empty());
+    assert!(matches!(raw.got.first(), Some((_, Decoded::Handshake(_)))));
+    let msgs = raw.take(conn);
+    assert!(msgs.contains(&Message::Interested), "{msgs:?}");
+    let st = raw.engine.torrent_stats(raw.now, t).expect("stats");
+    assert_eq!(st.peer_list.len(), 1);
+    assert_eq!(st.peer_list[0].pieces, 2, "bitfield and have both counted");
+    // Unchoke: requests (the initial queue depth) for pieces 0 and 1 only.
+    raw.send(conn, &[Message::Unchoke]);
+    let first = requests(&raw.take(conn));
+    assert!(
+        !first.is_empty() && first.iter().all(|(p, _)| *p <= 1),
+        "{first:?}"
+    );
+    // Choke without the fast extension voids them; after the next unchoke they are asked again.
+    raw.send(conn, &[Message::Choke]);
+    assert!(requests(&raw.take(conn)).is_empty());
+    raw.send(conn, &[Message::Unchoke]);
+    assert_eq!(requests(&raw.take(conn)), first);
+    // Serve whatever is asked until nothing more is.
+    let mut asked = first;
+    let mut served = BTreeSet::new();
+    let mut seen = Vec::new();
+    while !asked.is_empty() {
+        let blocks: Vec<Message> = asked
+            .iter()
+            .map(|(p, b)| block_msg(&content, *p, *b, 16384))
+            .collect();
+        served.extend(asked.iter().copied());
+        raw.send(conn, &blocks);
+        let msgs = raw.take(conn);
+        asked = requests(&msgs);
+        seen.extend(msgs);
+    }
+    let all: BTreeSet<(u32, u32)> = [(0, 0), (0, 16384), (1, 0), (1, 16384)].into();
+    assert_eq!(served, all);
+    let mut verified: Vec<u32> = raw
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PieceVerified { piece, .. } => Some(*piece),
+            _ => None,
+        })
+        .collect();
+    verified.sort_unstable();
+    assert_eq!(verified, vec![0, 1]);
+    assert_eq!(raw.disk.len(), 2);
+    // We told the peer about them... and lost interest, since it has nothing else.
+    assert!(seen.contains(&Message::NotInterested), "{seen:?}");
+}
+
+#[test]
+fn choke_with_fast_extension_keeps_requests_until_rejected_and_allowed_fast_works() {
+    let (mut raw, _meta, _content, _t, conn) = raw_leecher(Reserved::FAST);
+    raw.take(conn);
+    raw.send(conn, &[Message::Have { piece: 2 }, Message::Unchoke]);
+    let first = requests(&raw.take(conn));
+    assert!(!first.is_empty());
+    // Choked: requests stay outstanding (no re-request, nothing released).
+    raw.send(conn, &[Message::Choke]);
+    assert!(requests(&raw.take(conn)).is_empty());
+    let st = raw
+        .engine
+        .torrent_stats(raw.now, TorrentId(0))
+        .expect("stats");
+    assert_eq!(st.peer_list[0].requests as usize, first.len());
+    // Rejections return the blocks; still choked, so nothing is asked...
+    let rejects: Vec<Message> = first
+        .iter()
+        .map(|(p, b)| {
+            Message::RejectRequest(crate::wire::BlockRequest {
+                index: *p,
+                begin: *b,
+                length: 16384,
+            })
+        })
+        .collect();
+    raw.send(conn, &rejects);
+    assert!(requests(&raw.take(conn)).is_empty());
+    // ...except pieces the peer allows fast.
+    raw.send(conn, &[Message::AllowedFast { piece: 2 }]);
+    let fast = requests(&raw.take(conn));
+    assert!(
+        !fast.is_empty() && fast.iter().all(|(p, _)| *p == 2),
+        "{fast:?}"
+    );
+}
+
+#[test]
+fn hostile_peers_are_cut_off_without_harming_the_torrent() {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut raw = Raw::new();
+    let mut config = EngineConfig::default();
+    config.session.max_incoming_requests = 4;
+    raw.engine = Engine::new(config, 7, raw.now);
+    let pieces = meta.info.layout().piece_count();
+    let t = raw
+        .engine
+        .add_torrent(raw.now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
+        .expect("add");
+    for (i, chunk) in content.chunks(PL as usize).enumerate() {
+        raw.disk
+            .insert((t, i as u32), Bytes::copy_from_slice(chunk));
+    }
+    raw.drain();
+    let hs = Handshake::new(
+        meta.info_hash(),
+        PeerId(*b"-XX0001-floodfloodfl"),
+        Reserved::FAST,
+    );
+    // A peer that floods requests.
+    let flood = raw
+        .engine
+        .handle_incoming(raw.now, addr(201, 1))
+        .expect("accepted");
+    raw.engine.handle_read(raw.now, flood, &hs.to_bytes());
+    raw.send(flood, &[Message::Interested]);
+    let msgs = raw.take(flood);
+    assert!(msgs.contains(&Message::Unchoke), "{msgs:?}");
+    let many: Vec<Message> = (0..pieces - 1)
+        .flat_map(|i| [0, 16384].map(|begin| (i, begin)))
+        .map(|(index, begin)| {
+            Message::Request(crate::wire::BlockRequest {
+                index,
+                begin,
+                length: 16384,
+            })
+        })
+        .collect();
+    raw.send(flood, &many);
+    assert!(raw.closed.contains(&flood));
+    // A peer that announces an oversized frame.
+    let big = raw
+        .engine
+        .handle_incoming(raw.now, addr(202, 1))
+        .expect("accepted");
+    let hs2 = Handshake::new(
+        meta.info_hash(),
+        PeerId(*b"-XX0001-bigbigbigbig"),
+        Reserved::FAST,
+    );
+    let mut bytes = hs2.to_bytes().to_vec();
+    bytes.extend_from_slice(&0x0100_0000u32.to_be_bytes());
+    bytes.extend_from_slice(&[7u8; 64]);
+    raw.engine.handle_read(raw.now, big, &bytes);
+    raw.drain();
+    assert!(raw.closed.contains(&big));
+    let reasons: Vec<&String> = raw
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerDisconnected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    // An honest peer is still served.
+    let ok = raw
+        .engine
+        .handle_incoming(raw.now, addr(203, 1))
+        .expect("accepted");
+    let hs3 = Handshake::new(
+        meta.info_hash(),
+        PeerId(*b"-XX0001-honesthonest"),
+        Reserved::FAST,
+    );
+    raw.engine.handle_read(raw.now, ok, &hs3.to_bytes());
+    raw.send(ok, &[Message::Interested]);
+    raw.take(ok);
+    raw.send(
+        ok,
+        &[Message::Request(crate::wire::BlockRequest {
+            index: 1,
+            begin: 0,
+            length: 16384,
+        })],
+    );
+    let got = raw.take(ok);
+    assert_eq!(got, vec![block_msg(&content, 1, 0, 16384)]);
+    let st = raw.engine.torrent_stats(raw.now, t).expect("stats");
+    assert_eq!(st.state, TorrentState::Seeding);
+}
+
+// ----- several torrents, errors, user commands ----------------------------------------------------
+
+#[test]
+fn disk_write_failure_stops_only_that_torrent() {
+    let (meta_a, content_a) = make_torrent("a", FILES, PL, vec![]);
+    let (meta_b, content_b) = make_torrent("b", &[("x", 70_000), ("y", 90_000)], PL, vec![]);
+    let mut net = Net::new();
+    let s = net.add_node(EngineConfig::default(), 1);
+    let l = net.add_node(EngineConfig::default(), 2);
+    let now = net.now;
+    let full = |m: &Metainfo| Some(Bitfield::full(m.info.layout().piece_count()));
+    let sa = net.nodes[s]
+        .engine
+        .add_torrent(now, add(&meta_a, full(&meta_a), vec![]))
+        .expect("a");
+    let sb = net.nodes[s]
+        .engine
+        .add_torrent(now, add(&meta_b, full(&meta_b), vec![]))
+        .expect("b");
+    load_disk(&mut net.nodes[s], sa, &content_a, PL);
+    load_disk(&mut net.nodes[s], sb, &content_b, PL);
+    let seeder = net.nodes[s].addr;
+    let la = net.nodes[l]
+        .engine
+        .add_torrent(now, add(&meta_a, None, vec![seeder]))
+        .expect("a");
+    let lb = net.nodes[l]
+        .engine
+        .add_torrent(now, add(&meta_b, None, vec![seeder]))
+        .expect("b");
+    net.nodes[l].fail_writes.insert(la);
+    // Both torrents connect to the same seeder at once (one connection per torrent).
+    let connected = |n: &Net| {
+        n.nodes[l]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PeerConnected { .. }))
+            .count()
+            == 2
+    };
+    assert!(net.run_until(Duration::from_secs(5), connected));
+    assert!(net.run_until(Duration::from_secs(300), |n| n.completed(l, lb)));
+    assert_eq!(disk_content(&net.nodes[l], lb), content_b);
+    let st = net.nodes[l]
+        .engine
+        .torrent_stats(net.now, la)
+        .expect("stats");
+    assert!(
+        matches!(&st.state, TorrentState::Error(m) if m.contains("no space")),
+        "{:?}",
+        st.state
+    );
+    assert_eq!(st.peers, 0);
+    assert!(net.nodes[l]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TorrentError { torrent, .. } if *torrent == la)));
+    assert!(!net.completed(l, la));
+    assert_eq!(
+        net.nodes[l]
+            .engine
+            .torrent_stats(net.now, lb)
+            .expect("b")
+            .state,
+        TorrentState::Seeding
+    );
+}
+
+#[test]
+fn pause_resume_and_remove() {
+    let url = "http://tracker.test:8080/announce".to_owned();
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
+    let tracker = addr(100, 8080);
+    net.hosts.insert("tracker.test".into(), tracker.ip());
+    let seeder = net.nodes[0].addr;
+    net.http.insert(
+        tracker,
+        FakeHttp {
+            body: http_body(&[seeder]),
+            requests: Vec::new(),
+        },
+    );
+    // Pause after the first verified piece.
+    let first = |n: &Net| {
+        n.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PieceVerified { .. }))
+    };
+    assert!(net.run_until(Duration::from_secs(30), first));
+    let now = net.now;
+    net.nodes[1].engine.pause(now, tl);
+    net.settle();
+    let st = net.nodes[1]
+        .engine
+        .torrent_stats(net.now, tl)
+        .expect("stats");
+    assert_eq!(st.state, TorrentState::Paused);
+    assert_eq!(st.peers, 0);
+    assert!(st.have.count_ones() >= 1 && !st.have.all());
+    assert!(net.nodes[1].events.contains(&Event::TorrentPaused(tl)));
+    assert!(net.http[&tracker]
+        .requests
+        .iter()
+        .any(|r| r.contains("event=stopped")));
+    assert!(net.links.is_empty(), "every connection closed");
+    // Nothing happens while paused.
+    net.run_for(Duration::from_secs(120));
+    assert!(!net.completed(1, tl));
+    assert!(net.links.is_empty());
+    // Resume: started again, download completes, verified pieces were kept.
+    let now = net.now;
+    net.nodes[1].engine.resume(now, tl);
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    let started = net.http[&tracker]
+        .requests
+        .iter()
+        .filter(|r| r.contains("event=started"))
+        .count();
+    assert!(started >= 2);
+    // Remove: stopped announce, the id is forgotten.
+    let before = net.http[&tracker].requests.len();
+    let now = net.now;
+    net.nodes[1].engine.remove(now, tl);
+    net.settle();
+    assert!(net.nodes[1].events.contains(&Event::TorrentRemoved(tl)));
+    assert!(net.nodes[1].engine.torrent_stats(net.now, tl).is_none());
+    assert!(net.http[&tracker].requests[before..]
+        .iter()
+        .any(|r| r.contains("event=stopped")));
+    assert!(net.nodes[1].engine.stats(net.now).is_empty());
+}
+
+#[test]
+fn file_selection_fetches_only_needed_pieces_and_can_change_while_running() {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let layout = meta.info.layout().clone();
+    let mut net = Net::new();
+    let s = net.add_node(EngineConfig::default(), 1);
+    let l = net.add_node(EngineConfig::default(), 2);
+    let now = net.now;
+    let pieces = layout.piece_count();
+    let ts = net.nodes[s]
+        .engine
+        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
+        .expect("seed");
+    load_disk(&mut net.nodes[s], ts, &content, PL);
+    // Only the first file (sorted by path: a.bin).
+    let first_file = layout
+        .files()
+        .iter()
+        .position(|f| f.display_path().ends_with("a.bin"))
+        .expect("a.bin");
+    let mut wanted = vec![false; layout.files().len()];
+    wanted[first_file] = true;
+    let seeder = net.nodes[s].addr;
+    let mut a = add(&meta, None, vec![seeder]);
+    a.wanted_files = Some(wanted);
+    let tl = net.nodes[l].engine.add_torrent(now, a).expect("leech");
+    net.tap.insert(l);
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(l, tl)));
+    let needed = layout.file_pieces(first_file).expect("range");
+    let asked: BTreeSet<u32> = net
+        .sent
+        .iter()
+        .filter_map(|(i, _, m)| match m {
+            Message::Request(r) if *i == l => Some(r.index),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        asked.iter().all(|p| needed.contains(p)),
+        "{asked:?} outside {needed:?}"
+    );
+    let on_disk: BTreeSet<u32> = net.nodes[l].disk.keys().map(|(_, p)| *p).collect();
+    assert_eq!(on_disk, needed.clone().collect());
+    let st = net.nodes[l]
+        .engine
+        .torrent_stats(net.now, tl)
+        .expect("stats");
+    assert_eq!(st.state, TorrentState::Seeding);
+    assert_eq!(st.files[first_file].have, st.files[first_file].length);
+    // Select everything while running: the rest comes.
+    let now = net.now;
+    let n_files = layout.files().len();
+    net.nodes[l]
+        .engine
+        .set_wanted_files(now, tl, vec![true; n_files])
+        .expect("select");
+    assert_eq!(
+        net.nodes[l].engine.set_wanted_files(now, tl, vec![true]),
+        Err(AddError::SelectionLength {
+            got: 1,
+            files: n_files
+        })
+    );
+    // The seeder connection was dropped when both were "complete"; it is dialled again.
+    assert!(net.run_until(Duration::from_secs(300), |n| {
+        n.nodes[l]
+            .engine
+            .torrent_stats(n.now, tl)
+            .is_some_and(|s| s.have.all())
+    }));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+}
+
+#[test]
+fn pieces_in_memory_are_capped() {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut net = Net::new();
+    let s = net.add_node(EngineConfig::default(), 1);
+    let l = net.add_node(
+        EngineConfig {
+            max_pending_piece_bytes: u64::from(PL) * 2,
+            ..EngineConfig::default()
+        },
+        2,
+    );
+    let now = net.now;
+    let pieces = meta.info.layout().piece_count();
+    let ts = net.nodes[s]
+        .engine
+        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
+        .expect("seed");
+    load_disk(&mut net.nodes[s], ts, &content, PL);
+    let seeder = net.nodes[s].addr;
+    let tl = net.nodes[l]
+        .engine
+        .add_torrent(now, add(&meta, None, vec![seeder]))
+        .expect("leech");
+    // Hash jobs never finish: pieces pile up in memory, but no more than the cap allows.
+    net.held_hash = true;
+    net.run_for(Duration::from_secs(30));
+    let held = net.held.iter().filter(|(i, _, _)| *i == l).count();
+    // The cap is two pieces; the pick that crosses it may start one more.
+    assert!((1..=3).contains(&held), "{held} pieces held");
+    // Release them: the download completes.
+    net.held_hash = false;
+    for (i, id, job) in std::mem::take(&mut net.held) {
+        let result = net.run_job(i, &job);
+        net.queue.push_back(Action::JobDone {
+            node: i,
+            id,
+            result,
+        });
+    }
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(l, tl)));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+}
+
+#[test]
+fn same_seed_same_run() {
+    let run = || {
+        let (mut net, _content, tl, _addrs) = swarm(3, &[Serve::Honest, Serve::Corrupt]);
+        net.tap.insert(3);
+        assert!(net.run_until(Duration::from_secs(120), |n| n.completed(3, tl)));
+        (net.nodes[3].events.clone(), net.sent.len(), net.now)
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn duplicate_add_and_bad_selection_are_refused() {
+    let (meta, _content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut e = Engine::new(EngineConfig::default(), 3, Instant::from_secs(1));
+    let now = Instant::from_secs(1);
+    e.add_torrent(now, add(&meta, None, vec![])).expect("first");
+    assert_eq!(
+        e.add_torrent(now, add(&meta, None, vec![])),
+        Err(AddError::Duplicate(meta.info_hash()))
+    );
+    let (other, _) = make_torrent("other", FILES, PL, vec![]);
+    let mut a = add(&other, None, vec![]);
+    a.wanted_files = Some(vec![true]);
+    assert!(matches!(
+        e.add_torrent(now, a),
+        Err(AddError::SelectionLength { .. })
+    ));
+    let mut a = add(&other, Some(Bitfield::new(3)), vec![]);
+    a.wanted_files = None;
+    assert!(matches!(
+        e.add_torrent(now, a),
+        Err(AddError::HaveLength { .. })
+    ));
+    // Connection caps: incoming refused past max_connections, and twice from one address.
+    let mut e = Engine::new(
+        EngineConfig {
+            max_connections: 1,
+            ..EngineConfig::default()
+        },
+        3,
+        now,
+    );
+    assert!(e.handle_incoming(now, addr(9, 1)).is_some());
+    assert!(e.handle_incoming(now, addr(9, 2)).is_none());
+}
+
+#[test]
+fn a_dial_to_ourselves_is_never_repeated() {
+    let (mut net, _meta, _content, _ts, tl) = seed_and_leech(vec![]);
+    let own = net.nodes[1].addr;
+    let now = net.now;
+    net.nodes[1].engine.add_peer(now, tl, own);
+    net.run_for(Duration::from_secs(600));
+    let dials = net
+        .connects
+        .iter()
+        .filter(|(i, a)| *i == 1 && *a == own)
+        .count();
+    assert_eq!(dials, 1);
+    assert!(net.links.is_empty());
+}
+
+#[test]
+fn seeds_do_not_keep_connections_to_seeds_and_a_bigger_torrent_is_quick() {
+    // 3 MiB in 256 KiB pieces from two seeders; the seeders, both complete, drop each other.
+    let files: &[(&str, u64)] = &[("big", 3 * 1024 * 1024), ("tail", 12_345)];
+    let pl = 256 * 1024;
+    let (meta, content) = make_torrent("big", files, pl, vec![]);
+    let mut net = Net::new();
+    let now = net.now;
+    let pieces = meta.info.layout().piece_count();
+    let s1 = net.add_node(EngineConfig::default(), 1);
+    let s2 = net.add_node(EngineConfig::default(), 2);
+    let l = net.add_node(EngineConfig::default(), 3);
+    let a2 = net.nodes[s2].addr;
+    for (s, peers) in [(s1, vec![a2]), (s2, vec![])] {
+        let t = net.nodes[s]
+            .engine
+            .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), peers))
+            .expect("seed");
+        load_disk(&mut net.nodes[s], t, &content, pl);
+    }
+    let seeders = vec![net.nodes[s1].addr, a2];
+    let tl = net.nodes[l]
+        .engine
+        .add_torrent(now, add(&meta, None, seeders))
+        .expect("leech");
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(l, tl)));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+    let st = net.nodes[s1].engine.stats(net.now);
+    assert!(
+        st[0].peer_list.iter().all(|p| p.addr != a2),
+        "seed-to-seed link kept"
+    );
+    assert!(net.nodes[s1].events.iter().any(|e| matches!(
+        e,
+        Event::PeerDisconnected { addr, .. } if *addr == a2
+    )));
 }

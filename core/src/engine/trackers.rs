@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use crate::time::Instant;
 use crate::tracker::announce::{AnnounceOrder, AnnouncePolicy, Progress, TrackerHandle};
@@ -14,9 +15,6 @@ use crate::tracker::udp_client::{self, RequestId, UdpTrackerRouter};
 use crate::tracker::{AnnounceParams, AnnounceResponse};
 
 use super::io::{ConnId, Output, ResolveId, TorrentId};
-
-/// How long a resolved host is reused.
-const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Most pending lookups (each waiting announce counts).
 const MAX_WAITERS: usize = 1024;
@@ -70,10 +68,12 @@ pub(crate) struct TrackerGlue {
     retired: BTreeMap<TorrentId, (AnnouncePolicy, Progress)>,
     results: VecDeque<TrackerResult>,
     next_resolve: u64,
+    /// How long a resolved host is reused.
+    dns_ttl: Duration,
 }
 
 impl TrackerGlue {
-    pub fn new(router: UdpTrackerRouter, key: u32) -> TrackerGlue {
+    pub fn new(router: UdpTrackerRouter, key: u32, dns_ttl: Duration) -> TrackerGlue {
         TrackerGlue {
             router,
             key,
@@ -85,6 +85,7 @@ impl TrackerGlue {
             retired: BTreeMap::new(),
             results: VecDeque::new(),
             next_resolve: 0,
+            dns_ttl,
         }
     }
 
@@ -330,7 +331,7 @@ impl TrackerGlue {
         };
         let chosen = pick_ip(&ips);
         if let Some(ip) = chosen {
-            self.dns.insert(host.clone(), (now + DNS_TTL, ips));
+            self.dns.insert(host.clone(), (now + self.dns_ttl, ips));
             for w in waiters {
                 self.proceed(now, w, ip, outputs, next_conn);
             }
@@ -491,10 +492,17 @@ impl TrackerGlue {
             .values()
             .filter_map(|r| r.exchange.poll_timeout())
             .min();
-        match (self.router.poll_timeout(), http) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Retired policies still have deadlines of their own (`stopped` retries, the per-attempt
+        // budget); without them a shutdown could wait on an unrelated timer.
+        let retired = self
+            .retired
+            .values()
+            .filter_map(|(policy, _)| policy.poll_timeout())
+            .min();
+        [self.router.poll_timeout(), http, retired]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

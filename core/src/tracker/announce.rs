@@ -20,6 +20,14 @@
 //!   regular ones are.
 //! - `interval` and `min interval` respected; an early re-announce when the caller asks for more peers,
 //!   never before `min interval`; failing trackers are backed off exponentially with jitter.
+//! - Each attempt has a budget, [`AnnounceConfig::attempt_timeout`] (60 s by default). A tracker that
+//!   has not answered by then counts as failed for this round: it is backed off and the next tracker of
+//!   the tier (or the next tier) is tried at once. Without it, a UDP tracker that never answers would
+//!   hold its tier for the whole BEP 15 retransmission schedule (15·(2^9−1) s, over two hours), and a
+//!   `stopped` to it would hold up a shutdown as long. The transport request is not cancelled: the
+//!   tracker stays busy (it gets no new order) until its result comes back; a late success still counts
+//!   (its peers are merged, its failure cleared) but does not move the schedule, a late failure is
+//!   dropped. A shutdown does not wait for such a tracker.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -54,6 +62,9 @@ pub struct AnnounceConfig {
     pub max_pending_peers: usize,
     /// Cap on the set used to de-duplicate peers; it is cleared when full.
     pub max_known_peers: usize,
+    /// How long one announce may go unanswered before the tracker counts as failed for this round and
+    /// the next one is tried (see the module docs). At least 1 ms.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for AnnounceConfig {
@@ -68,6 +79,7 @@ impl Default for AnnounceConfig {
             announce_to_all_tiers: false,
             max_pending_peers: 2_000,
             max_known_peers: 20_000,
+            attempt_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -168,6 +180,18 @@ struct InFlight {
     event: AnnounceEvent,
     left: u64,
     phase: InFlightPhase,
+    /// When the attempt's budget runs out.
+    deadline: Instant,
+    /// The budget ran out: the failure is recorded and the scope has moved on; the result, when it
+    /// comes, only updates this tracker.
+    abandoned: bool,
+}
+
+impl InFlight {
+    /// In flight and still counted on (not abandoned).
+    fn live(&self) -> bool {
+        !self.abandoned
+    }
 }
 
 #[derive(Debug)]
@@ -357,20 +381,24 @@ impl AnnouncePolicy {
         }
     }
 
-    /// Whether a `stop` has finished: nothing in flight and every `stopped` sent and answered.
+    /// Whether a `stop` has finished: every `stopped` sent and answered, and nothing in flight except
+    /// attempts that ran out of their budget (their trackers are not waited for).
     pub fn is_stopped(&self) -> bool {
         match self.mode {
             Mode::Idle => true,
             Mode::Running => false,
-            Mode::Stopping => self
-                .trackers
-                .iter()
-                .all(|t| t.in_flight.is_none() && (!t.started_ok || t.stopped_sent)),
+            Mode::Stopping => self.trackers.iter().all(|t| match &t.in_flight {
+                Some(f) if f.live() => false,
+                // Did not answer within its budget: not waited for.
+                Some(_) => true,
+                None => !t.started_ok || t.stopped_sent,
+            }),
         }
     }
 
     /// The next announce to perform now, if any. `progress` is the caller's honest current counters.
     pub fn poll_announce(&mut self, now: Instant, progress: Progress) -> Option<AnnounceOrder> {
+        self.expire_attempts(now);
         match self.mode {
             Mode::Idle => None,
             Mode::Stopping => {
@@ -381,7 +409,7 @@ impl AnnouncePolicy {
                 if let Some(t) = self.trackers.get_mut(i) {
                     t.stopped_sent = true;
                 }
-                Some(self.order(i, AnnounceEvent::Stopped, progress))
+                Some(self.order(now, i, AnnounceEvent::Stopped, progress))
             }
             Mode::Running => {
                 for si in 0..self.scopes.len() {
@@ -401,16 +429,32 @@ impl AnnouncePolicy {
                         scope.in_flight = Some(pick);
                         scope.want_peers = false;
                     }
-                    return Some(self.order(pick, event, progress));
+                    return Some(self.order(now, pick, event, progress));
                 }
                 None
             }
         }
     }
 
-    /// When `poll_announce` may next have something to do without any other input. After
+    /// When `poll_announce` may next have something to do without any other input: a scheduled
+    /// announce, or the end of an attempt's budget (also while stopping). After
     /// `poll_announce(now, ..)` returned `None`, this is later than `now` (or `None`).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let budget = self
+            .trackers
+            .iter()
+            .filter_map(|t| t.in_flight.as_ref())
+            .filter(|f| f.live())
+            .map(|f| f.deadline)
+            .min();
+        match (self.scope_timeout(), budget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When a scope next wants to announce (and has a tracker to announce to); `None` unless running.
+    fn scope_timeout(&self) -> Option<Instant> {
         if self.mode != Mode::Running {
             return None;
         }
@@ -457,13 +501,21 @@ impl AnnouncePolicy {
         let Some(flight) = self.trackers.get_mut(i).and_then(|t| t.in_flight.take()) else {
             return;
         };
+        if flight.abandoned {
+            // Its failure was recorded when the budget ran out and the scope has moved on: a late
+            // success still updates this tracker (and its peers are welcome), a late failure is dropped.
+            if let Ok(resp) = result {
+                self.on_success(now, i, flight, None, resp);
+            }
+            return;
+        }
         let scope_index = self.scopes.iter().position(|s| s.in_flight == Some(i));
         if let Some(s) = scope_index.and_then(|si| self.scopes.get_mut(si)) {
             s.in_flight = None;
         }
         match result {
             Ok(resp) => self.on_success(now, i, flight, scope_index, resp),
-            Err(message) => self.on_failure(now, i, flight, scope_index, message),
+            Err(message) => self.on_failure(now, i, flight.event, scope_index, message),
         }
     }
 
@@ -507,7 +559,8 @@ impl AnnouncePolicy {
                 let Some(t) = self.trackers.get(i) else {
                     continue;
                 };
-                let state = match (&t.in_flight, &t.last_error, t.backoff_until) {
+                let live = t.in_flight.as_ref().filter(|f| f.live());
+                let state = match (live, &t.last_error, t.backoff_until) {
                     (Some(f), _, _) => match f.phase {
                         InFlightPhase::Connecting => TrackerState::Connecting,
                         InFlightPhase::Announcing => TrackerState::Announcing,
@@ -564,7 +617,14 @@ impl AnnouncePolicy {
         }
     }
 
-    fn order(&mut self, i: usize, event: AnnounceEvent, progress: Progress) -> AnnounceOrder {
+    fn order(
+        &mut self,
+        now: Instant,
+        i: usize,
+        event: AnnounceEvent,
+        progress: Progress,
+    ) -> AnnounceOrder {
+        let deadline = now + self.config.attempt_timeout.max(Duration::from_millis(1));
         let num_want = match event {
             AnnounceEvent::Stopped => Some(0),
             _ => self.config.num_want,
@@ -586,6 +646,8 @@ impl AnnouncePolicy {
                     event,
                     left: progress.left,
                     phase: InFlightPhase::Announcing,
+                    deadline,
+                    abandoned: false,
                 });
                 (t.url.clone(), t.tracker_id.clone())
             }
@@ -646,7 +708,13 @@ impl AnnouncePolicy {
             return;
         }
         let floor = self.config.min_interval_floor;
-        let min_interval = resp.min_interval.unwrap_or(floor).max(floor);
+        // A tracker's `min interval` is capped like its `interval`: otherwise a huge value (a hostile
+        // or broken tracker) would push the whole scope's next announce out of reach.
+        let min_interval = resp
+            .min_interval
+            .unwrap_or(floor)
+            .max(floor)
+            .min(self.config.max_interval);
         let interval = if resp.interval.is_zero() {
             self.config.default_interval
         } else {
@@ -668,7 +736,7 @@ impl AnnouncePolicy {
         &mut self,
         now: Instant,
         i: usize,
-        flight: InFlight,
+        event: AnnounceEvent,
         scope_index: Option<usize>,
         message: String,
     ) {
@@ -682,12 +750,35 @@ impl AnnouncePolicy {
         t.failures = t.failures.saturating_add(1);
         t.backoff_until = Some(now + backoff);
         t.last_error = Some(message);
-        if flight.event == AnnounceEvent::Stopped {
+        if event == AnnounceEvent::Stopped {
             return;
         }
         // BEP 12: fall through to the next tracker at once.
         if let Some(s) = scope_index.and_then(|si| self.scopes.get_mut(si)) {
             s.next_announce = s.next_announce.min(now);
+        }
+    }
+
+    /// Counts every live attempt whose budget ran out by `now` as failed (see the module docs): the
+    /// tracker is backed off and its scope moves on to the next tracker; the attempt stays marked in
+    /// flight, so the tracker gets no new order before its result comes back.
+    fn expire_attempts(&mut self, now: Instant) {
+        let budget = self.config.attempt_timeout.max(Duration::from_millis(1));
+        for i in 0..self.trackers.len() {
+            let Some(f) = self.trackers.get_mut(i).and_then(|t| t.in_flight.as_mut()) else {
+                continue;
+            };
+            if !f.live() || f.deadline > now {
+                continue;
+            }
+            f.abandoned = true;
+            let event = f.event;
+            let scope_index = self.scopes.iter().position(|s| s.in_flight == Some(i));
+            if let Some(s) = scope_index.and_then(|si| self.scopes.get_mut(si)) {
+                s.in_flight = None;
+            }
+            let message = format!("no answer within {} s", budget.as_secs_f64());
+            self.on_failure(now, i, event, scope_index, message);
         }
     }
 
@@ -968,7 +1059,8 @@ mod tests {
         assert_eq!(stops.len(), 1);
         assert_eq!(stops[0].url, "a");
         assert_eq!(stops[0].params.event, AnnounceEvent::Stopped);
-        assert_eq!(p.poll_timeout(), None);
+        // The only deadline left is c's attempt budget (its `started` went out at 0).
+        assert_eq!(p.poll_timeout(), Some(t(60)));
         // c's `started` succeeds late: it gets a `stopped` too.
         p.handle_response(t(3), h("c"), ok(1800, &[]));
         let stops = all(&mut p, t(3), LEECH);
@@ -1047,6 +1139,20 @@ mod tests {
         // A tracker asking for a tiny interval is held to the floor.
         p.handle_response(t(300), o.tracker, ok(1, &[]));
         assert_eq!(p.poll_timeout(), Some(t(360)));
+    }
+
+    #[test]
+    fn huge_min_interval_is_capped_like_interval() {
+        let mut p = policy(&[&["a"]], AnnounceConfig::default(), 1);
+        p.start(t(0));
+        let o = p.poll_announce(t(0), LEECH).unwrap();
+        let mut resp = ok(1800, &[]).unwrap();
+        resp.min_interval = Some(Duration::from_secs(u64::from(u32::MAX) << 20));
+        p.handle_response(t(0), o.tracker, Ok(resp));
+        let cap = AnnounceConfig::default().max_interval;
+        assert_eq!(p.poll_timeout(), Some(Instant::ZERO + cap));
+        p.want_more_peers();
+        assert!(p.poll_announce(Instant::ZERO + cap, LEECH).is_some());
     }
 
     #[test]
@@ -1150,6 +1256,283 @@ mod tests {
             .all(|(_, e)| *e == AnnounceEvent::None));
         assert_eq!(p.take_peers().len(), 2);
         assert_eq!(now, t(360), "interval 120 s at 0, 120, 240; next at 360");
+    }
+
+    #[test]
+    fn unanswered_attempt_falls_through_after_its_budget() {
+        let mut p = policy(&[&["a1", "a2"], &["b1"]], AnnounceConfig::default(), 3);
+        let tier0 = tier_order(&p, 0);
+        p.start(t(0));
+        let first = all(&mut p, t(0), LEECH);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].url, tier0[0]);
+        // Nothing at all comes back: the tier is held for the budget, not longer.
+        assert_eq!(p.poll_timeout(), Some(t(60)));
+        assert!(all(&mut p, t(59), LEECH).is_empty());
+        let second = all(&mut p, t(60), LEECH);
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].url, tier0[1]);
+        assert_eq!(second[0].params.event, AnnounceEvent::Started);
+        let s = &p.tracker_status(t(60))[0];
+        assert_eq!(s.failures, 1);
+        assert!(
+            matches!(&s.state, TrackerState::BackingOff { message, .. } if message.contains("no answer within 60 s")),
+            "{:?}",
+            s.state
+        );
+        // The whole tier stays silent: the next tier gets its turn at 120 s.
+        assert!(all(&mut p, t(119), LEECH).is_empty());
+        let third = all(&mut p, t(120), LEECH);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].url, "b1");
+        p.handle_response(t(121), third[0].tracker, ok(1800, &["3.3.3.3:3"]));
+        assert_eq!(p.poll_timeout(), Some(t(1921)));
+        // The first tracker answers very late: its peers count and its failure is cleared, but the
+        // schedule is b1's; a late failure from the second is not counted twice.
+        p.handle_response(t(500), first[0].tracker, ok(60, &["1.1.1.1:1"]));
+        p.handle_response(t(501), second[0].tracker, Err("timed out".into()));
+        assert_eq!(p.poll_timeout(), Some(t(1921)));
+        let peers = p.take_peers();
+        assert_eq!(peers.len(), 2, "{peers:?}");
+        let status = p.tracker_status(t(502));
+        let of = |u: &str| status.iter().find(|s| s.url == u).unwrap().clone();
+        assert_eq!(of(&tier0[0]).state, TrackerState::Ok);
+        assert_eq!(of(&tier0[1]).failures, 1);
+        // The late answer was a `started`: the next announce to it is a regular one.
+        let next = all(&mut p, t(1921), LEECH);
+        assert_eq!(next[0].url, tier0[0]);
+        assert_eq!(next[0].params.event, AnnounceEvent::None);
+    }
+
+    #[test]
+    fn shutdown_does_not_wait_for_an_unanswering_tracker() {
+        let config = AnnounceConfig {
+            announce_to_all_tiers: true,
+            ..AnnounceConfig::default()
+        };
+        let mut p = policy(&[&["a"], &["b"]], config, 1);
+        p.start(t(0));
+        let o = all(&mut p, t(0), LEECH);
+        for x in &o {
+            p.handle_response(t(0), x.tracker, ok(1800, &[]));
+        }
+        p.stop(t(10));
+        let stops = all(&mut p, t(10), LEECH);
+        assert_eq!(stops.len(), 2);
+        p.handle_response(t(11), stops[0].tracker, ok(0, &[]));
+        // The other never answers its `stopped`: the policy is stopped once its budget is spent.
+        assert!(!p.is_stopped());
+        assert_eq!(p.poll_timeout(), Some(t(70)));
+        assert!(all(&mut p, t(70), LEECH).is_empty());
+        assert!(p.is_stopped());
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    /// A UDP tracker that never answers, first in its tier, on a virtual clock: the second tracker of
+    /// the tier is announced to after the policy's budget, not after BEP 15's two-hour schedule.
+    #[test]
+    fn dead_udp_tracker_does_not_hold_its_tier() {
+        use crate::tracker::udp::UdpUrl;
+        use crate::tracker::udp::{
+            AddressFamily, AnnounceReply, ConnectResponse, Request, Response,
+        };
+        use crate::tracker::udp_client::{Event, UdpConfig, UdpTrackerRouter};
+        use std::collections::HashMap;
+
+        let dead = "udp://10.0.0.1:6969";
+        let live = "udp://10.0.0.2:6969";
+        // Find a seed whose shuffle puts the dead tracker first.
+        let mut p = (0..64)
+            .map(|seed| policy(&[&[dead, live]], AnnounceConfig::default(), seed))
+            .find(|p| tier_order(p, 0)[0] == dead)
+            .unwrap();
+        let mut router = UdpTrackerRouter::new(UdpConfig::default(), seeded(4));
+        let mut pending = HashMap::new();
+        let mut live_announces = Vec::new();
+        let mut now = t(0);
+        p.start(now);
+        while now < t(8000) {
+            while let Some(order) = p.poll_announce(now, LEECH) {
+                let addr = UdpUrl::parse(&order.url).unwrap().socket_addr().unwrap();
+                let id = router.announce(now, addr, order.params.clone()).unwrap();
+                pending.insert(id, order.tracker);
+            }
+            while let Some((to, bytes)) = router.poll_transmit() {
+                if to.to_string() == live.trim_start_matches("udp://") {
+                    let reply = match Request::decode(&bytes).unwrap() {
+                        Request::Connect(c) => Response::Connect(ConnectResponse {
+                            transaction_id: c.transaction_id,
+                            connection_id: 5,
+                        }),
+                        Request::Announce(a) => {
+                            live_announces.push(now);
+                            Response::Announce(AnnounceReply {
+                                transaction_id: a.transaction_id,
+                                interval: 1800,
+                                leechers: 1,
+                                seeders: 1,
+                                peers: vec!["10.9.9.9:9".parse().unwrap()],
+                            })
+                        }
+                        Request::Scrape(_) => unreachable!("no scrape sent"),
+                    };
+                    router.handle_datagram(now, to, &reply.to_bytes(AddressFamily::V4));
+                }
+            }
+            while let Some(Event::Announce { id, result }) = router.poll_event() {
+                let handle = pending.remove(&id).unwrap();
+                p.handle_response(now, handle, result.map_err(|e| e.to_string()));
+            }
+            router.handle_timeout(now);
+            let next = [p.poll_timeout(), router.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap();
+            assert!(next > now, "no spin");
+            now = next;
+        }
+        assert_eq!(live_announces.first(), Some(&t(60)), "{live_announces:?}");
+        assert_eq!(p.take_peers(), vec!["10.9.9.9:9".parse().unwrap()]);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Advance(u64),
+        ToTimeout,
+        Answer {
+            pick: usize,
+            ok: bool,
+            interval: u64,
+            min_interval: Option<u64>,
+            peers: u8,
+        },
+        Completed,
+        WantPeers,
+        Stop,
+        Start,
+    }
+
+    fn any_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..4000).prop_map(Op::Advance),
+            Just(Op::ToTimeout),
+            Just(Op::ToTimeout),
+            (
+                any::<usize>(),
+                any::<bool>(),
+                prop_oneof![Just(0u64), 0u64..5000, Just(u64::MAX / 4)],
+                proptest::option::of(prop_oneof![0u64..5000, Just(u64::MAX / 4)]),
+                any::<u8>(),
+            )
+                .prop_map(|(pick, ok, interval, min_interval, peers)| Op::Answer {
+                    pick,
+                    ok,
+                    interval,
+                    min_interval,
+                    peers,
+                }),
+            Just(Op::Completed),
+            Just(Op::WantPeers),
+            Just(Op::Stop),
+            Just(Op::Start),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Any sequence of inputs: no order to a tracker that has one outstanding, `completed` at
+        /// most once per tracker and session, no spin (`poll_timeout` after a drained
+        /// `poll_announce(now)` is later than `now`), peer queues within their caps.
+        #[test]
+        fn arbitrary_inputs_keep_the_policy_sane(
+            all_tiers in proptest::bool::ANY,
+            seed in 0u64..1000,
+            ops in proptest::collection::vec(any_op(), 0..60),
+        ) {
+            let config = AnnounceConfig {
+                announce_to_all_tiers: all_tiers,
+                max_pending_peers: 40,
+                max_known_peers: 60,
+                ..AnnounceConfig::default()
+            };
+            let mut p = policy(&[&["a", "b"], &["c"], &["d", "e", "f"]], config, seed);
+            let mut now = t(0);
+            let mut outstanding: Vec<(TrackerHandle, AnnounceEvent)> = Vec::new();
+            let mut completed_acked: HashSet<TrackerHandle> = HashSet::new();
+            let mut progress = LEECH;
+            let mut peer_base = 0u32;
+            for op in ops {
+                match op {
+                    Op::Advance(s) => now += Duration::from_secs(s),
+                    Op::ToTimeout => {
+                        if let Some(at) = p.poll_timeout() {
+                            now = now.max(at);
+                        }
+                    }
+                    Op::Answer { pick, ok, interval, min_interval, peers } => {
+                        if !outstanding.is_empty() {
+                            let (h, event) = outstanding.remove(pick % outstanding.len());
+                            if ok && event == AnnounceEvent::Completed {
+                                completed_acked.insert(h);
+                            }
+                            let result = if ok {
+                                let list = (0..u32::from(peers))
+                                    .map(|k| {
+                                        let n = peer_base.wrapping_add(k);
+                                        SocketAddr::from((n.to_be_bytes(), 6881))
+                                    })
+                                    .collect();
+                                peer_base = peer_base.wrapping_add(u32::from(peers) / 2);
+                                Ok(AnnounceResponse {
+                                    interval: Duration::from_secs(interval),
+                                    min_interval: min_interval.map(Duration::from_secs),
+                                    peers: list,
+                                    ..AnnounceResponse::default()
+                                })
+                            } else {
+                                Err("down".to_owned())
+                            };
+                            p.handle_response(now, h, result);
+                        }
+                    }
+                    Op::Completed => {
+                        progress = SEED;
+                        p.set_completed(now);
+                    }
+                    Op::WantPeers => p.want_more_peers(),
+                    Op::Stop => p.stop(now),
+                    Op::Start => {
+                        completed_acked.clear();
+                        p.start(now);
+                    }
+                }
+                while let Some(order) = p.poll_announce(now, progress) {
+                    proptest::prop_assert!(
+                        outstanding.iter().all(|(h, _)| *h != order.tracker),
+                        "second order to {:?} while one is outstanding",
+                        order.tracker
+                    );
+                    if order.params.event == AnnounceEvent::Completed {
+                        proptest::prop_assert!(
+                            !completed_acked.contains(&order.tracker),
+                            "second `completed` to {:?}",
+                            order.tracker
+                        );
+                    }
+                    outstanding.push((order.tracker, order.params.event));
+                }
+                if let Some(at) = p.poll_timeout() {
+                    proptest::prop_assert!(at > now, "poll_timeout {:?} not after {:?}", at, now);
+                }
+                let peers = p.take_peers();
+                proptest::prop_assert!(peers.len() <= 40);
+                proptest::prop_assert!(p.known_peers.len() <= 60);
+                let unique: HashSet<_> = peers.iter().collect();
+                proptest::prop_assert_eq!(unique.len(), peers.len());
+            }
+        }
     }
 
     #[test]

@@ -318,8 +318,9 @@ fn event_name(event: AnnounceEvent) -> Option<&'static str> {
 }
 
 /// Builds the announce URL (BEP 3): the tracker URL with `info_hash`, `peer_id`, `port`, `uploaded`,
-/// `downloaded`, `left`, `compact=1`, `event` (unless a regular announce), `numwant` (when set), `key` (8 hex
-/// digits) and `trackerid` (when a previous reply gave one) appended to any query it already has.
+/// `downloaded`, `left`, `compact=1`, `no_peer_id=1`, `event` (unless a regular announce), `numwant`
+/// (when set), `key` (8 hex digits) and `trackerid` (when a previous reply gave one) appended to any
+/// query it already has.
 pub fn announce_url(
     tracker: &str,
     params: &AnnounceParams,
@@ -333,6 +334,9 @@ pub fn announce_url(
     url.push_param("downloaded", &params.downloaded.to_string());
     url.push_param("left", &params.left.to_string());
     url.push_param("compact", "1");
+    // For trackers that ignore `compact`: their dictionary peers then leave out the 20-byte ids we
+    // do not use, which keeps big replies well under the body cap.
+    url.push_param("no_peer_id", "1");
     if let Some(event) = event_name(params.event) {
         url.push_param("event", event);
     }
@@ -785,7 +789,7 @@ mod tests {
             url.target(),
             format!(
                 "/announce?info_hash={ih}&peer_id=-HB0100-abcdefghijkl&port=6881&uploaded=10\
-                 &downloaded=20&left=30&compact=1&event=started&numwant=50&key=00c0ffee"
+                 &downloaded=20&left=30&compact=1&no_peer_id=1&event=started&numwant=50&key=00c0ffee"
             )
         );
         let mut p = params(AnnounceEvent::None);
@@ -1149,11 +1153,93 @@ mod tests {
         assert_eq!(r.peers, vec![addr("127.0.0.1:6881")]);
     }
 
+    /// Any bencode value: integers near the edges, byte strings sized like peer lists, small lists
+    /// and dictionaries (peer dictionaries included).
+    fn any_value() -> impl Strategy<Value = OwnedValue> {
+        let leaf = prop_oneof![
+            prop_oneof![
+                Just(i64::MIN),
+                Just(-1i64),
+                Just(0i64),
+                Just(i64::from(u32::MAX) + 1),
+                Just(i64::MAX),
+                any::<i64>(),
+                0i64..70_000,
+            ]
+            .prop_map(OwnedValue::Int),
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..40),
+                (0usize..8).prop_map(|n| vec![7u8; n * 6]),
+                (0usize..4).prop_map(|n| vec![9u8; n * 18]),
+                Just(b"::1".to_vec()),
+                Just(b"10.0.0.1".to_vec()),
+            ]
+            .prop_map(OwnedValue::Bytes),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(OwnedValue::List),
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["ip", "port", "peer id", "complete", "x"]),
+                        inner,
+                    ),
+                    0..4,
+                )
+                .prop_map(|kv| {
+                    let mut d = OwnedValue::dict();
+                    for (k, v) in kv {
+                        d.insert(k, v);
+                    }
+                    d
+                }),
+            ]
+        })
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_announce_response(&body);
             let _ = parse_scrape_response(&body);
+        }
+
+        /// Well-formed bencode with the fields trackers send, each holding a value of any type (or
+        /// of the right type with any content): parsing never panics, and what parses keeps its
+        /// promises (no duplicate peers, no port 0, positive intervals).
+        #[test]
+        fn arbitrary_tracker_dictionaries_never_panic(
+            fields in prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "peers", "peers6", "interval", "min interval", "complete", "incomplete",
+                        "failure reason", "warning message", "tracker id", "files", "downloaded",
+                        "ip", "port",
+                    ]),
+                    any_value(),
+                ),
+                0..8,
+            ),
+            scrape_entries in prop::collection::vec((any::<[u8; 20]>(), any_value()), 0..4),
+        ) {
+            let mut files = OwnedValue::dict();
+            for (hash, stats) in &scrape_entries {
+                files.insert(&hash[..], stats.clone());
+            }
+            let mut entries: Vec<(&str, OwnedValue)> = fields;
+            entries.push(("files", files));
+            for skip_files in [false, true] {
+                let n = entries.len() - usize::from(skip_files);
+                let body = reply(entries[..n].to_vec());
+                if let Ok(r) = parse_announce_response(&body) {
+                    let unique: HashSet<_> = r.peers.iter().collect();
+                    prop_assert_eq!(unique.len(), r.peers.len());
+                    prop_assert!(r.peers.iter().all(|p| p.port() != 0));
+                    prop_assert!(!r.interval.is_zero());
+                    prop_assert!(r.min_interval.is_none_or(|m| !m.is_zero()));
+                }
+                let _ = parse_scrape_response(&body);
+            }
         }
 
         #[test]

@@ -935,14 +935,19 @@ mod tests {
         for n in 0..=8u32 {
             let deadline = t + Duration::from_secs(15 * (1 << n));
             assert_eq!(r.poll_timeout(), Some(deadline), "wait {n} is 15*2^{n} s");
-            // Nothing happens a millisecond early.
-            let early = deadline.since_origin().as_millis() as u64 - 1;
-            r.handle_timeout(Instant::from_millis(early));
-            assert!(
-                r.poll_transmit().is_none(),
-                "nothing sent between deadlines"
-            );
-            assert!(r.poll_event().is_none());
+            // Nothing happens between deadlines: at every whole second, nor a millisecond early.
+            let early = Instant::from_millis(deadline.since_origin().as_millis() as u64 - 1);
+            let seconds = (t.since_origin().as_secs() + 1..deadline.since_origin().as_secs())
+                .map(Instant::from_secs);
+            for at in seconds.chain([early]) {
+                r.handle_timeout(at);
+                assert!(
+                    r.poll_transmit().is_none(),
+                    "sent at {at:?}, before {deadline:?}"
+                );
+                assert!(r.poll_event().is_none());
+                assert_eq!(r.poll_timeout(), Some(deadline));
+            }
             r.handle_timeout(deadline);
             t = deadline;
             if n < 8 {

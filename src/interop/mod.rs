@@ -4,6 +4,35 @@
 //! `transmission-cli`, `transmission-daemon`). On a developer machine without them the tests fail loudly
 //! with the install command; setting `HYPERBLOW_SKIP_INTEROP=1` skips them instead, except under CI
 //! (`CI` set), where skipping is never allowed.
+//!
+//! The harness that drives those programs:
+//! - [`process`]: [`ChildGuard`] (spawn with logs, hard time bound, stop by PID on drop) and
+//!   [`wait_for`] (bounded polling whose errors quote the processes' log tails).
+//! - [`ports`]: free TCP+UDP ports on 127.0.0.1.
+//! - [`opentracker`]: a whitelisting tracker on loopback, plus HTTP/UDP probes.
+//! - [`libtorrent`]: seeders and leechers run by `tests/interop/lt_peer.py`.
+//! - [`transmission`]: `transmission-daemon` driven by `transmission-remote`.
+//! - [`fixtures`]: deterministic payloads and `mktorrent`-made `.torrent` files.
+//!
+//! Every program listens on 127.0.0.1 only, with DHT, LSD, UPnP and NAT-PMP off. For belt and
+//! braces, run the suite inside a network namespace that has only loopback: `scripts/netns.sh
+//! cargo test --test interop_harness` (see that script).
+
+pub mod fixtures;
+pub mod libtorrent;
+pub mod opentracker;
+pub mod ports;
+pub mod process;
+pub mod transmission;
+
+pub use fixtures::{mktorrent, payload, write_payload, TorrentFile};
+pub use libtorrent::{LtConfig, LtLine, LtPeer, LtRole, LtSource, LtStatus};
+pub use opentracker::{
+    http_get, udp_connect, udp_exchange, udp_exchange_raw, HttpReply, Opentracker,
+};
+pub use ports::{free_addr, free_port};
+pub use process::{run_bounded, run_checked, wait_for, ChildGuard, HarnessError, Signal};
+pub use transmission::Transmission;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

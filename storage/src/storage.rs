@@ -1,0 +1,480 @@
+//! [`Storage`]: one torrent's files under a root directory, with positioned piece writes and block reads.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use hyperblow_core::metainfo::{check_component, FileSlice, Layout};
+
+use crate::cache::HandleCache;
+use crate::error::{StorageError, StorageErrorKind, StorageOp};
+
+/// The default bound on open file handles per torrent.
+pub const DEFAULT_MAX_OPEN_FILES: usize = 64;
+
+/// Tunables of a [`Storage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// At most this many files of the torrent are open at once (least recently used are closed first).
+    pub max_open_files: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+        }
+    }
+}
+
+/// What [`Storage::write_piece`] did with a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a piece that was not stored must not be announced as had"]
+pub enum PieceWrite {
+    /// The piece's bytes are on disk (every part except BEP 47 padding).
+    Stored,
+    /// The piece touches no wanted file, so nothing was written (the file selection changed while it was
+    /// being downloaded). Do not count it as had.
+    NotWanted,
+}
+
+/// One torrent's data on disk: a root directory, the torrent's [`Layout`] and which files are wanted.
+///
+/// All methods take `&self` and block; share it with `Arc` and call it from worker threads. See the
+/// crate docs for the rules (lazy sparse files, skipped files, padding).
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    layout: Layout,
+    /// Full path of each file (root joined with its components).
+    paths: Vec<PathBuf>,
+    wanted: RwLock<Vec<bool>>,
+    /// Whether the wanted zero-length files have been created since the last selection change.
+    empties_done: AtomicBool,
+    cache: HandleCache,
+    /// Serializes resume saves (they share a temporary file name).
+    pub(crate) resume_lock: Mutex<()>,
+}
+
+/// Joins `components` under `root`, refusing anything that is not a plain name.
+fn safe_join(root: &Path, components: &[String]) -> Result<PathBuf, StorageError> {
+    let mut path = root.to_path_buf();
+    if components.is_empty() {
+        return Err(StorageError::new(
+            StorageOp::Resolve,
+            root,
+            StorageErrorKind::UnsafePath,
+            "file with an empty path",
+        ));
+    }
+    for c in components {
+        let plain = check_component(c).is_ok() && {
+            let mut parts = Path::new(c).components();
+            matches!(parts.next(), Some(Component::Normal(_))) && parts.next().is_none()
+        };
+        if !plain {
+            return Err(StorageError::new(
+                StorageOp::Resolve,
+                &path.join(c.replace('\0', "\\0")),
+                StorageErrorKind::UnsafePath,
+                format!("path component {c:?} would leave the download directory"),
+            ));
+        }
+        path.push(c);
+    }
+    Ok(path)
+}
+
+impl Storage {
+    /// Describes a torrent stored under `root`, every file wanted. Checks every path but touches no
+    /// file: nothing is created until the first write.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        layout: Layout,
+        config: StorageConfig,
+    ) -> Result<Storage, StorageError> {
+        let root = root.into();
+        let paths = layout
+            .files()
+            .iter()
+            .map(|f| safe_join(&root, &f.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = vec![true; layout.files().len()];
+        Ok(Storage {
+            root,
+            paths,
+            wanted: RwLock::new(wanted),
+            empties_done: AtomicBool::new(false),
+            cache: HandleCache::new(config.max_open_files),
+            resume_lock: Mutex::new(()),
+            layout,
+        })
+    }
+
+    /// The download directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The torrent's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The full path of file `index`, or `None` if out of range.
+    pub fn file_path(&self, index: usize) -> Option<&Path> {
+        self.paths.get(index).map(PathBuf::as_path)
+    }
+
+    /// Which files are wanted, one flag per file.
+    pub fn wanted(&self) -> Vec<bool> {
+        self.wanted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the file selection (one flag per file; missing entries mean "not wanted"). Takes effect
+    /// for the next writes; files already on disk are left alone.
+    pub fn set_wanted(&self, wanted: &[bool]) {
+        let mut w = self.wanted.write().unwrap_or_else(PoisonError::into_inner);
+        for (i, slot) in w.iter_mut().enumerate() {
+            *slot = wanted.get(i).copied().unwrap_or(false);
+        }
+        self.empties_done.store(false, Ordering::Release);
+    }
+
+    /// Which pieces the wanted files need (see [`Layout::pieces_for_files`]).
+    pub fn wanted_pieces(&self) -> Vec<bool> {
+        let w = self.wanted.read().unwrap_or_else(PoisonError::into_inner);
+        self.layout.pieces_for_files(&w)
+    }
+
+    /// The most file handles this storage keeps open.
+    pub fn max_open_files(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// How many file handles are open right now (never more than [`Storage::max_open_files`]).
+    pub fn open_files(&self) -> usize {
+        self.cache.open_count()
+    }
+
+    /// The most file handles that were open at once so far.
+    pub fn peak_open_files(&self) -> usize {
+        self.cache.peak()
+    }
+
+    fn path_of(&self, index: usize) -> &Path {
+        self.paths.get(index).map_or(self.root.as_path(), |p| p)
+    }
+
+    /// Creates the directories above file `index` and checks that they resolve inside the root.
+    fn make_parent(&self, index: usize) -> Result<(), StorageError> {
+        let path = self.path_of(index);
+        let parent = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent)
+            .map_err(|e| StorageError::io(StorageOp::CreateDir, parent, e))?;
+        let real_root = self
+            .root
+            .canonicalize()
+            .map_err(|e| StorageError::io(StorageOp::Resolve, &self.root, e))?;
+        let real_parent = parent
+            .canonicalize()
+            .map_err(|e| StorageError::io(StorageOp::Resolve, parent, e))?;
+        if !real_parent.starts_with(&real_root) {
+            return Err(StorageError::new(
+                StorageOp::Resolve,
+                path,
+                StorageErrorKind::UnsafePath,
+                format!(
+                    "directory resolves to {} outside the download directory {}",
+                    real_parent.display(),
+                    real_root.display()
+                ),
+            ));
+        }
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            if meta.file_type().is_symlink() {
+                return Err(StorageError::new(
+                    StorageOp::Resolve,
+                    path,
+                    StorageErrorKind::UnsafePath,
+                    "refusing to write through a symbolic link",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens file `index` for writing, creating it (and its directories) and giving it its final length
+    /// sparsely if needed.
+    fn open_for_write(&self, index: usize) -> Result<File, StorageError> {
+        let path = self.path_of(index);
+        let length = self.layout.files().get(index).map_or(0, |f| f.length);
+        self.make_parent(index)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StorageError::io(StorageOp::Open, path, e))?;
+        let current = file
+            .metadata()
+            .map_err(|e| StorageError::io(StorageOp::Stat, path, e))?
+            .len();
+        if current != length {
+            file.set_len(length)
+                .map_err(|e| StorageError::io(StorageOp::SetLen, path, e))?;
+        }
+        Ok(file)
+    }
+
+    /// Opens file `index` read-only, never creating it.
+    fn open_for_read(&self, index: usize) -> Result<File, StorageError> {
+        let path = self.path_of(index);
+        File::open(path).map_err(|e| StorageError::io(StorageOp::Open, path, e))
+    }
+
+    fn invalid(&self, message: String) -> StorageError {
+        StorageError::new(
+            StorageOp::Resolve,
+            &self.root,
+            StorageErrorKind::InvalidRequest,
+            message,
+        )
+    }
+
+    /// Creates the wanted zero-length files (and their directories), so that a finished download is
+    /// byte-exact. Done by the first write after construction or a selection change; call it yourself
+    /// when there is nothing to download (everything already verified).
+    pub fn create_empty_files(&self) -> Result<(), StorageError> {
+        let wanted = self.wanted();
+        for (i, f) in self.layout.files().iter().enumerate() {
+            if f.length == 0 && !f.padding && wanted.get(i).copied().unwrap_or(false) {
+                drop(self.cache.acquire(i, true, |_| self.open_for_write(i))?);
+            }
+        }
+        self.empties_done.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes a verified piece given as blocks whose concatenation is the whole piece, straight from the
+    /// blocks into the files it spans (no copy).
+    ///
+    /// Parts in BEP 47 padding files are not written. Parts in skipped files are written (creating the
+    /// file sparsely) when the piece also covers a wanted file; a piece that covers no wanted file is not
+    /// written at all and [`PieceWrite::NotWanted`] is returned. A failed write leaves other pieces as
+    /// they were and the storage usable; the piece itself may be partly written and must be written again.
+    pub fn write_piece(&self, index: u32, blocks: &[Bytes]) -> Result<PieceWrite, StorageError> {
+        let piece_len = self
+            .layout
+            .piece_len(index)
+            .ok_or_else(|| self.invalid(format!("piece {index} is out of range")))?;
+        let given: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+        if given != u64::from(piece_len) {
+            return Err(self.invalid(format!(
+                "piece {index} is {piece_len} bytes but {given} bytes were given"
+            )));
+        }
+        let slices: Vec<FileSlice> = self
+            .layout
+            .piece_ranges(index)
+            .ok_or_else(|| self.invalid(format!("piece {index} is out of range")))?
+            .collect();
+        let files = self.layout.files();
+        {
+            let wanted = self.wanted.read().unwrap_or_else(PoisonError::into_inner);
+            let any_wanted = slices
+                .iter()
+                .any(|s| wanted.get(s.file_index).copied().unwrap_or(false));
+            if !any_wanted {
+                return Ok(PieceWrite::NotWanted);
+            }
+        }
+        if !self.empties_done.load(Ordering::Acquire) {
+            self.create_empty_files()?;
+        }
+        let mut cursor = BlockCursor::new(blocks);
+        for s in slices {
+            let padding = files.get(s.file_index).is_some_and(|f| f.padding);
+            if padding {
+                cursor.skip(s.length);
+                continue;
+            }
+            let path = self.path_of(s.file_index);
+            let lease = self
+                .cache
+                .acquire(s.file_index, true, |_| self.open_for_write(s.file_index))?;
+            let mut offset = s.offset;
+            let mut left = s.length;
+            while left > 0 {
+                let chunk = cursor.take(left);
+                if chunk.is_empty() {
+                    // Cannot happen: the block lengths add up to the piece length, checked above.
+                    return Err(self.invalid(format!("piece {index}: blocks ran out")));
+                }
+                lease
+                    .file()
+                    .write_all_at(chunk, offset)
+                    .map_err(|e| StorageError::io(StorageOp::Write, path, e))?;
+                offset += chunk.len() as u64;
+                left -= chunk.len() as u64;
+            }
+            lease.mark_written();
+        }
+        Ok(PieceWrite::Stored)
+    }
+
+    /// Reads `length` bytes at `begin` inside piece `index` (a peer's `request`), across file boundaries.
+    /// Padding reads as zeros. A file that is missing or too short gives
+    /// [`StorageErrorKind::NotFound`]; nothing is ever created by a read.
+    pub fn read_block(&self, index: u32, begin: u32, length: u32) -> Result<Bytes, StorageError> {
+        let slices = self
+            .layout
+            .block_ranges(index, begin, length)
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "block at {begin} of length {length} is not inside piece {index}"
+                ))
+            })?;
+        let mut buf = BytesMut::zeroed(length as usize);
+        self.read_slices(slices, &mut buf)?;
+        Ok(buf.freeze())
+    }
+
+    /// Reads a whole piece into one buffer (for hashing or serving).
+    pub fn read_piece(&self, index: u32) -> Result<Bytes, StorageError> {
+        let len = self
+            .layout
+            .piece_len(index)
+            .ok_or_else(|| self.invalid(format!("piece {index} is out of range")))?;
+        self.read_block(index, 0, len)
+    }
+
+    /// Fills `buf` (exactly as long as the slices) from the files.
+    pub(crate) fn read_slices(
+        &self,
+        slices: impl Iterator<Item = FileSlice>,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        let files = self.layout.files();
+        let mut at = 0usize;
+        for s in slices {
+            let len = usize::try_from(s.length).unwrap_or(usize::MAX);
+            let end = at.saturating_add(len).min(buf.len());
+            let Some(dest) = buf.get_mut(at..end) else {
+                return Err(self.invalid("read buffer shorter than the range".into()));
+            };
+            at = end;
+            if files.get(s.file_index).is_some_and(|f| f.padding) {
+                dest.fill(0);
+                continue;
+            }
+            let path = self.path_of(s.file_index);
+            let lease = self
+                .cache
+                .acquire(s.file_index, false, |_| self.open_for_read(s.file_index))?;
+            lease
+                .file()
+                .read_exact_at(dest, s.offset)
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        StorageError::new(
+                            StorageOp::Read,
+                            path,
+                            StorageErrorKind::NotFound,
+                            format!(
+                                "file is shorter than the {} bytes at offset {} the torrent places in it",
+                                s.length, s.offset
+                            ),
+                        )
+                    } else {
+                        StorageError::io(StorageOp::Read, path, e)
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// `fsync`s every file written since the last flush (including ones whose handle was closed since),
+    /// for a clean shutdown or before saving resume data. Files that failed to sync stay marked.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let (open, closed) = self.cache.take_dirty();
+        let mut first_error = None;
+        for (i, handle) in open {
+            if let Err(e) = handle.sync_all() {
+                self.cache.mark_dirty(i);
+                first_error.get_or_insert(StorageError::io(StorageOp::Sync, self.path_of(i), e));
+            }
+        }
+        for i in closed {
+            let path = self.path_of(i);
+            let result = File::open(path).and_then(|f| f.sync_all());
+            match result {
+                Ok(()) => {}
+                // The user deleted it: nothing left to sync.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.cache.mark_dirty(i);
+                    first_error.get_or_insert(StorageError::io(StorageOp::Sync, path, e));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Closes every file handle not in use right now (dirty files stay remembered for [`Storage::flush`]).
+    pub fn close_files(&self) {
+        self.cache.close_idle();
+    }
+}
+
+/// Walks a list of blocks as one byte stream.
+struct BlockCursor<'a> {
+    blocks: &'a [Bytes],
+    block: usize,
+    offset: usize,
+}
+
+impl<'a> BlockCursor<'a> {
+    fn new(blocks: &'a [Bytes]) -> Self {
+        BlockCursor {
+            blocks,
+            block: 0,
+            offset: 0,
+        }
+    }
+
+    /// The next run of at most `max` bytes inside one block (empty at the end).
+    fn take(&mut self, max: u64) -> &'a [u8] {
+        while let Some(b) = self.blocks.get(self.block) {
+            let rest = b.get(self.offset..).unwrap_or_default();
+            if rest.is_empty() {
+                self.block += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = rest.len().min(usize::try_from(max).unwrap_or(usize::MAX));
+            self.offset += n;
+            return rest.get(..n).unwrap_or_default();
+        }
+        &[]
+    }
+
+    /// Skips `n` bytes.
+    fn skip(&mut self, mut n: u64) {
+        while n > 0 {
+            let len = self.take(n).len() as u64;
+            if len == 0 {
+                return;
+            }
+            n -= len;
+        }
+    }
+}

@@ -1,0 +1,222 @@
+#!/usr/bin/python3
+"""A scriptable libtorrent peer for Hyperblow's interop tests (run it with Debian's /usr/bin/python3).
+
+Seeds or downloads one torrent (a .torrent file or a magnet link) on 127.0.0.1 only, with DHT, local
+peer discovery, UPnP, NAT-PMP and uTP switched off, and prints one JSON object per line on stdout:
+
+  {"kind": "status", "t": 1.0, "state": "downloading", "progress": 0.5, "peers": 1, ...}   every --interval s
+  {"kind": "event", "t": 0.2, "event": "tracker_reply", "url": "...", "peers": 1}          as alerts arrive
+  {"kind": "event", "t": 0.1, "event": "error", "alert": "...", "message": "..."}
+  {"kind": "finished", "t": 2.3, "seconds": 2.1}                                          leecher done
+  {"kind": "exit", "t": 9.0, "code": 0, "reason": "..."}                                  always last
+
+Exit codes: 0 = leecher finished (or seeder told to stop with SIGTERM/SIGINT or a `quit` line on
+stdin, or its --max-seconds elapsed), 2 = leecher hit --max-seconds before finishing, 3 = bad arguments
+or the torrent could not be added.
+"""
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+import libtorrent as lt
+
+START = time.monotonic()
+STOP = False
+
+
+def now():
+    return round(time.monotonic() - START, 3)
+
+
+def emit(obj):
+    obj["t"] = now()
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def on_signal(signum, _frame):
+    global STOP
+    STOP = True
+
+
+def parse_addr(text):
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT, got %r" % text)
+    return host, int(port)
+
+
+def settings(listen_port):
+    return {
+        "listen_interfaces": "127.0.0.1:%d" % listen_port,
+        "outgoing_interfaces": "",
+        # Discovery that could reach beyond the machine: all off.
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "dht_bootstrap_nodes": "",
+        # TCP only, like Hyperblow.
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        # Every peer in a loopback swarm has the address 127.0.0.1.
+        "allow_multiple_connections_per_ip": True,
+        # libtorrent 2.0's SSRF mitigation restricts trackers on localhost; ours are exactly that.
+        "ssrf_mitigation": False,
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        # A refused connect_peer (the other side not listening yet) is retried after 1 s, not 60 s.
+        "min_reconnect_time": 1,
+        "peer_connect_timeout": 5,
+        # Loopback peers are "local": never rate limited, and seeds may connect out.
+        "ignore_limits_on_local_network": True,
+        "seeding_outgoing_connections": True,
+        "listen_system_port_fallback": False,
+        # Plaintext BitTorrent out (what Hyperblow speaks); plaintext or MSE accepted in.
+        "out_enc_policy": int(lt.enc_policy.pe_disabled),
+        "in_enc_policy": int(lt.enc_policy.pe_enabled),
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification
+        | lt.alert.category_t.tracker_notification
+        | lt.alert.category_t.connect_notification
+        | lt.alert.category_t.peer_notification,
+        "user_agent": "hyperblow-interop-lt/" + lt.__version__,
+    }
+
+
+def state_name(status):
+    return str(status.state).split(".")[-1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--torrent", help="path of a .torrent file")
+    src.add_argument("--magnet", help="a magnet link")
+    ap.add_argument("--role", choices=["seed", "leech"], required=True)
+    ap.add_argument("--save-path", required=True, help="directory holding (seed) or receiving (leech) the data")
+    ap.add_argument("--port", type=int, required=True, help="TCP listen port on 127.0.0.1")
+    ap.add_argument("--connect", type=parse_addr, action="append", default=[],
+                    help="HOST:PORT of a peer to connect to (retried until connected); repeatable")
+    ap.add_argument("--max-seconds", type=float, required=True, help="hard bound on the run time")
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between status lines")
+    ap.add_argument("--linger", type=float, default=0.0,
+                    help="leecher: keep running (and seeding) this long after finishing")
+    ap.add_argument("--reannounce", type=float, default=2.0,
+                    help="re-announce this often while there are no peers (0 = never)")
+    args = ap.parse_args()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    ses = lt.session(settings(args.port))
+    ses.set_ip_filter(lt.ip_filter())  # explicitly: no IP filter
+
+    try:
+        if args.torrent:
+            atp = lt.add_torrent_params()
+            atp.ti = lt.torrent_info(args.torrent)
+        else:
+            atp = lt.parse_magnet_uri(args.magnet)
+        atp.save_path = args.save_path
+        # No DHT/LSD/PEX-from-elsewhere: the peers come from the trackers and --connect only.
+        handle = ses.add_torrent(atp)
+    except Exception as err:  # noqa: BLE001 - report any failure as one line, then exit 3
+        emit({"kind": "exit", "code": 3, "reason": "add_torrent failed: %s" % err})
+        return 3
+
+    emit({"kind": "event", "event": "started", "role": args.role, "port": args.port,
+          "libtorrent": lt.__version__, "pid": os.getpid()})
+
+    deadline = START + args.max_seconds
+    next_status = 0.0
+    next_connect = 0.0
+    next_reannounce = time.monotonic() + args.reannounce
+    finished_at = None
+    stdin_open = not sys.stdin.closed
+    code, reason = 0, "stopped"
+
+    while True:
+        t = time.monotonic()
+        if STOP:
+            code, reason = 0, "signal"
+            break
+        if t >= deadline:
+            if args.role == "leech" and finished_at is None:
+                code, reason = 2, "max-seconds elapsed before the download finished"
+            else:
+                code, reason = 0, "max-seconds elapsed"
+            break
+        if finished_at is not None and t >= finished_at + args.linger:
+            code, reason = 0, "finished"
+            break
+        if stdin_open:
+            try:
+                ready, _, _ = select.select([sys.stdin], [], [], 0)
+            except (OSError, ValueError):
+                ready, stdin_open = [], False
+            if ready:
+                line = sys.stdin.readline()
+                if line == "":
+                    stdin_open = False
+                elif line.strip() == "quit":
+                    code, reason = 0, "quit"
+                    break
+
+        for alert in ses.pop_alerts():
+            name = type(alert).__name__
+            if name == "tracker_reply_alert":
+                emit({"kind": "event", "event": "tracker_reply", "url": alert.tracker_url(),
+                      "peers": alert.num_peers})
+            elif name == "tracker_error_alert":
+                emit({"kind": "event", "event": "tracker_error", "url": alert.tracker_url(),
+                      "message": alert.message()})
+            elif name == "tracker_warning_alert":
+                emit({"kind": "event", "event": "tracker_warning", "message": alert.message()})
+            elif name == "peer_connect_alert":
+                emit({"kind": "event", "event": "peer_connect", "message": alert.message()})
+            elif name == "peer_disconnected_alert":
+                emit({"kind": "event", "event": "peer_disconnected", "message": alert.message()})
+            elif name == "listen_succeeded_alert":
+                emit({"kind": "event", "event": "listening", "message": alert.message()})
+            elif name == "torrent_finished_alert" and args.role == "leech" and finished_at is None:
+                finished_at = time.monotonic()
+                emit({"kind": "finished", "seconds": round(finished_at - START, 3)})
+            elif alert.category() & lt.alert.category_t.error_notification:
+                emit({"kind": "event", "event": "error", "alert": name, "message": alert.message()})
+
+        st = handle.status()
+        if args.connect and t >= next_connect and st.num_peers < len(args.connect):
+            # connect_peer is a no-op for a peer already connected; a refused one is retried here.
+            for host, port in args.connect:
+                handle.connect_peer((host, port))
+            next_connect = t + 1.0
+        if args.reannounce > 0 and t >= next_reannounce and st.num_peers == 0:
+            handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+            next_reannounce = t + args.reannounce
+        if t >= next_status:
+            emit({"kind": "status", "state": state_name(st), "progress": round(st.progress, 4),
+                  "peers": st.num_peers, "seeds": st.num_seeds, "download_rate": st.download_rate,
+                  "upload_rate": st.upload_rate, "total_done": st.total_done,
+                  "total_upload": st.total_payload_upload, "is_seeding": st.is_seeding})
+            next_status = t + args.interval
+        ses.wait_for_alert(100)
+
+    st = handle.status()
+    emit({"kind": "status", "state": state_name(st), "progress": round(st.progress, 4),
+          "peers": st.num_peers, "seeds": st.num_seeds, "download_rate": st.download_rate,
+          "upload_rate": st.upload_rate, "total_done": st.total_done,
+          "total_upload": st.total_payload_upload, "is_seeding": st.is_seeding})
+    emit({"kind": "exit", "code": code, "reason": reason})
+    # Leave without the session's graceful shutdown (stopped announces to a tracker that may be gone).
+    sys.stdout.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
