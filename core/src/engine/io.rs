@@ -156,6 +156,16 @@ pub enum StorageFailureKind {
 pub enum Event {
     /// A torrent was added.
     TorrentAdded(TorrentId),
+    /// A torrent added from a magnet link has its metadata (checked against the info-hash): it is an
+    /// ordinary torrent from now on. The driver creates its storage now, from
+    /// `Engine::torrent_info(torrent)` (which also gives the raw bytes to save as a `.torrent`,
+    /// with `Engine::torrent_metainfo`); no job for the torrent is issued before this event.
+    MetadataReceived {
+        /// The torrent.
+        torrent: TorrentId,
+        /// Its info-hash.
+        info_hash: InfoHash,
+    },
     /// A piece passed its hash check and is on disk.
     PieceVerified {
         /// The torrent.
@@ -242,6 +252,9 @@ pub enum Event {
 /// The life-cycle state of a torrent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TorrentState {
+    /// Added from a magnet link: fetching the metadata (the info dictionary) from peers. No files,
+    /// no pieces yet; see [`Event::MetadataReceived`].
+    FetchingMetadata,
     /// Fetching pieces.
     Downloading,
     /// Every wanted piece is verified; serving others.

@@ -14,7 +14,7 @@ impl Engine {
             .torrents
             .get(&torrent)
             .ok_or(AddError::UnknownTorrent(torrent))?;
-        let info_hash = t.info.info_hash();
+        let info_hash = t.info_hash;
         let mut urls: Vec<String> = Vec::new();
         for status in t.policy.tracker_status(now) {
             if !urls.contains(&status.url) {

@@ -832,6 +832,8 @@ struct Raw {
     got: Vec<(ConnId, Decoded)>,
     closed: Vec<ConnId>,
     events: Vec<Event>,
+    /// Addresses the engine asked to connect to.
+    dials: Vec<SocketAddr>,
 }
 
 impl Raw {
@@ -845,6 +847,7 @@ impl Raw {
             got: Vec::new(),
             closed: Vec::new(),
             events: Vec::new(),
+            dials: Vec::new(),
         }
     }
 
@@ -899,7 +902,8 @@ impl Raw {
                     };
                     self.engine.handle_job_done(self.now, id, result);
                 }
-                Output::Connect { .. } | Output::SendDatagram { .. } | Output::Resolve { .. } => {}
+                Output::Connect { addr, .. } => self.dials.push(addr),
+                Output::SendDatagram { .. } | Output::Resolve { .. } => {}
             }
         }
         while let Some(e) = self.engine.poll_event() {
@@ -1613,3 +1617,5 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
         .iter()
         .any(|r| r.starts_with("GET /scrape?info_hash=")));
 }
+
+mod magnet;

@@ -398,6 +398,14 @@ impl TrackerGlue {
         }
     }
 
+    /// A fresh id for a lookup made outside the trackers (a magnet link's `x.pe` host names), so
+    /// that ids never collide with the trackers' own.
+    pub fn new_resolve_id(&mut self) -> ResolveId {
+        let id = ResolveId(self.next_resolve);
+        self.next_resolve += 1;
+        id
+    }
+
     /// A lookup finished.
     pub fn resolved(
         &mut self,
