@@ -462,8 +462,10 @@ fn optimistic_unchoke_rotates() {
     sw.sim.run_for(Duration::from_secs(300)).expect("runs");
     use hyperblow_tests::sim::tap::TapMessage;
     // Replay the seeder's choke/unchoke messages: who is unchoked, and when that changed.
-    let mut unchoked: Vec<usize> = Vec::new();
-    let mut changes: Vec<(Instant, usize)> = Vec::new();
+    // Tracked per connection: a connection the seeder closes (e.g. a duplicate) ends its unchoke.
+    let mut unchoked: Vec<(u64, usize)> = Vec::new();
+    // (when, to whom, whether that connection closed before the next change)
+    let mut changes: Vec<(Instant, usize, bool)> = Vec::new();
     let log: Vec<_> = sw
         .sim
         .tap_log()
@@ -474,10 +476,20 @@ fn optimistic_unchoke_rotates() {
     for (i, r) in log.iter().enumerate() {
         match r.message {
             TapMessage::Unchoke => {
-                unchoked.push(r.to);
-                changes.push((r.at, r.to));
+                unchoked.push((r.conn, r.to));
+                changes.push((r.at, r.to, false));
             }
-            TapMessage::Choke => unchoked.retain(|n| *n != r.to),
+            TapMessage::Choke => unchoked.retain(|&(c, _)| c != r.conn),
+            TapMessage::Closed => {
+                // The optimistic peer's connection went away (e.g. a duplicate connection was
+                // dropped): the choker refills the slot at once, so that change is not a rotation.
+                if unchoked.iter().any(|&(c, _)| c == r.conn) {
+                    if let Some(last) = changes.last_mut() {
+                        last.2 = true;
+                    }
+                }
+                unchoked.retain(|&(c, _)| c != r.conn);
+            }
             _ => {}
         }
         // Check once all messages sent at this instant are replayed (one choke, one unchoke).
@@ -489,14 +501,14 @@ fn optimistic_unchoke_rotates() {
             );
         }
     }
-    let distinct: std::collections::BTreeSet<usize> = changes.iter().map(|(_, n)| *n).collect();
+    let distinct: std::collections::BTreeSet<usize> = changes.iter().map(|c| c.1).collect();
     assert!(
         changes.len() >= 8,
         "only {} rotations in 300 s",
         changes.len()
     );
     assert!(distinct.len() >= 5, "only {distinct:?} were ever unchoked");
-    for w in changes.windows(2) {
+    for w in changes.windows(2).filter(|w| !w[0].2) {
         let gap = w[1].0.saturating_duration_since(w[0].0);
         assert!(
             gap >= Duration::from_secs(29) && gap <= Duration::from_secs(31),
@@ -513,7 +525,7 @@ fn optimistic_unchoke_rotates() {
         distinct.len(),
         changes
             .iter()
-            .map(|(t, n)| (
+            .map(|(t, n, _)| (
                 t.saturating_duration_since(Instant::from_secs(1)).as_secs(),
                 *n
             ))

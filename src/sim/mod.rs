@@ -50,7 +50,7 @@ use hyperblow_core::rng::{seeded, CoreRng, RngExt};
 use hyperblow_core::time::Instant;
 use hyperblow_core::InfoHash;
 
-use tap::{Tap, TapRecord};
+use tap::{Tap, TapMessage, TapRecord};
 use tracker::Tracker;
 
 /// The host name the tracker answers to (resolved by the simulator's table).
@@ -861,6 +861,15 @@ impl Sim {
                 };
                 let side = usize::from(sc.ends[0] != End::Node(node, conn));
                 sc.open[side] = false;
+                if let (true, End::Node(to, _)) = (sc.dirs[side].tap.is_some(), sc.ends[1 - side]) {
+                    self.taps.push(TapRecord {
+                        at: now,
+                        from: node,
+                        to,
+                        conn: c,
+                        message: TapMessage::Closed,
+                    });
+                }
                 if sc.established || side == 0 {
                     // The FIN follows the data already queued; a dialer closing before the SYN was
                     // answered is noticed by the listener when it accepts.
@@ -953,7 +962,7 @@ impl Sim {
         if let (Some(tap), End::Node(from, _), End::Node(to, _)) =
             (sc.dirs[side].tap.as_mut(), sc.ends[side], sc.ends[1 - side])
         {
-            tap.feed(now, from, to, &data, &mut self.taps);
+            tap.feed(now, c, from, to, &data, &mut self.taps);
         }
         let d = &mut sc.dirs[side];
         let done = d.busy.max(now) + d.spec.transmit(data.len());
@@ -1108,6 +1117,17 @@ impl Sim {
                 }
                 sc.open[to] = false;
                 let end = sc.ends[to];
+                if let (true, End::Node(n, _), End::Node(peer, _)) =
+                    (sc.dirs[to].tap.is_some(), end, sc.ends[dir])
+                {
+                    self.taps.push(TapRecord {
+                        at: now,
+                        from: n,
+                        to: peer,
+                        conn,
+                        message: TapMessage::Closed,
+                    });
+                }
                 if let End::Node(n, id) = end {
                     self.ends.remove(&(n, id));
                     self.nodes[n].engine.handle_closed(now, id);
@@ -1379,5 +1399,6 @@ fn event_tag(e: &Event) -> u64 {
         Event::PeerConnected { addr, .. } => 10 << 32 | u64::from(addr.port()),
         Event::PeerDisconnected { addr, .. } => 11 << 32 | u64::from(addr.port()),
         Event::PeerBanned { addr, .. } => 12 << 32 | u64::from(addr.port()),
+        Event::MetadataReceived { torrent, .. } => 13 << 32 | u64::from(torrent.0),
     }
 }

@@ -43,6 +43,9 @@ pub enum TapMessage {
         /// Offset in the piece.
         begin: u32,
     },
+    /// Not a message: the sending node's end of the connection closed (it closed it, or learned that
+    /// the other end did). Lets a replay forget per-connection state such as an unchoke.
+    Closed,
 }
 
 /// One tapped message: when it arrived, from which node to which node.
@@ -54,6 +57,8 @@ pub struct TapRecord {
     pub from: usize,
     /// Receiving node.
     pub to: usize,
+    /// The simulator's id of the connection (two nodes may hold several connections at once).
+    pub conn: u64,
     /// The message.
     pub message: TapMessage,
 }
@@ -77,6 +82,7 @@ impl Tap {
     pub(crate) fn feed(
         &mut self,
         at: Instant,
+        conn: u64,
         from: usize,
         to: usize,
         data: &[u8],
@@ -125,6 +131,7 @@ impl Tap {
                         at,
                         from,
                         to,
+                        conn,
                         message,
                     });
                 }
