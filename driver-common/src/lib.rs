@@ -70,8 +70,8 @@ mod session;
 mod tasks;
 
 pub use handle::{
-    AddTorrentRequest, AddedTorrent, EventStream, Pending, RecvError, SessionConfig, SessionError,
-    SessionEvent, SessionHandle, StartError, StartKind, EVENT_BUFFER,
+    AddTorrentRequest, AddedTorrent, EventStream, Pending, RecvError, ScrapeAnswer, SessionConfig,
+    SessionError, SessionEvent, SessionHandle, StartError, StartKind, EVENT_BUFFER,
 };
 pub use runtime::Runtime;
 pub use session::{prepare_session, spawn_session, SessionTask};
