@@ -8,7 +8,8 @@
 //! Scenarios:
 //! 1. `udp_tracker_download`, `http_tracker_download`: Hyperblow finds a libtorrent seeder through
 //!    opentracker (no peer hint) and downloads from it; a second torrent that is not on the tracker's
-//!    whitelist is refused promptly (over UDP that refusal is opentracker's bare 8-byte announce reply).
+//!    whitelist is refused promptly (over UDP that refusal is opentracker's bare 8-byte announce reply);
+//!    `SessionHandle::scrape` against opentracker over the same transport.
 //! 2. `hyperblow_seeds`: a libtorrent leecher and a Transmission leecher download from Hyperblow.
 //! 3. `mixed_swarm`: a libtorrent seeder; Hyperblow and Transmission leech at the same time.
 //! 4. `multi_file_partial` (`mktorrent`, 32 KiB pieces, 0-byte files) and `multi_file_partial_16k`
@@ -18,9 +19,6 @@
 //!
 //! Scenario 6 (the tracker dies half-way; back-off without spinning) is `tests/interop_tracker_loss.rs`,
 //! a binary of its own because it measures this process's CPU time.
-//!
-//! Scrape is not covered here yet: `SessionHandle::scrape` / `Event::ScrapeResult` are on the `cli`
-//! branch and not in main when this was written.
 //!
 //! Run times: `cargo test --test interop -- --nocapture` prints `[timing]` lines. For belt and braces
 //! run it inside a namespace with only loopback: `scripts/netns.sh cargo test --test interop`
@@ -160,6 +158,38 @@ fn tracker_download(rt: Rt, kind: Kind) {
         "tracker status: {tr:?}"
     );
 
+    // Scrape (BEP 48 over HTTP, action 2 over UDP): the seeder and, once our `completed` announce
+    // is through, Hyperblow count as seeds, and opentracker counts one completed download.
+    let t_scrape = Instant::now();
+    let stats_seen = common::poll_until(
+        &format!("[{}] a scrape showing both seeds", rt.name()),
+        Duration::from_secs(10),
+        &watched,
+        || {
+            let answers = hb
+                .session
+                .scrape(added.id)
+                .wait_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("scrape: {e}"));
+            let [(u, result)] = answers.as_slice() else {
+                panic!("one answer per tracker expected: {answers:?}");
+            };
+            assert_eq!(*u, url);
+            let st = result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("scrape of {url} failed: {e}"));
+            (st.seeders >= 2 && st.completed >= 1).then_some(*st)
+        },
+    );
+    let scrape_took = t_scrape.elapsed();
+    // Each answer is also an event (it may trail the reply a little: another channel).
+    hb.wait_event(
+        "a ScrapeResult event",
+        Duration::from_secs(5),
+        &watched,
+        |e| matches!(e, Event::ScrapeResult { torrent, url: u, result: Ok(_) } if *torrent == added.id && *u == url),
+    );
+
     // The refused torrent: the tracker says no, and Hyperblow reports it promptly (over UDP this
     // needs the bare-header refusal handling; before it, the reply was dropped as malformed and the
     // announce retransmitted on BEP 15's 15 s schedule, then abandoned after 60 s).
@@ -187,7 +217,8 @@ fn tracker_download(rt: Rt, kind: Kind) {
     );
     eprintln!(
         "[timing] {} {kind:?} tracker download ({} KiB): tracker reply {t_reply:.2?}, first peer \
-         {t_peer:.2?}, complete {t_done:.2?}; refusal reported in {:.2?}; test {:.2?}",
+         {t_peer:.2?}, complete {t_done:.2?}; scrape {stats_seen:?} in {scrape_took:.2?}; refusal \
+         reported in {:.2?}; test {:.2?}",
         rt.name(),
         fx.data.len() / 1024,
         t_refused.elapsed(),

@@ -281,6 +281,24 @@ impl Drop for Hb {
     }
 }
 
+/// Calls `poll` every 200 ms until it returns `Some`, for at most `timeout`, failing early when one
+/// of `watched` exits (the harness's [`wait_for`], for polls that cannot fail).
+pub fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    watched: &[&ChildGuard],
+    mut poll: impl FnMut() -> Option<T>,
+) -> T {
+    wait_for(what, timeout, watched, || {
+        let got = poll();
+        if got.is_none() {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        Ok(got)
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Parses a `.torrent` file.
 pub fn load_meta(path: &Path) -> Metainfo {
     let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
