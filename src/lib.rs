@@ -4,3 +4,4 @@
 //! fixtures that several tests or benches need, so that they are written once.
 
 pub mod interop;
+pub mod sim;
