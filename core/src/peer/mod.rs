@@ -299,11 +299,12 @@ pub enum SessionError {
     #[error("incoming peer asked for info-hash {0}, which we do not serve")]
     NotServed(InfoHash),
     /// A bitfield, have all or have none that was not the first message after the handshake.
-    #[error("peer sent {message} as message #{position} after the handshake; only the first message may announce its piece set")]
+    #[error("peer sent {message} as message #{position} after the handshake; only the first message (extension messages aside) may announce its piece set")]
     LateHaveState {
         /// Which message.
         message: &'static str,
-        /// Its 1-based position among the messages after the handshake (keep-alives not counted).
+        /// Its 1-based position among the messages after the handshake (keep-alives and extension
+        /// messages not counted).
         position: u64,
     },
     /// The bitfield's length or spare bits were wrong.

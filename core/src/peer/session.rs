@@ -106,7 +106,7 @@ pub struct PeerSession {
     our_extensions: Option<OurExtensions>,
     /// Whether our extension handshake went out (a later change re-sends it).
     ext_handshake_sent: bool,
-    /// Messages received after the handshake, keep-alives not counted.
+    /// Messages received after the handshake, keep-alives and BEP 10 extended messages not counted.
     messages_received: u64,
     peer_extensions: PeerExtensions,
 
@@ -1087,7 +1087,11 @@ impl PeerSession {
         if m == Message::KeepAlive {
             return;
         }
-        self.messages_received += 1;
+        // BEP 10 messages do not count: libtorrent sends its extension handshake before its
+        // bitfield (or `have all`), which must still be accepted as the piece set.
+        if !matches!(m, Message::Extended { .. }) {
+            self.messages_received += 1;
+        }
         match m {
             Message::KeepAlive => {}
             Message::Choke => {

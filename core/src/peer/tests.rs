@@ -425,6 +425,44 @@ fn late_bitfield_is_a_protocol_error() {
     ));
 }
 
+/// libtorrent sends its BEP 10 handshake before its bitfield or `have all`: extension messages do
+/// not count as "the first message" (regression: a libtorrent seeder was cut off at `have all`).
+#[test]
+fn piece_set_after_the_extension_handshake_is_accepted() {
+    let ext = || {
+        enc(Message::Extended {
+            id: 0,
+            payload: Bytes::from_static(b"d1:md11:ut_metadatai3eee"),
+        })
+    };
+    let mut rest = ext();
+    rest.extend(enc(Message::HaveAll));
+    let mut s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(s.error(), None);
+    assert!(drain(&mut s).contains(&Event::HaveAll));
+    let mut bf = Bitfield::new(10);
+    bf.set(3);
+    let mut rest = ext();
+    rest.extend(enc(Message::Bitfield(Bytes::copy_from_slice(
+        bf.as_bytes(),
+    ))));
+    let mut s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(s.error(), None);
+    assert!(drain(&mut s).contains(&Event::Bitfield));
+    // A piece set after any other message is still refused.
+    let mut rest = ext();
+    rest.extend(enc(Message::Unchoke));
+    rest.extend(enc(Message::HaveNone));
+    let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(
+        s.error(),
+        Some(&SessionError::LateHaveState {
+            message: "have none",
+            position: 2
+        })
+    );
+}
+
 #[test]
 fn bitfield_with_spare_bits_or_wrong_length_is_refused() {
     let bad = enc(Message::Bitfield(Bytes::from_static(&[0xff, 0xc0 | 0x20])));
