@@ -5,3 +5,4 @@
 
 pub mod interop;
 pub mod sim;
+pub mod trackers;

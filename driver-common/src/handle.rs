@@ -14,6 +14,7 @@ use futures::Stream;
 use hyperblow_core::engine::{AddError, EngineConfig, Event, TorrentId, TorrentStats};
 use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::metainfo::Metainfo;
+use hyperblow_core::tracker::ScrapeStats;
 use hyperblow_core::{InfoHash, PeerId};
 use hyperblow_storage::{StorageConfig, StorageError, StorageErrorKind};
 
@@ -282,6 +283,9 @@ pub enum SessionError {
 
 type Reply<T> = oneshot::Sender<Result<T, SessionError>>;
 
+/// One tracker's answer to a scrape: its URL and its counters for the torrent, or why there are none.
+pub type ScrapeAnswer = (String, Result<ScrapeStats, String>);
+
 /// A command from a handle to the event loop.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -294,6 +298,7 @@ pub(crate) enum Command {
     SetFiles(TorrentId, Vec<bool>, Reply<()>),
     AddPeer(TorrentId, SocketAddr, Reply<()>),
     Stats(Reply<Vec<TorrentStats>>),
+    Scrape(TorrentId, Reply<Vec<ScrapeAnswer>>),
     Subscribe(mpsc::Sender<SessionEvent>),
     Shutdown(Reply<()>),
 }
@@ -501,6 +506,14 @@ impl SessionHandle {
     /// A fresh snapshot of every torrent (progress, rates, peers, trackers, files), in id order.
     pub fn stats(&self) -> Pending<Vec<TorrentStats>> {
         self.ask(Command::Stats)
+    }
+
+    /// Scrapes every tracker of a torrent: seeders, leechers and completed downloads per tracker URL,
+    /// in the order the answers came. Resolves when every tracker has answered or failed (an empty
+    /// list if the torrent has no tracker); each answer is also an `Event::ScrapeResult`. A tracker
+    /// that never answers is retried for a long time: prefer [`Pending::wait_timeout`].
+    pub fn scrape(&self, torrent: TorrentId) -> Pending<Vec<ScrapeAnswer>> {
+        self.ask(|r| Command::Scrape(torrent, r))
     }
 
     /// Subscribes to the session's events from now on (subscribe before adding torrents to see all of

@@ -81,8 +81,8 @@ mod tasks;
 
 pub use handle::{
     AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, EventStream, Pending,
-    RecvError, SessionConfig, SessionError, SessionEvent, SessionHandle, StartError, StartKind,
-    EVENT_BUFFER,
+    RecvError, ScrapeAnswer, SessionConfig, SessionError, SessionEvent, SessionHandle, StartError,
+    StartKind, EVENT_BUFFER,
 };
 pub use runtime::Runtime;
 pub use session::{prepare_session, spawn_session, SessionTask};

@@ -26,8 +26,8 @@ use hyperblow_storage::{Storage, StorageConfig, StorageError, WorkerPool};
 
 use crate::disk::{self, Disk, Prepared};
 use crate::handle::{
-    AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, Command, SessionConfig,
-    SessionError, SessionEvent, SessionHandle, StartError, StartKind,
+    AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, Command, ScrapeAnswer,
+    SessionConfig, SessionError, SessionEvent, SessionHandle, StartError, StartKind,
 };
 use crate::runtime::Runtime;
 use crate::tasks::{self, WriterCmd};
@@ -112,6 +112,17 @@ struct Session<R: Runtime> {
     writes_in_flight: usize,
     last_timeout_call: Option<StdInstant>,
     shutdown: Option<Shutdown>,
+    /// Scrapes asked through the handle, waiting for their trackers' answers.
+    scrapes: Vec<ScrapeWait>,
+}
+
+/// One [`Command::Scrape`] being answered tracker by tracker.
+struct ScrapeWait {
+    torrent: TorrentId,
+    /// Tracker URLs that have not answered yet.
+    waiting: Vec<String>,
+    got: Vec<ScrapeAnswer>,
+    reply: oneshot::Sender<Result<Vec<ScrapeAnswer>, SessionError>>,
 }
 
 /// A torrent added from a magnet link, until its storage is set up.
@@ -243,6 +254,7 @@ pub fn prepare_session<R: Runtime>(
         adding: HashSet::new(),
         magnets: BTreeMap::new(),
         subscribers: Vec::new(),
+        scrapes: Vec::new(),
         background,
         writes_in_flight: 0,
         last_timeout_call: None,
@@ -392,6 +404,14 @@ impl<R: Runtime> Session<R> {
                 self.metadata_received(torrent);
                 continue;
             }
+            if let Event::ScrapeResult {
+                torrent,
+                url,
+                result,
+            } = &ev
+            {
+                self.scrape_answered(*torrent, url, result);
+            }
             if let Event::TorrentCompleted(id) = &ev {
                 if let Some(d) = self.disks.get_mut(id) {
                     // Make the resume file valid right away: flush, then save without waiting.
@@ -401,6 +421,29 @@ impl<R: Runtime> Session<R> {
                 }
             }
             self.broadcast(SessionEvent::Engine(ev));
+        }
+    }
+
+    /// Files one tracker's scrape answer with the handle command waiting for it.
+    fn scrape_answered(
+        &mut self,
+        torrent: TorrentId,
+        url: &str,
+        result: &Result<hyperblow_core::tracker::ScrapeStats, String>,
+    ) {
+        let Some(i) = self
+            .scrapes
+            .iter()
+            .position(|w| w.torrent == torrent && w.waiting.iter().any(|u| u == url))
+        else {
+            return;
+        };
+        let w = &mut self.scrapes[i];
+        w.waiting.retain(|u| u != url);
+        w.got.push((url.to_owned(), result.clone()));
+        if w.waiting.is_empty() {
+            let w = self.scrapes.swap_remove(i);
+            let _ = w.reply.send(Ok(w.got));
         }
     }
 
@@ -632,6 +675,20 @@ impl<R: Runtime> Session<R> {
             Command::Stats(reply) => {
                 let _ = reply.send(Ok(self.engine.stats(now)));
             }
+            Command::Scrape(id, reply) => match self.engine.scrape(now, id) {
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+                Ok(urls) if urls.is_empty() => {
+                    let _ = reply.send(Ok(Vec::new()));
+                }
+                Ok(urls) => self.scrapes.push(ScrapeWait {
+                    torrent: id,
+                    waiting: urls,
+                    got: Vec::new(),
+                    reply,
+                }),
+            },
             Command::Subscribe(tx) => self.subscribers.push(tx),
             Command::Shutdown(reply) => self.begin_shutdown(Some(reply)),
         }

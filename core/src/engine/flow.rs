@@ -1016,6 +1016,7 @@ impl Engine {
                     .dispatch(now, tid, order, &mut self.outputs, &mut self.next_conn);
             }
             self.trackers.pump_router(&mut self.outputs);
+            self.push_scrape_events();
             let results = self.trackers.take_results();
             if results.is_empty() {
                 break;

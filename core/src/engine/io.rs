@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::tracker::announce::TrackerStatus;
+use crate::tracker::ScrapeStats;
 use crate::types::{InfoHash, PeerId};
 
 /// Identifies a torrent within one engine.
@@ -211,6 +212,15 @@ pub enum Event {
         url: String,
         /// How many peers it returned.
         peers: usize,
+    },
+    /// A scrape started with `Engine::scrape` finished at one tracker.
+    ScrapeResult {
+        /// The torrent.
+        torrent: TorrentId,
+        /// The tracker's URL (as in the torrent).
+        url: String,
+        /// The tracker's counters for the torrent, or why there are none.
+        result: Result<ScrapeStats, String>,
     },
     /// A peer completed the handshake.
     PeerConnected {

@@ -21,6 +21,7 @@ pub mod io;
 mod conn;
 mod ext;
 mod flow;
+mod scrape;
 mod torrent;
 mod trackers;
 
