@@ -4,3 +4,5 @@
 //! fixtures that several tests or benches need, so that they are written once.
 
 pub mod interop;
+pub mod sim;
+pub mod trackers;

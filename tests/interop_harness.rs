@@ -1,6 +1,7 @@
 //! Proves the interop harness (src/interop/) by making real programs talk to each other over
 //! 127.0.0.1: opentracker, libtorrent (tests/interop/lt_peer.py) and Transmission 3.00. Hyperblow
-//! itself is not involved yet; the real-peer interop suite builds on these pieces.
+//! itself is not involved here; `tests/interop.rs` and `tests/interop_tracker_loss.rs` drive it
+//! against these programs.
 //!
 //! Run times are printed (`cargo test --test interop_harness -- --nocapture`). For belt and braces
 //! run it inside a namespace with only loopback: `scripts/netns.sh cargo test --test interop_harness`.
@@ -12,7 +13,8 @@
 //!   to that dir and the dir must be readable by `nobody` (tempfile makes 0700 dirs: chmod 0755).
 //!   SIGHUP reloads the whitelist. Over UDP a refused hash gets a bare 8-byte announce header (action 1
 //!   and the transaction id: no interval, no peers, no message) instead of a BEP 15 error, which a
-//!   strict decoder (hyperblow-core's included) rejects as a truncated announce reply. A missing or
+//!   strict decoder (hyperblow-core's included) rejects as a truncated announce reply (the UDP
+//!   tracker router then treats it as a refusal: `RequestError::Refused`). A missing or
 //!   empty whitelist file only logs "Can't open accesslist file" on stderr. Its announce replies include the announcing peer itself, and its
 //!   interval is 1700 s, so a leecher that announced before the seeder must re-announce on its own
 //!   (lt_peer.py does so every 2 s while it has no peers) or the harness must wait for the seeder's

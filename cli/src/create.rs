@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use hyperblow_core::metainfo::TorrentBuilder;
+use hyperblow_core::metainfo::{BuiltTorrent, TorrentBuilder};
 
 use crate::error::CliError;
 use crate::units;
@@ -42,6 +42,19 @@ pub struct CreateArgs {
 
 /// Runs `hyperblow create`.
 pub fn run(args: &CreateArgs) -> Result<(), CliError> {
+    let (built, total) = build(args)?;
+    std::fs::write(&args.output, &built.bytes).map_err(|e| CliError::disk(&args.output, e))?;
+    eprintln!(
+        "created {} ({}, info-hash {})",
+        args.output.display(),
+        units::bytes(total),
+        built.info_hash
+    );
+    Ok(())
+}
+
+/// Hashes `args.path` into a torrent (not written anywhere); returns it and the content's size.
+pub fn build(args: &CreateArgs) -> Result<(BuiltTorrent, u64), CliError> {
     let root = &args.path;
     let meta = std::fs::metadata(root).map_err(|e| CliError::input(root, e))?;
     let name = root
@@ -110,14 +123,7 @@ pub fn run(args: &CreateArgs) -> Result<(), CliError> {
     let built = hasher.finish().map_err(|e| {
         CliError::input(root, format!("{e} (did a file change while it was read?)"))
     })?;
-    std::fs::write(&args.output, &built.bytes).map_err(|e| CliError::disk(&args.output, e))?;
-    eprintln!(
-        "created {} ({}, info-hash {})",
-        args.output.display(),
-        units::bytes(total),
-        built.info_hash
-    );
-    Ok(())
+    Ok((built, total))
 }
 
 /// Collects regular files below `dir` as (path components relative to the torrent root, length).

@@ -5,23 +5,27 @@
 //! panic or print a backtrace.
 
 mod create;
+mod demo;
+mod download;
 mod error;
 mod info;
+mod progress;
+mod scrape;
+mod seed;
+mod signals;
+mod transfer;
 mod units;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  success
-  1  an unexpected internal failure
-  2  bad command-line usage
-  3  bad input: a malformed .torrent or magnet link, or an unreadable input path
-  4  disk error: output could not be written";
+use error::EXIT_CODES;
 
 /// A fast BitTorrent client with a sans-IO core.
+///
+/// Start with `hyperblow demo`: it seeds and downloads a small torrent on this machine, offline.
+/// Logs go to stderr, filtered by RUST_LOG (default `warn`; e.g. RUST_LOG=debug).
 #[derive(Debug, Parser)]
 #[command(name = "hyperblow", version, about, after_help = EXIT_CODES)]
 struct Cli {
@@ -31,24 +35,42 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Download a torrent's files (all or some), then stop or keep seeding.
+    #[command(after_help = EXIT_CODES)]
+    Download(download::DownloadArgs),
+    /// Verify existing data against a torrent and seed it until Ctrl-C.
+    #[command(after_help = EXIT_CODES)]
+    Seed(seed::SeedArgs),
+    /// Ask a torrent's trackers how many seeders and leechers it has.
+    #[command(after_help = EXIT_CODES)]
+    Scrape(scrape::ScrapeArgs),
     /// Show what a .torrent file or a magnet link describes.
     #[command(after_help = EXIT_CODES)]
     Info(info::InfoArgs),
     /// Make a .torrent from a file or a directory.
     #[command(after_help = EXIT_CODES)]
     Create(create::CreateArgs),
+    /// Offline first run: seed a generated torrent with tokio and download it with async-std over
+    /// 127.0.0.1, then check the copy byte for byte.
+    #[command(after_help = EXIT_CODES)]
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    progress::init_logging();
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Create(args) => create::run(&args),
+        Command::Scrape(args) => scrape::run(&args),
+        Command::Download(args) => download::run(&args, &signals::install()),
+        Command::Seed(args) => seed::run(&args, &signals::install()),
+        Command::Demo(args) => demo::run(&args, &signals::install()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("hyperblow: error: {err}");
+            progress::stderr_line(&format!("hyperblow: error: {err}"));
             ExitCode::from(err.exit_code())
         }
     }

@@ -160,7 +160,9 @@ impl<K: Copy + Eq> Choker<K> {
         rng: &mut CoreRng,
     ) -> &[K] {
         let present = |id: K| peers.iter().any(|p| p.id == id);
-        let due = reached(self.next_rechoke, now);
+        // The optimistic rotation's own deadline is due too: `poll_timeout` reports it, so a tick at
+        // that deadline must act on it, or the caller's timer would fire again and again.
+        let due = reached(self.next_rechoke, now) || reached(self.next_optimistic, now);
         if !due {
             self.regular.retain(|&id| present(id));
             if self.optimistic.is_some_and(|id| !present(id)) {
@@ -297,6 +299,35 @@ mod tests {
     /// Peers 0..n with download rate 100 * id (so the top 4 are the highest ids).
     fn swarm(n: u32) -> Vec<ChokePeer<u32>> {
         (0..n).map(|i| peer(i, 100 * u64::from(i), 0)).collect()
+    }
+
+    /// Regression (found by the swarm simulation): after `rechoke_soon` shifted the re-rank schedule,
+    /// the optimistic deadline came before the next re-rank; a tick at that deadline did nothing and
+    /// `poll_timeout` stayed in the past, so the engine's timer spun.
+    #[test]
+    fn tick_at_the_optimistic_deadline_moves_poll_timeout_forward() {
+        let mut c = Choker::new(ChokerConfig::default());
+        let peers = swarm(8);
+        let mut rng = seeded(3);
+        c.tick(at(0), &peers, ChokeMode::Leeching, &mut rng);
+        let first = c.optimistic();
+        // Regular re-ranks at 10 and 20 s, then an early one at 25 s (an unchoked peer left).
+        c.tick(at(10), &peers, ChokeMode::Leeching, &mut rng);
+        c.tick(at(20), &peers, ChokeMode::Leeching, &mut rng);
+        c.rechoke_soon();
+        c.tick(at(25), &peers, ChokeMode::Leeching, &mut rng);
+        assert_eq!(
+            c.poll_timeout(),
+            Some(at(30)),
+            "the optimistic rotation is next"
+        );
+        c.tick(at(30), &peers, ChokeMode::Leeching, &mut rng);
+        let next = c.poll_timeout().unwrap();
+        assert!(
+            next > at(30),
+            "poll_timeout {next:?} must move past the tick"
+        );
+        assert_ne!(c.optimistic(), first, "the optimistic slot rotated at 30 s");
     }
 
     #[test]

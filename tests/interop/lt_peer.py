@@ -109,12 +109,23 @@ def main():
                     help="leecher: keep running (and seeding) this long after finishing")
     ap.add_argument("--reannounce", type=float, default=2.0,
                     help="re-announce this often while there are no peers (0 = never)")
+    ap.add_argument("--upload-limit", type=int, default=0,
+                    help="cap the upload rate at this many bytes/s, loopback peers included (0 = none)")
+    ap.add_argument("--choke-after", type=int, default=0,
+                    help="once this many payload bytes are uploaded, choke every peer (unchoke slots 0) "
+                         "for --choke-for seconds, then unchoke again (0 = never)")
+    ap.add_argument("--choke-for", type=float, default=2.0, help="how long --choke-after chokes")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    ses = lt.session(settings(args.port))
+    pack = settings(args.port)
+    if args.upload_limit > 0:
+        # Loopback peers are exempt from rate limits unless this is off.
+        pack["ignore_limits_on_local_network"] = False
+        pack["upload_rate_limit"] = args.upload_limit
+    ses = lt.session(pack)
     ses.set_ip_filter(lt.ip_filter())  # explicitly: no IP filter
 
     try:
@@ -138,6 +149,8 @@ def main():
     next_connect = 0.0
     next_reannounce = time.monotonic() + args.reannounce
     finished_at = None
+    choke_phase = "before" if args.choke_after > 0 else "done"
+    unchoke_at = None
     stdin_open = not sys.stdin.closed
     code, reason = 0, "stopped"
 
@@ -199,6 +212,16 @@ def main():
         if args.reannounce > 0 and t >= next_reannounce and st.num_peers == 0:
             handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
             next_reannounce = t + args.reannounce
+        if choke_phase == "before" and st.total_payload_upload >= args.choke_after:
+            # No unchoke slots: libtorrent chokes every peer at once, and a peer that speaks the
+            # fast extension (BEP 6) gets a reject for each request it still had queued here.
+            ses.apply_settings({"unchoke_slots_limit": 0})
+            choke_phase, unchoke_at = "choked", t + args.choke_for
+            emit({"kind": "event", "event": "choke_all", "uploaded": st.total_payload_upload})
+        elif choke_phase == "choked" and t >= unchoke_at:
+            ses.apply_settings({"unchoke_slots_limit": 8})
+            choke_phase = "done"
+            emit({"kind": "event", "event": "unchoke_all", "uploaded": st.total_payload_upload})
         if t >= next_status:
             emit({"kind": "status", "state": state_name(st), "progress": round(st.progress, 4),
                   "peers": st.num_peers, "seeds": st.num_seeds, "download_rate": st.download_rate,

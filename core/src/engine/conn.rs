@@ -9,6 +9,7 @@ use crate::picker::PeerKey;
 use crate::time::Instant;
 use crate::types::PeerId;
 
+use super::ext::ConnExt;
 use super::io::TorrentId;
 
 /// Most bytes handed to the driver as `Output::Send` and not yet reported flushed, per connection.
@@ -45,6 +46,8 @@ pub(crate) struct Conn {
     pub reading_bytes: usize,
     /// Bytes handed out as `Output::Send` and not yet reported by `handle_flushed`.
     pub unflushed: usize,
+    /// BEP 10 extension state (the peer's ids, PEX).
+    pub ext: ConnExt,
 }
 
 impl Conn {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use super::ext::UNKNOWN_LEFT;
 use super::*;
 
 impl Engine {
@@ -71,41 +72,57 @@ impl Engine {
                     c.session.close();
                     return;
                 }
-                let duplicate = t.conns.iter().any(|other| {
+                let other = t.conns.iter().copied().find(|other| {
                     *other != id
                         && self.conns.get(other).is_some_and(|o| {
                             o.peer_id == Some(peer_id) && o.established_at.is_some()
                         })
                 });
-                let Some(c) = self.conns.get_mut(&id) else {
+                if let Some(other) = other {
+                    let other_outgoing = self.conns.get(&other).is_some_and(|o| o.outgoing);
+                    let outgoing = self.conns.get(&id).is_some_and(|c| c.outgoing);
+                    let keep_this = other_outgoing != outgoing
+                        && Self::keep_dialled_by_us(self.peer_id, peer_id) == outgoing;
+                    if !keep_this {
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.session.close();
+                        }
+                        return;
+                    }
+                    self.drop_conn(now, other, "duplicate connection to the same peer", true);
+                }
+                let Some(t) = self.torrents.get_mut(&tid) else {
                     return;
                 };
-                if duplicate {
-                    c.session.close();
-                    return;
-                }
                 if let Some(e) = t.book.entries.get_mut(&addr) {
                     e.failures = 0;
                 }
                 t.choke_dirty = true;
+                t.pex_dirty = true;
                 self.events
                     .push_back(Event::PeerConnected { torrent: tid, addr });
             }
             E::Bitfield => {
+                let Some(picker) = t.picker.as_mut() else {
+                    return;
+                };
                 let mut seed = false;
                 if let PeerPieces::Bitfield(b) = c.session.peer_pieces() {
-                    t.picker.peer_bitfield(b);
+                    picker.peer_bitfield(b);
                     seed = b.all();
                 }
-                if seed && t.picker.have().all() {
+                if seed && picker.have().all() {
                     c.session.close();
                     return;
                 }
                 self.update_interest(now, id);
             }
             E::HaveAll => {
-                t.picker.peer_has_all();
-                if t.picker.have().all() {
+                let Some(picker) = t.picker.as_mut() else {
+                    return;
+                };
+                picker.peer_has_all();
+                if picker.have().all() {
                     c.session.close();
                     return;
                 }
@@ -113,12 +130,16 @@ impl Engine {
             }
             E::HaveNone => self.update_interest(now, id),
             E::Have(piece) => {
-                t.picker.peer_has(piece);
+                if let Some(picker) = t.picker.as_mut() {
+                    picker.peer_has(piece);
+                }
                 self.update_interest(now, id);
             }
             E::Choked { released_requests } => {
-                for b in released_requests {
-                    t.picker.request_cancelled(key, b);
+                if let Some(picker) = t.picker.as_mut() {
+                    for b in released_requests {
+                        picker.request_cancelled(key, b);
+                    }
                 }
                 t.refill = true;
             }
@@ -137,29 +158,34 @@ impl Engine {
             }
             E::BlockReceived { block, data } => self.on_block(now, id, block, data),
             E::Rejected { block } => {
-                t.picker.request_cancelled(key, block);
+                if let Some(picker) = t.picker.as_mut() {
+                    picker.request_cancelled(key, block);
+                }
                 t.refill = true;
             }
             E::RequestsTimedOut { blocks } => {
-                for b in blocks {
-                    t.picker.request_cancelled(key, b);
+                if let Some(picker) = t.picker.as_mut() {
+                    for b in blocks {
+                        picker.request_cancelled(key, b);
+                    }
                 }
                 t.refill = true;
             }
             E::Snubbed => t.choke_dirty = true,
             E::ReadRequest { block } => {
-                if t.is_running() && t.picker.have().get(block.piece) {
+                let have = t.picker.as_ref().is_some_and(|p| p.have().get(block.piece));
+                if t.is_running() && have {
                     c.read_queue.push_back(block);
                 } else {
                     c.session.reject_request(now, block);
                 }
             }
             E::Cancelled { block } => c.read_queue.retain(|b| *b != block),
-            E::AllowedFast(_)
-            | E::Suggest(_)
-            | E::Extended { .. }
-            | E::Port(_)
-            | E::Closed { .. } => {}
+            E::Extended {
+                id: ext_id,
+                payload,
+            } => self.on_extended(now, id, ext_id, payload),
+            E::AllowedFast(_) | E::Suggest(_) | E::Port(_) | E::Closed { .. } => {}
         }
     }
 
@@ -174,7 +200,7 @@ impl Engine {
         let found = self
             .torrents
             .iter()
-            .find(|(_, t)| t.info.info_hash() == info_hash && t.is_running())
+            .find(|(_, t)| t.info_hash == info_hash && t.is_running())
             .map(|(tid, _)| *tid);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
@@ -183,11 +209,19 @@ impl Engine {
             let _ = c.session.reject();
             return;
         };
-        let duplicate = t.conns.iter().any(|other| {
+        let existing = t.conns.iter().copied().find(|other| {
             self.conns
                 .get(other)
                 .is_some_and(|o| o.peer_id == Some(peer_id))
         });
+        // Our established dial to the same peer gives way when the peer's id is the smaller one.
+        let replace = existing.filter(|o| {
+            self.conns
+                .get(o)
+                .is_some_and(|o| o.outgoing && o.established_at.is_some())
+                && !Self::keep_dialled_by_us(self.peer_id, peer_id)
+        });
+        let duplicate = existing.is_some() && replace.is_none();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -195,17 +229,29 @@ impl Engine {
             || duplicate
             || t.banned_ids.contains(&peer_id)
             || t.banned.contains(&c.addr)
-            || t.conns.len() >= self.config.max_peers_per_torrent
+            || t.conns.len() >= self.config.max_peers_per_torrent + usize::from(replace.is_some())
             || self.shutdown_deadline.is_some()
         {
             let _ = c.session.reject();
             return;
         }
-        if c.session.accept(now, t.geometry, t.picker.have()).is_err() {
+        let tid = found.unwrap_or(TorrentId(0));
+        if let Some(other) = replace {
+            self.drop_conn(now, other, "duplicate connection to the same peer", true);
+        }
+        let (Some(c), Some(t)) = (self.conns.get_mut(&id), self.torrents.get_mut(&tid)) else {
+            return;
+        };
+        let ours = Self::our_extensions(t, c.addr);
+        c.session.set_our_extensions(now, ours);
+        let accepted = match (t.geometry, t.picker.as_ref()) {
+            (Some(geometry), Some(picker)) => c.session.accept(now, geometry, picker.have()),
+            _ => c.session.accept_without_metadata(now),
+        };
+        if accepted.is_err() {
             c.session.close();
             return;
         }
-        let tid = found.unwrap_or(TorrentId(0));
         c.torrent = Some(tid);
         if self.addrs.remove(&(c.addr, None)).is_some() {
             self.addrs.insert((c.addr, Some(tid)), id);
@@ -229,19 +275,20 @@ impl Engine {
         if !t.is_running() {
             return;
         }
+        let Some(picker) = t.picker.as_mut() else {
+            return;
+        };
         let len = u64::from(block.length);
         t.downloaded += len;
         t.down_rate.record(now, len);
         let BlockReceived::New {
             piece_complete,
             cancel,
-        } = t
-            .picker
-            .block_received(key, block.piece, block.offset, block.length)
+        } = picker.block_received(key, block.piece, block.offset, block.length)
         else {
             return;
         };
-        let size = t.picker.piece_size(block.piece);
+        let size = picker.piece_size(block.piece);
         let buf = t.pieces.entry(block.piece).or_insert_with(|| {
             self.pending_bytes += u64::from(size);
             PieceBuf {
@@ -293,7 +340,11 @@ impl Engine {
         let Some(t) = c.torrent.and_then(|tid| self.torrents.get_mut(&tid)) else {
             return;
         };
-        if !t.is_running() || !c.session.is_established() || t.picker.is_complete() {
+        let running = t.is_running();
+        let Some(picker) = t.picker.as_mut() else {
+            return;
+        };
+        if !running || !c.session.is_established() || picker.is_complete() {
             return;
         }
         let n = c.session.wanted_requests(now);
@@ -310,33 +361,28 @@ impl Engine {
                     .filter(|p| !over || t.pieces.contains_key(p))
                     .collect()
             } else {
-                t.picker.partial_pieces().collect()
+                picker.partial_pieces().collect()
             };
             if allowed.is_empty() {
                 return;
             }
-            t.picker
-                .pick_allowed_fast(key, c.session.peer_pieces(), &allowed, n, &mut self.rng)
+            picker.pick_allowed_fast(key, c.session.peer_pieces(), &allowed, n, &mut self.rng)
         } else {
-            t.picker
-                .pick(key, c.session.peer_pieces(), n, &mut self.rng)
+            picker.pick(key, c.session.peer_pieces(), n, &mut self.rng)
         };
         for b in picks {
             if c.session.request(now, b).is_err() {
-                t.picker.request_cancelled(key, b);
+                picker.request_cancelled(key, b);
                 continue;
             }
-            if !t.pieces.contains_key(&b.piece) {
-                let size = t.picker.piece_size(b.piece);
+            if let std::collections::btree_map::Entry::Vacant(slot) = t.pieces.entry(b.piece) {
+                let size = picker.piece_size(b.piece);
                 self.pending_bytes += u64::from(size);
-                t.pieces.insert(
-                    b.piece,
-                    PieceBuf {
-                        size,
-                        blocks: Default::default(),
-                        stage: PieceStage::Assembling,
-                    },
-                );
+                slot.insert(PieceBuf {
+                    size,
+                    blocks: Default::default(),
+                    stage: PieceStage::Assembling,
+                });
             }
         }
     }
@@ -349,7 +395,10 @@ impl Engine {
         let Some(t) = c.torrent.and_then(|tid| self.torrents.get(&tid)) else {
             return;
         };
-        let interested = t.is_running() && t.picker.is_interesting(c.session.peer_pieces());
+        let interested = t.is_running()
+            && t.picker
+                .as_ref()
+                .is_some_and(|p| p.is_interesting(c.session.peer_pieces()));
         c.session.set_interested(now, interested);
     }
 
@@ -427,7 +476,15 @@ impl Engine {
         if let Some(t) = self.torrents.get_mut(&tid) {
             t.conns.remove(&id);
             t.keys.remove(&c.key);
-            t.picker.peer_disconnected(c.key, c.session.peer_pieces());
+            if c.session.has_geometry() {
+                if let Some(picker) = t.picker.as_mut() {
+                    picker.peer_disconnected(c.key, c.session.peer_pieces());
+                }
+            }
+            if let Some(m) = t.magnet.as_mut() {
+                m.fetcher.remove_peer(id);
+            }
+            t.pex_dirty = true;
             if c.established_at.is_some() {
                 t.book.disconnected(now, &c.addr);
                 self.events.push_back(Event::PeerDisconnected {
@@ -458,7 +515,7 @@ impl Engine {
             .filter_map(|(id, c)| {
                 let tid = c.torrent?;
                 let t = self.torrents.get(&tid)?;
-                let matches = info_hash.is_none_or(|h| h == t.info.info_hash());
+                let matches = info_hash.is_none_or(|h| h == t.info_hash);
                 matches.then_some((tid, *id, c.addr))
             })
             .collect();
@@ -488,7 +545,11 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        let partial: BTreeSet<u32> = t.picker.partial_pieces().collect();
+        let partial: BTreeSet<u32> = t
+            .picker
+            .as_ref()
+            .map(|p| p.partial_pieces().collect())
+            .unwrap_or_default();
         let mut freed = 0u64;
         t.pieces.retain(|p, b| {
             let keep = b.stage != PieceStage::Assembling || partial.contains(p);
@@ -511,7 +572,7 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        let expected = t.info.piece_hash(piece);
+        let expected = t.info.as_ref().and_then(|i| i.piece_hash(piece));
         let Some(buf) = t.pieces.get_mut(&piece) else {
             return;
         };
@@ -538,7 +599,9 @@ impl Engine {
             return;
         };
         let freed = u64::from(buf.size);
-        t.picker.piece_failed(piece);
+        if let Some(picker) = t.picker.as_mut() {
+            picker.piece_failed(piece);
+        }
         t.refill = true;
         self.events.push_back(Event::PieceFailed {
             torrent: tid,
@@ -579,7 +642,7 @@ impl Engine {
         let Some(buf) = t.pieces.remove(&piece) else {
             return;
         };
-        let fresh = t.picker.piece_verified(piece);
+        let fresh = t.picker.as_mut().is_some_and(|p| p.piece_verified(piece));
         self.release_pending(u64::from(buf.size));
         if !fresh {
             return;
@@ -629,7 +692,7 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if !t.picker.is_complete() || t.complete_reported {
+        if !t.is_complete() || t.complete_reported {
             return;
         }
         t.complete_reported = true;
@@ -637,7 +700,7 @@ impl Engine {
         t.choker.rechoke_soon();
         t.choke_dirty = true;
         self.events.push_back(Event::TorrentCompleted(tid));
-        if !t.picker.have().all() {
+        if !t.has_all() {
             return;
         }
         // Seeds have nothing to trade with a seed.
@@ -715,10 +778,12 @@ impl Engine {
         self.release_pending(freed);
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
-            let partial: Vec<u32> = t.picker.partial_pieces().collect();
-            for p in partial {
-                if !t.pieces.contains_key(&p) {
-                    t.picker.piece_failed(p);
+            if let Some(picker) = t.picker.as_mut() {
+                let partial: Vec<u32> = picker.partial_pieces().collect();
+                for p in partial {
+                    if !t.pieces.contains_key(&p) {
+                        picker.piece_failed(p);
+                    }
                 }
             }
         }
@@ -765,7 +830,7 @@ impl Engine {
                 })
             })
             .collect();
-        let mode = if t.picker.is_complete() {
+        let mode = if t.is_complete() {
             ChokeMode::Seeding
         } else {
             ChokeMode::Leeching
@@ -826,24 +891,31 @@ impl Engine {
                 let Some(addr) = t.book.candidate(now, |a| {
                     !addrs.contains_key(&(*a, Some(tid))) && !banned.contains(a)
                 }) else {
-                    if t.conns.len() < self.config.max_peers_per_torrent / 2
-                        && !t.picker.is_complete()
-                    {
+                    if t.conns.len() < self.config.max_peers_per_torrent / 2 && !t.is_complete() {
                         t.policy.want_more_peers();
                     }
                     break;
                 };
-                let session = match PeerSession::outgoing(
-                    session_config.clone(),
-                    t.geometry,
-                    t.info.info_hash(),
-                    self.peer_id,
-                    t.picker.have(),
-                    now,
-                ) {
-                    Ok(s) => s,
-                    Err(_) => break,
+                let mut session = match (t.geometry, t.picker.as_ref()) {
+                    (Some(geometry), Some(picker)) => match PeerSession::outgoing(
+                        session_config.clone(),
+                        geometry,
+                        t.info_hash,
+                        self.peer_id,
+                        picker.have(),
+                        now,
+                    ) {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                    _ => PeerSession::outgoing_without_metadata(
+                        session_config.clone(),
+                        t.info_hash,
+                        self.peer_id,
+                        now,
+                    ),
                 };
+                session.set_our_extensions(now, Self::our_extensions(t, addr));
                 if let Some(e) = t.book.entries.get_mut(&addr) {
                     e.connected = true;
                 }
@@ -866,6 +938,7 @@ impl Engine {
                         read_queue: VecDeque::new(),
                         reading_bytes: 0,
                         unflushed: 0,
+                        ext: Default::default(),
                     },
                 );
                 self.addrs.insert((addr, Some(tid)), id);
@@ -882,7 +955,8 @@ impl Engine {
         let longest = self
             .torrents
             .values()
-            .map(|t| u64::from(t.info.layout().piece_length()))
+            .filter_map(|t| t.info.as_ref())
+            .map(|info| u64::from(info.layout().piece_length()))
             .max()
             .unwrap_or(0);
         self.config
@@ -926,6 +1000,7 @@ impl Engine {
                 self.run_choker(now, *tid);
             }
         }
+        self.drive_extensions(now);
         self.dial(now);
         self.drive_trackers(now);
         if let Some(deadline) = self.shutdown_deadline {
@@ -945,7 +1020,7 @@ impl Engine {
                 let progress = Progress {
                     uploaded: t.uploaded,
                     downloaded: t.downloaded,
-                    left: t.picker.left(),
+                    left: t.picker.as_ref().map_or(UNKNOWN_LEFT, Picker::left),
                 };
                 while let Some(order) = t.policy.poll_announce(now, progress) {
                     orders.push((*tid, order));
@@ -957,6 +1032,7 @@ impl Engine {
                     .dispatch(now, tid, order, &mut self.outputs, &mut self.next_conn);
             }
             self.trackers.pump_router(&mut self.outputs);
+            self.push_scrape_events();
             let results = self.trackers.take_results();
             if results.is_empty() {
                 break;

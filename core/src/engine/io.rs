@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::tracker::announce::TrackerStatus;
+use crate::tracker::ScrapeStats;
 use crate::types::{InfoHash, PeerId};
 
 /// Identifies a torrent within one engine.
@@ -155,6 +156,16 @@ pub enum StorageFailureKind {
 pub enum Event {
     /// A torrent was added.
     TorrentAdded(TorrentId),
+    /// A torrent added from a magnet link has its metadata (checked against the info-hash): it is an
+    /// ordinary torrent from now on. The driver creates its storage now, from
+    /// `Engine::torrent_info(torrent)` (which also gives the raw bytes to save as a `.torrent`,
+    /// with `Engine::torrent_metainfo`); no job for the torrent is issued before this event.
+    MetadataReceived {
+        /// The torrent.
+        torrent: TorrentId,
+        /// Its info-hash.
+        info_hash: InfoHash,
+    },
     /// A piece passed its hash check and is on disk.
     PieceVerified {
         /// The torrent.
@@ -202,6 +213,15 @@ pub enum Event {
         /// How many peers it returned.
         peers: usize,
     },
+    /// A scrape started with `Engine::scrape` finished at one tracker.
+    ScrapeResult {
+        /// The torrent.
+        torrent: TorrentId,
+        /// The tracker's URL (as in the torrent).
+        url: String,
+        /// The tracker's counters for the torrent, or why there are none.
+        result: Result<ScrapeStats, String>,
+    },
     /// A peer completed the handshake.
     PeerConnected {
         /// The torrent.
@@ -232,6 +252,9 @@ pub enum Event {
 /// The life-cycle state of a torrent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TorrentState {
+    /// Added from a magnet link: fetching the metadata (the info dictionary) from peers. No files,
+    /// no pieces yet; see [`Event::MetadataReceived`].
+    FetchingMetadata,
     /// Fetching pieces.
     Downloading,
     /// Every wanted piece is verified; serving others.

@@ -19,7 +19,9 @@
 pub mod io;
 
 mod conn;
+mod ext;
 mod flow;
+mod scrape;
 mod torrent;
 mod trackers;
 
@@ -32,8 +34,9 @@ use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::choker::{ChokeMode, ChokePeer, Choker, ChokerConfig};
-use crate::metainfo::Metainfo;
-use crate::peer::{self, BlockRequest, Geometry, PeerSession, RateMeter, SessionConfig};
+use crate::ext::metadata::MetadataServer;
+use crate::metainfo::{Layout, Metainfo};
+use crate::peer::{self, BlockRequest, Geometry, PeerSession, SessionConfig};
 use crate::picker::{BlockReceived, PeerKey, PeerPieces, Picker, PickerConfig};
 use crate::rng::{seeded, CoreRng, RngExt};
 use crate::time::Instant;
@@ -45,6 +48,7 @@ use conn::{Conn, READ_AHEAD, SEND_WINDOW};
 use torrent::{PieceBuf, PieceStage, RunState, Torrent, MAX_FAILED_KEEP, MAX_STRIKES};
 use trackers::TrackerGlue;
 
+pub use ext::AddMagnet;
 pub use io::*;
 
 /// The pending-piece cap is never below this many pieces of the torrent with the longest pieces.
@@ -148,6 +152,13 @@ pub enum AddError {
     /// No torrent with this id.
     #[error("no torrent with id {0:?}")]
     UnknownTorrent(TorrentId),
+    /// The torrent's metadata (its file list) is not known yet: it is still being fetched for a
+    /// magnet link.
+    #[error("torrent {0:?} has no metadata yet (still fetching it for a magnet link)")]
+    MetadataPending(TorrentId),
+    /// The command needs the torrent stopped (paused) and it is running.
+    #[error("torrent {0:?} is running (pause it first)")]
+    Running(TorrentId),
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -199,6 +210,8 @@ pub struct Engine {
     dial_dirty: bool,
     /// When an address that is backing off becomes diallable (and slots allow).
     dial_due: Option<Instant>,
+    /// Host-name lookups for magnet `x.pe` peer hints: the torrent they are for.
+    peer_resolves: BTreeMap<ResolveId, TorrentId>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -242,6 +255,7 @@ impl Engine {
             last_now: now,
             dial_dirty: false,
             dial_due: None,
+            peer_resolves: BTreeMap::new(),
         }
     }
 
@@ -258,11 +272,7 @@ impl Engine {
             return Err(AddError::ShuttingDown);
         }
         let info_hash = add.metainfo.info_hash();
-        if self
-            .torrents
-            .values()
-            .any(|t| t.info.info_hash() == info_hash)
-        {
+        if self.torrents.values().any(|t| t.info_hash == info_hash) {
             return Err(AddError::Duplicate(info_hash));
         }
         let info = add.metainfo.info.clone();
@@ -315,39 +325,25 @@ impl Engine {
             regular_slots: self.config.unchoke_slots,
             ..ChokerConfig::default()
         });
-        let window = self.config.session.rate_window;
         let id = TorrentId(self.next_torrent);
         self.next_torrent = self.next_torrent.wrapping_add(1);
         let complete = picker.is_complete();
-        let mut t = Torrent {
-            info,
-            geometry,
-            picker,
-            wanted_files,
-            run: if add.paused {
-                RunState::Paused
-            } else {
-                RunState::Running
-            },
-            complete_reported: complete,
+        let mut t = Torrent::new(
+            info_hash,
+            info.name().to_owned(),
+            add.metainfo.trackers.clone(),
             policy,
             choker,
-            conns: Default::default(),
-            keys: Default::default(),
-            book: Default::default(),
-            pieces: Default::default(),
-            failed_blocks: Default::default(),
-            failed_bytes: 0,
-            strikes: Default::default(),
-            banned: Default::default(),
-            banned_ids: Default::default(),
-            downloaded: 0,
-            uploaded: 0,
-            down_rate: RateMeter::new(window),
-            up_rate: RateMeter::new(window),
-            choke_dirty: true,
-            refill: false,
-        };
+            self.config.session.rate_window,
+            add.paused,
+        );
+        t.private = info.is_private();
+        t.metadata = MetadataServer::new(Some(info.raw().clone()));
+        t.info = Some(info);
+        t.geometry = Some(geometry);
+        t.picker = Some(picker);
+        t.wanted_files = wanted_files;
+        t.complete_reported = complete;
         for addr in add.peers {
             t.book.add(now, addr);
         }
@@ -402,7 +398,7 @@ impl Engine {
         t.downloaded = 0;
         t.uploaded = 0;
         t.policy.start(now);
-        if t.picker.is_complete() {
+        if t.is_complete() {
             t.policy.set_completed(now);
         }
         t.choke_dirty = true;
@@ -450,26 +446,30 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&torrent) else {
             return Err(AddError::UnknownTorrent(torrent));
         };
-        let files = t.layout().files().len();
+        let (Some(layout), Some(picker)) = (t.info.as_ref().map(|i| i.layout()), t.picker.as_mut())
+        else {
+            return Err(AddError::MetadataPending(torrent));
+        };
+        let files = layout.files().len();
         if wanted.len() != files {
             return Err(AddError::SelectionLength {
                 got: wanted.len(),
                 files,
             });
         }
-        let bits = Torrent::wanted_pieces(t.layout(), &wanted);
+        let bits = Torrent::wanted_pieces(layout, &wanted);
         t.wanted_files = wanted;
-        t.picker.set_wanted(&bits);
-        let stale = t.picker.requests_for_unwanted();
+        picker.set_wanted(&bits);
+        let stale = picker.requests_for_unwanted();
         for (key, block) in stale {
-            t.picker.request_cancelled(key, block);
+            picker.request_cancelled(key, block);
             if let Some(c) = t.keys.get(&key).and_then(|id| self.conns.get_mut(id)) {
                 c.session.cancel(now, block);
             }
         }
         self.sync_pieces(torrent);
         if let Some(t) = self.torrents.get_mut(&torrent) {
-            if !t.picker.is_complete() {
+            if !t.is_complete() {
                 t.complete_reported = false;
             }
         }
@@ -539,6 +539,7 @@ impl Engine {
                 read_queue: VecDeque::new(),
                 reading_bytes: 0,
                 unflushed: 0,
+                ext: Default::default(),
             },
         );
         self.addrs.insert((remote, None), id);
@@ -639,6 +640,10 @@ impl Engine {
         id: ResolveId,
         result: Result<Vec<SocketAddr>, String>,
     ) {
+        if let Some(tid) = self.peer_resolves.remove(&id) {
+            self.peer_hint_resolved(now, tid, result);
+            return;
+        }
         self.trackers
             .resolved(now, id, result, &mut self.outputs, &mut self.next_conn);
         self.after_trackers(now);
@@ -734,6 +739,7 @@ impl Engine {
         }
         self.trackers
             .handle_timeout(now, &mut self.outputs, &mut self.next_conn);
+        self.ext_handle_timeout(now);
         for t in self.torrents.values_mut() {
             if t.choker.poll_timeout().is_some_and(|d| d <= now) {
                 t.choke_dirty = true;
@@ -762,6 +768,7 @@ impl Engine {
             }
         }
         consider(self.trackers.poll_timeout());
+        consider(self.ext_poll_timeout());
         if self.shutdown_deadline.is_none() {
             consider(self.dial_due);
         }
@@ -799,7 +806,7 @@ impl Engine {
         let have_bytes: u64 = files.iter().filter(|f| f.wanted).map(|f| f.have).sum();
         let mut peer_list = Vec::new();
         let mut seeds = 0;
-        let pieces = t.picker.num_pieces();
+        let pieces = t.picker.as_ref().map(Picker::num_pieces);
         for id in &t.conns {
             let Some(c) = self.conns.get(id) else {
                 continue;
@@ -808,11 +815,12 @@ impl Engine {
                 continue;
             }
             let s = &c.session;
-            let count = match s.peer_pieces() {
-                PeerPieces::All => pieces,
-                PeerPieces::Bitfield(b) => b.count_ones(),
+            let (count, seed) = match (s.peer_pieces(), pieces) {
+                (PeerPieces::All, _) => (pieces.unwrap_or(0), true),
+                (PeerPieces::Bitfield(b), Some(n)) => (b.count_ones(), b.count_ones() == n),
+                (PeerPieces::Bitfield(_), None) => (0, false),
             };
-            if count == pieces {
+            if seed {
                 seeds += 1;
             }
             peer_list.push(PeerStats {
@@ -843,15 +851,16 @@ impl Engine {
         let state = match &t.run {
             RunState::Paused => TorrentState::Paused,
             RunState::Error(m) => TorrentState::Error(m.clone()),
-            RunState::Running if t.picker.is_complete() => TorrentState::Seeding,
+            RunState::Running if t.picker.is_none() => TorrentState::FetchingMetadata,
+            RunState::Running if t.is_complete() => TorrentState::Seeding,
             RunState::Running => TorrentState::Downloading,
         };
         Some(TorrentStats {
             id: torrent,
-            name: t.info.name().to_owned(),
-            info_hash: t.info.info_hash(),
+            name: t.name.clone(),
+            info_hash: t.info_hash,
             state,
-            total_bytes: t.layout().total_length(),
+            total_bytes: t.layout().map_or(0, Layout::total_length),
             wanted_bytes,
             have_bytes,
             downloaded: t.downloaded,
@@ -861,7 +870,10 @@ impl Engine {
             peers: peer_list.len() as u32,
             seeds,
             eta,
-            have: t.picker.have().clone(),
+            have: t
+                .picker
+                .as_ref()
+                .map_or_else(|| Bitfield::new(0), |p| p.have().clone()),
             peer_list,
             trackers: t.policy.tracker_status(now),
             files,

@@ -479,7 +479,21 @@ impl FakeUdp {
                     .to_bytes(AddressFamily::V4),
                 )
             }
-            UdpRequest::Scrape(_) => None,
+            UdpRequest::Scrape(r) => Some(
+                UdpResponse::Scrape(crate::tracker::udp::ScrapeReply {
+                    transaction_id: r.transaction_id,
+                    stats: r
+                        .info_hashes
+                        .iter()
+                        .map(|_| crate::tracker::ScrapeStats {
+                            seeders: 7,
+                            completed: 9,
+                            leechers: 3,
+                        })
+                        .collect(),
+                })
+                .to_bytes(AddressFamily::V4),
+            ),
         }
     }
 }
@@ -818,6 +832,8 @@ struct Raw {
     got: Vec<(ConnId, Decoded)>,
     closed: Vec<ConnId>,
     events: Vec<Event>,
+    /// Addresses the engine asked to connect to.
+    dials: Vec<SocketAddr>,
 }
 
 impl Raw {
@@ -831,6 +847,7 @@ impl Raw {
             got: Vec::new(),
             closed: Vec::new(),
             events: Vec::new(),
+            dials: Vec::new(),
         }
     }
 
@@ -885,7 +902,8 @@ impl Raw {
                     };
                     self.engine.handle_job_done(self.now, id, result);
                 }
-                Output::Connect { .. } | Output::SendDatagram { .. } | Output::Resolve { .. } => {}
+                Output::Connect { addr, .. } => self.dials.push(addr),
+                Output::SendDatagram { .. } | Output::Resolve { .. } => {}
             }
         }
         while let Some(e) = self.engine.poll_event() {
@@ -1508,3 +1526,97 @@ fn seeds_do_not_keep_connections_to_seeds_and_a_bigger_torrent_is_quick() {
         Event::PeerDisconnected { addr, .. } if *addr == a2
     )));
 }
+
+#[test]
+fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
+    use crate::tracker::ScrapeStats;
+    let udp_url = "udp://udp.test:6969/announce".to_owned();
+    let http_url = "http://tracker.test:8080/announce".to_owned();
+    let dead_url = "http://nowhere.test/announce".to_owned();
+    let odd_url = "http://tracker.test:8080/tracker".to_owned();
+    let (mut net, meta, _content, _ts, tl) = seed_and_leech(vec![
+        vec![udp_url.clone()],
+        vec![http_url.clone(), dead_url.clone()],
+        vec![odd_url.clone()],
+    ]);
+    let udp = addr(101, 6969);
+    let http = addr(100, 8080);
+    net.hosts.insert("udp.test".into(), udp.ip());
+    net.hosts.insert("tracker.test".into(), http.ip());
+    net.udp.insert(
+        udp,
+        FakeUdp {
+            peers: vec![],
+            announces: Vec::new(),
+        },
+    );
+    // The fake HTTP tracker answers every request with a scrape body for our torrent.
+    let hash = meta.info.info_hash();
+    let mut body = b"d5:filesd20:".to_vec();
+    body.extend_from_slice(hash.as_bytes());
+    body.extend_from_slice(b"d8:completei4e10:downloadedi5e10:incompletei6eeee");
+    net.http.insert(
+        http,
+        FakeHttp {
+            body,
+            requests: Vec::new(),
+        },
+    );
+    let now = net.now;
+    assert_eq!(
+        net.nodes[1].engine.scrape(now, TorrentId(999)),
+        Err(AddError::UnknownTorrent(TorrentId(999)))
+    );
+    let asked = net.nodes[1].engine.scrape(now, tl).expect("scrape");
+    assert_eq!(asked.len(), 4, "{asked:?}");
+    let done = |n: &Net| {
+        n.nodes[1]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::ScrapeResult { .. }))
+            .count()
+            >= 4
+    };
+    assert!(net.run_until(Duration::from_secs(30), done));
+    let results: BTreeMap<String, Result<ScrapeStats, String>> = net.nodes[1]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ScrapeResult {
+                torrent,
+                url,
+                result,
+            } if *torrent == tl => Some((url.clone(), result.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        results[&udp_url],
+        Ok(ScrapeStats {
+            seeders: 7,
+            completed: 9,
+            leechers: 3
+        })
+    );
+    assert_eq!(
+        results[&http_url],
+        Ok(ScrapeStats {
+            seeders: 4,
+            completed: 5,
+            leechers: 6
+        })
+    );
+    let dead = results[&dead_url].as_ref().expect_err("unknown host");
+    assert!(dead.contains("nowhere.test"), "{dead}");
+    let odd = results[&odd_url]
+        .as_ref()
+        .expect_err("no scrape convention");
+    assert!(odd.contains("scrape"), "{odd}");
+    // The HTTP scrape went to /scrape with the info-hash.
+    assert!(net.http[&http]
+        .requests
+        .iter()
+        .any(|r| r.starts_with("GET /scrape?info_hash=")));
+}
+
+mod magnet;

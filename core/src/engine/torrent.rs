@@ -9,13 +9,15 @@ use bytes::Bytes;
 
 use crate::bitfield::Bitfield;
 use crate::choker::Choker;
+use crate::ext::metadata::MetadataServer;
 use crate::metainfo::{Info, Layout};
 use crate::peer::{Geometry, RateMeter};
 use crate::picker::{PeerKey, Picker};
 use crate::time::Instant;
 use crate::tracker::announce::AnnouncePolicy;
-use crate::types::PeerId;
+use crate::types::{InfoHash, PeerId};
 
+use super::ext::MagnetFetch;
 use super::io::{ConnId, FileStats};
 
 /// The most addresses remembered per torrent; new ones beyond it are dropped.
@@ -161,15 +163,32 @@ pub(crate) struct PieceBuf {
 }
 
 /// One torrent.
+///
+/// A torrent added from a magnet link starts without `info`, `geometry` and `picker` (all three are
+/// `None` until the metadata is fetched, then all three are `Some`); `magnet` holds the fetch.
 pub(crate) struct Torrent {
-    /// The metainfo (`info` dictionary and trackers).
-    pub info: Info,
-    /// The piece geometry, for peer sessions.
-    pub geometry: Geometry,
-    /// Pieces: had, wanted, requested.
-    pub picker: Picker,
-    /// Which files the user selected.
+    /// The info-hash (known from the start, also for a magnet link).
+    pub info_hash: InfoHash,
+    /// The name to show: the info dictionary's, else the magnet link's `dn`, else the info-hash.
+    pub name: String,
+    /// The `info` dictionary, once known.
+    pub info: Option<Info>,
+    /// The piece geometry, for peer sessions, once known.
+    pub geometry: Option<Geometry>,
+    /// Pieces: had, wanted, requested; once the metadata is known.
+    pub picker: Option<Picker>,
+    /// Which files the user selected (empty until the metadata is known).
     pub wanted_files: Vec<bool>,
+    /// Tracker tiers (for saving a `.torrent` of a magnet link).
+    pub trackers: Vec<Vec<String>>,
+    /// Private torrent (BEP 27): no PEX. Unknown (false) until a magnet link's metadata arrived.
+    pub private: bool,
+    /// The metadata fetch of a magnet link; `None` once the metadata is known.
+    pub magnet: Option<MagnetFetch>,
+    /// Answers `ut_metadata` requests (rejects them while we have no metadata).
+    pub metadata: MetadataServer,
+    /// The set of connected peers changed: PEX senders should look again.
+    pub pex_dirty: bool,
     /// Running, paused or stopped by an error.
     pub run: RunState,
     /// Whether `TorrentCompleted` was emitted for the current selection.
@@ -211,9 +230,68 @@ pub(crate) struct Torrent {
 }
 
 impl Torrent {
-    /// The layout (files and pieces).
-    pub fn layout(&self) -> &Layout {
-        self.info.layout()
+    /// A torrent that knows only its info-hash: no metadata, no peers, nothing had. `add_torrent`
+    /// fills in the metadata at once; a magnet link's fetch fills it in later.
+    pub fn new(
+        info_hash: InfoHash,
+        name: String,
+        trackers: Vec<Vec<String>>,
+        policy: AnnouncePolicy,
+        choker: Choker<ConnId>,
+        rate_window: Duration,
+        paused: bool,
+    ) -> Torrent {
+        Torrent {
+            info_hash,
+            name,
+            info: None,
+            geometry: None,
+            picker: None,
+            wanted_files: Vec::new(),
+            trackers,
+            private: false,
+            magnet: None,
+            metadata: MetadataServer::new(None),
+            pex_dirty: false,
+            run: if paused {
+                RunState::Paused
+            } else {
+                RunState::Running
+            },
+            complete_reported: false,
+            policy,
+            choker,
+            conns: Default::default(),
+            keys: Default::default(),
+            book: Default::default(),
+            pieces: Default::default(),
+            failed_blocks: Default::default(),
+            failed_bytes: 0,
+            strikes: Default::default(),
+            banned: Default::default(),
+            banned_ids: Default::default(),
+            downloaded: 0,
+            uploaded: 0,
+            down_rate: RateMeter::new(rate_window),
+            up_rate: RateMeter::new(rate_window),
+            choke_dirty: true,
+            refill: false,
+        }
+    }
+
+    /// The layout (files and pieces), once the metadata is known.
+    pub fn layout(&self) -> Option<&Layout> {
+        self.info.as_ref().map(Info::layout)
+    }
+
+    /// Whether every wanted piece is verified (never before the metadata is known).
+    pub fn is_complete(&self) -> bool {
+        self.picker.as_ref().is_some_and(Picker::is_complete)
+    }
+
+    /// Whether we have every piece of the torrent (never before the metadata is known).
+    pub fn has_all(&self) -> bool {
+        self.picker.as_ref().is_some_and(|p| p.have().all())
     }
 
     /// Whether peers, trackers and jobs are active.
@@ -238,8 +316,10 @@ impl Torrent {
 
     /// Per-file statistics: bytes covered by verified pieces.
     pub fn file_stats(&self) -> Vec<FileStats> {
-        let layout = self.layout();
-        let have = self.picker.have();
+        let (Some(layout), Some(picker)) = (self.layout(), self.picker.as_ref()) else {
+            return Vec::new();
+        };
+        let have = picker.have();
         let pl = u64::from(layout.piece_length());
         layout
             .files()

@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use crate::time::Instant;
 use crate::tracker::announce::{AnnounceOrder, AnnouncePolicy, Progress, TrackerHandle};
-use crate::tracker::http::{announce_url, parse_announce_response};
+use crate::tracker::http::{
+    announce_url, parse_announce_response, parse_scrape_response, scrape_url,
+};
 use crate::tracker::http_client::{Exchange, ExchangeConfig, Outcome};
 use crate::tracker::udp::UdpUrl;
 use crate::tracker::udp_client::{self, RequestId, UdpTrackerRouter};
-use crate::tracker::{AnnounceParams, AnnounceResponse};
+use crate::tracker::{AnnounceParams, AnnounceResponse, ScrapeStats};
+use crate::types::InfoHash;
 
 use super::io::{ConnId, Output, ResolveId, TorrentId};
 
@@ -25,6 +28,8 @@ struct Origin {
     torrent: TorrentId,
     tracker: TrackerHandle,
     url: String,
+    /// `Some(info-hash)`: this request is a scrape of that torrent, not an announce.
+    scrape: Option<InfoHash>,
 }
 
 /// An announce waiting for its tracker's host name.
@@ -37,6 +42,10 @@ enum Waiter {
     Http {
         origin: Origin,
         exchange: Box<Exchange>,
+    },
+    UdpScrape {
+        origin: Origin,
+        port: u16,
     },
 }
 
@@ -54,6 +63,9 @@ pub(crate) type TrackerResult = (
     Result<AnnounceResponse, String>,
 );
 
+/// The outcome of one scrape: torrent, tracker URL, counters or why there are none.
+pub(crate) type ScrapeResult = (TorrentId, String, Result<ScrapeStats, String>);
+
 /// Every tracker conversation of the engine.
 pub(crate) struct TrackerGlue {
     /// The one UDP socket's router.
@@ -67,6 +79,7 @@ pub(crate) struct TrackerGlue {
     dns: BTreeMap<String, (Instant, Vec<IpAddr>)>,
     retired: BTreeMap<TorrentId, (AnnouncePolicy, Progress)>,
     results: VecDeque<TrackerResult>,
+    scrape_results: VecDeque<ScrapeResult>,
     next_resolve: u64,
     /// How long a resolved host is reused.
     dns_ttl: Duration,
@@ -84,6 +97,7 @@ impl TrackerGlue {
             dns: BTreeMap::new(),
             retired: BTreeMap::new(),
             results: VecDeque::new(),
+            scrape_results: VecDeque::new(),
             next_resolve: 0,
             dns_ttl,
         }
@@ -135,9 +149,75 @@ impl TrackerGlue {
         self.results.drain(..).collect()
     }
 
+    /// Finished scrapes, in the order they finished.
+    pub fn take_scrape_results(&mut self) -> Vec<ScrapeResult> {
+        self.scrape_results.drain(..).collect()
+    }
+
     fn fail(&mut self, origin: Origin, message: String) {
+        if origin.scrape.is_some() {
+            self.scrape_results
+                .push_back((origin.torrent, origin.url, Err(message)));
+            return;
+        }
         self.results
             .push_back((origin.torrent, origin.tracker, origin.url, Err(message)));
+    }
+
+    /// Starts a scrape of `info_hash` at the tracker `url` (UDP, or HTTP by the BEP 48 convention);
+    /// its outcome comes out of [`TrackerGlue::take_scrape_results`].
+    pub fn scrape(
+        &mut self,
+        now: Instant,
+        torrent: TorrentId,
+        url: &str,
+        info_hash: InfoHash,
+        outputs: &mut VecDeque<Output>,
+        next_conn: &mut u64,
+    ) {
+        let origin = Origin {
+            torrent,
+            tracker: TrackerHandle(usize::MAX),
+            url: url.to_owned(),
+            scrape: Some(info_hash),
+        };
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("udp://") {
+            match UdpUrl::parse(url) {
+                Err(e) => self.fail(origin, e.to_string()),
+                Ok(u) => match u.socket_addr() {
+                    Some(addr) => self.udp_scrape(now, origin, addr),
+                    None => {
+                        let waiter = Waiter::UdpScrape {
+                            origin,
+                            port: u.port,
+                        };
+                        self.lookup(now, u.host.clone(), u.port, waiter, outputs, next_conn);
+                    }
+                },
+            }
+        } else if lower.starts_with("http://") {
+            match scrape_url(url, &[info_hash]) {
+                Err(e) => self.fail(origin, e.to_string()),
+                Ok(target) => {
+                    let exchange = Box::new(Exchange::new(target, now, ExchangeConfig::default()));
+                    self.http_start(now, origin, exchange, outputs, next_conn);
+                }
+            }
+        } else {
+            let scheme = url.split("://").next().unwrap_or("").to_owned();
+            self.fail(origin, format!("unsupported tracker URL scheme `{scheme}`"));
+        }
+    }
+
+    fn udp_scrape(&mut self, now: Instant, origin: Origin, addr: SocketAddr) {
+        let hashes: Vec<InfoHash> = origin.scrape.into_iter().collect();
+        match self.router.scrape(now, addr, &hashes) {
+            Ok(id) => {
+                self.udp.insert(id, origin);
+            }
+            Err(e) => self.fail(origin, e.to_string()),
+        }
     }
 
     /// Starts one announce.
@@ -153,6 +233,7 @@ impl TrackerGlue {
             torrent,
             tracker: order.tracker,
             url: order.url.clone(),
+            scrape: None,
         };
         let lower = order.url.to_ascii_lowercase();
         if lower.starts_with("udp://") {
@@ -266,7 +347,9 @@ impl TrackerGlue {
         let pending: usize = self.waiting.values().map(Vec::len).sum();
         if pending >= MAX_WAITERS {
             let origin = match waiter {
-                Waiter::Udp { origin, .. } | Waiter::Http { origin, .. } => origin,
+                Waiter::Udp { origin, .. }
+                | Waiter::Http { origin, .. }
+                | Waiter::UdpScrape { origin, .. } => origin,
             };
             self.fail(
                 origin,
@@ -299,6 +382,9 @@ impl TrackerGlue {
                 port,
                 params,
             } => self.udp_announce(now, origin, SocketAddr::new(ip, port), params),
+            Waiter::UdpScrape { origin, port } => {
+                self.udp_scrape(now, origin, SocketAddr::new(ip, port))
+            }
             Waiter::Http { origin, exchange } => {
                 let port = exchange.url().port();
                 self.http_connect(
@@ -310,6 +396,14 @@ impl TrackerGlue {
                 );
             }
         }
+    }
+
+    /// A fresh id for a lookup made outside the trackers (a magnet link's `x.pe` host names), so
+    /// that ids never collide with the trackers' own.
+    pub fn new_resolve_id(&mut self) -> ResolveId {
+        let id = ResolveId(self.next_resolve);
+        self.next_resolve += 1;
+        id
     }
 
     /// A lookup finished.
@@ -342,7 +436,9 @@ impl TrackerGlue {
             };
             for w in waiters {
                 let origin = match w {
-                    Waiter::Udp { origin, .. } | Waiter::Http { origin, .. } => origin,
+                    Waiter::Udp { origin, .. }
+                    | Waiter::Http { origin, .. }
+                    | Waiter::UdpScrape { origin, .. } => origin,
                 };
                 self.fail(origin, message.clone());
             }
@@ -369,7 +465,23 @@ impl TrackerGlue {
                         ));
                     }
                 }
-                udp_client::Event::Scrape { .. } => {}
+                udp_client::Event::Scrape { id, result } => {
+                    if let Some(origin) = self.udp.remove(&id) {
+                        let wanted = origin.scrape;
+                        let result = match result {
+                            Err(e) => Err(e.to_string()),
+                            Ok(list) => list
+                                .into_iter()
+                                .find(|(h, _)| Some(*h) == wanted)
+                                .map(|(_, s)| s)
+                                .ok_or_else(|| {
+                                    "tracker sent no counters for the torrent".to_owned()
+                                }),
+                        };
+                        self.scrape_results
+                            .push_back((origin.torrent, origin.url, result));
+                    }
+                }
             }
         }
     }
@@ -447,6 +559,19 @@ impl TrackerGlue {
             outputs.push_back(Output::Close { conn });
         }
         match result {
+            Ok(Outcome::Body(body)) if req.origin.scrape.is_some() => {
+                let wanted = req.origin.scrape;
+                let result = match parse_scrape_response(&body) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(list) => list
+                        .into_iter()
+                        .find(|(h, _)| Some(*h) == wanted)
+                        .map(|(_, s)| s)
+                        .ok_or_else(|| "tracker sent no counters for the torrent".to_owned()),
+                };
+                self.scrape_results
+                    .push_back((req.origin.torrent, req.origin.url, result));
+            }
             Ok(Outcome::Body(body)) => {
                 let parsed = parse_announce_response(&body).map_err(|e| e.to_string());
                 self.results.push_back((

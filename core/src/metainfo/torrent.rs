@@ -322,6 +322,20 @@ impl Info {
 }
 
 impl Metainfo {
+    /// A torrent from an info dictionary and tracker tiers, with no comment, creator, date or web
+    /// seeds: e.g. the metadata fetched for a magnet link plus the link's trackers, to save as a
+    /// `.torrent` with [`Metainfo::to_bytes`].
+    pub fn new(info: Info, trackers: Vec<Vec<String>>) -> Metainfo {
+        Metainfo {
+            info,
+            trackers,
+            comment: None,
+            created_by: None,
+            creation_date: None,
+            url_list: Vec::new(),
+        }
+    }
+
     /// Parses and validates a `.torrent` file's bytes.
     pub fn from_bytes(torrent: &[u8]) -> Result<Metainfo, MetainfoError> {
         let top = bencode::decode(torrent)?;

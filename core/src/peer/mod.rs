@@ -27,6 +27,20 @@
 //! `allowed fast` pieces we remember. A peer that goes past a cap is disconnected with an error that
 //! names the cap.
 //!
+//! # Before the metadata (magnet links)
+//! A torrent added from a magnet link has no piece count until its info dictionary is fetched, so a
+//! session can start without a [`Geometry`] ([`PeerSession::outgoing_without_metadata`],
+//! [`PeerSession::accept_without_metadata`]) and learn it later with [`PeerSession::set_geometry`].
+//! Meanwhile:
+//! - we announce nothing but `have none` (fast extension) or nothing at all: no bitfield;
+//! - the peer's bitfield is kept raw (bounded by the frame limit) and its `have`s in a bit set bounded
+//!   by [`MAX_PIECES_WITHOUT_METADATA`]; `have all` / `have none` work as usual;
+//! - once the geometry is set, the raw bitfield is validated (wrong length or spare bits end the
+//!   session, as they would have at once), the early `have`s are range-checked and merged, and the
+//!   peer's have-state is emitted again ([`Event::Bitfield`] or [`Event::HaveAll`]);
+//! - requests from the peer are rejected (fast extension) or dropped, `suggest` is ignored, and
+//!   `allowed fast` pieces are range-checked later.
+//!
 //! # Choices
 //! - Requests for more than 16 KiB are a protocol error that closes the connection, as BEP 3 describes
 //!   current implementations doing; every client in use requests 16 KiB blocks.
@@ -41,8 +55,11 @@ mod session;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_magnet;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -134,6 +151,27 @@ impl Default for SessionConfig {
     }
 }
 
+/// The most pieces a torrent can have whose metadata fits the default metadata cap (16 MiB of info
+/// dictionary at 20 bytes of hash per piece). Before the metadata is known (a magnet link) a peer's
+/// `have` for a piece at or past this index cannot be valid and ends the session, and the frame limit
+/// leaves room for a bitfield of this many pieces.
+pub const MAX_PIECES_WITHOUT_METADATA: u32 =
+    (crate::ext::metadata::DEFAULT_MAX_METADATA_SIZE / 20) as u32;
+
+/// What our BEP 10 extension handshake carries besides `v`, `reqq` and `p`, set per connection with
+/// [`PeerSession::set_our_extensions`] (it depends on the torrent and the peer, which a shared
+/// [`SessionConfig`] cannot know).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OurExtensions {
+    /// Our `m` map: extension name to the id the peer should send it to us with.
+    pub messages: BTreeMap<String, u8>,
+    /// `metadata_size` (BEP 9): the size of the info dictionary, once we have it.
+    pub metadata_size: Option<u64>,
+    /// `yourip`: the peer's address as we see it (sent as 4 or 16 bytes), so it can learn its
+    /// external address.
+    pub your_ip: Option<IpAddr>,
+}
+
 /// The shape of a torrent as far as block addresses go: piece length and total length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -212,6 +250,9 @@ pub enum SetupError {
     /// `accept`/`reject` called when no incoming handshake is waiting for an answer.
     #[error("no incoming handshake is waiting to be accepted or rejected")]
     NotAwaitingAccept,
+    /// [`PeerSession::set_geometry`] on a session that already knows the torrent's geometry.
+    #[error("the session already knows the torrent's geometry")]
+    GeometryKnown,
 }
 
 /// Why [`PeerSession::request`] refused to send a request.
@@ -262,7 +303,8 @@ pub enum SessionError {
     LateHaveState {
         /// Which message.
         message: &'static str,
-        /// Its 1-based position among the messages after the handshake (keep-alives not counted).
+        /// Its 1-based position among the messages after the handshake (keep-alives and BEP 10
+        /// extension messages not counted).
         position: u64,
     },
     /// The bitfield's length or spare bits were wrong.
@@ -401,7 +443,9 @@ pub enum Event {
         /// Whether the extension protocol (BEP 10) is on (both sides set it).
         extension_protocol: bool,
     },
-    /// The peer sent its bitfield; read it from [`PeerSession::peer_pieces`].
+    /// The peer sent its bitfield; read it from [`PeerSession::peer_pieces`]. A session without
+    /// geometry emits it (or [`Event::HaveAll`]) once [`PeerSession::set_geometry`] made the peer's
+    /// have-state readable.
     Bitfield,
     /// The peer has every piece (BEP 6).
     HaveAll,

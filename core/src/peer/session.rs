@@ -1,10 +1,11 @@
 //! [`PeerSession`]: the state machine of one peer connection.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::bencode::{self, OwnedValue};
+use crate::bencode;
 use crate::bitfield::Bitfield;
 use crate::picker::PeerPieces;
 use crate::time::Instant;
@@ -16,8 +17,8 @@ use crate::wire::{
 
 use super::rate::RateMeter;
 use super::{
-    BlockRequest, Event, Geometry, PeerExtensions, RequestError, SessionConfig, SessionError,
-    SetupError, CLIENT_VERSION, MAX_BLOCK_LEN,
+    BlockRequest, Event, Geometry, OurExtensions, PeerExtensions, RequestError, SessionConfig,
+    SessionError, SetupError, CLIENT_VERSION, MAX_BLOCK_LEN, MAX_PIECES_WITHOUT_METADATA,
 };
 
 /// Longest client name kept from an extension handshake.
@@ -96,7 +97,18 @@ pub struct PeerSession {
 
     peer_have: Bitfield,
     peer_has_all: bool,
-    /// Messages received after the handshake, keep-alives not counted.
+    /// Without geometry: the peer's bitfield as it came, validated once the piece count is known.
+    raw_bitfield: Option<Bytes>,
+    /// Without geometry: the peer's `have`s as a bit set (bit `i` of byte `i / 8`, lowest first),
+    /// at most [`MAX_PIECES_WITHOUT_METADATA`] bits.
+    early_haves: Vec<u8>,
+    /// What our extension handshake says (`None`: the config's `extensions` only).
+    our_extensions: Option<OurExtensions>,
+    /// Whether our extension handshake went out (a later change re-sends it).
+    ext_handshake_sent: bool,
+    /// Messages received after the handshake, keep-alives and BEP 10 extension messages not counted:
+    /// libtorrent sends its extension handshake *before* its bitfield / have all, so "the first
+    /// message" of BEP 3 and BEP 6 means the first core-protocol message.
     messages_received: u64,
     peer_extensions: PeerExtensions,
 
@@ -153,6 +165,10 @@ impl PeerSession {
             peer_interested: false,
             peer_have: Bitfield::new(0),
             peer_has_all: false,
+            raw_bitfield: None,
+            early_haves: Vec::new(),
+            our_extensions: None,
+            ext_handshake_sent: false,
             messages_received: 0,
             peer_extensions: PeerExtensions::default(),
             outstanding: VecDeque::new(),
@@ -197,6 +213,21 @@ impl PeerSession {
         Ok(s)
     }
 
+    /// A connection we dialled for `info_hash` before we know the torrent's metadata (a magnet link):
+    /// like [`PeerSession::outgoing`], but we announce no pieces and keep the peer's have-state raw
+    /// until [`PeerSession::set_geometry`] (see the module documentation).
+    pub fn outgoing_without_metadata(
+        config: SessionConfig,
+        info_hash: InfoHash,
+        our_id: PeerId,
+        now: Instant,
+    ) -> PeerSession {
+        let mut s = PeerSession::new(config, our_id, now, true);
+        s.info_hash = Some(info_hash);
+        s.send_handshake(now);
+        s
+    }
+
     /// A connection the peer dialled: waits for its handshake, then emits
     /// [`Event::HandshakeReceived`].
     pub fn incoming(config: SessionConfig, our_id: PeerId, now: Instant) -> PeerSession {
@@ -221,6 +252,108 @@ impl PeerSession {
         self.establish(now);
         self.process(now);
         Ok(())
+    }
+
+    /// Accepts an incoming peer for a torrent whose metadata we do not have yet (a magnet link): like
+    /// [`PeerSession::accept`], with the geometry to come from [`PeerSession::set_geometry`].
+    pub fn accept_without_metadata(&mut self, now: Instant) -> Result<(), SetupError> {
+        if self.phase != Phase::AwaitingAccept {
+            return Err(SetupError::NotAwaitingAccept);
+        }
+        self.send_handshake(now);
+        self.establish(now);
+        self.process(now);
+        Ok(())
+    }
+
+    /// The torrent's metadata arrived: from now on the session knows the piece count. The peer's raw
+    /// bitfield and early `have`s are validated (a bad one ends the session with the error it would
+    /// have caused at once) and its have-state is emitted again ([`Event::Bitfield`] or
+    /// [`Event::HaveAll`]); our own pieces in `our_have`, if any, are announced with `have`.
+    pub fn set_geometry(
+        &mut self,
+        now: Instant,
+        geometry: Geometry,
+        our_have: &Bitfield,
+    ) -> Result<(), SetupError> {
+        if self.geometry.is_some() {
+            return Err(SetupError::GeometryKnown);
+        }
+        check_have(&geometry, our_have)?;
+        self.geometry = Some(geometry);
+        self.our_have = our_have.clone();
+        if self.phase != Phase::Established {
+            return Ok(());
+        }
+        let pieces = geometry.pieces();
+        self.decoder.set_max_frame_len(max_frame_len_for(pieces));
+        self.allowed_fast_in.retain(|p| *p < pieces);
+        let raw = self.raw_bitfield.take();
+        let early = std::mem::take(&mut self.early_haves);
+        // Until the checks below pass the peer has nothing we know of (so a failure leaves a
+        // consistent, empty have-set behind).
+        self.peer_have = Bitfield::new(pieces);
+        if self.peer_has_all {
+            self.peer_have = Bitfield::full(pieces);
+            self.events.push_back(Event::HaveAll);
+        } else {
+            let mut have = match raw {
+                Some(raw) => match Bitfield::from_wire(&raw, pieces) {
+                    Ok(bf) => bf,
+                    Err(e) => {
+                        self.fail(e.into());
+                        return Ok(());
+                    }
+                },
+                None => Bitfield::new(pieces),
+            };
+            for (byte_index, byte) in early.iter().enumerate() {
+                for bit in 0..8u32 {
+                    if byte & (1 << bit) == 0 {
+                        continue;
+                    }
+                    let piece = (byte_index as u32).saturating_mul(8).saturating_add(bit);
+                    if piece >= pieces {
+                        self.fail(SessionError::PieceOutOfRange {
+                            message: "have",
+                            piece,
+                            pieces,
+                        });
+                        return Ok(());
+                    }
+                    have.set(piece);
+                }
+            }
+            self.peer_have = have;
+            self.events.push_back(Event::Bitfield);
+        }
+        for piece in self.our_have.iter_ones().collect::<Vec<_>>() {
+            self.send(now, &Message::Have { piece });
+        }
+        self.check_outgoing();
+        Ok(())
+    }
+
+    /// Whether the session knows the torrent's geometry (always, except before a magnet link's
+    /// metadata arrived).
+    pub fn has_geometry(&self) -> bool {
+        self.geometry.is_some()
+    }
+
+    /// Sets what our BEP 10 handshake carries for this connection: our `m` map (which replaces the
+    /// config's [`SessionConfig::extensions`]), `metadata_size` and `yourip`. Call it before the
+    /// handshake completes; after that (e.g. when a magnet link's metadata arrived) the extension
+    /// handshake is sent again with the new values, as BEP 10 allows.
+    pub fn set_our_extensions(&mut self, now: Instant, ext: OurExtensions) {
+        if self.our_extensions.as_ref() == Some(&ext) {
+            return;
+        }
+        self.our_extensions = Some(ext);
+        if self.phase == Phase::Established && self.extension_protocol && self.ext_handshake_sent {
+            let payload = Bytes::from(self.extension_handshake());
+            self.send(now, &Message::Extended { id: 0, payload });
+            self.check_outgoing();
+        }
     }
 
     /// Refuses an incoming peer (we do not serve the torrent it named): the session closes with
@@ -863,15 +996,16 @@ impl PeerSession {
 
     /// Both handshakes are done: negotiate extensions, announce our pieces and our flags.
     fn establish(&mut self, now: Instant) {
-        let (Some(h), Some(geo)) = (self.peer_handshake, self.geometry) else {
+        let Some(h) = self.peer_handshake else {
             return;
         };
+        let geo = self.geometry;
         let both = self.config.reserved & h.reserved;
         self.fast = both.contains(Reserved::FAST);
         self.extension_protocol = both.contains(Reserved::EXTENSION_PROTOCOL);
-        self.decoder
-            .set_max_frame_len(max_frame_len_for(geo.pieces()));
-        self.peer_have = Bitfield::new(geo.pieces());
+        let pieces = geo.map_or(MAX_PIECES_WITHOUT_METADATA, |g| g.pieces());
+        self.decoder.set_max_frame_len(max_frame_len_for(pieces));
+        self.peer_have = Bitfield::new(geo.map_or(0, |g| g.pieces()));
         self.phase = Phase::Established;
         self.events.push_back(Event::Established {
             peer_id: h.peer_id,
@@ -879,7 +1013,12 @@ impl PeerSession {
             fast: self.fast,
             extension_protocol: self.extension_protocol,
         });
-        if self.fast && self.our_have.all() {
+        if geo.is_none() {
+            // No metadata: we have nothing, and must not send a bitfield of unknown length.
+            if self.fast {
+                self.send(now, &Message::HaveNone);
+            }
+        } else if self.fast && self.our_have.all() {
             self.send(now, &Message::HaveAll);
         } else if self.fast && self.our_have.none() {
             self.send(now, &Message::HaveNone);
@@ -890,6 +1029,7 @@ impl PeerSession {
         if self.extension_protocol {
             let payload = Bytes::from(self.extension_handshake());
             self.send(now, &Message::Extended { id: 0, payload });
+            self.ext_handshake_sent = true;
         }
         if self.fast {
             for piece in self.allowed_fast_out.clone() {
@@ -905,18 +1045,24 @@ impl PeerSession {
     }
 
     fn extension_handshake(&self) -> Vec<u8> {
-        let m: BTreeMap<Vec<u8>, OwnedValue> = self
-            .config
-            .extensions
-            .iter()
-            .map(|(name, id)| (name.as_bytes().to_vec(), OwnedValue::Int(i64::from(*id))))
-            .collect();
-        let mut d = OwnedValue::dict()
-            .with("m", m)
-            .with("reqq", i64::from(self.config.max_incoming_requests))
-            .with("v", CLIENT_VERSION);
+        let (messages, metadata_size, your_ip) = match &self.our_extensions {
+            Some(e) => (&e.messages, e.metadata_size, e.your_ip),
+            None => (&self.config.extensions, None, None),
+        };
+        let mut d = crate::ext::handshake_fields(messages, metadata_size);
+        d.insert("reqq", i64::from(self.config.max_incoming_requests));
+        d.insert("v", CLIENT_VERSION);
         if let Some(p) = self.config.listen_port {
             d.insert("p", i64::from(p));
+        }
+        match your_ip {
+            Some(IpAddr::V4(v4)) => {
+                d.insert("yourip", v4.octets().to_vec());
+            }
+            Some(IpAddr::V6(v6)) => {
+                d.insert("yourip", v6.octets().to_vec());
+            }
+            None => {}
         }
         d.encode()
     }
@@ -956,7 +1102,9 @@ impl PeerSession {
         if m == Message::KeepAlive {
             return;
         }
-        self.messages_received += 1;
+        if !matches!(m, Message::Extended { .. }) {
+            self.messages_received += 1;
+        }
         match m {
             Message::KeepAlive => {}
             Message::Choke => {
@@ -993,6 +1141,7 @@ impl PeerSession {
                     self.events.push_back(Event::NotInterested);
                 }
             }
+            Message::Have { piece } if self.geometry.is_none() => self.early_have(piece),
             Message::Have { piece } => {
                 if self.check_piece("have", piece)
                     && !self.peer_has_all
@@ -1002,7 +1151,12 @@ impl PeerSession {
                 }
             }
             Message::Bitfield(payload) => {
-                if self.have_state_first("bitfield") {
+                if !self.have_state_first("bitfield") {
+                    return;
+                }
+                if self.geometry.is_none() {
+                    self.raw_bitfield = Some(payload);
+                } else {
                     match Bitfield::from_wire(&payload, self.peer_have.len()) {
                         Ok(bf) => {
                             self.peer_have = bf;
@@ -1041,7 +1195,10 @@ impl PeerSession {
             }
             Message::Port(p) => self.events.push_back(Event::Port(p)),
             Message::Suggest { piece } => {
-                if self.require_fast("suggest") && self.check_piece("suggest", piece) {
+                if self.require_fast("suggest")
+                    && self.geometry.is_some()
+                    && self.check_piece("suggest", piece)
+                {
                     self.events.push_back(Event::Suggest(piece));
                 }
             }
@@ -1058,7 +1215,7 @@ impl PeerSession {
             }
             Message::AllowedFast { piece } => {
                 if self.require_fast("allowed fast")
-                    && self.check_piece("allowed fast", piece)
+                    && (self.geometry.is_none() || self.check_piece("allowed fast", piece))
                     && !self.allowed_fast_in.contains(&piece)
                     && self.allowed_fast_in.len() < self.config.max_allowed_fast
                 {
@@ -1132,8 +1289,34 @@ impl PeerSession {
         Ok(())
     }
 
+    /// A `have` before we know the piece count: remembered in a bounded bit set.
+    fn early_have(&mut self, piece: u32) {
+        if self.peer_has_all {
+            return;
+        }
+        if piece >= MAX_PIECES_WITHOUT_METADATA {
+            self.fail(SessionError::PieceOutOfRange {
+                message: "have",
+                piece,
+                pieces: MAX_PIECES_WITHOUT_METADATA,
+            });
+            return;
+        }
+        let byte = (piece / 8) as usize;
+        if self.early_haves.len() <= byte {
+            self.early_haves.resize(byte + 1, 0);
+        }
+        if let Some(b) = self.early_haves.get_mut(byte) {
+            *b |= 1 << (piece % 8);
+        }
+    }
+
     fn on_request(&mut self, now: Instant, b: BlockRequest) {
         let Some(geo) = self.geometry else {
+            // We have no piece yet: refuse.
+            if self.fast {
+                self.send(now, &Message::RejectRequest(to_wire(b)));
+            }
             return;
         };
         if !self.check_piece("request", b.piece) {

@@ -1,0 +1,645 @@
+//! The part `download`, `seed` and `demo` share: start a session on the chosen runtime, add one
+//! torrent (showing the check of existing data), show progress until the goal is met, then shut down
+//! cleanly (trackers told `stopped`, files flushed, resume state saved) and report what happened.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use hyperblow_core::magnet::{FileSelection, MagnetLink};
+use hyperblow_core::metainfo::Metainfo;
+use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
+use hyperblow_driver::{
+    AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, RecvError, SessionConfig,
+    SessionError, SessionEvent, SessionHandle, StartKind,
+};
+
+use crate::error::CliError;
+use crate::progress::{Display, Mode};
+use crate::signals::StopFlag;
+
+/// The async runtime that runs the network session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// tokio (multi-threaded).
+    Tokio,
+    /// async-std.
+    AsyncStd,
+}
+
+impl RuntimeKind {
+    /// The name shown to users.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Tokio => "tokio",
+            RuntimeKind::AsyncStd => "async-std",
+        }
+    }
+
+    /// Starts a session on this runtime.
+    pub fn start(self, config: SessionConfig) -> Result<SessionHandle, CliError> {
+        let started = match self {
+            RuntimeKind::Tokio => hyperblow_tokio::start(config),
+            RuntimeKind::AsyncStd => hyperblow_async_std::start(config),
+        };
+        started.map_err(|e| CliError::Internal(format!("cannot start the session: {e}")))
+    }
+}
+
+/// Network options of `download` and `seed`.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Which async runtime runs the session.
+    #[arg(long, value_enum, default_value = "tokio")]
+    pub runtime: RuntimeKind,
+    /// TCP port to accept peers on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Local address to listen and send from.
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind: IpAddr,
+    /// A peer to connect to besides those the trackers give (HOST:PORT); repeat for more.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Most peers to be connected to at once for the torrent.
+    #[arg(long, value_name = "N")]
+    pub max_peers: Option<usize>,
+}
+
+impl NetArgs {
+    /// Resolves the `--peer` addresses.
+    pub fn peer_addrs(&self) -> Result<Vec<SocketAddr>, CliError> {
+        let mut out = Vec::new();
+        for p in &self.peers {
+            let addrs = p
+                .to_socket_addrs()
+                .map_err(|e| CliError::Input(format!("--peer {p}: {e}")))?;
+            out.extend(addrs.take(1));
+        }
+        Ok(out)
+    }
+
+    /// The session configuration these options ask for.
+    pub fn session_config(&self) -> SessionConfig {
+        let mut config = SessionConfig {
+            listen_port: self.port,
+            bind_addr: self.bind,
+            ..SessionConfig::default()
+        };
+        if let Some(n) = self.max_peers {
+            config.engine.max_peers_per_torrent = n.max(1);
+        }
+        config
+    }
+}
+
+/// When seeding ends (besides Ctrl-C).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeedGoal {
+    /// Stop once uploaded / wanted bytes reaches this.
+    pub ratio: Option<f64>,
+    /// Stop after seeding this long.
+    pub time: Option<Duration>,
+}
+
+/// What to do with the torrent.
+#[derive(Debug, Clone, Copy)]
+pub enum Goal {
+    /// Download the wanted files, then stop.
+    Complete,
+    /// Download what is missing, then seed until the goal (or Ctrl-C).
+    Seed(SeedGoal),
+}
+
+/// What to add: a parsed `.torrent`, or a magnet link whose metadata comes from peers.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A `.torrent` file's content.
+    Torrent(Metainfo),
+    /// A magnet link.
+    Magnet(MagnetLink),
+}
+
+impl Source {
+    /// The name to show: the torrent's, or the link's `dn` (else its info-hash).
+    pub fn label(&self) -> String {
+        match self {
+            Source::Torrent(meta) => meta.info.name().to_owned(),
+            Source::Magnet(link) => link
+                .display_name
+                .clone()
+                .unwrap_or_else(|| link.info_hash.to_hex()),
+        }
+    }
+}
+
+/// `--only` / `--exclude` as given, for a magnet link: resolved once its file list is known.
+#[derive(Debug, Clone, Default)]
+pub struct FileFilter {
+    /// `--only LIST`.
+    pub only: Option<String>,
+    /// `--exclude LIST`.
+    pub exclude: Option<String>,
+}
+
+/// One transfer to run.
+#[derive(Debug)]
+pub struct Plan {
+    /// The torrent.
+    pub source: Source,
+    /// Where its files are (or go).
+    pub output_dir: PathBuf,
+    /// Which files of a `.torrent`; `None`: all.
+    pub wanted: Option<Vec<bool>>,
+    /// Which files of a magnet link's torrent (its `so=` applies when this is empty).
+    pub filter: FileFilter,
+    /// Write the torrent's metadata there as a `.torrent` (for a magnet link: once fetched).
+    pub save_torrent: Option<PathBuf>,
+    /// Network options.
+    pub net: NetArgs,
+    /// When to stop.
+    pub goal: Goal,
+    /// Give up after this long without a peer or without progress while downloading.
+    pub timeout: Option<Duration>,
+    /// The data must already be complete (`seed`): refuse otherwise.
+    pub must_be_complete: bool,
+    /// How to show progress.
+    pub mode: Mode,
+    /// Label for the display (defaults to the torrent name).
+    pub label: Option<String>,
+}
+
+/// What a finished transfer did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Pieces verified on disk when the torrent was added.
+    pub have_at_start: u32,
+    /// Pieces in the torrent.
+    pub total_pieces: u32,
+    /// The last stats snapshot.
+    pub stats: Option<TorrentStats>,
+    /// Wall time from start to the end of the shutdown.
+    pub elapsed: Duration,
+    /// Time from the torrent being added to completion, if it completed.
+    pub download_time: Option<Duration>,
+}
+
+/// Parses `90`, `90s`, `1500ms`, `5m`, `2h`, `1d` into a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 30s, 5m, 2h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A session error while adding, as the CLI classifies it.
+fn add_error(e: SessionError) -> CliError {
+    match e {
+        SessionError::Storage { source, .. } => CliError::Disk(source.to_string()),
+        SessionError::Engine(e) => CliError::Input(e.to_string()),
+        other => CliError::Internal(other.to_string()),
+    }
+}
+
+/// Runs `plan` to its end. Ctrl-C gives [`CliError::Interrupted`] after a clean shutdown.
+pub fn run(plan: Plan, stop: &StopFlag) -> Result<Outcome, CliError> {
+    let started = Instant::now();
+    let peers = plan.net.peer_addrs()?;
+    let session = plan.net.runtime.start(plan.net.session_config())?;
+    let label = plan.label.clone().unwrap_or_else(|| plan.source.label());
+    let mut display = Display::new(plan.mode, &label);
+    let result = drive(&session, &plan, peers, stop, &mut display);
+    display.finish();
+    // Always end cleanly: `stopped` to trackers, files flushed, resume data saved.
+    if let Err(e) = session.shutdown().wait_timeout(Duration::from_secs(20)) {
+        tracing::warn!("session shutdown: {e}");
+    }
+    result.map(|mut o| {
+        o.elapsed = started.elapsed();
+        o
+    })
+}
+
+fn drive(
+    session: &SessionHandle,
+    plan: &Plan,
+    peers: Vec<SocketAddr>,
+    stop: &StopFlag,
+    display: &mut Display,
+) -> Result<Outcome, CliError> {
+    let mut events = session.events();
+    let added = match &plan.source {
+        Source::Torrent(meta) => {
+            add_torrent(session, plan, meta, peers, stop, display, &mut events)?
+        }
+        Source::Magnet(link) => add_magnet(session, plan, link, peers, stop, display, &mut events)?,
+    };
+    let id = added.id;
+    match added.start {
+        StartKind::Resumed | StartKind::Checked => display.note(&format!(
+            "{} of {} pieces already on disk ({})",
+            added.have_pieces,
+            added.total_pieces,
+            if added.start == StartKind::Resumed {
+                "from the resume file"
+            } else {
+                "checked"
+            }
+        )),
+        StartKind::Fresh => {}
+    }
+    if plan.must_be_complete && added.have_pieces < added.total_pieces {
+        return Err(CliError::Input(format!(
+            "{}: the data does not match the torrent: only {} of {} pieces verified",
+            plan.output_dir.join(plan.source.label()).display(),
+            added.have_pieces,
+            added.total_pieces
+        )));
+    }
+
+    let added_at = Instant::now();
+    let mut outcome = Outcome {
+        have_at_start: added.have_pieces,
+        total_pieces: added.total_pieces,
+        stats: None,
+        elapsed: Duration::ZERO,
+        download_time: None,
+    };
+    let tick = display.mode().tick();
+    let mut next_tick = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_have = u64::MAX;
+    let mut last_down = 0u64;
+    let mut disk_error: Option<String> = None;
+    let mut seeding_since: Option<Instant> = None;
+    loop {
+        if stop.is_set() {
+            return Err(CliError::Interrupted);
+        }
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match events.recv_timeout(wait.min(Duration::from_millis(100))) {
+            Ok(ev) => {
+                display.event(&ev);
+                match &ev {
+                    SessionEvent::StorageError {
+                        torrent, message, ..
+                    } if *torrent == id => {
+                        disk_error.get_or_insert_with(|| message.clone());
+                    }
+                    SessionEvent::Engine(Event::TorrentError { torrent, message })
+                        if *torrent == id =>
+                    {
+                        return Err(CliError::Disk(
+                            disk_error.clone().unwrap_or_else(|| message.clone()),
+                        ));
+                    }
+                    SessionEvent::Engine(Event::TorrentCompleted(t)) if *t == id => {
+                        // Look at the stats right away rather than at the next tick.
+                        next_tick = Instant::now();
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            Err(RecvError::Empty) => {}
+            Err(RecvError::Closed) => {
+                return Err(CliError::Internal("the session ended unexpectedly".into()))
+            }
+        }
+        if Instant::now() < next_tick {
+            continue;
+        }
+        next_tick = Instant::now() + tick;
+        let stats = session
+            .stats()
+            .wait_timeout(Duration::from_secs(10))
+            .map_err(|e| CliError::Internal(format!("stats: {e}")))?;
+        let Some(st) = stats.into_iter().find(|s| s.id == id) else {
+            return Err(CliError::Internal("the torrent disappeared".into()));
+        };
+        display.update(&st);
+        if let TorrentState::Error(m) = &st.state {
+            return Err(CliError::Disk(disk_error.unwrap_or_else(|| m.clone())));
+        }
+        let now = Instant::now();
+        if st.have_bytes != last_have || st.downloaded != last_down {
+            last_have = st.have_bytes;
+            last_down = st.downloaded;
+            last_progress = now;
+        }
+        let complete = st.state == TorrentState::Seeding || st.have_bytes >= st.wanted_bytes;
+        if complete {
+            if outcome.download_time.is_none() {
+                outcome.download_time = Some(added_at.elapsed());
+            }
+            match plan.goal {
+                Goal::Complete => {
+                    outcome.stats = Some(st);
+                    return Ok(outcome);
+                }
+                Goal::Seed(goal) => {
+                    let since = *seeding_since.get_or_insert(now);
+                    let ratio_met = goal
+                        .ratio
+                        .is_some_and(|r| st.uploaded as f64 >= r * st.wanted_bytes.max(1) as f64);
+                    let time_met = goal.time.is_some_and(|t| now.duration_since(since) >= t);
+                    outcome.stats = Some(st);
+                    if ratio_met || time_met {
+                        return Ok(outcome);
+                    }
+                }
+            }
+        } else if let Some(limit) = plan.timeout {
+            if now.duration_since(last_progress) >= limit {
+                let why = if st.peers == 0 {
+                    format!("no peers found in {}", crate::progress::duration(limit))
+                } else {
+                    format!(
+                        "no progress in {} ({} peers connected, {} seeds)",
+                        crate::progress::duration(limit),
+                        st.peers,
+                        st.seeds
+                    )
+                };
+                return Err(CliError::NoPeers(format!(
+                    "{why}; {} of {} bytes downloaded (resume state saved)",
+                    st.have_bytes, st.wanted_bytes
+                )));
+            }
+        }
+    }
+}
+
+/// Adds a `.torrent`, showing the check of existing data meanwhile.
+fn add_torrent(
+    session: &SessionHandle,
+    plan: &Plan,
+    meta: &Metainfo,
+    peers: Vec<SocketAddr>,
+    stop: &StopFlag,
+    display: &mut Display,
+    events: &mut EventStream,
+) -> Result<AddedTorrent, CliError> {
+    let mut request = AddTorrentRequest::new(meta.clone(), plan.output_dir.clone()).peers(peers);
+    if let Some(w) = &plan.wanted {
+        request = request.wanted_files(w.clone());
+    }
+    // Adding checks existing data, which can take long: wait for it off this thread and show the
+    // check's progress meanwhile.
+    let (tx, rx) = mpsc::channel();
+    let adder = session.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(adder.add_torrent(request).wait());
+    });
+    let added: AddedTorrent = loop {
+        if stop.is_set() {
+            return Err(CliError::Interrupted);
+        }
+        match rx.try_recv() {
+            Ok(r) => break r.map_err(add_error)?,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err(CliError::Internal("the session ended while adding".into()))
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        match events.recv_timeout(Duration::from_millis(50)) {
+            Ok(SessionEvent::Checking { checked, total, .. }) => display.checking(checked, total),
+            Ok(ev) => display.event(&ev),
+            Err(RecvError::Empty) => {}
+            Err(RecvError::Closed) => {
+                return Err(CliError::Internal("the session ended while adding".into()))
+            }
+        }
+    };
+    display.json(&serde_json::json!({
+        "event": "added",
+        "torrent": added.id.0,
+        "info_hash": added.info_hash.to_hex(),
+        "start": format!("{:?}", added.start).to_lowercase(),
+        "have_pieces": added.have_pieces,
+        "total_pieces": added.total_pieces,
+        "listen": session.listen_addr().to_string(),
+        "runtime": plan.net.runtime.name(),
+    }));
+    if let Some(path) = &plan.save_torrent {
+        save_torrent(session, added.id, path)?;
+    }
+    Ok(added)
+}
+
+/// Writes the torrent's metadata as a `.torrent` file.
+fn save_torrent(
+    session: &SessionHandle,
+    id: TorrentId,
+    path: &std::path::Path,
+) -> Result<(), CliError> {
+    let bytes = session
+        .torrent_file(id)
+        .wait_timeout(Duration::from_secs(10))
+        .map_err(|e| CliError::Internal(format!("reading the metadata: {e}")))?
+        .ok_or_else(|| CliError::Internal("the metadata is not known yet".into()))?;
+    std::fs::write(path, bytes).map_err(|e| CliError::disk(path, e))
+}
+
+/// Adds a magnet link and waits, showing progress, until its metadata is in and its storage is set
+/// up (existing files checked). `--only` goes into the link as its `so=` (exact from the first
+/// request); `--exclude` is applied as soon as the file list is known, and both are checked against
+/// it then.
+fn add_magnet(
+    session: &SessionHandle,
+    plan: &Plan,
+    link: &MagnetLink,
+    peers: Vec<SocketAddr>,
+    stop: &StopFlag,
+    display: &mut Display,
+    events: &mut EventStream,
+) -> Result<AddedTorrent, CliError> {
+    let mut link = link.clone();
+    if let Some(only) = &plan.filter.only {
+        let sel = FileSelection::parse(only)
+            .map_err(|e| CliError::Input(format!("--only {only}: {e}")))?;
+        link.select_only = Some(sel);
+    }
+    if let Some(exclude) = &plan.filter.exclude {
+        FileSelection::parse(exclude)
+            .map_err(|e| CliError::Input(format!("--exclude {exclude}: {e}")))?;
+    }
+    let request = AddMagnetRequest::new(link, plan.output_dir.clone()).peers(peers);
+    let added = session
+        .add_magnet(request)
+        .wait_timeout(Duration::from_secs(10))
+        .map_err(add_error)?;
+    let id = added.id;
+    display.json(&serde_json::json!({
+        "event": "added",
+        "torrent": id.0,
+        "info_hash": added.info_hash.to_hex(),
+        "magnet": true,
+        "listen": session.listen_addr().to_string(),
+        "runtime": plan.net.runtime.name(),
+    }));
+    display.note(&format!(
+        "{}: fetching metadata (the file list) from peers...",
+        plan.source.label()
+    ));
+    let started = Instant::now();
+    let tick = display.mode().tick();
+    let mut next_tick = Instant::now();
+    let mut last_peer = Instant::now();
+    let mut metadata_at: Option<Duration> = None;
+    loop {
+        if stop.is_set() {
+            return Err(CliError::Interrupted);
+        }
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => {
+                match &ev {
+                    SessionEvent::Engine(Event::MetadataReceived { torrent, .. })
+                        if *torrent == id =>
+                    {
+                        let took = started.elapsed();
+                        metadata_at = Some(took);
+                        metadata_received(session, plan, id, took, display)?;
+                    }
+                    SessionEvent::Checking { checked, total, .. } => {
+                        display.checking(*checked, *total)
+                    }
+                    SessionEvent::MagnetReady(ready) if ready.id == id => {
+                        display.event(&ev);
+                        return Ok(ready.clone());
+                    }
+                    SessionEvent::Engine(Event::TorrentError { torrent, message })
+                        if *torrent == id =>
+                    {
+                        return Err(CliError::Input(message.clone()));
+                    }
+                    SessionEvent::StorageError {
+                        torrent, message, ..
+                    } if *torrent == id => return Err(CliError::Disk(message.clone())),
+                    _ => {}
+                }
+                display.event(&ev);
+                continue;
+            }
+            Err(RecvError::Empty) => {}
+            Err(RecvError::Closed) => {
+                return Err(CliError::Internal("the session ended unexpectedly".into()))
+            }
+        }
+        if Instant::now() < next_tick || metadata_at.is_some() {
+            continue;
+        }
+        next_tick = Instant::now() + tick;
+        let stats = session
+            .stats()
+            .wait_timeout(Duration::from_secs(10))
+            .map_err(|e| CliError::Internal(format!("stats: {e}")))?;
+        let peers = stats.iter().find(|s| s.id == id).map_or(0, |s| s.peers);
+        display.fetching_metadata(peers);
+        if peers > 0 {
+            last_peer = Instant::now();
+        }
+        if let Some(limit) = plan.timeout {
+            if last_peer.elapsed() >= limit || started.elapsed() >= limit.saturating_mul(4) {
+                return Err(CliError::NoPeers(format!(
+                    "no metadata after {}: {}",
+                    crate::progress::duration(started.elapsed()),
+                    if peers == 0 {
+                        "no peers found".to_owned()
+                    } else {
+                        format!("{peers} peers connected, none sent it")
+                    }
+                )));
+            }
+        }
+    }
+}
+
+/// The metadata of a magnet torrent arrived: apply `--only`/`--exclude` (checked against the file
+/// list), save it if asked, and say what it is.
+fn metadata_received(
+    session: &SessionHandle,
+    plan: &Plan,
+    id: TorrentId,
+    took: Duration,
+    display: &mut Display,
+) -> Result<(), CliError> {
+    let bytes = session
+        .torrent_file(id)
+        .wait_timeout(Duration::from_secs(10))
+        .map_err(|e| CliError::Internal(format!("reading the metadata: {e}")))?
+        .ok_or_else(|| CliError::Internal("the metadata vanished".into()))?;
+    let meta = Metainfo::from_bytes(&bytes)
+        .map_err(|e| CliError::Internal(format!("the fetched metadata does not parse: {e}")))?;
+    let wanted = crate::download::selection(
+        &meta,
+        plan.filter.only.as_deref(),
+        plan.filter.exclude.as_deref(),
+    )?;
+    if let Some(w) = wanted {
+        session
+            .set_wanted_files(id, w)
+            .wait_timeout(Duration::from_secs(10))
+            .map_err(add_error)?;
+    }
+    if let Some(path) = &plan.save_torrent {
+        std::fs::write(path, &bytes).map_err(|e| CliError::disk(path, e))?;
+    }
+    let layout = meta.info.layout();
+    display.note(&format!(
+        "metadata received in {:.2}s: {}, {} files, {}",
+        took.as_secs_f64(),
+        meta.info.name(),
+        layout.files().len(),
+        crate::units::bytes(layout.total_length())
+    ));
+    display.json(&serde_json::json!({
+        "event": "metadata",
+        "torrent": id.0,
+        "name": meta.info.name(),
+        "files": layout.files().len(),
+        "total_bytes": layout.total_length(),
+        "seconds": took.as_secs_f64(),
+        "saved_to": plan.save_torrent.as_ref().map(|p| p.display().to_string()),
+    }));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
