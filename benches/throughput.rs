@@ -25,7 +25,8 @@
 //!
 //! Environment knobs: `HB_BENCH_SIZES` (MiB, comma-separated, default `256,1024`), `HB_BENCH_RUNTIMES`
 //! (default `tokio,async-std`), `HB_BENCH_PIECE_KIB` (default 1024), `HB_BENCH_TIMEOUT` (seconds per
-//! download, default 300). For experiments only (reported numbers use the defaults):
+//! download, default 300), `HB_BENCH_REPEAT` (runs per size and runtime, default 1; with more, a
+//! `med` row gives each column's median). For experiments only (reported numbers use the defaults):
 //! `HB_BENCH_PENDING_MIB` overrides the engine's `max_pending_piece_bytes` in both processes.
 
 use std::fs::{self, File};
@@ -123,7 +124,7 @@ fn orchestrate() -> Result<(), Error> {
             .join(" ")
     );
     println!(
-        "{:<10} {:>6} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10}",
+        "{:<14} {:>6} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10}",
         "runtime",
         "MiB",
         "wall s",
@@ -134,14 +135,14 @@ fn orchestrate() -> Result<(), Error> {
         "shutdown",
         "seeder CPU"
     );
+    let repeat = env_u64("HB_BENCH_REPEAT", 1)?.max(1);
     for &size in &sizes {
         let data = payload(&target, size * MIB, piece as u32)?;
-        for rt in &runtimes {
-            let (r, seeder_cpu) = run_once(&exe, &target, &data, rt, timeout)?;
-            let bytes = (size * MIB) as f64;
+        let bytes = (size * MIB) as f64;
+        let row = |label: &str, r: &LeechReport, seeder_cpu: f64| {
             println!(
-                "{:<10} {:>6} {:>8.2} {:>9.0} {:>11.2} {:>11.2} {:>7.1} MiB {:>8.2} s {:>8.2} s",
-                rt,
+                "{:<14} {:>6} {:>8.2} {:>9.0} {:>11.2} {:>11.2} {:>7.1} MiB {:>8.2} s {:>8.2} s",
+                label,
                 size,
                 r.wall,
                 bytes / r.wall / 1e6,
@@ -151,6 +152,30 @@ fn orchestrate() -> Result<(), Error> {
                 r.shutdown,
                 seeder_cpu,
             );
+        };
+        for rt in &runtimes {
+            let mut runs = Vec::new();
+            for _ in 0..repeat {
+                let (r, seeder_cpu) = run_once(&exe, &target, &data, rt, timeout)?;
+                row(rt, &r, seeder_cpu);
+                runs.push((r, seeder_cpu));
+            }
+            if runs.len() > 1 {
+                // Each column's median on its own (the machine is shared: single runs vary a lot).
+                let median = |f: &dyn Fn(&(LeechReport, f64)) -> f64| {
+                    let mut v: Vec<f64> = runs.iter().map(f).collect();
+                    v.sort_by(f64::total_cmp);
+                    v.get(v.len() / 2).copied().unwrap_or(0.0)
+                };
+                let m = LeechReport {
+                    wall: median(&|r| r.0.wall),
+                    cpu: median(&|r| r.0.cpu),
+                    cpu_total: median(&|r| r.0.cpu_total),
+                    shutdown: median(&|r| r.0.shutdown),
+                    hwm_kib: median(&|r| r.0.hwm_kib as f64) as u64,
+                };
+                row(&format!("{rt} med"), &m, median(&|r| r.1));
+            }
         }
     }
     println!(
