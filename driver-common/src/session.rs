@@ -8,7 +8,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -70,6 +70,8 @@ pub(crate) enum Ctl {
         write: bool,
         result: JobResult,
         error: Option<StorageError>,
+        /// A hash job that matched also wrote the piece: the outcome, for the write job to come.
+        prewritten: disk::Prewrite,
     },
     /// A torrent's storage is set up (or failed to be).
     Prepared(
@@ -466,6 +468,7 @@ impl<R: Runtime> Session<R> {
                         write: false,
                         result,
                         error,
+                        prewritten: None,
                     });
                 }
             });
@@ -568,9 +571,54 @@ impl<R: Runtime> Session<R> {
                     Job::Hash { torrent, .. } | Job::Read { torrent, .. } => (*torrent, false),
                     Job::Write { torrent, .. } => (*torrent, true),
                 };
+                if let Job::Hash { piece, .. } = &job {
+                    if let Some(d) = self.disks.get_mut(&torrent) {
+                        // An outcome left from an earlier attempt at this piece must not answer
+                        // the next write.
+                        d.prewritten.remove(piece);
+                        if let Some(expected) = d.info.as_ref().and_then(|i| i.piece_hash(*piece)) {
+                            let (storage, gate) = (Arc::clone(&d.storage), Arc::clone(&d.gate));
+                            let ctl = self.ctl_tx.clone();
+                            self.pool.execute(move || {
+                                let Job::Hash { piece, blocks, .. } = job else {
+                                    return;
+                                };
+                                let (hash, prewritten) = disk::hash_and_prewrite(
+                                    &storage, &gate, piece, &blocks, expected,
+                                );
+                                let _ = ctl.unbounded_send(Ctl::JobDone {
+                                    id,
+                                    torrent,
+                                    write: false,
+                                    result: JobResult::Hashed(hash),
+                                    error: None,
+                                    prewritten,
+                                });
+                            });
+                            return;
+                        }
+                    }
+                }
                 if write {
                     self.writes_in_flight += 1;
                     if let Some(d) = self.disks.get_mut(&torrent) {
+                        let done = match &job {
+                            Job::Write { piece, .. } => d.prewritten.remove(piece),
+                            _ => None,
+                        };
+                        if let Some((result, error)) = done {
+                            // Written right after its hash check: answer at once (through the
+                            // channel, since the engine is being drained right now).
+                            let _ = self.ctl_tx.unbounded_send(Ctl::JobDone {
+                                id,
+                                torrent,
+                                write: true,
+                                result,
+                                error,
+                                prewritten: None,
+                            });
+                            return;
+                        }
                         if d.writing {
                             d.write_queue.push_back((id, job));
                             return;
@@ -592,15 +640,29 @@ impl<R: Runtime> Session<R> {
         job: hyperblow_core::engine::Job,
     ) {
         let storage = self.disks.get(&torrent).map(|d| Arc::clone(&d.storage));
+        let gate = write
+            .then(|| self.disks.get(&torrent).map(|d| Arc::clone(&d.gate)))
+            .flatten();
         let ctl = self.ctl_tx.clone();
         self.pool.execute(move || {
+            // A write holds the torrent's gate, and finds no storage once the torrent is removed.
+            let guard = gate
+                .as_ref()
+                .map(|g| g.lock().unwrap_or_else(PoisonError::into_inner));
+            let storage = if guard.as_deref() == Some(&true) {
+                None
+            } else {
+                storage
+            };
             let (result, error) = disk::run_job(storage.as_deref(), job);
+            drop(guard);
             let _ = ctl.unbounded_send(Ctl::JobDone {
                 id,
                 torrent,
                 write,
                 result,
                 error,
+                prewritten: None,
             });
         });
     }
@@ -671,7 +733,13 @@ impl<R: Runtime> Session<R> {
                 write,
                 result,
                 error,
+                prewritten,
             } => {
+                if let Some((piece, r, e)) = prewritten {
+                    if let Some(d) = self.disks.get_mut(&torrent) {
+                        d.prewritten.insert(piece, (r, e));
+                    }
+                }
                 if write {
                     self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
                     let mut next = None;
@@ -921,8 +989,9 @@ impl<R: Runtime> Session<R> {
                     }
                 });
             }
-            self.disks
-                .insert(id, Disk::new(storage, info_hash, resume_path));
+            let mut d = Disk::new(storage, info_hash, resume_path);
+            d.info = Some(info.clone());
+            self.disks.insert(id, d);
             self.broadcast(SessionEvent::MagnetReady(AddedTorrent {
                 id,
                 info_hash,
@@ -974,8 +1043,9 @@ impl<R: Runtime> Session<R> {
             &m.info_hash,
         );
         let total_pieces = storage.layout().piece_count();
-        self.disks
-            .insert(id, Disk::new(storage, m.info_hash, resume_path));
+        let mut d = Disk::new(storage, m.info_hash, resume_path);
+        d.info = self.engine.torrent_info(id).cloned();
+        self.disks.insert(id, d);
         match result {
             Ok((have, start)) => {
                 let have_pieces = match &have {
@@ -1030,6 +1100,7 @@ impl<R: Runtime> Session<R> {
         let resume_path = self.resume_path(&req, &info_hash);
         let total_pieces = req.metainfo.info.layout().piece_count();
         let have_pieces = prepared.have.as_ref().map_or(0, |h| h.count_ones());
+        let info = req.metainfo.info.clone();
         let add = AddTorrent {
             metainfo: req.metainfo,
             have: prepared.have,
@@ -1040,8 +1111,9 @@ impl<R: Runtime> Session<R> {
         let now = self.now();
         let r = match self.engine.add_torrent(now, add) {
             Ok(id) => {
-                self.disks
-                    .insert(id, Disk::new(prepared.storage, info_hash, resume_path));
+                let mut d = Disk::new(prepared.storage, info_hash, resume_path);
+                d.info = Some(info);
+                self.disks.insert(id, d);
                 Ok(AddedTorrent {
                     id,
                     info_hash,
@@ -1097,6 +1169,8 @@ impl<R: Runtime> Session<R> {
             self.run_job(job_id, id, true, job);
         }
         self.pool.execute(move || {
+            // Waits for a write in progress; none starts after this.
+            *d.gate.lock().unwrap_or_else(PoisonError::into_inner) = true;
             let r = if delete {
                 disk::delete_data(&d.storage, &d.resume_path)
                     .map_err(|(path, source)| SessionError::Delete { path, source })
