@@ -145,6 +145,10 @@ fn opentracker_whitelist_http_udp_and_stop_by_pid() {
     let err = http_announce(&tracker, &params(refused, 40003, AnnounceEvent::Started))
         .expect_err("non-whitelisted HTTP announce must fail");
     assert!(err.contains("not authorized"), "{err}");
+    // Quirk: a `stopped` announce of it is answered with success, which is why the harness's
+    // readiness probe announces `started` (see `Opentracker::wait_ready`).
+    http_announce(&tracker, &params(refused, 40003, AnnounceEvent::Stopped))
+        .expect("opentracker accepts `stopped` for any hash");
     // Quirk: over UDP the refusal is a bare 8-byte header (action 1, our transaction id) with no
     // interval, peers or message, not a BEP 15 error; hyperblow-core's decoder calls it too short.
     let req = udp_announce_request(&tracker, &params(refused, 40003, AnnounceEvent::Started));

@@ -6,7 +6,11 @@
 //! `ssrf_mitigation` off (libtorrent 2.0 otherwise restricts trackers on localhost);
 //! `announce_to_all_trackers`/`_tiers`; `min_reconnect_time` 1 s so that a `--connect` peer that was
 //! not listening yet is retried quickly; no IP filter; it re-announces every 2 s while it has no peers
-//! (opentracker's interval is 1700 s), and it retries `--connect` peers every second.
+//! (opentracker's interval is 1700 s), and it retries `--connect` peers every second. A leecher
+//! flushes libtorrent's disk cache before it exits (a `flushed` event; exit code 4 if that does not
+//! happen within 10 s), so its files are complete once [`LtPeer::wait_finished`] returns: libtorrent
+//! 2.0 reports "finished" as soon as the last piece passed its hash check, possibly before its disk
+//! threads wrote it.
 //!
 //! Extra switches ([`LtConfig::extra_args`]): `--upload-limit BYTES_PER_S` rate-limits uploads to
 //! loopback peers too; `--choke-after BYTES --choke-for SECS` chokes every peer once that many bytes

@@ -8,11 +8,20 @@ peer discovery, UPnP, NAT-PMP and uTP switched off, and prints one JSON object p
   {"kind": "event", "t": 0.2, "event": "tracker_reply", "url": "...", "peers": 1}          as alerts arrive
   {"kind": "event", "t": 0.1, "event": "error", "alert": "...", "message": "..."}
   {"kind": "finished", "t": 2.3, "seconds": 2.1}                                          leecher done
+  {"kind": "event", "t": 2.4, "event": "flushed", "seconds": 0.1}                          leecher's data on disk
   {"kind": "exit", "t": 9.0, "code": 0, "reason": "..."}                                  always last
 
 Exit codes: 0 = leecher finished (or seeder told to stop with SIGTERM/SIGINT or a `quit` line on
 stdin, or its --max-seconds elapsed), 2 = leecher hit --max-seconds before finishing, 3 = bad arguments
-or the torrent could not be added.
+or the torrent could not be added, 4 = a leecher's data could not be flushed to disk in time.
+
+libtorrent 2.0 reports a torrent finished once every piece passed its hash check, which can be before
+its disk threads have written the last blocks, and the script leaves with os._exit (no graceful
+session shutdown). So a leecher, before it exits, asks for the disk cache to be flushed
+(torrent_handle.flush_cache, which queues a fence job behind every outstanding write of the torrent)
+and waits, bounded, for the cache_flushed_alert that libtorrent posts once that job has run. (The
+flush_disk_cache flag of save_resume_data does not do: its alert is posted without waiting for the
+flush.)
 """
 
 import argparse
@@ -27,6 +36,8 @@ import libtorrent as lt
 
 START = time.monotonic()
 STOP = False
+# How long a leecher waits for its writes to reach the disk before exiting.
+FLUSH_TIMEOUT = 10.0
 
 
 def now():
@@ -84,9 +95,29 @@ def settings(listen_port):
         | lt.alert.category_t.status_notification
         | lt.alert.category_t.tracker_notification
         | lt.alert.category_t.connect_notification
-        | lt.alert.category_t.peer_notification,
+        | lt.alert.category_t.peer_notification
+        | lt.alert.category_t.storage_notification,
         "user_agent": "hyperblow-interop-lt/" + lt.__version__,
     }
+
+
+def flush_to_disk(ses, handle, timeout):
+    """Waits until every write libtorrent queued for `handle` is done; False after `timeout` s."""
+    started = time.monotonic()
+    handle.flush_cache()
+    while time.monotonic() - started < timeout:
+        for alert in ses.pop_alerts():
+            if type(alert).__name__ == "cache_flushed_alert" and alert.handle == handle:
+                emit({"kind": "event", "event": "flushed",
+                      "seconds": round(time.monotonic() - started, 3)})
+                return True
+            if alert.category() & lt.alert.category_t.error_notification:
+                emit({"kind": "event", "event": "error", "alert": type(alert).__name__,
+                      "message": alert.message()})
+        ses.wait_for_alert(100)
+    emit({"kind": "event", "event": "error", "alert": "flush_timeout",
+          "message": "no cache_flushed_alert within %.1f s" % timeout})
+    return False
 
 
 def state_name(status):
@@ -230,6 +261,11 @@ def main():
             next_status = t + args.interval
         ses.wait_for_alert(100)
 
+    if args.role == "leech" and handle.status().has_metadata:
+        # Bounded so that the process stays within --max-seconds plus the harness's slack.
+        budget = min(FLUSH_TIMEOUT, max(1.0, deadline + 3.0 - time.monotonic()))
+        if not flush_to_disk(ses, handle, budget) and reason == "finished":
+            code, reason = 4, "finished, but the data was not flushed to disk in time"
     st = handle.status()
     emit({"kind": "status", "state": state_name(st), "progress": round(st.progress, 4),
           "peers": st.num_peers, "seeds": st.num_seeds, "download_rate": st.download_rate,
