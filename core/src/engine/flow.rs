@@ -634,6 +634,24 @@ impl Engine {
         }
     }
 
+    /// A write job failed: the piece is not on disk, so it leaves memory and becomes missing again
+    /// (fetched anew after a resume, instead of sitting in memory forever as "being written").
+    pub(super) fn write_failed(&mut self, tid: TorrentId, piece: u32) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Writing) {
+            return;
+        }
+        let Some(buf) = t.pieces.remove(&piece) else {
+            return;
+        };
+        if let Some(picker) = t.picker.as_mut() {
+            picker.piece_failed(piece);
+        }
+        self.release_pending(u64::from(buf.size));
+    }
+
     /// A write job finished: the piece is verified.
     pub(super) fn piece_written(&mut self, now: Instant, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {

@@ -637,10 +637,14 @@ impl Engine {
                 | JobInfo::Write { torrent, .. }
                 | JobInfo::Read { torrent, .. } => torrent,
             };
-            if let JobInfo::Read { conn, block, .. } = info {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.reading_bytes = c.reading_bytes.saturating_sub(block.length as usize);
+            match info {
+                JobInfo::Read { conn, block, .. } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.reading_bytes = c.reading_bytes.saturating_sub(block.length as usize);
+                    }
                 }
+                JobInfo::Write { torrent, piece } => self.write_failed(torrent, piece),
+                JobInfo::Hash { .. } => {}
             }
             self.torrent_error(now, torrent, f.message.clone());
             self.maintain(now);

@@ -1619,3 +1619,33 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
 }
 
 mod magnet;
+
+#[test]
+fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![]);
+    net.nodes[1].fail_writes.insert(tl);
+    let (now, seeder) = (net.now, net.nodes[0].addr);
+    net.nodes[1].engine.add_peer(now, tl, seeder);
+    let stopped = |n: &Net| {
+        n.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::TorrentError { .. }))
+    };
+    assert!(net.run_until(Duration::from_secs(30), stopped));
+    net.settle();
+    // The disk has room again: resume, and every piece (also those whose write failed) arrives.
+    net.nodes[1].fail_writes.clear();
+    let now = net.now;
+    net.nodes[1].engine.resume(now, tl);
+    assert!(
+        net.run_until(Duration::from_secs(120), |n| n.completed(1, tl)),
+        "{:?}",
+        net.nodes[1]
+            .engine
+            .torrent_stats(net.now, tl)
+            .map(|s| s.have)
+    );
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    assert_eq!(net.nodes[1].engine.pending_bytes, 0);
+}
