@@ -794,6 +794,10 @@ impl Engine {
             }
         }
         self.release_pending(freed);
+        // Their hash jobs are forgotten with them: an answer arriving after a resume would
+        // otherwise be taken for the same piece fetched again (and get unchecked bytes written).
+        self.jobs
+            .retain(|_, j| !matches!(j, JobInfo::Hash { torrent, .. } if *torrent == tid));
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
             if let Some(picker) = t.picker.as_mut() {

@@ -1649,3 +1649,55 @@ fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
     assert_eq!(disk_content(&net.nodes[1], tl), content);
     assert_eq!(net.nodes[1].engine.pending_bytes, 0);
 }
+
+#[test]
+fn a_hash_result_from_before_a_disk_error_does_not_verify_the_piece_fetched_after_resume() {
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![]);
+    let (now, seeder) = (net.now, net.nodes[0].addr);
+    net.held_hash = true;
+    net.nodes[1].engine.add_peer(now, tl, seeder);
+    assert!(net.run_until(Duration::from_secs(30), |n| n.held.len() >= 2));
+    // One hash job fails (a disk error stops the torrent); another is still out, with the right
+    // answer for the honest data it was given.
+    let (_, failing, _) = net.held.remove(0);
+    let (i, stale_id, stale_job) = net.held.remove(0);
+    let Job::Hash { piece, .. } = stale_job else {
+        panic!("held a {stale_job:?}")
+    };
+    let stale_result = net.run_job(i, &stale_job);
+    let now = net.now;
+    net.nodes[1].engine.handle_job_done(
+        now,
+        failing,
+        JobResult::Failed(StorageFailure {
+            kind: StorageFailureKind::Other,
+            message: "hash thread died".into(),
+        }),
+    );
+    net.settle();
+    // Resumed; this time the seeder sends garbage, and the piece's new hash job is held.
+    net.held.clear();
+    net.nodes[0].serve = Serve::Corrupt;
+    let now = net.now;
+    net.nodes[1].engine.resume(now, tl);
+    let refetched = move |n: &Net| {
+        n.held
+            .iter()
+            .any(|(_, _, j)| matches!(j, Job::Hash { piece: p, .. } if *p == piece))
+    };
+    assert!(net.run_until(Duration::from_secs(30), refetched));
+    // The old job's answer arrives now: it is about other bytes and must not get garbage written.
+    let now = net.now;
+    net.nodes[1]
+        .engine
+        .handle_job_done(now, stale_id, stale_result);
+    net.settle();
+    if let Some(written) = net.nodes[1].disk.get(&(tl, piece)) {
+        let start = piece as usize * PL as usize;
+        assert_eq!(
+            written[..],
+            content[start..start + written.len()],
+            "unverified data was written"
+        );
+    }
+}
