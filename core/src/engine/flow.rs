@@ -331,9 +331,51 @@ impl Engine {
         }
     }
 
+    /// How the pieces that failed with blocks from several peers (kept in `failed_blocks` until
+    /// they pass) are fetched again through connection `id`: `avoid` are those it sent a block of
+    /// and that another unchoking peer, which sent none, can serve; `first` are those it sent none
+    /// of. A retry by peers that are not suspects passes, and the kept blocks then name the liar
+    /// (see `piece_written`); without this the liar kept taking part in every retry.
+    fn retry_plan(&self, id: ConnId) -> (Vec<u32>, Vec<u32>) {
+        let (mut avoid, mut first) = (Vec::new(), Vec::new());
+        let Some(c) = self.conns.get(&id) else {
+            return (avoid, first);
+        };
+        let Some(t) = c.torrent.and_then(|tid| self.torrents.get(&tid)) else {
+            return (avoid, first);
+        };
+        let Some(picker) = t.picker.as_ref() else {
+            return (avoid, first);
+        };
+        for (&piece, kept) in &t.failed_blocks {
+            if !picker.needed().get(piece) || !c.session.peer_has(piece) {
+                continue;
+            }
+            let senders: BTreeSet<SocketAddr> = kept.iter().map(|(_, _, a)| *a).collect();
+            if !senders.contains(&c.addr) {
+                first.push(piece);
+                continue;
+            }
+            let someone_else = t.conns.iter().any(|o| {
+                *o != id
+                    && self.conns.get(o).is_some_and(|oc| {
+                        !senders.contains(&oc.addr)
+                            && oc.session.is_established()
+                            && !oc.session.peer_choking()
+                            && oc.session.peer_has(piece)
+                    })
+            });
+            if someone_else {
+                avoid.push(piece);
+            }
+        }
+        (avoid, first)
+    }
+
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.config.max_pending_piece_bytes;
+        let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -352,6 +394,20 @@ impl Engine {
             return;
         }
         let key = c.key;
+        let masked;
+        let pieces = if avoid.is_empty() {
+            c.session.peer_pieces()
+        } else {
+            let mut m = match c.session.peer_pieces() {
+                PeerPieces::All => Bitfield::full(picker.num_pieces()),
+                PeerPieces::Bitfield(b) => b.clone(),
+            };
+            for p in &avoid {
+                m.clear(*p);
+            }
+            masked = m;
+            PeerPieces::Bitfield(&masked)
+        };
         let picks = if c.session.peer_choking() || over {
             let allowed: Vec<u32> = if c.session.peer_choking() {
                 c.session
@@ -366,9 +422,16 @@ impl Engine {
             if allowed.is_empty() {
                 return;
             }
-            picker.pick_allowed_fast(key, c.session.peer_pieces(), &allowed, n, &mut self.rng)
+            picker.pick_allowed_fast(key, pieces, &allowed, n, &mut self.rng)
         } else {
-            picker.pick(key, c.session.peer_pieces(), n, &mut self.rng)
+            let mut picks = Vec::new();
+            if !first.is_empty() {
+                picks = picker.pick_allowed_fast(key, pieces, &first, n, &mut self.rng);
+            }
+            if picks.len() < n {
+                picks.extend(picker.pick(key, pieces, n - picks.len(), &mut self.rng));
+            }
+            picks
         };
         for b in picks {
             if c.session.request(now, b).is_err() {
