@@ -34,6 +34,30 @@ impl Engine {
         self.fill_requests(now, id);
         self.flush(id);
         self.pump_reads(id);
+        self.rearm(id);
+    }
+
+    /// Files the session's current deadline in the timer index. Must follow every call that can
+    /// bring a session's deadline earlier: a request sent when none was outstanding (the request
+    /// and snub timers start), a block ending a snub, the handshake completing; that is
+    /// `process_conn`, `fill_requests` and creating a connection. Everything else only moves
+    /// deadlines later, which leaves the index early: `handle_timeout` then finds nothing due for
+    /// the connection and files the real deadline.
+    pub(super) fn rearm(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let next = c.session.poll_timeout();
+        if next == c.timer {
+            return;
+        }
+        if let Some(old) = c.timer {
+            self.timers.remove(&(old, id));
+        }
+        if let Some(n) = next {
+            self.timers.insert((n, id));
+        }
+        c.timer = next;
     }
 
     fn on_peer_event(&mut self, now: Instant, id: ConnId, ev: peer::Event) {
@@ -374,6 +398,11 @@ impl Engine {
 
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
+        self.fill_requests_inner(now, id);
+        self.rearm(id);
+    }
+
+    fn fill_requests_inner(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.config.max_pending_piece_bytes;
         let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
@@ -520,6 +549,9 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        if let Some(t) = c.timer {
+            self.timers.remove(&(t, id));
+        }
         self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
@@ -1024,8 +1056,10 @@ impl Engine {
                         reading_bytes: 0,
                         unflushed: 0,
                         ext: Default::default(),
+                        timer: None,
                     },
                 );
+                self.rearm(id);
                 self.addrs.insert((addr, Some(tid)), id);
                 self.outputs.push_back(Output::Connect { conn: id, addr });
                 half_open += 1;
