@@ -1,6 +1,7 @@
 //! Proves the interop harness (src/interop/) by making real programs talk to each other over
 //! 127.0.0.1: opentracker, libtorrent (tests/interop/lt_peer.py) and Transmission 3.00. Hyperblow
-//! itself is not involved yet; the real-peer interop suite builds on these pieces.
+//! itself is not involved here; `tests/interop.rs` and `tests/interop_tracker_loss.rs` drive it
+//! against these programs.
 //!
 //! Run times are printed (`cargo test --test interop_harness -- --nocapture`). For belt and braces
 //! run it inside a namespace with only loopback: `scripts/netns.sh cargo test --test interop_harness`.
@@ -12,7 +13,8 @@
 //!   to that dir and the dir must be readable by `nobody` (tempfile makes 0700 dirs: chmod 0755).
 //!   SIGHUP reloads the whitelist. Over UDP a refused hash gets a bare 8-byte announce header (action 1
 //!   and the transaction id: no interval, no peers, no message) instead of a BEP 15 error, which a
-//!   strict decoder (hyperblow-core's included) rejects as a truncated announce reply. A missing or
+//!   strict decoder (hyperblow-core's included) rejects as a truncated announce reply (the UDP
+//!   tracker router then treats it as a refusal: `RequestError::Refused`). A missing or
 //!   empty whitelist file only logs "Can't open accesslist file" on stderr. Its announce replies include the announcing peer itself, and its
 //!   interval is 1700 s, so a leecher that announced before the seeder must re-announce on its own
 //!   (lt_peer.py does so every 2 s while it has no peers) or the harness must wait for the seeder's
@@ -143,6 +145,10 @@ fn opentracker_whitelist_http_udp_and_stop_by_pid() {
     let err = http_announce(&tracker, &params(refused, 40003, AnnounceEvent::Started))
         .expect_err("non-whitelisted HTTP announce must fail");
     assert!(err.contains("not authorized"), "{err}");
+    // Quirk: a `stopped` announce of it is answered with success, which is why the harness's
+    // readiness probe announces `started` (see `Opentracker::wait_ready`).
+    http_announce(&tracker, &params(refused, 40003, AnnounceEvent::Stopped))
+        .expect("opentracker accepts `stopped` for any hash");
     // Quirk: over UDP the refusal is a bare 8-byte header (action 1, our transaction id) with no
     // interval, peers or message, not a BEP 15 error; hyperblow-core's decoder calls it too short.
     let req = udp_announce_request(&tracker, &params(refused, 40003, AnnounceEvent::Started));

@@ -694,3 +694,115 @@ fn rarest_first_spreads_pieces_faster_than_sequential() {
         sequential.two_copies
     );
 }
+
+/// Scenario: a leecher starts from a magnet link alone (info-hash and the tracker's URL); the
+/// seeder is known to it only through the tracker. A third peer that never announces (it was given
+/// the seeder by hand) reaches it only through the seeder's PEX. Everyone finishes byte-exact.
+#[test]
+fn magnet_leecher_finds_the_seeder_by_tracker_and_a_third_peer_by_pex() {
+    use hyperblow_core::engine::AddMagnet;
+    use hyperblow_core::magnet::MagnetLink;
+    use hyperblow_core::metainfo::Metainfo;
+
+    let torrent = make_torrent(
+        "multi",
+        &multi_files(),
+        128 * KIB as u32,
+        vec![vec![http_tracker_url()]],
+        11,
+    );
+    let ih = torrent.metainfo.info_hash();
+    let mut sim = Sim::new(slow());
+    sim.register(&torrent.metainfo, torrent.content.clone());
+    let s = sim.add_node(EngineConfig::default(), 3000);
+    let st = sim
+        .add_torrent(s, Sim::plain_add(&torrent.metainfo), true)
+        .expect("seeder adds");
+    // The third peer: the same info, no tracker; it knows only the seeder.
+    let quiet = Metainfo::new(torrent.metainfo.info.clone(), Vec::new());
+    let p = sim.add_node(EngineConfig::default(), 3001);
+    let pt = sim
+        .add_torrent(p, Sim::plain_add(&quiet), false)
+        .expect("third peer adds");
+    let seeder_addr = sim.addr(s);
+    sim.add_peer(p, pt, seeder_addr);
+    sim.run_for(Duration::from_secs(5)).expect("runs");
+
+    let added_at = sim.now();
+    let mut link = MagnetLink::new(ih);
+    link.trackers = vec![http_tracker_url()];
+    let m = sim.add_node(EngineConfig::default(), 3002);
+    let mt = sim
+        .add_magnet(
+            m,
+            AddMagnet {
+                link,
+                wanted_files: None,
+                paused: false,
+                peers: Vec::new(),
+            },
+        )
+        .expect("magnet adds");
+    let end = sim.now() + Duration::from_secs(30 * 60);
+    let nodes = [(m, mt), (p, pt)];
+    let done = sim
+        .run_until(end, |sim| {
+            nodes
+                .iter()
+                .all(|(n, t)| sim.completed_at(*n, *t).is_some())
+        })
+        .expect("simulation runs");
+    assert!(done, "magnet leecher and third peer did not both finish");
+    sim.check_files(m, ih, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    sim.check_files(p, ih, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let events = sim.events(m);
+    let metadata_at = events
+        .iter()
+        .find_map(|(at, e)| {
+            matches!(e, Event::MetadataReceived { torrent, .. } if *torrent == mt).then_some(*at)
+        })
+        .expect("metadata received");
+    let first_piece = events
+        .iter()
+        .position(|(_, e)| matches!(e, Event::PieceVerified { .. }))
+        .expect("pieces");
+    let meta_pos = events
+        .iter()
+        .position(|(_, e)| matches!(e, Event::MetadataReceived { .. }))
+        .expect("metadata");
+    assert!(meta_pos < first_piece);
+    // The seeder came from the tracker; the third peer never announced, so the tracker never named
+    // it, and nobody gave it to the magnet leecher: it dialled the third peer's listen address
+    // because the seeder's PEX told it.
+    let third = sim.addr(p);
+    assert!(
+        sim.tracker().log().iter().all(|r| r.peer != third),
+        "the third peer announced"
+    );
+    assert!(
+        events.iter().any(|(_, e)| matches!(
+            e,
+            Event::PeerConnected { addr, .. } if *addr == seeder_addr
+        )),
+        "the magnet leecher never connected to the seeder"
+    );
+    let met_third = events.iter().any(|(_, e)| {
+        matches!(e, Event::PeerConnected { torrent, addr } if *torrent == mt && *addr == third)
+    });
+    assert!(met_third, "the magnet leecher never dialled the third peer");
+    let now = sim.now();
+    let third_stats = sim.engine(p).torrent_stats(now, pt).expect("stats");
+    eprintln!(
+        "magnet scenario: metadata {:.3} s after the link was added, done after {:?} s, third peer \
+         uploaded {} bytes, {:?}",
+        metadata_at.saturating_duration_since(added_at).as_secs_f64(),
+        sim.completed_at(m, mt)
+            .map(|t| t.saturating_duration_since(added_at).as_secs()),
+        third_stats.uploaded,
+        sim.counters()
+    );
+    let _ = st;
+}

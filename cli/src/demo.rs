@@ -14,7 +14,7 @@ use crate::create::{self, CreateArgs};
 use crate::error::CliError;
 use crate::progress::{self, Mode};
 use crate::signals::StopFlag;
-use crate::transfer::{self, Goal, NetArgs, Plan, RuntimeKind};
+use crate::transfer::{self, FileFilter, Goal, NetArgs, Plan, RuntimeKind, Source};
 use crate::units;
 
 /// Arguments of `hyperblow demo`.
@@ -184,9 +184,11 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
             added.total_pieces
         ));
         let plan = Plan {
-            meta: meta.clone(),
+            source: Source::Torrent(meta.clone()),
             output_dir: leech_dir.clone(),
             wanted: None,
+            filter: FileFilter::default(),
+            save_torrent: None,
             net: NetArgs {
                 runtime: RuntimeKind::AsyncStd,
                 port: 0,

@@ -4,30 +4,36 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use hyperblow_core::magnet::FileSelection;
+use hyperblow_core::magnet::{FileSelection, MagnetLink};
 use hyperblow_core::metainfo::Metainfo;
 use serde_json::json;
 
 use crate::error::CliError;
 use crate::progress::{self, Mode};
 use crate::signals::StopFlag;
-use crate::transfer::{self, Goal, NetArgs, Plan, SeedGoal};
+use crate::transfer::{self, FileFilter, Goal, NetArgs, Plan, SeedGoal, Source};
 use crate::units;
 
 /// Arguments of `hyperblow download`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// A .torrent file (magnet links are not supported for download yet).
+    /// A .torrent file, or a magnet link (quote it in the shell): its metadata is fetched from the
+    /// peers of its `x.pe`, its `tr` trackers and `--peer`, and its `so=` selects files unless
+    /// --only/--exclude do.
     pub source: String,
     /// Directory to download into (the torrent's files go under it, as the torrent names them).
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub output: PathBuf,
-    /// Download only these files, by index as `hyperblow info` lists them (e.g. `0,2-4`).
+    /// Download only these files, by index as `hyperblow info` lists them (e.g. `0,2-4`). For a
+    /// magnet link the indices are checked once the file list is known.
     #[arg(long, value_name = "LIST", conflicts_with = "exclude")]
     pub only: Option<String>,
     /// Download every file except these (same syntax as --only).
     #[arg(long, value_name = "LIST")]
     pub exclude: Option<String>,
+    /// Write the torrent's metadata to PATH as a .torrent file (for a magnet link, once fetched).
+    #[arg(long, value_name = "PATH")]
+    pub save_torrent: Option<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
     /// Keep seeding after the download completes (until Ctrl-C, --ratio or --seed-time).
@@ -99,16 +105,20 @@ pub fn selection(
 
 /// Runs `hyperblow download`.
 pub fn run(args: &DownloadArgs, stop: &StopFlag) -> Result<(), CliError> {
-    if is_magnet(&args.source) {
-        return Err(CliError::Unsupported(
-            "magnet links are not supported for download yet: download the .torrent file instead \
-             (`hyperblow info` shows what a magnet link describes)"
-                .into(),
-        ));
-    }
-    let path = PathBuf::from(&args.source);
-    let meta = load_torrent(&path)?;
-    let wanted = selection(&meta, args.only.as_deref(), args.exclude.as_deref())?;
+    let (source, wanted, filter) = if is_magnet(&args.source) {
+        let link = MagnetLink::parse(&args.source)
+            .map_err(|e| CliError::Input(format!("{}: {e}", args.source)))?;
+        let filter = FileFilter {
+            only: args.only.clone(),
+            exclude: args.exclude.clone(),
+        };
+        (Source::Magnet(link), None, filter)
+    } else {
+        let path = PathBuf::from(&args.source);
+        let meta = load_torrent(&path)?;
+        let wanted = selection(&meta, args.only.as_deref(), args.exclude.as_deref())?;
+        (Source::Torrent(meta), wanted, FileFilter::default())
+    };
     std::fs::create_dir_all(&args.output).map_err(|e| CliError::disk(&args.output, e))?;
     let goal = if args.seed {
         Goal::Seed(SeedGoal {
@@ -119,11 +129,12 @@ pub fn run(args: &DownloadArgs, stop: &StopFlag) -> Result<(), CliError> {
         Goal::Complete
     };
     let mode = Mode::choose(args.json, args.quiet);
-    let name = meta.info.name().to_owned();
     let plan = Plan {
-        meta,
+        source,
         output_dir: args.output.clone(),
         wanted,
+        filter,
+        save_torrent: args.save_torrent.clone(),
         net: args.net.clone(),
         goal,
         timeout: args.timeout,
@@ -131,8 +142,10 @@ pub fn run(args: &DownloadArgs, stop: &StopFlag) -> Result<(), CliError> {
         mode,
         label: None,
     };
+    let label = plan.source.label();
     let outcome = transfer::run(plan, stop)?;
     let st = outcome.stats.as_ref();
+    let name = st.map_or(label, |s| s.name.clone());
     let wanted_bytes = st.map_or(0, |s| s.wanted_bytes);
     let downloaded = st.map_or(0, |s| s.downloaded);
     let uploaded = st.map_or(0, |s| s.uploaded);

@@ -12,8 +12,7 @@ Exit codes:
     3  bad input: a malformed .torrent or magnet link, an unreadable input path, or seed data that
        does not match the torrent
     4  disk error: output could not be written (e.g. no space left; the message names the file)
-    5  no peers, or no progress, before --timeout ran out
-    6  not supported yet (downloading from a magnet link)
+    5  no peers, or no progress (for a magnet link: no metadata), before --timeout ran out
   130  interrupted by Ctrl-C or SIGTERM (trackers told `stopped`, files flushed, resume state saved)";
 
 /// A failure that ends a command, with the class that picks its exit code.
@@ -27,8 +26,6 @@ pub enum CliError {
     Disk(String),
     /// No peer, or no progress, for longer than `--timeout` (exit 5).
     NoPeers(String),
-    /// A feature that is not there yet (exit 6).
-    Unsupported(String),
     /// Stopped by SIGINT or SIGTERM after a clean shutdown (exit 130).
     Interrupted,
 }
@@ -41,7 +38,6 @@ impl CliError {
             CliError::Input(_) => 3,
             CliError::Disk(_) => 4,
             CliError::NoPeers(_) => 5,
-            CliError::Unsupported(_) => 6,
             CliError::Interrupted => 130,
         }
     }
@@ -63,8 +59,7 @@ impl fmt::Display for CliError {
             CliError::Internal(msg)
             | CliError::Input(msg)
             | CliError::Disk(msg)
-            | CliError::NoPeers(msg)
-            | CliError::Unsupported(msg) => f.write_str(msg),
+            | CliError::NoPeers(msg) => f.write_str(msg),
             CliError::Interrupted => f.write_str("interrupted"),
         }
     }
@@ -81,7 +76,6 @@ mod tests {
             CliError::Input(String::new()),
             CliError::Disk(String::new()),
             CliError::NoPeers(String::new()),
-            CliError::Unsupported(String::new()),
             CliError::Interrupted,
         ];
         for e in all {

@@ -161,6 +161,31 @@ impl Display {
         }
     }
 
+    /// While a magnet link's metadata is being fetched: the peers connected so far.
+    pub fn fetching_metadata(&mut self, peers: u32) {
+        match self.mode {
+            Mode::Bar => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("fetching metadata...  peers {peers}"));
+                }
+            }
+            Mode::Plain => {
+                if self.plain_due() {
+                    stderr_line(&format!(
+                        "{}: fetching metadata... peers {peers}",
+                        self.label
+                    ));
+                }
+            }
+            Mode::Json => self.json(&json!({
+                "event": "fetching_metadata",
+                "peers": peers,
+                "elapsed_secs": self.started.elapsed().as_secs_f64(),
+            })),
+            Mode::Quiet => {}
+        }
+    }
+
     /// Progress of the check of existing data.
     pub fn checking(&mut self, checked: u32, total: u32) {
         match self.mode {
@@ -305,6 +330,7 @@ fn state_name(state: &TorrentState) -> String {
         TorrentState::Downloading => "downloading".into(),
         TorrentState::Seeding => "seeding".into(),
         TorrentState::Paused => "paused".into(),
+        TorrentState::FetchingMetadata => "fetching metadata".into(),
         TorrentState::Error(m) => format!("error: {m}"),
         #[allow(unreachable_patterns)]
         _ => format!("{state:?}").to_lowercase(),
@@ -342,6 +368,13 @@ pub fn event_json(ev: &SessionEvent) -> Option<Value> {
             json!({"event": "storage_error", "kind": format!("{kind:?}"), "message": message})
         }
         SessionEvent::ShutDown => json!({"event": "shut_down"}),
+        SessionEvent::MagnetReady(a) => json!({
+            "event": "storage_ready",
+            "torrent": a.id.0,
+            "start": format!("{:?}", a.start).to_lowercase(),
+            "have_pieces": a.have_pieces,
+            "total_pieces": a.total_pieces,
+        }),
         SessionEvent::Engine(e) => match e {
             Event::TorrentAdded(t) => json!({"event": "torrent_added", "torrent": t.0}),
             Event::PieceVerified { torrent, piece } => {

@@ -11,7 +11,7 @@ use crate::download::load_torrent;
 use crate::error::CliError;
 use crate::progress::Mode;
 use crate::signals::StopFlag;
-use crate::transfer::{self, Goal, NetArgs, Plan, SeedGoal};
+use crate::transfer::{self, FileFilter, Goal, NetArgs, Plan, SeedGoal, Source};
 use crate::units;
 
 /// Arguments of `hyperblow seed`.
@@ -67,9 +67,11 @@ pub fn run(args: &SeedArgs, stop: &StopFlag) -> Result<(), CliError> {
     let root = data_root(&args.data, &name)?;
     let mode = Mode::choose(args.json, args.quiet);
     let plan = Plan {
-        meta,
+        source: Source::Torrent(meta),
         output_dir: root,
         wanted: None,
+        filter: FileFilter::default(),
+        save_torrent: None,
         net: args.net.clone(),
         goal: Goal::Seed(SeedGoal {
             ratio: args.ratio,

@@ -8,11 +8,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use hyperblow_core::magnet::{FileSelection, MagnetLink};
 use hyperblow_core::metainfo::Metainfo;
-use hyperblow_driver::engine::{Event, TorrentState, TorrentStats};
+use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
 use hyperblow_driver::{
-    AddTorrentRequest, AddedTorrent, RecvError, SessionConfig, SessionError, SessionEvent,
-    SessionHandle, StartKind,
+    AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, RecvError, SessionConfig,
+    SessionError, SessionEvent, SessionHandle, StartKind,
 };
 
 use crate::error::CliError;
@@ -112,15 +113,50 @@ pub enum Goal {
     Seed(SeedGoal),
 }
 
+/// What to add: a parsed `.torrent`, or a magnet link whose metadata comes from peers.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A `.torrent` file's content.
+    Torrent(Metainfo),
+    /// A magnet link.
+    Magnet(MagnetLink),
+}
+
+impl Source {
+    /// The name to show: the torrent's, or the link's `dn` (else its info-hash).
+    pub fn label(&self) -> String {
+        match self {
+            Source::Torrent(meta) => meta.info.name().to_owned(),
+            Source::Magnet(link) => link
+                .display_name
+                .clone()
+                .unwrap_or_else(|| link.info_hash.to_hex()),
+        }
+    }
+}
+
+/// `--only` / `--exclude` as given, for a magnet link: resolved once its file list is known.
+#[derive(Debug, Clone, Default)]
+pub struct FileFilter {
+    /// `--only LIST`.
+    pub only: Option<String>,
+    /// `--exclude LIST`.
+    pub exclude: Option<String>,
+}
+
 /// One transfer to run.
 #[derive(Debug)]
 pub struct Plan {
     /// The torrent.
-    pub meta: Metainfo,
+    pub source: Source,
     /// Where its files are (or go).
     pub output_dir: PathBuf,
-    /// Which files; `None`: all.
+    /// Which files of a `.torrent`; `None`: all.
     pub wanted: Option<Vec<bool>>,
+    /// Which files of a magnet link's torrent (its `so=` applies when this is empty).
+    pub filter: FileFilter,
+    /// Write the torrent's metadata there as a `.torrent` (for a magnet link: once fetched).
+    pub save_torrent: Option<PathBuf>,
     /// Network options.
     pub net: NetArgs,
     /// When to stop.
@@ -192,10 +228,7 @@ pub fn run(plan: Plan, stop: &StopFlag) -> Result<Outcome, CliError> {
     let started = Instant::now();
     let peers = plan.net.peer_addrs()?;
     let session = plan.net.runtime.start(plan.net.session_config())?;
-    let label = plan
-        .label
-        .clone()
-        .unwrap_or_else(|| plan.meta.info.name().to_owned());
+    let label = plan.label.clone().unwrap_or_else(|| plan.source.label());
     let mut display = Display::new(plan.mode, &label);
     let result = drive(&session, &plan, peers, stop, &mut display);
     display.finish();
@@ -217,49 +250,13 @@ fn drive(
     display: &mut Display,
 ) -> Result<Outcome, CliError> {
     let mut events = session.events();
-    let mut request =
-        AddTorrentRequest::new(plan.meta.clone(), plan.output_dir.clone()).peers(peers);
-    if let Some(w) = &plan.wanted {
-        request = request.wanted_files(w.clone());
-    }
-    // Adding checks existing data, which can take long: wait for it off this thread and show the
-    // check's progress meanwhile.
-    let (tx, rx) = mpsc::channel();
-    let adder = session.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(adder.add_torrent(request).wait());
-    });
-    let added: AddedTorrent = loop {
-        if stop.is_set() {
-            return Err(CliError::Interrupted);
+    let added = match &plan.source {
+        Source::Torrent(meta) => {
+            add_torrent(session, plan, meta, peers, stop, display, &mut events)?
         }
-        match rx.try_recv() {
-            Ok(r) => break r.map_err(add_error)?,
-            Err(mpsc::TryRecvError::Disconnected) => {
-                return Err(CliError::Internal("the session ended while adding".into()))
-            }
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        match events.recv_timeout(Duration::from_millis(50)) {
-            Ok(SessionEvent::Checking { checked, total, .. }) => display.checking(checked, total),
-            Ok(ev) => display.event(&ev),
-            Err(RecvError::Empty) => {}
-            Err(RecvError::Closed) => {
-                return Err(CliError::Internal("the session ended while adding".into()))
-            }
-        }
+        Source::Magnet(link) => add_magnet(session, plan, link, peers, stop, display, &mut events)?,
     };
     let id = added.id;
-    display.json(&serde_json::json!({
-        "event": "added",
-        "torrent": id.0,
-        "info_hash": added.info_hash.to_hex(),
-        "start": format!("{:?}", added.start).to_lowercase(),
-        "have_pieces": added.have_pieces,
-        "total_pieces": added.total_pieces,
-        "listen": session.listen_addr().to_string(),
-        "runtime": plan.net.runtime.name(),
-    }));
     match added.start {
         StartKind::Resumed | StartKind::Checked => display.note(&format!(
             "{} of {} pieces already on disk ({})",
@@ -276,7 +273,7 @@ fn drive(
     if plan.must_be_complete && added.have_pieces < added.total_pieces {
         return Err(CliError::Input(format!(
             "{}: the data does not match the torrent: only {} of {} pieces verified",
-            plan.output_dir.join(plan.meta.info.name()).display(),
+            plan.output_dir.join(plan.source.label()).display(),
             added.have_pieces,
             added.total_pieces
         )));
@@ -393,6 +390,241 @@ fn drive(
             }
         }
     }
+}
+
+/// Adds a `.torrent`, showing the check of existing data meanwhile.
+fn add_torrent(
+    session: &SessionHandle,
+    plan: &Plan,
+    meta: &Metainfo,
+    peers: Vec<SocketAddr>,
+    stop: &StopFlag,
+    display: &mut Display,
+    events: &mut EventStream,
+) -> Result<AddedTorrent, CliError> {
+    let mut request = AddTorrentRequest::new(meta.clone(), plan.output_dir.clone()).peers(peers);
+    if let Some(w) = &plan.wanted {
+        request = request.wanted_files(w.clone());
+    }
+    // Adding checks existing data, which can take long: wait for it off this thread and show the
+    // check's progress meanwhile.
+    let (tx, rx) = mpsc::channel();
+    let adder = session.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(adder.add_torrent(request).wait());
+    });
+    let added: AddedTorrent = loop {
+        if stop.is_set() {
+            return Err(CliError::Interrupted);
+        }
+        match rx.try_recv() {
+            Ok(r) => break r.map_err(add_error)?,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                return Err(CliError::Internal("the session ended while adding".into()))
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        match events.recv_timeout(Duration::from_millis(50)) {
+            Ok(SessionEvent::Checking { checked, total, .. }) => display.checking(checked, total),
+            Ok(ev) => display.event(&ev),
+            Err(RecvError::Empty) => {}
+            Err(RecvError::Closed) => {
+                return Err(CliError::Internal("the session ended while adding".into()))
+            }
+        }
+    };
+    display.json(&serde_json::json!({
+        "event": "added",
+        "torrent": added.id.0,
+        "info_hash": added.info_hash.to_hex(),
+        "start": format!("{:?}", added.start).to_lowercase(),
+        "have_pieces": added.have_pieces,
+        "total_pieces": added.total_pieces,
+        "listen": session.listen_addr().to_string(),
+        "runtime": plan.net.runtime.name(),
+    }));
+    if let Some(path) = &plan.save_torrent {
+        save_torrent(session, added.id, path)?;
+    }
+    Ok(added)
+}
+
+/// Writes the torrent's metadata as a `.torrent` file.
+fn save_torrent(
+    session: &SessionHandle,
+    id: TorrentId,
+    path: &std::path::Path,
+) -> Result<(), CliError> {
+    let bytes = session
+        .torrent_file(id)
+        .wait_timeout(Duration::from_secs(10))
+        .map_err(|e| CliError::Internal(format!("reading the metadata: {e}")))?
+        .ok_or_else(|| CliError::Internal("the metadata is not known yet".into()))?;
+    std::fs::write(path, bytes).map_err(|e| CliError::disk(path, e))
+}
+
+/// Adds a magnet link and waits, showing progress, until its metadata is in and its storage is set
+/// up (existing files checked). `--only` goes into the link as its `so=` (exact from the first
+/// request); `--exclude` is applied as soon as the file list is known, and both are checked against
+/// it then.
+fn add_magnet(
+    session: &SessionHandle,
+    plan: &Plan,
+    link: &MagnetLink,
+    peers: Vec<SocketAddr>,
+    stop: &StopFlag,
+    display: &mut Display,
+    events: &mut EventStream,
+) -> Result<AddedTorrent, CliError> {
+    let mut link = link.clone();
+    if let Some(only) = &plan.filter.only {
+        let sel = FileSelection::parse(only)
+            .map_err(|e| CliError::Input(format!("--only {only}: {e}")))?;
+        link.select_only = Some(sel);
+    }
+    if let Some(exclude) = &plan.filter.exclude {
+        FileSelection::parse(exclude)
+            .map_err(|e| CliError::Input(format!("--exclude {exclude}: {e}")))?;
+    }
+    let request = AddMagnetRequest::new(link, plan.output_dir.clone()).peers(peers);
+    let added = session
+        .add_magnet(request)
+        .wait_timeout(Duration::from_secs(10))
+        .map_err(add_error)?;
+    let id = added.id;
+    display.json(&serde_json::json!({
+        "event": "added",
+        "torrent": id.0,
+        "info_hash": added.info_hash.to_hex(),
+        "magnet": true,
+        "listen": session.listen_addr().to_string(),
+        "runtime": plan.net.runtime.name(),
+    }));
+    display.note(&format!(
+        "{}: fetching metadata (the file list) from peers...",
+        plan.source.label()
+    ));
+    let started = Instant::now();
+    let tick = display.mode().tick();
+    let mut next_tick = Instant::now();
+    let mut last_peer = Instant::now();
+    let mut metadata_at: Option<Duration> = None;
+    loop {
+        if stop.is_set() {
+            return Err(CliError::Interrupted);
+        }
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => {
+                match &ev {
+                    SessionEvent::Engine(Event::MetadataReceived { torrent, .. })
+                        if *torrent == id =>
+                    {
+                        let took = started.elapsed();
+                        metadata_at = Some(took);
+                        metadata_received(session, plan, id, took, display)?;
+                    }
+                    SessionEvent::Checking { checked, total, .. } => {
+                        display.checking(*checked, *total)
+                    }
+                    SessionEvent::MagnetReady(ready) if ready.id == id => {
+                        display.event(&ev);
+                        return Ok(ready.clone());
+                    }
+                    SessionEvent::Engine(Event::TorrentError { torrent, message })
+                        if *torrent == id =>
+                    {
+                        return Err(CliError::Input(message.clone()));
+                    }
+                    SessionEvent::StorageError {
+                        torrent, message, ..
+                    } if *torrent == id => return Err(CliError::Disk(message.clone())),
+                    _ => {}
+                }
+                display.event(&ev);
+                continue;
+            }
+            Err(RecvError::Empty) => {}
+            Err(RecvError::Closed) => {
+                return Err(CliError::Internal("the session ended unexpectedly".into()))
+            }
+        }
+        if Instant::now() < next_tick || metadata_at.is_some() {
+            continue;
+        }
+        next_tick = Instant::now() + tick;
+        let stats = session
+            .stats()
+            .wait_timeout(Duration::from_secs(10))
+            .map_err(|e| CliError::Internal(format!("stats: {e}")))?;
+        let peers = stats.iter().find(|s| s.id == id).map_or(0, |s| s.peers);
+        display.fetching_metadata(peers);
+        if peers > 0 {
+            last_peer = Instant::now();
+        }
+        if let Some(limit) = plan.timeout {
+            if last_peer.elapsed() >= limit || started.elapsed() >= limit.saturating_mul(4) {
+                return Err(CliError::NoPeers(format!(
+                    "no metadata after {}: {}",
+                    crate::progress::duration(started.elapsed()),
+                    if peers == 0 {
+                        "no peers found".to_owned()
+                    } else {
+                        format!("{peers} peers connected, none sent it")
+                    }
+                )));
+            }
+        }
+    }
+}
+
+/// The metadata of a magnet torrent arrived: apply `--only`/`--exclude` (checked against the file
+/// list), save it if asked, and say what it is.
+fn metadata_received(
+    session: &SessionHandle,
+    plan: &Plan,
+    id: TorrentId,
+    took: Duration,
+    display: &mut Display,
+) -> Result<(), CliError> {
+    let bytes = session
+        .torrent_file(id)
+        .wait_timeout(Duration::from_secs(10))
+        .map_err(|e| CliError::Internal(format!("reading the metadata: {e}")))?
+        .ok_or_else(|| CliError::Internal("the metadata vanished".into()))?;
+    let meta = Metainfo::from_bytes(&bytes)
+        .map_err(|e| CliError::Internal(format!("the fetched metadata does not parse: {e}")))?;
+    let wanted = crate::download::selection(
+        &meta,
+        plan.filter.only.as_deref(),
+        plan.filter.exclude.as_deref(),
+    )?;
+    if let Some(w) = wanted {
+        session
+            .set_wanted_files(id, w)
+            .wait_timeout(Duration::from_secs(10))
+            .map_err(add_error)?;
+    }
+    if let Some(path) = &plan.save_torrent {
+        std::fs::write(path, &bytes).map_err(|e| CliError::disk(path, e))?;
+    }
+    let layout = meta.info.layout();
+    display.note(&format!(
+        "metadata received in {:.2}s: {}, {} files, {}",
+        took.as_secs_f64(),
+        meta.info.name(),
+        layout.files().len(),
+        crate::units::bytes(layout.total_length())
+    ));
+    display.json(&serde_json::json!({
+        "event": "metadata",
+        "torrent": id.0,
+        "name": meta.info.name(),
+        "files": layout.files().len(),
+        "total_bytes": layout.total_length(),
+        "seconds": took.as_secs_f64(),
+        "saved_to": plan.save_torrent.as_ref().map(|p| p.display().to_string()),
+    }));
+    Ok(())
 }
 
 #[cfg(test)]

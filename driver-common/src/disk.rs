@@ -9,6 +9,7 @@ use std::time::Instant as StdInstant;
 
 use hyperblow_core::bitfield::Bitfield;
 use hyperblow_core::engine::{Job, JobResult, StorageFailure, StorageFailureKind};
+use hyperblow_core::metainfo::Info;
 use hyperblow_core::InfoHash;
 use hyperblow_storage::{
     check_pieces, default_threads, hash_piece, resume_path, Storage, StorageConfig, StorageError,
@@ -33,6 +34,21 @@ pub(crate) struct Disk {
     pub last_save: Option<StdInstant>,
 }
 
+impl Disk {
+    /// A torrent's disk state right after its storage was set up.
+    pub fn new(storage: Arc<Storage>, info_hash: InfoHash, resume_path: PathBuf) -> Disk {
+        Disk {
+            storage,
+            info_hash,
+            resume_path,
+            dirty: false,
+            saving: false,
+            flush_next: false,
+            last_save: None,
+        }
+    }
+}
+
 /// Where a torrent's resume file lives.
 pub(crate) fn resume_file(dir: Option<&Path>, output_dir: &Path, info_hash: &InfoHash) -> PathBuf {
     match dir {
@@ -49,8 +65,7 @@ pub(crate) struct Prepared {
     pub start: StartKind,
 }
 
-/// Sets up the storage of `req` and finds which pieces are already on disk: from a trustworthy resume
-/// file, else by re-hashing everything if any file exists (reporting `progress(checked, total)`).
+/// Sets up the storage of `req` and finds which pieces are already on disk (see [`account`]).
 pub(crate) fn prepare(
     req: &AddTorrentRequest,
     config: StorageConfig,
@@ -58,23 +73,45 @@ pub(crate) fn prepare(
     progress: impl Fn(u32, u32) + Sync,
 ) -> Result<Prepared, StorageError> {
     let info = &req.metainfo.info;
-    let layout = info.layout().clone();
-    let files = layout.files().len();
-    let storage = Arc::new(Storage::new(&req.output_dir, layout, config)?);
+    let storage = Arc::new(Storage::new(
+        &req.output_dir,
+        info.layout().clone(),
+        config,
+    )?);
     if let Some(w) = &req.wanted_files {
         storage.set_wanted(w);
     }
+    let (have, start) = account(&storage, info, resume, progress)?;
+    Ok(Prepared {
+        storage,
+        have,
+        start,
+    })
+}
+
+/// Whether any file of `storage` exists, or a resume file at `resume`: then [`account`] has work.
+pub(crate) fn anything_on_disk(storage: &Storage, resume: &Path) -> bool {
+    resume.exists()
+        || (0..storage.layout().files().len())
+            .any(|i| storage.file_path(i).is_some_and(Path::exists))
+}
+
+/// Finds which pieces of `info` are already in `storage`: from a trustworthy resume file, else by
+/// re-hashing everything if any file exists (reporting `progress(checked, total)`). Creates the
+/// wanted zero-length files when nothing is left to download.
+pub(crate) fn account(
+    storage: &Storage,
+    info: &Info,
+    resume: &Path,
+    progress: impl Fn(u32, u32) + Sync,
+) -> Result<(Option<Bitfield>, StartKind), StorageError> {
+    let files = storage.layout().files().len();
     let info_hash = info.info_hash();
     let any_file = (0..files).any(|i| storage.file_path(i).is_some_and(Path::exists));
     let (have, start) = if let Some(have) = storage.load_resume(resume, &info_hash) {
         (Some(have), StartKind::Resumed)
     } else if any_file {
-        let have = check_pieces(
-            &storage,
-            |i| info.piece_hash(i),
-            default_threads(),
-            progress,
-        )?;
+        let have = check_pieces(storage, |i| info.piece_hash(i), default_threads(), progress)?;
         (Some(have), StartKind::Checked)
     } else {
         (None, StartKind::Fresh)
@@ -88,11 +125,7 @@ pub(crate) fn prepare(
     if complete {
         storage.create_empty_files()?;
     }
-    Ok(Prepared {
-        storage,
-        have,
-        start,
-    })
+    Ok((have, start))
 }
 
 /// Runs one engine job. `storage` is `None` if the torrent is gone (only hashing works then).

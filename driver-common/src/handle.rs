@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::channel::{mpsc, oneshot};
 use futures::Stream;
 use hyperblow_core::engine::{AddError, EngineConfig, Event, TorrentId, TorrentStats};
+use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_core::tracker::ScrapeStats;
 use hyperblow_core::{InfoHash, PeerId};
@@ -105,6 +106,67 @@ impl AddTorrentRequest {
     }
 }
 
+/// A torrent to add from a magnet link. Build with [`AddMagnetRequest::new`] and the setters.
+///
+/// The metadata (file list) is fetched from peers first: from the link's `x.pe` hints, its `tr`
+/// trackers and [`AddMagnetRequest::peers`]. When it arrives the session sets the storage up under
+/// `output_dir`, accounting for files already there (resume file or full check, like
+/// [`SessionHandle::add_torrent`]), and says so with [`SessionEvent::MagnetReady`].
+#[derive(Debug, Clone)]
+pub struct AddMagnetRequest {
+    /// The parsed link (info-hash, name, trackers, peer hints, `so=` selection).
+    pub link: MagnetLink,
+    /// The download directory (the torrent's files go under it, as the metadata names them).
+    pub output_dir: PathBuf,
+    /// One flag per file, applied when the file list is known (it overrides the link's `so=`).
+    /// `None`: the link's `so=`, or every file. A wrong length stops the torrent with an error then.
+    pub wanted_files: Option<Vec<bool>>,
+    /// Peers to connect to besides the link's hints and what trackers return (e.g. `--peer`).
+    pub peers: Vec<SocketAddr>,
+    /// Add it paused (no connections, so no metadata, until [`SessionHandle::resume`]).
+    pub paused: bool,
+}
+
+impl AddMagnetRequest {
+    /// Fetches the metadata, then every file (or the link's `so=` selection) into `output_dir`.
+    pub fn new(link: MagnetLink, output_dir: impl Into<PathBuf>) -> Self {
+        AddMagnetRequest {
+            link,
+            output_dir: output_dir.into(),
+            wanted_files: None,
+            peers: Vec::new(),
+            paused: false,
+        }
+    }
+
+    /// Only the files whose flag is `true` (one flag per file of the metadata to come).
+    pub fn wanted_files(mut self, wanted: Vec<bool>) -> Self {
+        self.wanted_files = Some(wanted);
+        self
+    }
+
+    /// Also connect to these peers.
+    pub fn peers(mut self, peers: Vec<SocketAddr>) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    /// Add it paused.
+    pub fn paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
+        self
+    }
+}
+
+/// What [`SessionHandle::add_magnet`] did: the torrent exists and is fetching its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddedMagnet {
+    /// The torrent's id in this session.
+    pub id: TorrentId,
+    /// Its info-hash (from the link).
+    pub info_hash: InfoHash,
+}
+
 /// What [`SessionHandle::add_torrent`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddedTorrent {
@@ -154,6 +216,10 @@ pub enum SessionEvent {
         /// One line naming the file and the error.
         message: String,
     },
+    /// A torrent added from a magnet link got its metadata and its storage is set up: existing files
+    /// were accounted for (`start`, `have_pieces`) and downloading goes on (unless it was paused).
+    /// Comes after `Engine(Event::MetadataReceived { .. })`.
+    MagnetReady(AddedTorrent),
     /// The session finished shutting down; no more events follow.
     ShutDown,
 }
@@ -224,6 +290,8 @@ pub type ScrapeAnswer = (String, Result<ScrapeStats, String>);
 #[derive(Debug)]
 pub(crate) enum Command {
     Add(Box<AddTorrentRequest>, Reply<AddedTorrent>),
+    AddMagnet(Box<AddMagnetRequest>, Reply<AddedMagnet>),
+    TorrentFile(TorrentId, Reply<Option<Vec<u8>>>),
     Pause(TorrentId, Reply<()>),
     Resume(TorrentId, Reply<()>),
     Remove(TorrentId, bool, Reply<()>),
@@ -394,6 +462,20 @@ impl SessionHandle {
     /// if any file exists), so the answer can take a while for large existing downloads.
     pub fn add_torrent(&self, request: AddTorrentRequest) -> Pending<AddedTorrent> {
         self.ask(|r| Command::Add(Box::new(request), r))
+    }
+
+    /// Adds a torrent from a magnet link. The answer comes at once (the torrent is fetching its
+    /// metadata); [`SessionEvent::MagnetReady`] follows when the metadata is in and the storage is set
+    /// up, after checking any files already in `request.output_dir` (with [`SessionEvent::Checking`]
+    /// progress). Refused if a torrent with the same info-hash is in the session.
+    pub fn add_magnet(&self, request: AddMagnetRequest) -> Pending<AddedMagnet> {
+        self.ask(|r| Command::AddMagnet(Box::new(request), r))
+    }
+
+    /// The torrent as a `.torrent` file (its info dictionary, byte for byte, and its trackers), e.g. to
+    /// save the metadata a magnet link fetched. `None` while the metadata is still being fetched.
+    pub fn torrent_file(&self, torrent: TorrentId) -> Pending<Option<Vec<u8>>> {
+        self.ask(|r| Command::TorrentFile(torrent, r))
     }
 
     /// Pauses a torrent (peers closed, `stopped` announced; verified pieces stay).

@@ -26,6 +26,16 @@
 //!   shutdown the files are flushed (`fsync`) before the save, so a restart trusts the resume file and
 //!   skips the re-check.
 //!
+//! ## Magnet links
+//! [`SessionHandle::add_magnet`] adds a torrent that knows only its info-hash; the engine fetches the
+//! metadata from peers (`x.pe`, trackers, PEX). On `Event::MetadataReceived` the loop builds the
+//! storage from the engine's info and file selection. If the download directory holds none of the
+//! files (and no resume file) that is immediate; otherwise the engine holds the torrent paused (its
+//! connections close and are re-dialled after) while the files are checked on the pool (resume file,
+//! else a full re-hash), hands it the pieces found (`Engine::set_have`) and resumes it.
+//! [`SessionEvent::MagnetReady`] reports how. [`SessionHandle::torrent_file`] gives the fetched
+//! metadata as a `.torrent`.
+//!
 //! ## Using the handle
 //! ```no_run
 //! use std::time::Duration;
@@ -70,8 +80,9 @@ mod session;
 mod tasks;
 
 pub use handle::{
-    AddTorrentRequest, AddedTorrent, EventStream, Pending, RecvError, ScrapeAnswer, SessionConfig,
-    SessionError, SessionEvent, SessionHandle, StartError, StartKind, EVENT_BUFFER,
+    AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, EventStream, Pending,
+    RecvError, ScrapeAnswer, SessionConfig, SessionError, SessionEvent, SessionHandle, StartError,
+    StartKind, EVENT_BUFFER,
 };
 pub use runtime::Runtime;
 pub use session::{prepare_session, spawn_session, SessionTask};

@@ -16,16 +16,18 @@ use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable};
 use futures::{FutureExt, StreamExt};
+use hyperblow_core::bitfield::Bitfield;
 use hyperblow_core::engine::{
-    AddError, AddTorrent, ConnId, Engine, Event, JobId, JobResult, Output, ResolveId, TorrentId,
+    AddError, AddMagnet, AddTorrent, ConnId, Engine, Event, JobId, JobResult, Output, ResolveId,
+    TorrentId, TorrentState,
 };
 use hyperblow_core::{InfoHash, Instant};
 use hyperblow_storage::{Storage, StorageConfig, StorageError, WorkerPool};
 
 use crate::disk::{self, Disk, Prepared};
 use crate::handle::{
-    AddTorrentRequest, AddedTorrent, Command, ScrapeAnswer, SessionConfig, SessionError,
-    SessionEvent, SessionHandle, StartError,
+    AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, Command, ScrapeAnswer,
+    SessionConfig, SessionError, SessionEvent, SessionHandle, StartError, StartKind,
 };
 use crate::runtime::Runtime;
 use crate::tasks::{self, WriterCmd};
@@ -79,6 +81,11 @@ pub(crate) enum Ctl {
     Event(SessionEvent),
     /// A resume save finished.
     ResumeSaved(TorrentId, Result<(), StorageError>),
+    /// The files of a magnet torrent that got its metadata were checked.
+    MagnetChecked(
+        TorrentId,
+        Result<(Option<Bitfield>, StartKind), StorageError>,
+    ),
 }
 
 /// The running session's state, driven by [`Session::run`].
@@ -96,6 +103,9 @@ struct Session<R: Runtime> {
     disks: BTreeMap<TorrentId, Disk>,
     /// Info-hashes whose storage is being prepared.
     adding: HashSet<InfoHash>,
+    /// Torrents added from magnet links whose storage is not set up yet (metadata being fetched, or
+    /// existing files being checked). They move to `disks` once set up.
+    magnets: BTreeMap<TorrentId, Magnet>,
     subscribers: Vec<mpsc::Sender<SessionEvent>>,
     /// The acceptor and UDP tasks, stopped at the end.
     background: Vec<AbortHandle>,
@@ -113,6 +123,16 @@ struct ScrapeWait {
     waiting: Vec<String>,
     got: Vec<ScrapeAnswer>,
     reply: oneshot::Sender<Result<Vec<ScrapeAnswer>, SessionError>>,
+}
+
+/// A torrent added from a magnet link, until its storage is set up.
+struct Magnet {
+    info_hash: InfoHash,
+    output_dir: PathBuf,
+    /// Set up, its existing files being checked (the engine holds the torrent paused meanwhile).
+    checking: Option<Arc<Storage>>,
+    /// Whether the user wants it paused once the check is done (pause/resume during the check).
+    want_paused: bool,
 }
 
 /// The loop's handles on one connection's tasks.
@@ -232,6 +252,7 @@ pub fn prepare_session<R: Runtime>(
         pool: Arc::new(pool),
         disks: BTreeMap::new(),
         adding: HashSet::new(),
+        magnets: BTreeMap::new(),
         subscribers: Vec::new(),
         scrapes: Vec::new(),
         background,
@@ -377,6 +398,12 @@ impl<R: Runtime> Session<R> {
             let Some(ev) = self.engine.poll_event() else {
                 break;
             };
+            if let Event::MetadataReceived { torrent, .. } = &ev {
+                let torrent = *torrent;
+                self.broadcast(SessionEvent::Engine(ev));
+                self.metadata_received(torrent);
+                continue;
+            }
             if let Event::ScrapeResult {
                 torrent,
                 url,
@@ -579,6 +606,7 @@ impl<R: Runtime> Session<R> {
                 self.engine.handle_job_done(now, id, result);
             }
             Ctl::Prepared(req, result, reply) => self.add_prepared(*req, result, reply),
+            Ctl::MagnetChecked(id, result) => self.magnet_checked(id, result),
             Ctl::Event(ev) => self.broadcast(ev),
             Ctl::ResumeSaved(torrent, result) => {
                 if let Some(d) = self.disks.get_mut(&torrent) {
@@ -599,12 +627,29 @@ impl<R: Runtime> Session<R> {
         let now = self.now();
         match c {
             Command::Add(req, reply) => self.add(req, reply),
+            Command::AddMagnet(req, reply) => {
+                let r = self.add_magnet(*req);
+                let _ = reply.send(r);
+            }
+            Command::TorrentFile(id, reply) => {
+                let r = self
+                    .known(id)
+                    .map(|()| self.engine.torrent_metainfo(id).map(|m| m.to_bytes()));
+                let _ = reply.send(r);
+            }
             Command::Pause(id, reply) => {
-                let r = self.known(id).map(|()| self.engine.pause(now, id));
+                let r = self.known(id).map(|()| match self.magnets.get_mut(&id) {
+                    Some(m) if m.checking.is_some() => m.want_paused = true,
+                    _ => self.engine.pause(now, id),
+                });
                 let _ = reply.send(r);
             }
             Command::Resume(id, reply) => {
-                let r = self.known(id).map(|()| self.engine.resume(now, id));
+                let r = self.known(id).map(|()| match self.magnets.get_mut(&id) {
+                    // Resumed by the check's end, not before: it could fetch what is on disk.
+                    Some(m) if m.checking.is_some() => m.want_paused = false,
+                    _ => self.engine.resume(now, id),
+                });
                 let _ = reply.send(r);
             }
             Command::AddPeer(id, addr, reply) => {
@@ -616,6 +661,9 @@ impl<R: Runtime> Session<R> {
                     Ok(()) => {
                         if let Some(d) = self.disks.get(&id) {
                             d.storage.set_wanted(&wanted);
+                        }
+                        if let Some(s) = self.magnets.get(&id).and_then(|m| m.checking.as_ref()) {
+                            s.set_wanted(&wanted);
                         }
                         Ok(())
                     }
@@ -647,7 +695,7 @@ impl<R: Runtime> Session<R> {
     }
 
     fn known(&self, id: TorrentId) -> Result<(), SessionError> {
-        if self.disks.contains_key(&id) {
+        if self.disks.contains_key(&id) || self.magnets.contains_key(&id) {
             Ok(())
         } else {
             Err(AddError::UnknownTorrent(id).into())
@@ -665,8 +713,7 @@ impl<R: Runtime> Session<R> {
             return;
         }
         let info_hash = req.metainfo.info_hash();
-        if self.adding.contains(&info_hash) || self.disks.values().any(|d| d.info_hash == info_hash)
-        {
+        if self.has_info_hash(&info_hash) {
             let _ = reply.send(Err(AddError::Duplicate(info_hash).into()));
             return;
         }
@@ -689,6 +736,182 @@ impl<R: Runtime> Session<R> {
             let result = disk::prepare(&req, storage_config, &resume, progress);
             let _ = ctl.unbounded_send(Ctl::Prepared(req, result, reply));
         });
+    }
+
+    /// Whether a torrent with this info-hash is in the session or being added.
+    fn has_info_hash(&self, info_hash: &InfoHash) -> bool {
+        self.adding.contains(info_hash)
+            || self.disks.values().any(|d| d.info_hash == *info_hash)
+            || self.magnets.values().any(|m| m.info_hash == *info_hash)
+    }
+
+    /// Adds a magnet torrent to the engine; its storage waits for the metadata.
+    fn add_magnet(&mut self, req: AddMagnetRequest) -> Result<AddedMagnet, SessionError> {
+        let info_hash = req.link.info_hash;
+        if self.shutdown.is_some() {
+            return Err(AddError::ShuttingDown.into());
+        }
+        if self.has_info_hash(&info_hash) {
+            return Err(AddError::Duplicate(info_hash).into());
+        }
+        let now = self.now();
+        let want_paused = req.paused;
+        let id = self.engine.add_magnet(
+            now,
+            AddMagnet {
+                link: req.link,
+                wanted_files: req.wanted_files,
+                paused: req.paused,
+                peers: req.peers,
+            },
+        )?;
+        self.magnets.insert(
+            id,
+            Magnet {
+                info_hash,
+                output_dir: req.output_dir,
+                checking: None,
+                want_paused,
+            },
+        );
+        Ok(AddedMagnet { id, info_hash })
+    }
+
+    /// A magnet torrent's metadata arrived: set its storage up with the engine's selection. With no
+    /// file (and no resume file) on disk that is immediate; otherwise the engine holds the torrent
+    /// paused while the files are checked on the pool, and [`Ctl::MagnetChecked`] goes on.
+    fn metadata_received(&mut self, id: TorrentId) {
+        let now = self.now();
+        let Some(m) = self.magnets.get_mut(&id) else {
+            return;
+        };
+        let (Some(info), Some(stats)) = (
+            self.engine.torrent_info(id).cloned(),
+            self.engine.torrent_stats(now, id),
+        ) else {
+            return;
+        };
+        let info_hash = m.info_hash;
+        let resume_path =
+            disk::resume_file(self.config.resume_dir.as_deref(), &m.output_dir, &info_hash);
+        let storage = match Storage::new(
+            &m.output_dir,
+            info.layout().clone(),
+            self.config.storage.clone(),
+        ) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                self.magnets.remove(&id);
+                self.engine.pause(now, id);
+                self.broadcast(SessionEvent::StorageError {
+                    torrent: id,
+                    kind: e.kind,
+                    message: format!("setting up the storage: {e}"),
+                });
+                return;
+            }
+        };
+        let wanted: Vec<bool> = stats.files.iter().map(|f| f.wanted).collect();
+        storage.set_wanted(&wanted);
+        let total_pieces = info.layout().piece_count();
+        if !disk::anything_on_disk(&storage, &resume_path) {
+            // Nothing to check: no write can be asked for before this returns.
+            self.magnets.remove(&id);
+            if matches!(stats.state, TorrentState::Seeding) {
+                // Nothing to download (only empty files): create them.
+                let s = Arc::clone(&storage);
+                let ctl = self.ctl_tx.clone();
+                self.pool.execute(move || {
+                    if let Err(e) = s.create_empty_files() {
+                        let _ = ctl.unbounded_send(Ctl::Event(SessionEvent::StorageError {
+                            torrent: id,
+                            kind: e.kind,
+                            message: e.to_string(),
+                        }));
+                    }
+                });
+            }
+            self.disks
+                .insert(id, Disk::new(storage, info_hash, resume_path));
+            self.broadcast(SessionEvent::MagnetReady(AddedTorrent {
+                id,
+                info_hash,
+                start: StartKind::Fresh,
+                have_pieces: 0,
+                total_pieces,
+            }));
+            return;
+        }
+        // A torrent the engine stopped (e.g. a selection of the wrong length) stays stopped.
+        m.want_paused = matches!(stats.state, TorrentState::Paused | TorrentState::Error(_));
+        m.checking = Some(Arc::clone(&storage));
+        self.engine.pause(now, id);
+        let ctl = self.ctl_tx.clone();
+        self.pool.execute(move || {
+            let step = (total_pieces / 100).max(1);
+            let progress = |checked: u32, total: u32| {
+                if checked.is_multiple_of(step) || checked == total {
+                    let _ = ctl.unbounded_send(Ctl::Event(SessionEvent::Checking {
+                        info_hash,
+                        checked,
+                        total,
+                    }));
+                }
+            };
+            let result = disk::account(&storage, &info, &resume_path, progress);
+            let _ = ctl.unbounded_send(Ctl::MagnetChecked(id, result));
+        });
+    }
+
+    /// The check of a magnet torrent's existing files finished: hand the pieces found to the engine
+    /// and let it go on (unless the user paused it meanwhile).
+    fn magnet_checked(
+        &mut self,
+        id: TorrentId,
+        result: Result<(Option<Bitfield>, StartKind), StorageError>,
+    ) {
+        // Removed meanwhile: nothing to do.
+        let Some(m) = self.magnets.remove(&id) else {
+            return;
+        };
+        let Some(storage) = m.checking else {
+            return;
+        };
+        let now = self.now();
+        let resume_path = disk::resume_file(
+            self.config.resume_dir.as_deref(),
+            &m.output_dir,
+            &m.info_hash,
+        );
+        let total_pieces = storage.layout().piece_count();
+        self.disks
+            .insert(id, Disk::new(storage, m.info_hash, resume_path));
+        match result {
+            Ok((have, start)) => {
+                let have_pieces = match &have {
+                    Some(h) => self.engine.set_have(now, id, h).unwrap_or(0),
+                    None => 0,
+                };
+                self.broadcast(SessionEvent::MagnetReady(AddedTorrent {
+                    id,
+                    info_hash: m.info_hash,
+                    start,
+                    have_pieces,
+                    total_pieces,
+                }));
+                if !m.want_paused {
+                    self.engine.resume(now, id);
+                }
+            }
+            Err(e) => {
+                // Left paused: resuming would download over files that could not be read.
+                self.broadcast(SessionEvent::StorageError {
+                    torrent: id,
+                    kind: e.kind,
+                    message: format!("checking existing files: {e}"),
+                });
+            }
+        }
     }
 
     fn resume_path(&self, req: &AddTorrentRequest, info_hash: &InfoHash) -> PathBuf {
@@ -727,18 +950,8 @@ impl<R: Runtime> Session<R> {
         let now = self.now();
         let r = match self.engine.add_torrent(now, add) {
             Ok(id) => {
-                self.disks.insert(
-                    id,
-                    Disk {
-                        storage: prepared.storage,
-                        info_hash,
-                        resume_path,
-                        dirty: false,
-                        saving: false,
-                        flush_next: false,
-                        last_save: None,
-                    },
-                );
+                self.disks
+                    .insert(id, Disk::new(prepared.storage, info_hash, resume_path));
                 Ok(AddedTorrent {
                     id,
                     info_hash,
@@ -761,7 +974,29 @@ impl<R: Runtime> Session<R> {
         let now = self.now();
         let have = self.engine.torrent_stats(now, id).map(|s| s.have);
         let Some(d) = self.disks.remove(&id) else {
-            let _ = reply.send(Err(AddError::UnknownTorrent(id).into()));
+            let Some(m) = self.magnets.remove(&id) else {
+                let _ = reply.send(Err(AddError::UnknownTorrent(id).into()));
+                return;
+            };
+            // No storage yet, or one being checked: only existing data can be deleted.
+            self.engine.remove(now, id);
+            match m.checking.filter(|_| delete) {
+                Some(storage) => {
+                    let resume = disk::resume_file(
+                        self.config.resume_dir.as_deref(),
+                        &m.output_dir,
+                        &m.info_hash,
+                    );
+                    self.pool.execute(move || {
+                        let r = disk::delete_data(&storage, &resume)
+                            .map_err(|(path, source)| SessionError::Delete { path, source });
+                        let _ = reply.send(r);
+                    });
+                }
+                None => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
             return;
         };
         self.engine.remove(now, id);

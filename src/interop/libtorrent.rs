@@ -6,7 +6,16 @@
 //! `ssrf_mitigation` off (libtorrent 2.0 otherwise restricts trackers on localhost);
 //! `announce_to_all_trackers`/`_tiers`; `min_reconnect_time` 1 s so that a `--connect` peer that was
 //! not listening yet is retried quickly; no IP filter; it re-announces every 2 s while it has no peers
-//! (opentracker's interval is 1700 s), and it retries `--connect` peers every second.
+//! (opentracker's interval is 1700 s), and it retries `--connect` peers every second. A leecher
+//! flushes libtorrent's disk cache before it exits (a `flushed` event; exit code 4 if that does not
+//! happen within 10 s), so its files are complete once [`LtPeer::wait_finished`] returns: libtorrent
+//! 2.0 reports "finished" as soon as the last piece passed its hash check, possibly before its disk
+//! threads wrote it.
+//!
+//! Extra switches ([`LtConfig::extra_args`]): `--upload-limit BYTES_PER_S` rate-limits uploads to
+//! loopback peers too; `--choke-after BYTES --choke-for SECS` chokes every peer once that many bytes
+//! are uploaded (unchoke slots set to 0; libtorrent then rejects the queued requests of peers that
+//! speak the fast extension), reporting `choke_all` and `unchoke_all` events.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +67,8 @@ pub struct LtConfig {
     pub max_run: Duration,
     /// Leecher: how long to keep running (and seeding) after finishing.
     pub linger: Duration,
+    /// More arguments for the script (e.g. `--upload-limit 300000`, `--choke-after 300000`).
+    pub extra_args: Vec<String>,
 }
 
 impl LtConfig {
@@ -79,6 +90,7 @@ impl LtConfig {
             connect: Vec::new(),
             max_run,
             linger: Duration::ZERO,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -211,6 +223,7 @@ impl LtPeer {
         for peer in &cfg.connect {
             cmd.arg("--connect").arg(peer.to_string());
         }
+        cmd.args(&cfg.extra_args);
         // Python must not buffer stdout: the harness reads progress while the peer runs.
         cmd.env("PYTHONUNBUFFERED", "1");
         let proc = ChildGuard::spawn(

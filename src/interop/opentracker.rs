@@ -86,7 +86,11 @@ impl Opentracker {
     }
 
     /// Waits until TCP accepts, a BEP 15 connect is answered and (when there is one) an HTTP
-    /// `stopped` announce of a whitelisted hash succeeds, which shows the whitelist is loaded.
+    /// `started` announce of a whitelisted hash succeeds, which shows the whitelist is loaded; a
+    /// `stopped` announce then takes the probe peer (`127.0.0.1:1`) out of the swarm again.
+    ///
+    /// The probe must be `started`: opentracker answers a `stopped` announce with success even for
+    /// a hash that is not on its whitelist, so a `stopped` probe passes before a (re)load is done.
     fn wait_ready(&self, probe: Option<&InfoHash>) -> Result<()> {
         let addr = self.addr();
         wait_for(
@@ -101,15 +105,20 @@ impl Opentracker {
                     return Ok(None);
                 }
                 if let Some(ih) = probe {
-                    let url = format!(
-                        "{}?info_hash={}&peer_id=-HBPROBE-00000000000&port=1&uploaded=0&\
-                         downloaded=0&left=0&compact=1&event=stopped",
-                        self.http_announce_url(),
-                        hyperblow_core::tracker::http::percent_encode(ih.as_bytes())
-                    );
-                    match http_get(&url, Duration::from_millis(500)) {
-                        Ok(r) if r.status == 200 && !r.body_contains("failure reason") => {}
-                        _ => return Ok(None),
+                    let url = |event: &str| {
+                        format!(
+                            "{}?info_hash={}&peer_id=-HBPROBE-00000000000&port=1&uploaded=0&\
+                             downloaded=0&left=0&compact=1&numwant=0&event={event}",
+                            self.http_announce_url(),
+                            hyperblow_core::tracker::http::percent_encode(ih.as_bytes())
+                        )
+                    };
+                    let accepted = |event: &str| {
+                        matches!(http_get(&url(event), Duration::from_millis(500)),
+                            Ok(r) if r.status == 200 && !r.body_contains("failure reason"))
+                    };
+                    if !accepted("started") || !accepted("stopped") {
+                        return Ok(None);
                     }
                 }
                 Ok(Some(()))

@@ -42,8 +42,8 @@ use bytes::Bytes;
 use sha1::{Digest, Sha1};
 
 use hyperblow_core::engine::{
-    AddError, AddTorrent, ConnId, Engine, EngineConfig, Event, Job, JobId, JobResult, Output,
-    ResolveId, StorageFailure, StorageFailureKind, TorrentId,
+    AddError, AddMagnet, AddTorrent, ConnId, Engine, EngineConfig, Event, Job, JobId, JobResult,
+    Output, ResolveId, StorageFailure, StorageFailureKind, TorrentId,
 };
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_core::rng::{seeded, CoreRng, RngExt};
@@ -474,6 +474,17 @@ impl Sim {
         }
         let now = self.now;
         let id = self.nodes[node].engine.add_torrent(now, add)?;
+        self.nodes[node].torrents.insert(id, ih);
+        self.drain(node);
+        Ok(id)
+    }
+
+    /// Adds a torrent from a magnet link to a node (it starts with nothing; the metadata comes from
+    /// peers). The link's info-hash should be [`Sim::register`]ed for the byte-exact checks.
+    pub fn add_magnet(&mut self, node: NodeId, add: AddMagnet) -> Result<TorrentId, AddError> {
+        let ih = add.link.info_hash;
+        let now = self.now;
+        let id = self.nodes[node].engine.add_magnet(now, add)?;
         self.nodes[node].torrents.insert(id, ih);
         self.drain(node);
         Ok(id)

@@ -8,11 +8,20 @@ peer discovery, UPnP, NAT-PMP and uTP switched off, and prints one JSON object p
   {"kind": "event", "t": 0.2, "event": "tracker_reply", "url": "...", "peers": 1}          as alerts arrive
   {"kind": "event", "t": 0.1, "event": "error", "alert": "...", "message": "..."}
   {"kind": "finished", "t": 2.3, "seconds": 2.1}                                          leecher done
+  {"kind": "event", "t": 2.4, "event": "flushed", "seconds": 0.1}                          leecher's data on disk
   {"kind": "exit", "t": 9.0, "code": 0, "reason": "..."}                                  always last
 
 Exit codes: 0 = leecher finished (or seeder told to stop with SIGTERM/SIGINT or a `quit` line on
 stdin, or its --max-seconds elapsed), 2 = leecher hit --max-seconds before finishing, 3 = bad arguments
-or the torrent could not be added.
+or the torrent could not be added, 4 = a leecher's data could not be flushed to disk in time.
+
+libtorrent 2.0 reports a torrent finished once every piece passed its hash check, which can be before
+its disk threads have written the last blocks, and the script leaves with os._exit (no graceful
+session shutdown). So a leecher, before it exits, asks for the disk cache to be flushed
+(torrent_handle.flush_cache, which queues a fence job behind every outstanding write of the torrent)
+and waits, bounded, for the cache_flushed_alert that libtorrent posts once that job has run. (The
+flush_disk_cache flag of save_resume_data does not do: its alert is posted without waiting for the
+flush.)
 """
 
 import argparse
@@ -27,6 +36,8 @@ import libtorrent as lt
 
 START = time.monotonic()
 STOP = False
+# How long a leecher waits for its writes to reach the disk before exiting.
+FLUSH_TIMEOUT = 10.0
 
 
 def now():
@@ -84,9 +95,29 @@ def settings(listen_port):
         | lt.alert.category_t.status_notification
         | lt.alert.category_t.tracker_notification
         | lt.alert.category_t.connect_notification
-        | lt.alert.category_t.peer_notification,
+        | lt.alert.category_t.peer_notification
+        | lt.alert.category_t.storage_notification,
         "user_agent": "hyperblow-interop-lt/" + lt.__version__,
     }
+
+
+def flush_to_disk(ses, handle, timeout):
+    """Waits until every write libtorrent queued for `handle` is done; False after `timeout` s."""
+    started = time.monotonic()
+    handle.flush_cache()
+    while time.monotonic() - started < timeout:
+        for alert in ses.pop_alerts():
+            if type(alert).__name__ == "cache_flushed_alert" and alert.handle == handle:
+                emit({"kind": "event", "event": "flushed",
+                      "seconds": round(time.monotonic() - started, 3)})
+                return True
+            if alert.category() & lt.alert.category_t.error_notification:
+                emit({"kind": "event", "event": "error", "alert": type(alert).__name__,
+                      "message": alert.message()})
+        ses.wait_for_alert(100)
+    emit({"kind": "event", "event": "error", "alert": "flush_timeout",
+          "message": "no cache_flushed_alert within %.1f s" % timeout})
+    return False
 
 
 def state_name(status):
@@ -109,12 +140,23 @@ def main():
                     help="leecher: keep running (and seeding) this long after finishing")
     ap.add_argument("--reannounce", type=float, default=2.0,
                     help="re-announce this often while there are no peers (0 = never)")
+    ap.add_argument("--upload-limit", type=int, default=0,
+                    help="cap the upload rate at this many bytes/s, loopback peers included (0 = none)")
+    ap.add_argument("--choke-after", type=int, default=0,
+                    help="once this many payload bytes are uploaded, choke every peer (unchoke slots 0) "
+                         "for --choke-for seconds, then unchoke again (0 = never)")
+    ap.add_argument("--choke-for", type=float, default=2.0, help="how long --choke-after chokes")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    ses = lt.session(settings(args.port))
+    pack = settings(args.port)
+    if args.upload_limit > 0:
+        # Loopback peers are exempt from rate limits unless this is off.
+        pack["ignore_limits_on_local_network"] = False
+        pack["upload_rate_limit"] = args.upload_limit
+    ses = lt.session(pack)
     ses.set_ip_filter(lt.ip_filter())  # explicitly: no IP filter
 
     try:
@@ -138,6 +180,8 @@ def main():
     next_connect = 0.0
     next_reannounce = time.monotonic() + args.reannounce
     finished_at = None
+    choke_phase = "before" if args.choke_after > 0 else "done"
+    unchoke_at = None
     stdin_open = not sys.stdin.closed
     code, reason = 0, "stopped"
 
@@ -199,6 +243,16 @@ def main():
         if args.reannounce > 0 and t >= next_reannounce and st.num_peers == 0:
             handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
             next_reannounce = t + args.reannounce
+        if choke_phase == "before" and st.total_payload_upload >= args.choke_after:
+            # No unchoke slots: libtorrent chokes every peer at once, and a peer that speaks the
+            # fast extension (BEP 6) gets a reject for each request it still had queued here.
+            ses.apply_settings({"unchoke_slots_limit": 0})
+            choke_phase, unchoke_at = "choked", t + args.choke_for
+            emit({"kind": "event", "event": "choke_all", "uploaded": st.total_payload_upload})
+        elif choke_phase == "choked" and t >= unchoke_at:
+            ses.apply_settings({"unchoke_slots_limit": 8})
+            choke_phase = "done"
+            emit({"kind": "event", "event": "unchoke_all", "uploaded": st.total_payload_upload})
         if t >= next_status:
             emit({"kind": "status", "state": state_name(st), "progress": round(st.progress, 4),
                   "peers": st.num_peers, "seeds": st.num_seeds, "download_rate": st.download_rate,
@@ -207,6 +261,11 @@ def main():
             next_status = t + args.interval
         ses.wait_for_alert(100)
 
+    if args.role == "leech" and handle.status().has_metadata:
+        # Bounded so that the process stays within --max-seconds plus the harness's slack.
+        budget = min(FLUSH_TIMEOUT, max(1.0, deadline + 3.0 - time.monotonic()))
+        if not flush_to_disk(ses, handle, budget) and reason == "finished":
+            code, reason = 4, "finished, but the data was not flushed to disk in time"
     st = handle.status()
     emit({"kind": "status", "state": state_name(st), "progress": round(st.progress, 4),
           "peers": st.num_peers, "seeds": st.num_seeds, "download_rate": st.download_rate,

@@ -190,6 +190,52 @@ impl Engine {
         Some(Metainfo::new(info, t.trackers.clone()))
     }
 
+    /// Adds pieces found intact on disk to a torrent's verified set; returns how many were new.
+    ///
+    /// This is for data checked *after* the torrent was added: a magnet link's files can only be
+    /// checked once [`Event::MetadataReceived`] says what they are. The torrent must not be running
+    /// (pause it when the metadata arrives, check, call this, resume), since a running torrent could
+    /// be fetching the same pieces. Pieces already had, or being hashed or written, are left alone;
+    /// partly received ones become had (their blocks are dropped). `TorrentCompleted` follows if that
+    /// completes the selection.
+    pub fn set_have(
+        &mut self,
+        now: Instant,
+        torrent: TorrentId,
+        have: &Bitfield,
+    ) -> Result<u32, AddError> {
+        let Some(t) = self.torrents.get_mut(&torrent) else {
+            return Err(AddError::UnknownTorrent(torrent));
+        };
+        if t.run == RunState::Running {
+            return Err(AddError::Running(torrent));
+        }
+        let Some(picker) = t.picker.as_mut() else {
+            return Err(AddError::MetadataPending(torrent));
+        };
+        let pieces = picker.num_pieces();
+        if have.len() != pieces {
+            return Err(AddError::HaveLength {
+                got: have.len(),
+                pieces,
+            });
+        }
+        let mut added = 0;
+        for p in have.iter_ones() {
+            let busy = t
+                .pieces
+                .get(&p)
+                .is_some_and(|b| b.stage != PieceStage::Assembling);
+            if !busy && picker.piece_verified(p) {
+                added += 1;
+            }
+        }
+        self.sync_pieces(torrent);
+        self.check_complete(now, torrent);
+        self.maintain(now);
+        Ok(added)
+    }
+
     // ===== internals =============================================================================
 
     /// Of two connections to the same peer, one each way (common with PEX: both sides learn of each

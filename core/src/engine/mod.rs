@@ -150,6 +150,9 @@ pub enum AddError {
     /// magnet link.
     #[error("torrent {0:?} has no metadata yet (still fetching it for a magnet link)")]
     MetadataPending(TorrentId),
+    /// The command needs the torrent stopped (paused) and it is running.
+    #[error("torrent {0:?} is running (pause it first)")]
+    Running(TorrentId),
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,

@@ -303,7 +303,8 @@ pub enum SessionError {
     LateHaveState {
         /// Which message.
         message: &'static str,
-        /// Its 1-based position among the messages after the handshake (keep-alives not counted).
+        /// Its 1-based position among the messages after the handshake (keep-alives and BEP 10
+        /// extension messages not counted).
         position: u64,
     },
     /// The bitfield's length or spare bits were wrong.

@@ -106,7 +106,9 @@ pub struct PeerSession {
     our_extensions: Option<OurExtensions>,
     /// Whether our extension handshake went out (a later change re-sends it).
     ext_handshake_sent: bool,
-    /// Messages received after the handshake, keep-alives not counted.
+    /// Messages received after the handshake, keep-alives and BEP 10 extension messages not counted:
+    /// libtorrent sends its extension handshake *before* its bitfield / have all, so "the first
+    /// message" of BEP 3 and BEP 6 means the first core-protocol message.
     messages_received: u64,
     peer_extensions: PeerExtensions,
 
@@ -1089,7 +1091,9 @@ impl PeerSession {
         if m == Message::KeepAlive {
             return;
         }
-        self.messages_received += 1;
+        if !matches!(m, Message::Extended { .. }) {
+            self.messages_received += 1;
+        }
         match m {
             Message::KeepAlive => {}
             Message::Choke => {

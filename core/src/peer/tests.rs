@@ -425,6 +425,45 @@ fn late_bitfield_is_a_protocol_error() {
     ));
 }
 
+/// libtorrent 2.0 sends its BEP 10 extension handshake right after the BitTorrent handshake and
+/// only then its have all (or bitfield), followed by allowed fast: the piece set is still the first
+/// core-protocol message. (Seen against a real libtorrent seeder, which we used to drop with
+/// "have all as message #2".) A have before the bitfield stays an error.
+#[test]
+fn extension_handshake_may_precede_the_piece_set() {
+    let ext = || {
+        enc(Message::Extended {
+            id: 0,
+            payload: Bytes::from_static(b"d1:md11:ut_metadatai2eee"),
+        })
+    };
+    let mut rest = ext();
+    rest.extend(enc(Message::HaveAll));
+    rest.extend(enc(Message::AllowedFast { piece: 3 }));
+    let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(s.error(), None);
+    assert!((0..10).all(|p| s.peer_has(p)));
+
+    let mut rest = ext();
+    rest.extend(enc(Message::Bitfield(Bytes::from_static(&[0x80, 0]))));
+    let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(s.error(), None);
+    assert!(s.peer_has(0) && !s.peer_has(1));
+
+    let mut rest = ext();
+    rest.extend(enc(Message::Have { piece: 1 }));
+    rest.extend(ext());
+    rest.extend(enc(Message::HaveAll));
+    let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(
+        s.error(),
+        Some(&SessionError::LateHaveState {
+            message: "have all",
+            position: 2
+        })
+    );
+}
+
 #[test]
 fn bitfield_with_spare_bits_or_wrong_length_is_refused() {
     let bad = enc(Message::Bitfield(Bytes::from_static(&[0xff, 0xc0 | 0x20])));

@@ -14,7 +14,9 @@
 //! n = 0..=8; a connect or request that gets no answer after its ninth send fails. A reply is accepted
 //! only if it comes from the tracker's address with the transaction id of an outstanding transaction and
 //! the matching action (or the error action); anything else is dropped, counted in [`RouterStats`], and
-//! changes no state: no timer moves.
+//! changes no state: no timer moves. One exception to strict decoding: a bare 8-byte announce header
+//! answering an announce is opentracker's refusal of an info-hash and ends the request with
+//! [`RequestError::Refused`].
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -23,8 +25,8 @@ use std::time::Duration;
 use crate::rng::{CoreRng, RngExt};
 use crate::time::Instant;
 use crate::tracker::udp::{
-    AddressFamily, AnnounceRequest, ConnectRequest, Request, Response, ScrapeRequest, MAX_DATAGRAM,
-    MAX_SCRAPE_HASHES,
+    Action, AddressFamily, AnnounceRequest, ConnectRequest, Request, Response, ScrapeRequest,
+    MAX_DATAGRAM, MAX_SCRAPE_HASHES,
 };
 use crate::tracker::{AnnounceParams, AnnounceResponse, ScrapeStats};
 use crate::types::InfoHash;
@@ -66,6 +68,9 @@ impl UdpConfig {
     }
 }
 
+/// Length of a reply header alone: action and transaction id.
+const BARE_HEADER_LEN: usize = 8;
+
 /// Identifies one announce or scrape submitted to the router; results carry it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
@@ -79,6 +84,12 @@ pub enum RequestError {
         /// The tracker's message.
         message: String,
     },
+    /// The tracker answered an announce with a bare 8-byte header (announce action and our
+    /// transaction id, no interval and no peers). Debian's opentracker does this for an info-hash
+    /// that is not on its whitelist instead of sending an error packet: it is a refusal, so the
+    /// request ends here rather than being retransmitted for minutes.
+    #[error("tracker refused the announce (an empty 8-byte announce reply, no reason given)")]
+    Refused,
     /// No answer after the last retransmission.
     #[error("no {stage} reply from tracker after {sends} sends")]
     TimedOut {
@@ -389,6 +400,18 @@ impl UdpTrackerRouter {
         };
         let response = match Response::decode(bytes, AddressFamily::of(&key)) {
             Ok(r) => r,
+            Err(_) if self.is_bare_refusal(txn, bytes) => {
+                // Routed by address and transaction id to exactly one of our announces: it ends
+                // that request (see `RequestError::Refused`) instead of a retransmission.
+                if let Txn::Request(id) = txn {
+                    self.complete(id, Err(RequestError::Refused));
+                }
+                if let Some(t) = self.trackers.get_mut(&key) {
+                    t.accepted += 1;
+                }
+                self.stats.replies_accepted += 1;
+                return;
+            }
             Err(_) => {
                 self.stats.dropped_malformed += 1;
                 if let Some(t) = self.trackers.get_mut(&key) {
@@ -714,6 +737,20 @@ impl UdpTrackerRouter {
                 None => self.await_connection(now, id, key),
             }
         }
+    }
+
+    /// Whether `bytes` is a bare 8-byte announce header (action 1 and the transaction id, nothing
+    /// else) answering `txn`, an outstanding announce: opentracker's way of refusing it.
+    fn is_bare_refusal(&self, txn: Txn, bytes: &[u8]) -> bool {
+        let Txn::Request(id) = txn else {
+            return false;
+        };
+        bytes.len() == BARE_HEADER_LEN
+            && matches!(Response::peek_header(bytes), Ok((Action::Announce, _)))
+            && self
+                .requests
+                .get(&id)
+                .is_some_and(|r| matches!(r.payload, Payload::Announce(_)))
     }
 
     /// Returns whether the reply was of an acceptable action.
@@ -1088,6 +1125,50 @@ mod tests {
             drain(&mut r).as_slice(),
             [(_, Request::Connect(_))]
         ));
+    }
+
+    /// Debian's opentracker answers an announce of an info-hash missing from its whitelist with
+    /// the bare header (action 1, the transaction id) and nothing else: a refusal that ends the
+    /// request at once, not a malformed datagram to drop and retransmit for minutes. The same 8 bytes
+    /// with another action, or answering a scrape, are still dropped as malformed.
+    #[test]
+    fn bare_announce_header_is_a_refusal() {
+        let mut r = router();
+        let id = r.announce(Instant::ZERO, addr(A), params(1)).unwrap();
+        let a = connect(&mut r, Instant::ZERO, addr(A), 9);
+        let header = |action: u32, tid: u32| {
+            let mut b = action.to_be_bytes().to_vec();
+            b.extend_from_slice(&tid.to_be_bytes());
+            b
+        };
+        // A bare connect header: still malformed, the request keeps waiting.
+        r.handle_datagram(Instant::from_secs(1), addr(A), &header(0, a.transaction_id));
+        assert_eq!(r.stats().dropped_malformed, 1);
+        assert_eq!(r.poll_event(), None);
+        r.handle_datagram(Instant::from_secs(1), addr(A), &header(1, a.transaction_id));
+        assert_eq!(
+            r.poll_event(),
+            Some(Event::Announce {
+                id,
+                result: Err(RequestError::Refused)
+            })
+        );
+        assert_eq!(r.request_phase(id), None, "the request is over");
+        assert!(r.poll_transmit().is_none(), "no retransmission");
+        assert_eq!(r.poll_timeout(), None, "no timer left");
+        assert!(RequestError::Refused.to_string().contains("refused"));
+
+        // A bare announce header answering a scrape is not a refusal: dropped as malformed.
+        let hashes = [InfoHash([3; 20])];
+        let sid = r.scrape(Instant::from_secs(2), addr(A), &hashes).unwrap();
+        let tid = match drain(&mut r).as_slice() {
+            [(_, Request::Scrape(s))] => s.transaction_id,
+            other => panic!("expected the scrape on the live connection id, got {other:?}"),
+        };
+        r.handle_datagram(Instant::from_secs(2), addr(A), &header(1, tid));
+        assert_eq!(r.stats().dropped_malformed, 2);
+        assert_eq!(r.poll_event(), None);
+        assert_eq!(r.request_phase(sid), Some(RequestPhase::Sent { sends: 1 }));
     }
 
     #[test]

@@ -844,3 +844,128 @@ fn a_selection_of_the_wrong_length_stops_the_magnet_torrent_until_fixed() {
     assert!(net.run_until(Duration::from_secs(120), |n| n.completed(l, tl)));
     assert_eq!(disk_content(&net.nodes[l], tl), content);
 }
+
+#[test]
+fn pieces_found_on_disk_after_the_metadata_are_not_fetched_again() {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut net = Net::new();
+    let s = net.add_node(EngineConfig::default(), 1);
+    let l = net.add_node(EngineConfig::default(), 2);
+    let pieces = meta.info.layout().piece_count();
+    let now = net.now;
+    let ts = net.nodes[s]
+        .engine
+        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
+        .expect("add seed");
+    load_disk(&mut net.nodes[s], ts, &content, PL);
+    let seeder = net.nodes[s].addr;
+    let tl = net.nodes[l]
+        .engine
+        .add_magnet(now, add_magnet(link(&meta, vec![]), vec![seeder]))
+        .expect("add magnet");
+    // Without metadata there is nothing to mark.
+    let probe = Bitfield::new(pieces);
+    assert_eq!(
+        net.nodes[l].engine.set_have(now, tl, &probe),
+        Err(AddError::Running(tl))
+    );
+    net.nodes[l].engine.pause(now, tl);
+    assert_eq!(
+        net.nodes[l].engine.set_have(now, tl, &probe),
+        Err(AddError::MetadataPending(tl))
+    );
+    net.nodes[l].engine.resume(now, tl);
+    assert!(net.run_until(Duration::from_secs(30), |n| n.nodes[l]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MetadataReceived { .. }))));
+    // The driver pauses on the event, checks the files and reports what it found.
+    let now = net.now;
+    net.nodes[l].engine.pause(now, tl);
+    net.settle();
+    let now = net.now;
+    let mut found = Bitfield::new(pieces);
+    for p in (0..pieces).step_by(2) {
+        found.set(p);
+        let start = p as usize * PL as usize;
+        let end = (start + PL as usize).min(content.len());
+        net.nodes[l]
+            .disk
+            .insert((tl, p), Bytes::copy_from_slice(&content[start..end]));
+    }
+    assert_eq!(
+        net.nodes[l]
+            .engine
+            .set_have(now, tl, &Bitfield::new(pieces + 1)),
+        Err(AddError::HaveLength {
+            got: pieces + 1,
+            pieces
+        })
+    );
+    assert_eq!(
+        net.nodes[l].engine.set_have(now, TorrentId(77), &found),
+        Err(AddError::UnknownTorrent(TorrentId(77)))
+    );
+    let marked = net.nodes[l].engine.set_have(now, tl, &found).expect("set");
+    assert_eq!(marked, found.count_ones());
+    // Marking them again adds nothing.
+    assert_eq!(net.nodes[l].engine.set_have(now, tl, &found), Ok(0));
+    let st = net.nodes[l].engine.torrent_stats(now, tl).expect("stats");
+    assert_eq!(st.state, TorrentState::Paused);
+    assert_eq!(st.have.count_ones(), found.count_ones());
+    let before = net.nodes[l].events.len();
+    net.nodes[l].engine.resume(now, tl);
+    assert!(net.run_until(Duration::from_secs(120), |n| n.completed(l, tl)));
+    assert_eq!(disk_content(&net.nodes[l], tl), content);
+    let fetched: BTreeSet<u32> = net.nodes[l].events[before..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::PieceVerified { piece, .. } => Some(*piece),
+            _ => None,
+        })
+        .collect();
+    let missing: BTreeSet<u32> = (0..pieces).filter(|p| !found.get(*p)).collect();
+    assert_eq!(fetched, missing);
+}
+
+#[test]
+fn a_check_that_finds_everything_completes_the_paused_torrent() {
+    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
+    let mut net = Net::new();
+    let s = net.add_node(EngineConfig::default(), 1);
+    let l = net.add_node(EngineConfig::default(), 2);
+    let pieces = meta.info.layout().piece_count();
+    let now = net.now;
+    let ts = net.nodes[s]
+        .engine
+        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
+        .expect("add seed");
+    load_disk(&mut net.nodes[s], ts, &content, PL);
+    let seeder = net.nodes[s].addr;
+    let tl = net.nodes[l]
+        .engine
+        .add_magnet(now, add_magnet(link(&meta, vec![]), vec![seeder]))
+        .expect("add magnet");
+    assert!(net.run_until(Duration::from_secs(30), |n| n.nodes[l]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MetadataReceived { .. }))));
+    let now = net.now;
+    net.nodes[l].engine.pause(now, tl);
+    load_disk(&mut net.nodes[l], tl, &content, PL);
+    let full = Bitfield::full(pieces);
+    assert_eq!(net.nodes[l].engine.set_have(now, tl, &full), Ok(pieces));
+    net.settle();
+    assert!(net.completed(l, tl));
+    net.nodes[l].engine.resume(net.now, tl);
+    net.run_for(Duration::from_secs(5));
+    let st = net.nodes[l]
+        .engine
+        .torrent_stats(net.now, tl)
+        .expect("stats");
+    assert_eq!(st.state, TorrentState::Seeding);
+    assert!(!net.nodes[l]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PieceVerified { .. })));
+}
