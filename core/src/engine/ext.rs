@@ -571,7 +571,12 @@ impl Engine {
             return;
         }
         let dirty = std::mem::take(&mut t.pex_dirty);
+        if !dirty && t.pex_next.is_none_or(|d| d > now) {
+            // Nothing changed and nothing is due: no need to look at every connection.
+            return;
+        }
         let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
         for id in &t.conns {
             let Some(c) = self.conns.get_mut(id) else {
                 continue;
@@ -583,10 +588,13 @@ impl Engine {
                 let at = sender.next_send_time().unwrap_or(now).max(now);
                 c.ext.pex_due = Some(c.ext.pex_due.map_or(at, |d| d.min(at)));
             }
-            if c.ext.pex_due.is_some_and(|d| d <= now) {
-                due.push(*id);
+            match c.ext.pex_due {
+                Some(d) if d <= now => due.push(*id),
+                Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                None => {}
             }
         }
+        t.pex_next = next;
         if due.is_empty() {
             return;
         }
@@ -623,6 +631,9 @@ impl Engine {
                     c.session
                         .send_extended(now, peer_id, Bytes::from(msg.encode()));
                     c.ext.pex_due = sender.next_send_time();
+                    if let (Some(d), Some(t)) = (c.ext.pex_due, self.torrents.get_mut(&tid)) {
+                        t.pex_next = Some(t.pex_next.map_or(d, |n| n.min(d)));
+                    }
                     self.flush(id);
                 }
                 None => {
@@ -640,7 +651,11 @@ impl Engine {
             .values()
             .filter(|t| t.is_running())
             .filter_map(|t| t.magnet.as_ref()?.fetcher.poll_timeout());
-        let pex = self.conns.values().filter_map(|c| c.ext.pex_due);
+        let pex = self
+            .torrents
+            .values()
+            .filter(|t| t.is_running() && !t.private)
+            .filter_map(|t| t.pex_next);
         fetch.chain(pex).min()
     }
 

@@ -34,6 +34,30 @@ impl Engine {
         self.fill_requests(now, id);
         self.flush(id);
         self.pump_reads(id);
+        self.rearm(id);
+    }
+
+    /// Files the session's current deadline in the timer index. Must follow every call that can
+    /// bring a session's deadline earlier: a request sent when none was outstanding (the request
+    /// and snub timers start), a block ending a snub, the handshake completing; that is
+    /// `process_conn`, `fill_requests` and creating a connection. Everything else only moves
+    /// deadlines later, which leaves the index early: `handle_timeout` then finds nothing due for
+    /// the connection and files the real deadline.
+    pub(super) fn rearm(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let next = c.session.poll_timeout();
+        if next == c.timer {
+            return;
+        }
+        if let Some(old) = c.timer {
+            self.timers.remove(&(old, id));
+        }
+        if let Some(n) = next {
+            self.timers.insert((n, id));
+        }
+        c.timer = next;
     }
 
     fn on_peer_event(&mut self, now: Instant, id: ConnId, ev: peer::Event) {
@@ -331,9 +355,56 @@ impl Engine {
         }
     }
 
+    /// How the pieces that failed with blocks from several peers (kept in `failed_blocks` until
+    /// they pass) are fetched again through connection `id`: `avoid` are those it sent a block of
+    /// and that another unchoking peer, which sent none, can serve; `first` are those it sent none
+    /// of. A retry by peers that are not suspects passes, and the kept blocks then name the liar
+    /// (see `piece_written`); without this the liar kept taking part in every retry.
+    fn retry_plan(&self, id: ConnId) -> (Vec<u32>, Vec<u32>) {
+        let (mut avoid, mut first) = (Vec::new(), Vec::new());
+        let Some(c) = self.conns.get(&id) else {
+            return (avoid, first);
+        };
+        let Some(t) = c.torrent.and_then(|tid| self.torrents.get(&tid)) else {
+            return (avoid, first);
+        };
+        let Some(picker) = t.picker.as_ref() else {
+            return (avoid, first);
+        };
+        for (&piece, kept) in &t.failed_blocks {
+            if !picker.needed().get(piece) || !c.session.peer_has(piece) {
+                continue;
+            }
+            let senders: BTreeSet<SocketAddr> = kept.iter().map(|(_, _, a)| *a).collect();
+            if !senders.contains(&c.addr) {
+                first.push(piece);
+                continue;
+            }
+            let someone_else = t.conns.iter().any(|o| {
+                *o != id
+                    && self.conns.get(o).is_some_and(|oc| {
+                        !senders.contains(&oc.addr)
+                            && oc.session.is_established()
+                            && !oc.session.peer_choking()
+                            && oc.session.peer_has(piece)
+                    })
+            });
+            if someone_else {
+                avoid.push(piece);
+            }
+        }
+        (avoid, first)
+    }
+
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
+        self.fill_requests_inner(now, id);
+        self.rearm(id);
+    }
+
+    fn fill_requests_inner(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.pending_cap();
+        let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -352,6 +423,20 @@ impl Engine {
             return;
         }
         let key = c.key;
+        let masked;
+        let pieces = if avoid.is_empty() {
+            c.session.peer_pieces()
+        } else {
+            let mut m = match c.session.peer_pieces() {
+                PeerPieces::All => Bitfield::full(picker.num_pieces()),
+                PeerPieces::Bitfield(b) => b.clone(),
+            };
+            for p in &avoid {
+                m.clear(*p);
+            }
+            masked = m;
+            PeerPieces::Bitfield(&masked)
+        };
         let picks = if c.session.peer_choking() || over {
             let allowed: Vec<u32> = if c.session.peer_choking() {
                 c.session
@@ -366,9 +451,16 @@ impl Engine {
             if allowed.is_empty() {
                 return;
             }
-            picker.pick_allowed_fast(key, c.session.peer_pieces(), &allowed, n, &mut self.rng)
+            picker.pick_allowed_fast(key, pieces, &allowed, n, &mut self.rng)
         } else {
-            picker.pick(key, c.session.peer_pieces(), n, &mut self.rng)
+            let mut picks = Vec::new();
+            if !first.is_empty() {
+                picks = picker.pick_allowed_fast(key, pieces, &first, n, &mut self.rng);
+            }
+            if picks.len() < n {
+                picks.extend(picker.pick(key, pieces, n - picks.len(), &mut self.rng));
+            }
+            picks
         };
         for b in picks {
             if c.session.request(now, b).is_err() {
@@ -457,6 +549,9 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        if let Some(t) = c.timer {
+            self.timers.remove(&(t, id));
+        }
         self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
@@ -634,6 +729,24 @@ impl Engine {
         }
     }
 
+    /// A write job failed: the piece is not on disk, so it leaves memory and becomes missing again
+    /// (fetched anew after a resume, instead of sitting in memory forever as "being written").
+    pub(super) fn write_failed(&mut self, tid: TorrentId, piece: u32) {
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Writing) {
+            return;
+        }
+        let Some(buf) = t.pieces.remove(&piece) else {
+            return;
+        };
+        if let Some(picker) = t.picker.as_mut() {
+            picker.piece_failed(piece);
+        }
+        self.release_pending(u64::from(buf.size));
+    }
+
     /// A write job finished: the piece is verified.
     pub(super) fn piece_written(&mut self, now: Instant, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {
@@ -776,6 +889,10 @@ impl Engine {
             }
         }
         self.release_pending(freed);
+        // Their hash jobs are forgotten with them: an answer arriving after a resume would
+        // otherwise be taken for the same piece fetched again (and get unchecked bytes written).
+        self.jobs
+            .retain(|_, j| !matches!(j, JobInfo::Hash { torrent, .. } if *torrent == tid));
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
             if let Some(picker) = t.picker.as_mut() {
@@ -939,8 +1056,10 @@ impl Engine {
                         reading_bytes: 0,
                         unflushed: 0,
                         ext: Default::default(),
+                        timer: None,
                     },
                 );
+                self.rearm(id);
                 self.addrs.insert((addr, Some(tid)), id);
                 self.outputs.push_back(Output::Connect { conn: id, addr });
                 half_open += 1;

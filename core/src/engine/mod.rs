@@ -28,7 +28,7 @@ mod trackers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -193,6 +193,9 @@ pub struct Engine {
     /// connections to the same address for the same torrent.
     addrs: BTreeMap<(SocketAddr, Option<TorrentId>), ConnId>,
     jobs: BTreeMap<JobId, JobInfo>,
+    /// Every connection's session deadline (see `rearm`): the earliest is the first entry, so
+    /// neither `poll_timeout` nor `handle_timeout` walks every connection.
+    timers: BTreeSet<(Instant, ConnId)>,
     trackers: TrackerGlue,
     outputs: VecDeque<Output>,
     events: VecDeque<Event>,
@@ -244,6 +247,7 @@ impl Engine {
             conns: BTreeMap::new(),
             addrs: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             next_torrent: 0,
@@ -540,8 +544,10 @@ impl Engine {
                 reading_bytes: 0,
                 unflushed: 0,
                 ext: Default::default(),
+                timer: None,
             },
         );
+        self.rearm(id);
         self.addrs.insert((remote, None), id);
         Some(id)
     }
@@ -662,10 +668,14 @@ impl Engine {
                 | JobInfo::Write { torrent, .. }
                 | JobInfo::Read { torrent, .. } => torrent,
             };
-            if let JobInfo::Read { conn, block, .. } = info {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.reading_bytes = c.reading_bytes.saturating_sub(block.length as usize);
+            match info {
+                JobInfo::Read { conn, block, .. } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.reading_bytes = c.reading_bytes.saturating_sub(block.length as usize);
+                    }
                 }
+                JobInfo::Write { torrent, piece } => self.write_failed(torrent, piece),
+                JobInfo::Hash { .. } => {}
             }
             self.torrent_error(now, torrent, f.message.clone());
             self.maintain(now);
@@ -726,15 +736,16 @@ impl Engine {
     /// The timer fired (or any time at or after `poll_timeout`).
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<ConnId> = self
-            .conns
+            .timers
             .iter()
-            .filter(|(_, c)| c.session.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, id)| *id)
             .collect();
         for id in due {
             if let Some(c) = self.conns.get_mut(&id) {
                 c.session.handle_timeout(now);
             }
+            // Also files the session's next deadline (the one filed may have been early).
             self.process_conn(now, id);
         }
         self.trackers
@@ -756,9 +767,16 @@ impl Engine {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        for c in self.conns.values() {
-            consider(c.session.poll_timeout());
-        }
+        debug_assert!(
+            self.conns.iter().all(|(id, c)| {
+                c.session.poll_timeout().is_none_or(|real| {
+                    c.timer
+                        .is_some_and(|f| f <= real && self.timers.contains(&(f, *id)))
+                })
+            }),
+            "a session deadline earlier than the one in the timer index"
+        );
+        consider(self.timers.first().map(|(t, _)| *t));
         for t in self.torrents.values() {
             if t.is_running() && !t.conns.is_empty() {
                 consider(t.choker.poll_timeout());

@@ -1620,3 +1620,189 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
 }
 
 mod magnet;
+
+#[test]
+fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![]);
+    net.nodes[1].fail_writes.insert(tl);
+    let (now, seeder) = (net.now, net.nodes[0].addr);
+    net.nodes[1].engine.add_peer(now, tl, seeder);
+    let stopped = |n: &Net| {
+        n.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::TorrentError { .. }))
+    };
+    assert!(net.run_until(Duration::from_secs(30), stopped));
+    net.settle();
+    // The disk has room again: resume, and every piece (also those whose write failed) arrives.
+    net.nodes[1].fail_writes.clear();
+    let now = net.now;
+    net.nodes[1].engine.resume(now, tl);
+    assert!(
+        net.run_until(Duration::from_secs(120), |n| n.completed(1, tl)),
+        "{:?}",
+        net.nodes[1]
+            .engine
+            .torrent_stats(net.now, tl)
+            .map(|s| s.have)
+    );
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    assert_eq!(net.nodes[1].engine.pending_bytes, 0);
+}
+
+#[test]
+fn a_hash_result_from_before_a_disk_error_does_not_verify_the_piece_fetched_after_resume() {
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![]);
+    let (now, seeder) = (net.now, net.nodes[0].addr);
+    net.held_hash = true;
+    net.nodes[1].engine.add_peer(now, tl, seeder);
+    assert!(net.run_until(Duration::from_secs(30), |n| n.held.len() >= 2));
+    // One hash job fails (a disk error stops the torrent); another is still out, with the right
+    // answer for the honest data it was given.
+    let (_, failing, _) = net.held.remove(0);
+    let (i, stale_id, stale_job) = net.held.remove(0);
+    let Job::Hash { piece, .. } = stale_job else {
+        panic!("held a {stale_job:?}")
+    };
+    let stale_result = net.run_job(i, &stale_job);
+    let now = net.now;
+    net.nodes[1].engine.handle_job_done(
+        now,
+        failing,
+        JobResult::Failed(StorageFailure {
+            kind: StorageFailureKind::Other,
+            message: "hash thread died".into(),
+        }),
+    );
+    net.settle();
+    // Resumed; this time the seeder sends garbage, and the piece's new hash job is held.
+    net.held.clear();
+    net.nodes[0].serve = Serve::Corrupt;
+    let now = net.now;
+    net.nodes[1].engine.resume(now, tl);
+    let refetched = move |n: &Net| {
+        n.held
+            .iter()
+            .any(|(_, _, j)| matches!(j, Job::Hash { piece: p, .. } if *p == piece))
+    };
+    assert!(net.run_until(Duration::from_secs(30), refetched));
+    // The old job's answer arrives now: it is about other bytes and must not get garbage written.
+    let now = net.now;
+    net.nodes[1]
+        .engine
+        .handle_job_done(now, stale_id, stale_result);
+    net.settle();
+    if let Some(written) = net.nodes[1].disk.get(&(tl, piece)) {
+        let start = piece as usize * PL as usize;
+        assert_eq!(
+            written[..],
+            content[start..start + written.len()],
+            "unverified data was written"
+        );
+    }
+}
+
+#[test]
+fn a_failed_piece_is_fetched_again_from_a_peer_that_sent_none_of_it() {
+    // One piece of two blocks, one request per peer at a time.
+    let (meta, content) = make_torrent("one", &[("x", u64::from(PL))], PL, vec![]);
+    let mut raw = Raw::new();
+    let mut config = EngineConfig::default();
+    config.session.min_queue_depth = 1;
+    config.session.max_queue_depth = 1;
+    raw.engine = Engine::new(config, 7, raw.now);
+    let t = raw
+        .engine
+        .add_torrent(raw.now, add(&meta, None, vec![]))
+        .expect("add");
+    raw.drain();
+    let mut conns = Vec::new();
+    for (i, name) in [
+        b"-XX0001-liarliarliar",
+        b"-XX0001-honesthonest",
+        b"-XX0001-latecomer123",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let conn = raw
+            .engine
+            .handle_incoming(raw.now, addr(200 + i as u8, 5000))
+            .expect("accepted");
+        let hs = Handshake::new(meta.info_hash(), PeerId(**name), Reserved::empty());
+        raw.engine.handle_read(raw.now, conn, &hs.to_bytes());
+        raw.drain();
+        raw.send(conn, &[Message::Bitfield(bitfield_of(1, &[0]))]);
+        conns.push(conn);
+    }
+    let (liar, honest, late) = (conns[0], conns[1], conns[2]);
+    raw.send(liar, &[Message::Unchoke]);
+    raw.send(honest, &[Message::Unchoke]);
+    let to_liar = requests(&raw.take(liar));
+    let to_honest = requests(&raw.take(honest));
+    assert_eq!((to_liar.len(), to_honest.len()), (1, 1));
+    // The third peer unchokes too (it gets an endgame duplicate, which it leaves unanswered).
+    raw.send(late, &[Message::Unchoke]);
+    raw.take(late);
+    // The liar's block is garbage: the piece fails with blocks from two peers.
+    let (_, lb) = *to_liar.iter().next().expect("request");
+    let (_, hb) = *to_honest.iter().next().expect("request");
+    let Message::Piece {
+        index,
+        begin,
+        block,
+    } = block_msg(&content, 0, lb, PL / 2)
+    else {
+        unreachable!()
+    };
+    let bad: Vec<u8> = block.iter().map(|b| b ^ 0x5a).collect();
+    raw.send(
+        liar,
+        &[Message::Piece {
+            index,
+            begin,
+            block: bad.into(),
+        }],
+    );
+    // (Endgame: the honest peer's block is asked of the others too, and cancelled when it comes.)
+    for c in &conns {
+        raw.take(*c);
+    }
+    raw.send(honest, &[block_msg(&content, 0, hb, PL / 2)]);
+    assert!(raw
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PieceFailed { piece: 0, .. })));
+    // The piece is fetched again from the peer that sent none of it, not from the two that did.
+    assert!(requests(&raw.take(liar)).is_empty(), "asked the liar again");
+    assert!(
+        requests(&raw.take(honest)).is_empty(),
+        "asked a suspect again"
+    );
+    let mut asked = BTreeSet::new();
+    for _ in 0..2 {
+        let r = requests(&raw.take(late));
+        assert!(!r.is_empty(), "the newcomer fetches the piece");
+        for &(p, b) in &r {
+            raw.send(late, &[block_msg(&content, p, b, PL / 2)]);
+        }
+        asked.extend(r);
+    }
+    assert_eq!(asked.len(), 2);
+    assert!(raw
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PieceVerified { piece: 0, .. })));
+    // The blocks kept from the failed attempt then name the liar, and only the liar.
+    let bans: Vec<SocketAddr> = raw
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerBanned { addr, .. } => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bans, vec![addr(200, 5000)]);
+    assert_eq!(raw.disk.get(&(t, 0)).map(|d| d.to_vec()), Some(content));
+}

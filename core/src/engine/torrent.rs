@@ -189,6 +189,9 @@ pub(crate) struct Torrent {
     pub metadata: MetadataServer,
     /// The set of connected peers changed: PEX senders should look again.
     pub pex_dirty: bool,
+    /// The earliest `pex_due` of the torrent's connections as of the last look (connections
+    /// gone or deadlines dropped since may leave it early, never late).
+    pub pex_next: Option<Instant>,
     /// Running, paused or stopped by an error.
     pub run: RunState,
     /// Whether `TorrentCompleted` was emitted for the current selection.
@@ -253,6 +256,7 @@ impl Torrent {
             magnet: None,
             metadata: MetadataServer::new(None),
             pex_dirty: false,
+            pex_next: None,
             run: if paused {
                 RunState::Paused
             } else {

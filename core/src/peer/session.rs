@@ -428,7 +428,9 @@ impl PeerSession {
             Phase::Established => {
                 let mut t = (self.last_sent + self.config.keepalive_interval)
                     .min(self.last_recv + self.config.idle_timeout);
-                if let Some(oldest) = self.outstanding.iter().map(|o| o.sent).min() {
+                // Requests are queued in the order sent, so the front is the oldest (O(1): this
+                // runs for every connection after every engine input).
+                if let Some(oldest) = self.outstanding.front().map(|o| o.sent) {
                     t = t.min(oldest + self.config.request_timeout);
                     if !self.snubbed {
                         t = t.min(self.waiting_since + self.config.snub_timeout);
