@@ -9,7 +9,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-use futures::io::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// A runtime the session can run on: task spawning, TCP, UDP, a timer and name resolution.
 ///
@@ -67,6 +68,31 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         &self,
         deadline: std::time::Instant,
     ) -> impl Future<Output = ()> + Send + 'static;
+
+    /// Reads at most `max` bytes (`max > 0`) from `reader` into the front of `room` and returns how many
+    /// (0 at the end of the stream). On return `room[..n]` holds them, so the caller can `split_to(n)`.
+    ///
+    /// `room` is free space: its initialised part (`room[..len]`) may be overwritten, and its capacity
+    /// is at least `max`. The default zero-fills whatever of `room[..max]` is not initialised yet (each
+    /// byte of an allocation at most once, because the part not read stays initialised for the next
+    /// call) and reads into that slice. A runtime that can read into uninitialised memory without
+    /// `unsafe` in this workspace overrides it to skip the zero-fill (tokio's `read_buf`).
+    fn read_buf<'a>(
+        reader: &'a mut Self::Reader,
+        room: &'a mut BytesMut,
+        max: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        async move {
+            if room.len() < max {
+                room.resize(max, 0);
+            }
+            let space = room
+                .get_mut(..max)
+                .ok_or_else(|| io::Error::other("read buffer shorter than requested read"))?;
+            let n = reader.read(space).await?;
+            Ok(n.min(max))
+        }
+    }
 
     /// Looks up `host` without blocking the caller's thread (the runtime's blocking pool or resolver).
     fn resolve(

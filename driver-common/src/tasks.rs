@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::future::{self, Either};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::AsyncWriteExt;
 use futures::{SinkExt, StreamExt};
 use hyperblow_core::engine::ConnId;
 use hyperblow_core::wire::FrameTracker;
@@ -96,43 +96,48 @@ pub(crate) async fn connect_task<R: Runtime>(
 ///
 /// Reads go straight into a large allocation that is handed over piece by piece (`split_to`), so a
 /// block's payload is never copied in user space: the decoder takes each chunk over and piece payloads
-/// stay slices of it. The allocation is zero-filled once when made (reading into uninitialised memory
-/// would need `unsafe`); its size adapts to the connection (see [`next_alloc`]). A [`FrameTracker`]
-/// shortens the last read of an allocation to end on a frame boundary, so the decoder never copies a
-/// partial frame across allocations. Nothing is ever held back: every byte read is sent at once.
+/// stay slices of it. Reads go through [`Runtime::read_buf`], which fills the allocation's free room
+/// (zero-filling it first only on runtimes that cannot read into uninitialised memory safely); its
+/// size adapts to the connection (see [`next_alloc`]). A [`FrameTracker`] shortens the last read of an
+/// allocation to end on a frame boundary, so the decoder never copies a partial frame across
+/// allocations. Nothing is ever held back: every byte read is sent at once.
 pub(crate) async fn reader_task<R: Runtime>(
     conn: ConnId,
     mut reader: R::Reader,
     mut net: mpsc::Sender<Net<R>>,
 ) {
     let mut tracker = FrameTracker::new();
-    // Free, zero-filled room of the current allocation.
+    // What is left of the current allocation (its capacity is at least `free`).
     let mut room = BytesMut::new();
+    let mut free: usize = 0;
     let mut recycler = Recycler::default();
     let mut alloc = READ_ALLOC_MIN;
     let mut biggest = 0;
     loop {
-        let mut want = room.len().saturating_sub(READ_SWITCH).min(READ_MAX);
+        let mut want = free.saturating_sub(READ_SWITCH).min(READ_MAX);
         if want == 0 {
             let stop = usize::try_from(tracker.next_stop()).unwrap_or(usize::MAX);
-            if stop > 0 && stop <= room.len() {
+            if stop > 0 && stop <= free {
                 want = stop;
             } else {
                 // On a boundary, or a frame too big for what is left: a fresh allocation.
                 alloc = next_alloc(alloc, biggest);
                 biggest = 0;
                 room = recycler.swap(std::mem::take(&mut room), alloc);
+                free = alloc;
                 want = (alloc - READ_SWITCH).min(READ_MAX);
             }
         }
-        let Some(space) = room.get_mut(..want) else {
-            break;
-        };
-        let n = match reader.read(space).await {
+        let n = match R::read_buf(&mut reader, &mut room, want).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n.min(want),
         };
+        if n > room.len() {
+            // A `read_buf` that broke its contract: stop rather than hand over bytes never read.
+            break;
+        }
         biggest = biggest.max(n);
+        free -= n;
         let chunk = room.split_to(n);
         tracker.advance(&chunk);
         if net.send(Net::Read(conn, chunk)).await.is_err() {
@@ -159,8 +164,9 @@ struct Recycler {
 }
 
 impl Recycler {
-    /// Retires `old` and returns a zero-filled buffer of `size` bytes: a reclaimed earlier allocation
-    /// if one is free, else a new one.
+    /// Retires `old` and returns an empty buffer with room for at least `size` bytes: a reclaimed
+    /// earlier allocation if one is free, else a new one (never zero-filled here: see
+    /// [`Runtime::read_buf`]).
     fn swap(&mut self, mut old: BytesMut, size: usize) -> BytesMut {
         if old.capacity() > 0 {
             old.clear();
@@ -188,10 +194,9 @@ impl Recycler {
         match found {
             Some(mut b) => {
                 b.clear();
-                b.resize(size, 0);
                 b
             }
-            None => BytesMut::zeroed(size),
+            None => BytesMut::with_capacity(size),
         }
     }
 }
@@ -395,20 +400,22 @@ mod tests {
     fn recycler_reuses_an_allocation_once_its_chunks_are_gone() {
         let mut r = Recycler::default();
         let mut a = r.swap(BytesMut::new(), 1024);
-        assert_eq!(a.len(), 1024);
+        assert!(a.is_empty());
+        assert!(a.capacity() >= 1024);
         let base = a.as_ptr();
-        a[..4].copy_from_slice(b"data");
+        a.extend_from_slice(&[7; 600]);
         let chunk = a.split_to(600);
         // Still in use: a new allocation.
         let mut b = r.swap(a, 1024);
         assert_ne!(b.as_ptr(), base);
+        b.extend_from_slice(&[8; 1024]);
         let chunk_b = b.split_to(1024);
         drop(chunk);
-        // The first one is free now: reused, zero-filled again.
+        // The first one is free now: reused, handed out empty with its whole room.
         let c = r.swap(b, 1024);
         assert_eq!(c.as_ptr(), base);
-        assert!(c.iter().all(|&x| x == 0));
-        assert_eq!(c.len(), 1024);
+        assert!(c.is_empty());
+        assert!(c.capacity() >= 1024);
         drop(chunk_b);
         // Never more than a few unused ones are kept.
         let mut r = Recycler::default();

@@ -19,8 +19,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use futures::io::{AsyncRead, AsyncWrite};
-use tokio::io::{AsyncRead as TokioRead, AsyncWrite as TokioWrite, ReadBuf};
+use tokio::io::{AsyncRead as TokioRead, AsyncReadExt as _, AsyncWrite as TokioWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -191,6 +192,20 @@ impl Runtime for Tokio {
     ) -> impl Future<Output = ()> + Send + 'static {
         // Created on first poll, inside the runtime (tokio timers must be made in its context).
         async move { tokio::time::sleep_until(deadline.into()).await }
+    }
+
+    /// Reads into `room`'s uninitialised capacity with tokio's `read_buf`: no zero-fill first.
+    fn read_buf<'a>(
+        reader: &'a mut Reader,
+        room: &'a mut BytesMut,
+        max: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        async move {
+            // All of `room` is free space: start at its front so the bytes read end up in `room[..n]`.
+            room.clear();
+            room.reserve(max);
+            reader.0.read_buf(&mut (&mut *room).limit(max)).await
+        }
     }
 
     fn resolve(
