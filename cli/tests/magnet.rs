@@ -8,7 +8,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{bin, exit_code, s, spawn, start_seeder, Fixture, BOUND, DONE_WITHIN};
+use common::{bin, exit_code, s, spawn, start_seeder, Fixture, DONE_WITHIN};
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_tests::interop::ChildGuard;
 use hyperblow_tests::trackers::TestTracker;
@@ -28,15 +28,7 @@ fn fixture(name: &str, trackers: &[String]) -> Fixture {
 }
 /// `hyperblow seed` of the fixture; returns it and its listen address once it has added the torrent.
 fn seeder(fx: &Fixture, runtime: &str, tracker: Option<&TestTracker>) -> (ChildGuard, String) {
-    let (child, added) = start_seeder(
-        &fx.torrent,
-        &fx.payload,
-        runtime,
-        fx.dir.path(),
-        BOUND,
-        DONE_WITHIN,
-        tracker,
-    );
+    let (child, added) = start_seeder(fx, runtime, tracker);
     let listen = added["listen"].as_str().expect("listen").to_owned();
     (child, listen)
 }

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{
-    bin, exit_code, s, spawn, start_seeder, wait_json_event, Fixture, BOUND, DONE_WITHIN,
-};
+use common::{bin, exit_code, s, spawn, start_seeder, wait_json_event, Fixture, DONE_WITHIN};
 use hyperblow_tests::interop::{wait_for, ChildGuard, Signal};
 use hyperblow_tests::trackers::TestTracker;
 use serde_json::Value;
@@ -41,15 +39,7 @@ fn wait_event(child: &ChildGuard, event: &str, timeout: Duration) -> Value {
 
 /// Starts `hyperblow seed` of the fixture and waits until its tracker knows it (when it has one).
 fn seeder(fx: &Fixture, runtime: &str, tracker: Option<&TestTracker>) -> ChildGuard {
-    let (seeder, added) = start_seeder(
-        &fx.torrent,
-        &fx.payload,
-        runtime,
-        fx.dir.path(),
-        BOUND,
-        DONE_WITHIN,
-        tracker,
-    );
+    let (seeder, added) = start_seeder(fx, runtime, tracker);
     assert_eq!(added["have_pieces"], added["total_pieces"], "{added}");
     seeder
 }

@@ -105,35 +105,31 @@ pub fn exit_code(child: &ChildGuard, timeout: Duration) -> i32 {
     child.exit_code(timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Starts `hyperblow seed torrent payload` on `runtime` (loopback, `--json`), waits for its
-/// `added` event and, with a `tracker`, for its first announce; returns the child and that event.
+/// Starts `hyperblow seed` of `fx` on `runtime` (loopback, `--json`), waits for its `added`
+/// event and, with a `tracker`, for its first announce; returns the child and that event.
 pub fn start_seeder(
-    torrent: &Path,
-    payload: &Path,
+    fx: &Fixture,
     runtime: &str,
-    log_dir: &Path,
-    bound: Duration,
-    within: Duration,
     tracker: Option<&TestTracker>,
 ) -> (ChildGuard, Value) {
     let child = spawn_hyperblow(
         &format!("seed-{runtime}"),
         &[
             "seed",
-            s(torrent),
-            s(payload),
+            s(&fx.torrent),
+            s(&fx.payload),
             "--runtime",
             runtime,
             "--bind",
             "127.0.0.1",
             "--json",
         ],
-        log_dir,
-        bound,
+        fx.dir.path(),
+        BOUND,
     );
-    let added = wait_json_event(&child, "added", within);
+    let added = wait_json_event(&child, "added", DONE_WITHIN);
     if let Some(t) = tracker {
-        wait_for("seeder's announce", within, &[&child], || {
+        wait_for("seeder's announce", DONE_WITHIN, &[&child], || {
             Ok((!t.announces().is_empty()).then_some(()))
         })
         .unwrap_or_else(|e| panic!("{e}"));
