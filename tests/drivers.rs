@@ -4,152 +4,12 @@
 //! Everything binds 127.0.0.1 on ephemeral ports, and every wait is bounded.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyperblow_core::metainfo::{Metainfo, TorrentBuilder};
-use hyperblow_driver::engine::{Event, TorrentId, TorrentState};
-use hyperblow_driver::{
-    AddTorrentRequest, EventStream, RecvError, SessionConfig, SessionEvent, SessionHandle,
-    StartKind,
-};
+use hyperblow_driver::engine::{Event, TorrentState};
+use hyperblow_driver::{AddTorrentRequest, RecvError, SessionEvent, SessionHandle, StartKind};
 use hyperblow_storage::{resume_path, Storage, StorageConfig};
-
-/// Longest any single wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy)]
-enum Rt {
-    Tokio,
-    AsyncStd,
-}
-
-fn config(seed: u64) -> SessionConfig {
-    SessionConfig {
-        bind_addr: "127.0.0.1".parse().unwrap(),
-        seed: Some(seed),
-        worker_threads: 2,
-        ..SessionConfig::default()
-    }
-}
-
-fn start(rt: Rt, seed: u64) -> SessionHandle {
-    let c = config(seed);
-    match rt {
-        Rt::Tokio => hyperblow_tokio::start(c),
-        Rt::AsyncStd => hyperblow_async_std::start(c),
-    }
-    .expect("session starts")
-}
-
-/// Deterministic, non-repeating test content.
-fn content(len: usize, salt: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(salt);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// A torrent made with the core's builder, and the content of each of its files (layout order).
-struct Fixture {
-    metainfo: Metainfo,
-    files: Vec<(PathBuf, Vec<u8>)>,
-}
-
-impl Fixture {
-    /// A multi-file torrent: `files` are (path under the torrent directory, length).
-    fn multi(name: &str, piece_length: u32, files: &[(&str, usize)]) -> Fixture {
-        let spec: Vec<(Vec<String>, u64)> = files
-            .iter()
-            .map(|(p, len)| (p.split('/').map(str::to_owned).collect(), *len as u64))
-            .collect();
-        let mut hasher = TorrentBuilder::multi_file(name, spec)
-            .piece_length(piece_length)
-            .start()
-            .unwrap();
-        let entries = hasher.layout().files().to_vec();
-        let mut out = Vec::new();
-        for (i, f) in entries.iter().enumerate() {
-            let data = content(f.length as usize, i as u8);
-            hasher.update(&data).unwrap();
-            out.push((f.path.iter().collect::<PathBuf>(), data));
-        }
-        let built = hasher.finish().unwrap();
-        Fixture {
-            metainfo: Metainfo::from_bytes(&built.bytes).unwrap(),
-            files: out,
-        }
-    }
-
-    /// Writes the whole content under `dir`.
-    fn write_to(&self, dir: &Path) {
-        for (path, data) in &self.files {
-            let full = dir.join(path);
-            fs::create_dir_all(full.parent().unwrap()).unwrap();
-            fs::write(full, data).unwrap();
-        }
-    }
-
-    /// Asserts that `dir` holds exactly the content, byte for byte (0-byte files included).
-    fn assert_in(&self, dir: &Path) {
-        for (path, data) in &self.files {
-            let got =
-                fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(got == *data, "{} differs from the original", path.display());
-        }
-    }
-
-    fn pieces(&self) -> u32 {
-        self.metainfo.info.layout().piece_count()
-    }
-}
-
-/// A torrent with a 0-byte file, a file smaller than a piece and files that straddle pieces (~1.6 MB).
-fn mixed() -> Fixture {
-    Fixture::multi(
-        "mixed",
-        64 * 1024,
-        &[
-            ("empty.dat", 0),
-            ("docs/small.txt", 1_000),
-            ("docs/straddle.bin", 300_001),
-            ("data/big.bin", 1_200_000),
-            ("data/tail.bin", 70_003),
-        ],
-    )
-}
-
-/// Waits for an event matching `want`, failing after [`WAIT`]; returns the events seen meanwhile.
-fn wait_for(
-    events: &mut EventStream,
-    mut want: impl FnMut(&SessionEvent) -> bool,
-) -> Vec<SessionEvent> {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(e) => {
-                let done = want(&e);
-                seen.push(e);
-                if done {
-                    return seen;
-                }
-            }
-            Err(RecvError::Empty) => panic!("timed out; events so far: {seen:?}"),
-            Err(RecvError::Closed) => panic!("session ended; events so far: {seen:?}"),
-        }
-    }
-}
-
-fn completed(id: TorrentId) -> impl FnMut(&SessionEvent) -> bool {
-    move |e| matches!(e, SessionEvent::Engine(Event::TorrentCompleted(t)) if *t == id)
-}
+use hyperblow_tests::fixture::{completed, config, start, wait_for, Fixture, Rt, WAIT};
 
 /// Shuts a session down and checks that it took a short time.
 fn shutdown(session: &SessionHandle) {
@@ -165,7 +25,7 @@ fn shutdown(session: &SessionHandle) {
 
 /// Seeds `fx` from a session on `seed_rt` and downloads it with a session on `leech_rt`.
 fn transfer(seed_rt: Rt, leech_rt: Rt) {
-    let fx = mixed();
+    let fx = Fixture::mixed();
     let seed_dir = tempfile::tempdir().unwrap();
     let leech_dir = tempfile::tempdir().unwrap();
     fx.write_to(seed_dir.path());

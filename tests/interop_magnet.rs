@@ -18,10 +18,8 @@ use std::time::{Duration, Instant};
 use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_driver::engine::{Event, TorrentState};
-use hyperblow_driver::{
-    AddMagnetRequest, AddTorrentRequest, EventStream, RecvError, SessionConfig, SessionEvent,
-    SessionHandle, StartKind,
-};
+use hyperblow_driver::{AddMagnetRequest, AddTorrentRequest, EventStream, SessionEvent, StartKind};
+use hyperblow_tests::fixture::{self, assert_files, start, write_files, Rt};
 use hyperblow_tests::interop::{
     free_port, mktorrent, payload, require_tool, LtConfig, LtPeer, LtRole, LtSource, Opentracker,
     TorrentFile,
@@ -36,30 +34,10 @@ const PROGRAM_BOUND: Duration = Duration::from_secs(120);
 /// Files with long names in the fixture (they make the info dictionary larger than 16 KiB).
 const SMALL_FILES: usize = 150;
 
-#[derive(Debug, Clone, Copy)]
-enum Rt {
-    Tokio,
-    AsyncStd,
-}
-
 fn tools_present() -> bool {
     ["opentracker", "mktorrent"]
         .iter()
         .all(|t| require_tool(t).is_some())
-}
-
-fn start(rt: Rt, seed: u64) -> SessionHandle {
-    let c = SessionConfig {
-        bind_addr: "127.0.0.1".parse().unwrap(),
-        seed: Some(seed),
-        worker_threads: 2,
-        ..SessionConfig::default()
-    };
-    match rt {
-        Rt::Tokio => hyperblow_tokio::start(c),
-        Rt::AsyncStd => hyperblow_async_std::start(c),
-    }
-    .expect("session starts")
 }
 
 /// A directory torrent made by `mktorrent`: `seed/magnetic/` holds one 700 KB file and
@@ -83,11 +61,7 @@ impl Fixture {
             );
             files.push((PathBuf::from(name), payload(100 + i * 37, seed ^ i as u64)));
         }
-        for (path, data) in &files {
-            let full = root.join(path);
-            fs::create_dir_all(full.parent().unwrap()).unwrap();
-            fs::write(full, data).unwrap();
-        }
+        write_files(&root, &files);
         let torrent = mktorrent(&root, announce, 15, &dir.path().join("magnetic.torrent"))
             .expect("mktorrent");
         let meta = Metainfo::from_bytes(&fs::read(&torrent.path).unwrap()).unwrap();
@@ -113,21 +87,7 @@ impl Fixture {
 
     /// Asserts that `dir/magnetic/` holds every file byte for byte.
     fn assert_in(&self, dir: &Path) {
-        for (path, data) in &self.files {
-            let full = dir.join("magnetic").join(path);
-            let got = fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
-            if got != *data {
-                let first = got.iter().zip(data).position(|(a, b)| a != b);
-                let zeros = got.iter().filter(|b| **b == 0).count();
-                panic!(
-                    "{} differs from the original: {} bytes (expected {}), first difference at \
-                     {first:?}, {zeros} zero bytes",
-                    full.display(),
-                    got.len(),
-                    data.len()
-                );
-            }
-        }
+        assert_files(&dir.join("magnetic"), &self.files);
     }
 
     /// The torrent's magnet link: the info-hash plus `extra` (`&tr=...`, `&x.pe=...`).
@@ -151,24 +111,9 @@ fn tr(url: &str) -> String {
 fn wait_event(
     events: &mut EventStream,
     logs: &dyn Fn() -> String,
-    mut want: impl FnMut(&SessionEvent) -> bool,
+    want: impl FnMut(&SessionEvent) -> bool,
 ) -> Vec<SessionEvent> {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(e) => {
-                let done = want(&e);
-                seen.push(e);
-                if done {
-                    return seen;
-                }
-            }
-            Err(RecvError::Empty) => panic!("timed out; events: {seen:?}\n{}", logs()),
-            Err(RecvError::Closed) => panic!("session ended; events: {seen:?}\n{}", logs()),
-        }
-    }
+    fixture::wait_event(events, WAIT, logs, want)
 }
 
 /// A libtorrent seeder of `fx`, checked and (with a tracker in the torrent) announced.

@@ -5,165 +5,31 @@
 //!
 //! Everything binds 127.0.0.1 on ephemeral ports, there is no tracker, and every wait is bounded.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use hyperblow_core::magnet::MagnetLink;
-use hyperblow_core::metainfo::{Metainfo, TorrentBuilder};
-use hyperblow_driver::engine::{AddError, Event, TorrentId, TorrentState};
+use hyperblow_core::metainfo::Metainfo;
+use hyperblow_driver::engine::{AddError, Event, TorrentState};
 use hyperblow_driver::{
-    AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, RecvError, SessionConfig,
-    SessionError, SessionEvent, SessionHandle, StartKind,
+    AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, SessionError, SessionEvent,
+    SessionHandle, StartKind,
 };
+use hyperblow_tests::fixture::{completed, start, wait_for, Fixture, Rt, WAIT};
 
-/// Longest any single wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy)]
-enum Rt {
-    Tokio,
-    AsyncStd,
-}
-
-fn start(rt: Rt, seed: u64) -> SessionHandle {
-    let c = SessionConfig {
-        bind_addr: "127.0.0.1".parse().unwrap(),
-        seed: Some(seed),
-        worker_threads: 2,
-        ..SessionConfig::default()
-    };
-    match rt {
-        Rt::Tokio => hyperblow_tokio::start(c),
-        Rt::AsyncStd => hyperblow_async_std::start(c),
-    }
-    .expect("session starts")
-}
-
-/// Deterministic, non-repeating test content.
-fn content(len: usize, salt: u8) -> Vec<u8> {
-    let mut x: u32 = 0x85eb_ca6b ^ u32::from(salt);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// A multi-file torrent made with the core's builder, and each file's content (layout order).
-struct Fixture {
-    metainfo: Metainfo,
-    files: Vec<(PathBuf, Vec<u8>)>,
-}
-
-impl Fixture {
-    fn new(name: &str, piece_length: u32, files: &[(&str, usize)]) -> Fixture {
-        let spec: Vec<(Vec<String>, u64)> = files
-            .iter()
-            .map(|(p, len)| (p.split('/').map(str::to_owned).collect(), *len as u64))
-            .collect();
-        let mut hasher = TorrentBuilder::multi_file(name, spec)
-            .piece_length(piece_length)
-            .start()
-            .unwrap();
-        let entries = hasher.layout().files().to_vec();
-        let mut out = Vec::new();
-        for (i, f) in entries.iter().enumerate() {
-            let data = content(f.length as usize, i as u8);
-            hasher.update(&data).unwrap();
-            out.push((f.path.iter().collect::<PathBuf>(), data));
-        }
-        let built = hasher.finish().unwrap();
-        Fixture {
-            metainfo: Metainfo::from_bytes(&built.bytes).unwrap(),
-            files: out,
-        }
-    }
-
-    /// Writes file `i` under `dir`.
-    fn write_file(&self, dir: &Path, i: usize) {
-        let (path, data) = &self.files[i];
-        let full = dir.join(path);
-        fs::create_dir_all(full.parent().unwrap()).unwrap();
-        fs::write(full, data).unwrap();
-    }
-
-    fn write_to(&self, dir: &Path) {
-        for i in 0..self.files.len() {
-            self.write_file(dir, i);
-        }
-    }
-
-    /// Asserts that `dir` holds file `i` byte for byte.
-    fn assert_file(&self, dir: &Path, i: usize) {
-        let (path, data) = &self.files[i];
-        let got = fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(got == *data, "{} differs from the original", path.display());
-    }
-
-    fn assert_in(&self, dir: &Path) {
-        for i in 0..self.files.len() {
-            self.assert_file(dir, i);
-        }
-    }
-
-    fn pieces(&self) -> u32 {
-        self.metainfo.info.layout().piece_count()
-    }
-
-    /// A magnet link with only the info-hash and `x.pe` naming `peer`, plus `extra` parameters.
-    fn link(&self, peer: std::net::SocketAddr, extra: &str) -> MagnetLink {
-        let uri = format!(
-            "magnet:?xt=urn:btih:{}&x.pe={peer}{extra}",
-            self.metainfo.info_hash().to_hex()
-        );
-        MagnetLink::parse(&uri).unwrap()
-    }
-}
-
-/// A 0-byte file, a file smaller than a piece, files straddling pieces (~1.6 MB, 25 pieces).
-fn mixed() -> Fixture {
-    Fixture::new(
-        "mixed",
-        64 * 1024,
-        &[
-            ("empty.dat", 0),
-            ("docs/small.txt", 1_000),
-            ("docs/straddle.bin", 300_001),
-            ("data/big.bin", 1_200_000),
-            ("data/tail.bin", 70_003),
-        ],
-    )
-}
-
-/// Waits for an event matching `want`, failing after [`WAIT`]; returns the events seen meanwhile.
-fn wait_for(
+/// Adds `link` to `leecher` over `dir` and waits until it completes; returns the events seen
+/// meanwhile.
+fn complete_magnet(
+    leecher: &SessionHandle,
     events: &mut EventStream,
-    mut want: impl FnMut(&SessionEvent) -> bool,
+    link: MagnetLink,
+    dir: &Path,
 ) -> Vec<SessionEvent> {
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(e) => {
-                let done = want(&e);
-                seen.push(e);
-                if done {
-                    return seen;
-                }
-            }
-            Err(RecvError::Empty) => panic!("timed out; events so far: {seen:?}"),
-            Err(RecvError::Closed) => panic!("session ended; events so far: {seen:?}"),
-        }
-    }
-}
-
-fn completed(id: TorrentId) -> impl FnMut(&SessionEvent) -> bool {
-    move |e| matches!(e, SessionEvent::Engine(Event::TorrentCompleted(t)) if *t == id)
+    let added = leecher
+        .add_magnet(AddMagnetRequest::new(link, dir))
+        .wait_timeout(WAIT)
+        .unwrap();
+    wait_for(events, completed(added.id))
 }
 
 /// The `MagnetReady` report among `seen`.
@@ -200,7 +66,7 @@ fn seeder(rt: Rt, seed: u64, fx: &Fixture, dir: &Path) -> SessionHandle {
 
 /// Our seeder on `seed_rt`, our leecher on `leech_rt` with only a magnet link naming the seeder.
 fn magnet_transfer(seed_rt: Rt, leech_rt: Rt) {
-    let fx = mixed();
+    let fx = Fixture::mixed();
     let seed_dir = tempfile::tempdir().unwrap();
     let leech_dir = tempfile::tempdir().unwrap();
     let seeder = seeder(seed_rt, 1, &fx, seed_dir.path());
@@ -295,7 +161,7 @@ fn magnet_from_async_std_seeder_to_tokio_leecher() {
 #[test]
 fn existing_files_are_checked_after_the_metadata_and_the_resume_file_is_trusted() {
     for (i, rt) in [Rt::Tokio, Rt::AsyncStd].into_iter().enumerate() {
-        let fx = mixed();
+        let fx = Fixture::mixed();
         let seed_dir = tempfile::tempdir().unwrap();
         let leech_dir = tempfile::tempdir().unwrap();
         let seeder = seeder(rt, 10 + i as u64, &fx, seed_dir.path());
@@ -305,14 +171,12 @@ fn existing_files_are_checked_after_the_metadata_and_the_resume_file_is_trusted(
 
         let leecher = start(rt, 20 + i as u64);
         let mut events = leecher.events();
-        let added = leecher
-            .add_magnet(AddMagnetRequest::new(
-                fx.link(seeder.listen_addr(), ""),
-                leech_dir.path(),
-            ))
-            .wait_timeout(WAIT)
-            .unwrap();
-        let seen = wait_for(&mut events, completed(added.id));
+        let seen = complete_magnet(
+            &leecher,
+            &mut events,
+            fx.link(seeder.listen_addr(), ""),
+            leech_dir.path(),
+        );
         let ready = ready_of(&seen);
         assert_eq!(ready.start, StartKind::Checked);
         assert!(
@@ -334,14 +198,12 @@ fn existing_files_are_checked_after_the_metadata_and_the_resume_file_is_trusted(
         // Again over the same directory: the resume file says everything is there.
         let leecher = start(rt, 30 + i as u64);
         let mut events = leecher.events();
-        let added = leecher
-            .add_magnet(AddMagnetRequest::new(
-                fx.link(seeder.listen_addr(), ""),
-                leech_dir.path(),
-            ))
-            .wait_timeout(WAIT)
-            .unwrap();
-        let seen = wait_for(&mut events, completed(added.id));
+        let seen = complete_magnet(
+            &leecher,
+            &mut events,
+            fx.link(seeder.listen_addr(), ""),
+            leech_dir.path(),
+        );
         let ready = ready_of(&seen);
         assert_eq!(ready.start, StartKind::Resumed);
         assert_eq!(ready.have_pieces, fx.pieces());
@@ -358,7 +220,7 @@ fn existing_files_are_checked_after_the_metadata_and_the_resume_file_is_trusted(
 /// its metadata arrived leaves nothing behind.
 #[test]
 fn so_selection_and_removal_before_metadata() {
-    let fx = mixed();
+    let fx = Fixture::mixed();
     let seed_dir = tempfile::tempdir().unwrap();
     let leech_dir = tempfile::tempdir().unwrap();
     let seeder = seeder(Rt::AsyncStd, 40, &fx, seed_dir.path());
@@ -386,14 +248,12 @@ fn so_selection_and_removal_before_metadata() {
     ));
 
     // Files 1 and 4: docs/small.txt and data/tail.bin.
-    let added = leecher
-        .add_magnet(AddMagnetRequest::new(
-            fx.link(seeder.listen_addr(), "&so=1,4"),
-            leech_dir.path(),
-        ))
-        .wait_timeout(WAIT)
-        .unwrap();
-    let seen = wait_for(&mut events, completed(added.id));
+    let seen = complete_magnet(
+        &leecher,
+        &mut events,
+        fx.link(seeder.listen_addr(), "&so=1,4"),
+        leech_dir.path(),
+    );
     assert_eq!(ready_of(&seen).start, StartKind::Fresh);
     let stats = leecher.stats().wait_timeout(WAIT).unwrap();
     let wanted: Vec<bool> = stats[0].files.iter().map(|f| f.wanted).collect();

@@ -13,15 +13,18 @@
 //! stopped by its PID ([`ChildGuard`]). Missing tools fail loudly unless `HYPERBLOW_SKIP_INTEROP=1`
 //! (and `CI` unset). Run times: `cargo test -p hyperblow-cli --test interop_cli -- --nocapture`.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{s, spawn_hyperblow};
 use hyperblow_core::metainfo::Metainfo;
+use hyperblow_tests::fixture::{assert_files, tree, write_files};
 use hyperblow_tests::interop::{
-    free_port, mktorrent, payload, require_libtorrent, require_tool, wait_for, ChildGuard,
-    LtConfig, LtPeer, LtRole, LtSource, Opentracker, Signal, TorrentFile,
+    free_port, mktorrent, require_libtorrent, require_tool, wait_for, ChildGuard, LtConfig, LtPeer,
+    LtRole, LtSource, Opentracker, Signal, TorrentFile,
 };
 use serde_json::Value;
 
@@ -39,14 +42,6 @@ const FILES: &[(&str, usize)] = &[
     ("docs/deep/straddle.bin", 70_003),
     ("tail.bin", 33_333),
 ];
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hyperblow")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// Whether every program these tests need is installed (or skipping is allowed; see
 /// `hyperblow_tests::interop::missing`).
@@ -68,14 +63,8 @@ impl Fixture {
     fn new(name: &str, seed: u64, announce: &str) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("seed").join(name);
-        let mut files = Vec::new();
-        for (i, (rel, len)) in FILES.iter().enumerate() {
-            let data = payload(*len, seed ^ (i as u64 + 1));
-            let full = root.join(rel);
-            fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
-            fs::write(&full, &data).expect("write payload");
-            files.push((PathBuf::from(rel), data));
-        }
+        let files = tree(FILES, seed);
+        write_files(&root, &files);
         let torrent = mktorrent(
             &root,
             &[announce],
@@ -106,19 +95,7 @@ impl Fixture {
 
     /// Asserts that `dir/<name>/` holds every file byte for byte.
     fn assert_in(&self, dir: &Path) {
-        for (rel, want) in &self.files {
-            let full = dir.join(&self.name).join(rel);
-            let got = fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
-            if got != *want {
-                let first = got.iter().zip(want).position(|(a, b)| a != b);
-                panic!(
-                    "{} differs: {} bytes (expected {}), first difference at {first:?}",
-                    full.display(),
-                    got.len(),
-                    want.len()
-                );
-            }
-        }
+        assert_files(&dir.join(&self.name), &self.files);
     }
 }
 
@@ -135,20 +112,6 @@ fn tracker_and_fixture(kind: &str, seed: u64) -> (Opentracker, Fixture, String) 
         .set_whitelist(&[fx.torrent.info_hash])
         .expect("whitelist the fixture");
     (tracker, fx, url)
-}
-
-fn spawn_hyperblow(name: &str, args: &[&str], log_dir: &Path) -> ChildGuard {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).env("RUST_LOG", "warn");
-    ChildGuard::spawn(name, &cmd, log_dir, BOUND).expect("spawn hyperblow")
-}
-
-fn json_lines(child: &ChildGuard) -> Vec<Value> {
-    child
-        .stdout_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// The first `--json` event named `name`, or a panic quoting every line and the logs.
@@ -219,6 +182,7 @@ fn download_from_libtorrent(kind: &str, seed: u64) {
                 "60s",
             ],
             fx.dir.path(),
+            BOUND,
         );
         let status = leecher
             .wait_exit(WAIT + Duration::from_secs(10))
@@ -231,7 +195,7 @@ fn download_from_libtorrent(kind: &str, seed: u64) {
             leecher.log_tail(30),
             seeder.process().log_tail(30)
         );
-        let lines = json_lines(&leecher);
+        let lines = leecher.json_lines();
         let added = event(&lines, "added", &leecher);
         assert_eq!(added["magnet"], true, "{added}");
         assert_eq!(added["info_hash"], fx.torrent.info_hash.to_hex(), "{added}");
@@ -307,13 +271,15 @@ fn seed_to_libtorrent(kind: &str, rt: &str, magnet: bool, seed: u64) {
             "--json",
         ],
         fx.dir.path(),
+        BOUND,
     );
     let added = wait_for(
         "hyperblow seed to add the torrent",
         WAIT,
         &[&seeder],
         || {
-            Ok(json_lines(&seeder)
+            Ok(seeder
+                .json_lines()
                 .into_iter()
                 .find(|v| v["event"] == "added"))
         },
@@ -326,7 +292,8 @@ fn seed_to_libtorrent(kind: &str, rt: &str, magnet: bool, seed: u64) {
         WAIT,
         &[&seeder, tracker.process()],
         || {
-            Ok(json_lines(&seeder)
+            Ok(seeder
+                .json_lines()
                 .into_iter()
                 .find(|v| v["event"] == "tracker_reply"))
         },
@@ -365,7 +332,8 @@ fn seed_to_libtorrent(kind: &str, rt: &str, magnet: bool, seed: u64) {
         Duration::from_secs(10),
         &[&seeder],
         || {
-            Ok(json_lines(&seeder)
+            Ok(seeder
+                .json_lines()
                 .into_iter()
                 .filter(|v| v["event"] == "progress")
                 .filter_map(|v| v["uploaded"].as_u64())

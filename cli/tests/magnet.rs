@@ -3,19 +3,16 @@
 //! `tr`), on both runtimes; `--save-torrent`, `--exclude`/`--only` resolved once the file list is
 //! known, "fetching metadata" progress, and files already in the output directory checked.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
+mod common;
+
+use common::{bin, exit_code, s, spawn, start_seeder, Fixture, DONE_WITHIN};
 use hyperblow_core::metainfo::Metainfo;
-use hyperblow_tests::interop::{wait_for, ChildGuard};
+use hyperblow_tests::interop::ChildGuard;
 use hyperblow_tests::trackers::TestTracker;
 use serde_json::Value;
-
-/// Hard bound for any one child process.
-const BOUND: Duration = Duration::from_secs(60);
-/// How long a download may take in these tests.
-const DONE_WITHIN: Duration = Duration::from_secs(30);
 
 /// In the torrent's order (`create` sorts by path): indices as `hyperblow info` prints them.
 const FILES: &[(&str, usize)] = &[
@@ -26,109 +23,12 @@ const FILES: &[(&str, usize)] = &[
     ("small.txt", 1_000),
 ];
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hyperblow")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn content(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_246_822_519) >> 9) as u8)
-        .collect()
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    payload: PathBuf,
-    torrent: PathBuf,
-    meta: Metainfo,
-}
-
 fn fixture(name: &str, trackers: &[String]) -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let payload = dir.path().join("seed").join(name);
-    for (i, (rel, len)) in FILES.iter().enumerate() {
-        let p = payload.join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&p, content(*len, i as u32 * 104_729)).expect("write payload");
-    }
-    let torrent = dir.path().join(format!("{name}.torrent"));
-    let mut cmd = Command::new(bin());
-    cmd.arg("create")
-        .arg(&payload)
-        .arg("-o")
-        .arg(&torrent)
-        .args(["--no-date", "--piece-length", "32768"]);
-    for t in trackers {
-        cmd.args(["-t", t]);
-    }
-    let out = cmd.output().expect("run create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta = Metainfo::from_bytes(&std::fs::read(&torrent).expect("read")).expect("parse");
-    Fixture {
-        dir,
-        payload,
-        torrent,
-        meta,
-    }
+    common::fixture(name, FILES, 32 * 1024, trackers, 104_729)
 }
-
-fn spawn(name: &str, args: &[&str], log_dir: &Path) -> ChildGuard {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).env("RUST_LOG", "warn");
-    ChildGuard::spawn(name, &cmd, log_dir, BOUND).expect("spawn hyperblow")
-}
-
-fn json_lines(child: &ChildGuard) -> Vec<Value> {
-    std::fs::read_to_string(child.stdout_path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn exit_code(child: &ChildGuard, timeout: Duration) -> i32 {
-    let status = child
-        .wait_exit(timeout)
-        .unwrap_or_else(|e| panic!("{} did not exit: {e}", child.name()));
-    status.code().unwrap_or(-1)
-}
-
 /// `hyperblow seed` of the fixture; returns it and its listen address once it has added the torrent.
 fn seeder(fx: &Fixture, runtime: &str, tracker: Option<&TestTracker>) -> (ChildGuard, String) {
-    let child = spawn(
-        &format!("seed-{runtime}"),
-        &[
-            "seed",
-            s(&fx.torrent),
-            s(&fx.payload),
-            "--runtime",
-            runtime,
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ],
-        fx.dir.path(),
-    );
-    let added = wait_for("seeder added", DONE_WITHIN, &[&child], || {
-        Ok(json_lines(&child)
-            .into_iter()
-            .find(|v| v["event"] == "added"))
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(t) = tracker {
-        wait_for("seeder's announce", DONE_WITHIN, &[&child], || {
-            Ok((!t.announces().is_empty()).then_some(()))
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
+    let (child, added) = start_seeder(fx, runtime, tracker);
     let listen = added["listen"].as_str().expect("listen").to_owned();
     (child, listen)
 }
@@ -184,7 +84,7 @@ fn magnet_x_pe(seed_rt: &str, leech_rt: &str) {
         "{}",
         leecher.log_tail(30)
     );
-    let lines = json_lines(&leecher);
+    let lines = leecher.json_lines();
     let event = |name: &str| {
         lines
             .iter()

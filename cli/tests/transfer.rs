@@ -7,18 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{bin, exit_code, s, spawn, start_seeder, wait_json_event, Fixture, DONE_WITHIN};
 use hyperblow_tests::interop::{wait_for, ChildGuard, Signal};
 use hyperblow_tests::trackers::TestTracker;
 use serde_json::Value;
-
-/// Hard bound for any one child process.
-const BOUND: Duration = Duration::from_secs(60);
-/// How long a download may take in these tests.
-const DONE_WITHIN: Duration = Duration::from_secs(30);
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hyperblow")
-}
 
 /// Files with awkward sizes for a 32 KiB piece: a 0-byte file, one smaller than a piece, and files
 /// that straddle piece boundaries.
@@ -31,112 +25,22 @@ const FILES: &[(&str, usize)] = &[
 ];
 const PIECE: u32 = 32 * 1024;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    /// The payload directory (its name is the torrent's name).
-    payload: PathBuf,
-    torrent: PathBuf,
-}
-
-fn content(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect()
-}
-
 fn fixture(name: &str, files: &[(&str, usize)], piece: u32, trackers: &[String]) -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let payload = dir.path().join("seed").join(name);
-    for (i, (rel, len)) in files.iter().enumerate() {
-        let p = payload.join(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&p, content(*len, i as u32 * 7919)).expect("write payload");
-    }
-    let torrent = dir.path().join(format!("{name}.torrent"));
-    let mut cmd = Command::new(bin());
-    cmd.arg("create")
-        .arg(&payload)
-        .arg("-o")
-        .arg(&torrent)
-        .args(["--no-date", "--piece-length", &piece.to_string()]);
-    for t in trackers {
-        cmd.args(["-t", t]);
-    }
-    let out = cmd.output().expect("run create");
-    assert!(
-        out.status.success(),
-        "create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Fixture {
-        dir,
-        payload,
-        torrent,
-    }
-}
-
-fn spawn(name: &str, args: &[&str], log_dir: &Path) -> ChildGuard {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).env("RUST_LOG", "warn");
-    ChildGuard::spawn(name, &cmd, log_dir, BOUND).expect("spawn hyperblow")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// The JSON lines a child printed so far.
-fn json_lines(child: &ChildGuard) -> Vec<Value> {
-    std::fs::read_to_string(child.stdout_path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    common::fixture(name, files, piece, trackers, 7919)
 }
 
 fn count_events(lines: &[Value], event: &str) -> usize {
     lines.iter().filter(|v| v["event"] == event).count()
 }
 
-/// Waits until the child printed a JSON line with `"event": event`.
 fn wait_event(child: &ChildGuard, event: &str, timeout: Duration) -> Value {
-    wait_for(event, timeout, &[child], || {
-        Ok(json_lines(child).into_iter().find(|v| v["event"] == event))
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn exit_code(child: &ChildGuard, timeout: Duration) -> i32 {
-    let status = child
-        .wait_exit(timeout)
-        .unwrap_or_else(|e| panic!("{} did not exit: {e}", child.name()));
-    status.code().unwrap_or(-1)
+    wait_json_event(child, event, timeout)
 }
 
 /// Starts `hyperblow seed` of the fixture and waits until its tracker knows it (when it has one).
-fn start_seeder(fx: &Fixture, runtime: &str, tracker: Option<&TestTracker>) -> ChildGuard {
-    let seeder = spawn(
-        &format!("seed-{runtime}"),
-        &[
-            "seed",
-            s(&fx.torrent),
-            s(&fx.payload),
-            "--runtime",
-            runtime,
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ],
-        fx.dir.path(),
-    );
-    let added = wait_event(&seeder, "added", DONE_WITHIN);
+fn seeder(fx: &Fixture, runtime: &str, tracker: Option<&TestTracker>) -> ChildGuard {
+    let (seeder, added) = start_seeder(fx, runtime, tracker);
     assert_eq!(added["have_pieces"], added["total_pieces"], "{added}");
-    if let Some(t) = tracker {
-        wait_for("seeder's announce", DONE_WITHIN, &[&seeder], || {
-            Ok((!t.announces().is_empty()).then_some(()))
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
     seeder
 }
 
@@ -175,7 +79,7 @@ fn pairing(seed_rt: &str, leech_rt: &str, udp: bool) {
     }
     .expect("tracker");
     let fx = fixture("multi", FILES, PIECE, &[tracker.announce_url()]);
-    let seeder = start_seeder(&fx, seed_rt, Some(&tracker));
+    let seeder = seeder(&fx, seed_rt, Some(&tracker));
     let out = fx.dir.path().join("out");
     let leecher = spawn(
         &format!("leech-{leech_rt}"),
@@ -185,7 +89,7 @@ fn pairing(seed_rt: &str, leech_rt: &str, udp: bool) {
     let code = exit_code(&leecher, DONE_WITHIN);
     assert_eq!(code, 0, "leecher failed: {}", leecher.log_tail(20));
     assert_same_tree(FILES, &fx.payload, &out.join("multi"));
-    let lines = json_lines(&leecher);
+    let lines = leecher.json_lines();
     let pieces = (FILES.iter().map(|f| f.1).sum::<usize>() as u32).div_ceil(PIECE) as usize;
     assert_eq!(count_events(&lines, "piece_verified"), pieces);
     assert!(lines.iter().any(|v| v["event"] == "done"));
@@ -230,7 +134,7 @@ fn async_std_seeds_async_std_via_udp_tracker() {
 fn partial_download_with_only_writes_only_selected_files() {
     let tracker = TestTracker::http().expect("tracker");
     let fx = fixture("part", FILES, PIECE, &[tracker.announce_url()]);
-    let seeder = start_seeder(&fx, "tokio", Some(&tracker));
+    let seeder = seeder(&fx, "tokio", Some(&tracker));
     let out = fx.dir.path().join("out");
     // Select a/first.bin by its index as `hyperblow info` prints it. Its last piece straddles into
     // b/c/straddle.bin, which the storage may write sparsely (that piece must verify); files that
@@ -266,7 +170,7 @@ fn partial_download_with_only_writes_only_selected_files() {
             "{rel} was not selected but exists"
         );
     }
-    let lines = json_lines(&leecher);
+    let lines = leecher.json_lines();
     let done = lines.iter().find(|v| v["event"] == "done").expect("done");
     assert_eq!(done["wanted_bytes"], FILES[0].1 as u64);
     // 100,000 bytes in 32 KiB pieces: exactly pieces 0..=3 were fetched.
@@ -284,7 +188,7 @@ fn partial_download_with_only_writes_only_selected_files() {
 fn three_leechers_from_one_seeder_and_scrape_counts_them() {
     let tracker = TestTracker::udp().expect("tracker");
     let fx = fixture("three", FILES, PIECE, &[tracker.announce_url()]);
-    let seeder = start_seeder(&fx, "async-std", Some(&tracker));
+    let seeder = seeder(&fx, "async-std", Some(&tracker));
     let leechers: Vec<(ChildGuard, PathBuf)> = ["tokio", "async-std", "tokio"]
         .iter()
         .enumerate()
@@ -342,7 +246,7 @@ fn leech_big(
     args.extend(["--peer", &peer]);
     let leecher = spawn(name, &args, fx.dir.path());
     wait_for("some pieces", DONE_WITHIN, &[&leecher], || {
-        Ok((count_events(&json_lines(&leecher), "piece_verified") >= min_verified).then_some(()))
+        Ok((count_events(&leecher.json_lines(), "piece_verified") >= min_verified).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}"));
     leecher
@@ -360,12 +264,12 @@ fn seed_port(seeder: &ChildGuard) -> u16 {
 #[test]
 fn resume_after_sigkill_keeps_every_verified_piece() {
     let fx = fixture("big", BIG, BIG_PIECE, &[]);
-    let seeder = start_seeder(&fx, "tokio", None);
+    let seeder = seeder(&fx, "tokio", None);
     let port = seed_port(&seeder);
     let out = fx.dir.path().join("out");
     let first = leech_big(&fx, &out, port, "leech-kill", 50);
     first.kill_now();
-    let verified_first = count_events(&json_lines(&first), "piece_verified");
+    let verified_first = count_events(&first.json_lines(), "piece_verified");
     let total = big_pieces();
     assert!(verified_first < total, "finished before the kill");
 
@@ -379,7 +283,7 @@ fn resume_after_sigkill_keeps_every_verified_piece() {
         "{}",
         second.log_tail(20)
     );
-    let lines = json_lines(&second);
+    let lines = second.json_lines();
     let added = lines
         .iter()
         .find(|v| v["event"] == "added")
@@ -402,7 +306,7 @@ fn resume_after_sigkill_keeps_every_verified_piece() {
 #[test]
 fn sigint_exits_130_with_a_resumable_state() {
     let fx = fixture("big", BIG, BIG_PIECE, &[]);
-    let seeder = start_seeder(&fx, "async-std", None);
+    let seeder = seeder(&fx, "async-std", None);
     let port = seed_port(&seeder);
     let out = fx.dir.path().join("out");
     let first = leech_big(&fx, &out, port, "leech-int", 50);
@@ -413,7 +317,7 @@ fn sigint_exits_130_with_a_resumable_state() {
         "{}",
         first.log_tail(10)
     );
-    let verified_first = count_events(&json_lines(&first), "piece_verified");
+    let verified_first = count_events(&first.json_lines(), "piece_verified");
     assert!(std::fs::read_to_string(first.stderr_path())
         .unwrap_or_default()
         .contains("interrupted"));
@@ -428,7 +332,7 @@ fn sigint_exits_130_with_a_resumable_state() {
         "{}",
         second.log_tail(20)
     );
-    let lines = json_lines(&second);
+    let lines = second.json_lines();
     let added = lines.iter().find(|v| v["event"] == "added").expect("added");
     assert_eq!(added["start"], "resumed", "{added}");
     assert!(added["have_pieces"].as_u64().expect("have") as usize >= verified_first);
@@ -460,7 +364,7 @@ fn full_disk_exits_4_naming_the_problem_and_keeps_verified_pieces() {
         return;
     }
     let fx = fixture("big", BIG, BIG_PIECE, &[]);
-    let seeder = start_seeder(&fx, "tokio", None);
+    let seeder = seeder(&fx, "tokio", None);
     let port = seed_port(&seeder);
     let out = fx.dir.path().join("tiny");
     std::fs::create_dir_all(&out).expect("mkdir");
@@ -488,7 +392,7 @@ fn full_disk_exits_4_naming_the_problem_and_keeps_verified_pieces() {
         "{error_line}"
     );
     assert!(error_line.contains("big"), "names the file: {error_line}");
-    let verified_first = count_events(&json_lines(&first), "piece_verified");
+    let verified_first = count_events(&first.json_lines(), "piece_verified");
     assert!(verified_first > 0);
 
     // More space: the restart keeps what was verified and fetches only the rest.
@@ -504,7 +408,7 @@ fn full_disk_exits_4_naming_the_problem_and_keeps_verified_pieces() {
         "{}",
         second.log_tail(20)
     );
-    let lines = json_lines(&second);
+    let lines = second.json_lines();
     let added = lines.iter().find(|v| v["event"] == "added").expect("added");
     let have = added["have_pieces"].as_u64().expect("have") as usize;
     assert!(have >= verified_first, "{have} < {verified_first}");

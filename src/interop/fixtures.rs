@@ -11,20 +11,8 @@ use hyperblow_core::types::InfoHash;
 
 use super::process::{run_checked, HarnessError, Result};
 
-/// Deterministic pseudo-random bytes (xorshift64*), different for each `seed`: payloads that
-/// compress badly and differ between tests, so that two tests never share an info-hash.
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+/// Deterministic pseudo-random payloads: the shared [`crate::fixture::content`].
+pub use crate::fixture::content as payload;
 
 /// Writes [`payload`]`(len, seed)` to `path` (creating parent directories) and returns the bytes.
 pub fn write_payload(path: &Path, len: usize, seed: u64) -> Result<Vec<u8>> {

@@ -338,6 +338,20 @@ impl ChildGuard {
         read_lossy(&self.stderr_path)
     }
 
+    /// The lines of the child's stdout so far that parse as JSON (`--json` output), in order.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for the child to exit and returns its exit code (-1 when a signal
+    /// ended it).
+    pub fn exit_code(&self, timeout: Duration) -> Result<i32> {
+        Ok(self.wait_exit(timeout)?.code().unwrap_or(-1))
+    }
+
     /// The last `lines` lines of stdout and stderr, labelled, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let status = match self.try_status() {

@@ -1,8 +1,10 @@
 //! Test torrents for simulations: seeded pseudo-random content and a `.torrent` built over it.
 
 use bytes::Bytes;
-use hyperblow_core::metainfo::{Metainfo, TorrentBuilder};
+use hyperblow_core::metainfo::Metainfo;
 use hyperblow_core::rng::{seeded, Rng};
+
+use crate::fixture::build_torrent;
 
 /// A torrent made for a simulation, with its content.
 #[derive(Debug, Clone)]
@@ -23,23 +25,18 @@ pub fn make_torrent(
     trackers: Vec<Vec<String>>,
     seed: u64,
 ) -> TestTorrent {
-    let list: Vec<(Vec<String>, u64)> = files
-        .iter()
-        .map(|(p, l)| (vec![(*p).to_owned()], *l))
-        .collect();
     let total: u64 = files.iter().map(|(_, l)| l).sum();
     let mut content = vec![0u8; usize::try_from(total).expect("content fits in memory")];
     let mut rng = seeded(seed);
     rng.fill_bytes(&mut content);
-    let mut hasher = TorrentBuilder::multi_file(name, list)
-        .piece_length(piece_length)
-        .trackers(trackers)
-        .start()
-        .expect("valid test layout");
-    hasher.update(&content).expect("content matches the layout");
-    let built = hasher.finish().expect("all content fed");
+    let mut at = 0usize;
+    let (metainfo, _) = build_torrent(name, files, piece_length, trackers, |_, len| {
+        let len = usize::try_from(len).expect("content fits in memory");
+        at += len;
+        content[at - len..at].to_vec()
+    });
     TestTorrent {
-        metainfo: Metainfo::from_bytes(&built.bytes).expect("the builder's output parses"),
+        metainfo,
         content: Bytes::from(content),
     }
 }
