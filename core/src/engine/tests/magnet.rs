@@ -164,6 +164,19 @@ fn raw_magnet(meta: &Metainfo) -> (Raw, TorrentId) {
     (raw, t)
 }
 
+/// Adds `meta` to node `n` as a complete torrent with `content` on its disk: the seeder most tests
+/// start from.
+fn add_seed(net: &mut Net, n: usize, meta: &Metainfo, content: &[u8]) -> TorrentId {
+    let now = net.now;
+    let pieces = meta.info.layout().piece_count();
+    let t = net.nodes[n]
+        .engine
+        .add_torrent(now, add(meta, Some(Bitfield::full(pieces)), vec![]))
+        .expect("add seed");
+    load_disk(&mut net.nodes[n], t, content, PL);
+    t
+}
+
 #[test]
 fn metadata_from_two_peers_out_of_order_with_a_reject_then_pieces_on_the_same_connections() {
     let (meta, _content) = build(&many_files(), 16 * 1024, vec![], false);
@@ -558,13 +571,8 @@ fn a_magnet_leecher_finds_the_seeder_through_the_tracker_and_finishes_on_the_sam
     let mut net = Net::new();
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
-    let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    add_seed(&mut net, s, &meta, &content);
     let tracker = addr(100, 8080);
     net.hosts.insert("tracker.test".into(), tracker.ip());
     let seeder = net.nodes[s].addr;
@@ -648,13 +656,8 @@ fn bep53_selection_applies_once_the_file_list_is_known_and_the_caller_overrides_
         let mut net = Net::new();
         let s = net.add_node(EngineConfig::default(), 1);
         let l = net.add_node(EngineConfig::default(), 2);
-        let pieces = meta.info.layout().piece_count();
         let now = net.now;
-        let ts = net.nodes[s]
-            .engine
-            .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-            .expect("add seed");
-        load_disk(&mut net.nodes[s], ts, &content, PL);
+        add_seed(&mut net, s, &meta, &content);
         let mut ml = link(&meta, vec![]);
         ml.select_only = so.map(|s| FileSelection::parse(s).expect("so"));
         // The seeder is known only as an `x.pe` host name.
@@ -695,13 +698,8 @@ fn a_peer_known_only_through_pex_gets_connected() {
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
     let third = net.add_node(EngineConfig::default(), 3);
-    let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    add_seed(&mut net, s, &meta, &content);
     let seeder = net.nodes[s].addr;
     // The third peer wants one file only (so it stays a leecher, connected to the seeder) and knows
     // the seeder by hand; nobody else is told about it.
@@ -761,13 +759,8 @@ fn a_private_swarm_never_exchanges_peers() {
     let l = net.add_node(EngineConfig::default(), 2);
     let third = net.add_node(EngineConfig::default(), 3);
     net.tap.extend([s, l, third]);
-    let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    add_seed(&mut net, s, &meta, &content);
     let seeder = net.nodes[s].addr;
     let mut add3 = add(&meta, None, vec![seeder]);
     add3.wanted_files = Some(vec![true, false, false]);
@@ -801,13 +794,8 @@ fn a_selection_of_the_wrong_length_stops_the_magnet_torrent_until_fixed() {
     let mut net = Net::new();
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
-    let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    add_seed(&mut net, s, &meta, &content);
     let seeder = net.nodes[s].addr;
     let tl = net.nodes[l]
         .engine
@@ -853,11 +841,7 @@ fn pieces_found_on_disk_after_the_metadata_are_not_fetched_again() {
     let l = net.add_node(EngineConfig::default(), 2);
     let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    add_seed(&mut net, s, &meta, &content);
     let seeder = net.nodes[s].addr;
     let tl = net.nodes[l]
         .engine
@@ -936,11 +920,7 @@ fn a_check_that_finds_everything_completes_the_paused_torrent() {
     let l = net.add_node(EngineConfig::default(), 2);
     let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    add_seed(&mut net, s, &meta, &content);
     let seeder = net.nodes[s].addr;
     let tl = net.nodes[l]
         .engine
