@@ -9,6 +9,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;
+pub mod dht;
 pub mod engine;
 pub mod ext;
 pub mod magnet;
