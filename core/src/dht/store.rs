@@ -48,7 +48,7 @@ impl Tokens {
         } else if elapsed >= TOKEN_ROTATION {
             self.previous = self.current;
             rng.fill_bytes(&mut self.current);
-            self.rotated_at = self.rotated_at + TOKEN_ROTATION;
+            self.rotated_at += TOKEN_ROTATION;
         }
     }
 

@@ -566,3 +566,206 @@ fn simulation_is_deterministic() {
     assert_eq!(a, run(7));
     assert_ne!(a.2, run(8).2, "another seed, another run");
 }
+
+/// One junk datagram of the flood: garbage, broken KRPC, spoofed queries, announces with forged
+/// tokens, spoofed responses and errors with guessed transaction ids, parser bombs.
+fn junk(rng: &mut crate::rng::CoreRng, real: &[SocketAddr]) -> (SocketAddr, Vec<u8>) {
+    let spoofed = SocketAddr::from((rng.random::<[u8; 4]>(), rng.random_range(1..=u16::MAX)));
+    let id = NodeId(rng.random());
+    let kind = rng.random_range(0..9u8);
+    let bytes = match kind {
+        0 => {
+            let n = rng.random_range(0..300);
+            (0..n).map(|_| rng.random()).collect()
+        }
+        1 => {
+            let mut q = query(
+                b"tt",
+                id,
+                QueryKind::FindNode {
+                    target: NodeId(rng.random()),
+                },
+            );
+            let cut = rng.random_range(0..q.len());
+            q.truncate(cut);
+            if let Some(b) = q.last_mut() {
+                *b = rng.random();
+            }
+            q
+        }
+        2 => {
+            let kind = match rng.random_range(0..3u8) {
+                0 => QueryKind::Ping,
+                1 => QueryKind::FindNode {
+                    target: NodeId(rng.random()),
+                },
+                _ => QueryKind::GetPeers {
+                    info_hash: InfoHash(rng.random()),
+                },
+            };
+            query(&rng.random::<[u8; 2]>(), id, kind)
+        }
+        3 => query(
+            b"an",
+            id,
+            QueryKind::AnnouncePeer {
+                info_hash: InfoHash(rng.random()),
+                port: rng.random(),
+                implied_port: rng.random(),
+                token: rng.random::<[u8; 8]>().to_vec(),
+            },
+        ),
+        4 | 5 => Message {
+            tid: rng.random::<[u8; 4]>().to_vec(),
+            version: None,
+            read_only: false,
+            ip: None,
+            body: Body::Response(Response {
+                id,
+                nodes: (0..8)
+                    .map(|_| super::NodeInfo {
+                        id: NodeId(rng.random()),
+                        addr: SocketAddr::from((rng.random::<[u8; 4]>(), 6881)),
+                    })
+                    .collect(),
+                values: vec![SocketAddr::from(([6, 6, 6, 6], 666))],
+                ..Response::default()
+            }),
+        }
+        .encode(),
+        6 => Message {
+            tid: rng.random::<[u8; 4]>().to_vec(),
+            version: None,
+            read_only: false,
+            ip: None,
+            body: Body::Error {
+                code: 201,
+                message: "no".into(),
+            },
+        }
+        .encode(),
+        7 => {
+            if rng.random() {
+                vec![b'l'; rng.random_range(1..2000)]
+            } else {
+                b"d1:t2:aa1:y1:q1:q4:ping1:ad2:id999999999:".to_vec()
+            }
+        }
+        _ => query(
+            b"at",
+            NodeId([0xa7; 20]),
+            QueryKind::GetPeers {
+                info_hash: InfoHash(rng.random()),
+            },
+        ),
+    };
+    let from = match kind {
+        // Spoofed responses claiming to come from real nodes.
+        5 => real[rng.random_range(0..real.len())],
+        // The attacker's own address.
+        8 => SocketAddr::from(([203, 0, 113, 66], 4444)),
+        _ => spoofed,
+    };
+    (from, bytes)
+}
+
+/// 10,000 junk datagrams per (virtual) second for 5 s at one node: its memory stays within the caps,
+/// its table holds only real nodes, and its own lookups, started during the flood, still find the peer.
+#[test]
+fn flood_keeps_memory_bounded_and_lookups_working() {
+    let cfg = DhtConfig::default();
+    let mut net = SimNet::new(SimConfig {
+        seed: 99,
+        loss: 0.05,
+        ..SimConfig::default()
+    });
+    let first = net.add_node(cfg.clone(), &[]);
+    let router = net.nodes()[first].addr;
+    for _ in 1..200 {
+        let t = net.now() + Duration::from_millis(50);
+        net.run_until(t);
+        net.add_node(cfg.clone(), &[router]);
+    }
+    let t = net.now() + Duration::from_secs(30);
+    net.run_until(t);
+    let announcer = 17;
+    let victim = 123;
+    let ih = InfoHash([0x42; 20]);
+    let a = net
+        .with_node(announcer, |d, now| d.announce(now, ih, Some(6000)))
+        .expect("starts");
+    let limit = net.now() + Duration::from_secs(60);
+    assert!(net.run_until_cond(limit, |n| summary_of(n, announcer, a).is_some()));
+    let peer = SocketAddr::new(net.nodes()[announcer].addr.ip(), 6000);
+
+    let real: Vec<SocketAddr> = net.nodes().iter().map(|s| s.addr).collect();
+    let start = net.now();
+    let per_sec = 10_000u64;
+    let packets = per_sec * 5;
+    for k in 0..packets {
+        let (from, bytes) = junk(net.rng(), &real);
+        net.inject(
+            start + Duration::from_nanos(k * 1_000_000_000 / per_sec),
+            victim,
+            from,
+            bytes,
+        );
+    }
+    let mut lookups = Vec::new();
+    let mut worst = super::DhtStats::default();
+    let end = start + Duration::from_secs(5);
+    let mut t = start;
+    while t < end + Duration::from_secs(20) {
+        if t < end && (t - start).as_millis().is_multiple_of(1000) {
+            let l = net
+                .with_node(victim, |d, now| d.get_peers(now, ih))
+                .expect("starts");
+            lookups.push((t, l));
+        }
+        t += Duration::from_millis(50);
+        net.run_until(t);
+        let s = net.nodes()[victim].dht.stats(t);
+        assert!(s.outstanding <= cfg.max_outstanding);
+        assert!(s.rate_limiter_entries <= cfg.rate_limiter_entries);
+        assert!(s.lookups <= cfg.max_lookups);
+        assert!(s.nodes <= 160 * super::table::K);
+        assert!(s.stored_peers <= cfg.store.max_peers_total);
+        worst.outstanding = worst.outstanding.max(s.outstanding);
+        worst.rate_limiter_entries = worst.rate_limiter_entries.max(s.rate_limiter_entries);
+        worst.nodes = worst.nodes.max(s.nodes);
+        worst.stored_peers = worst.stored_peers.max(s.stored_peers);
+        worst.stored_info_hashes = worst.stored_info_hashes.max(s.stored_info_hashes);
+    }
+    let s = net.nodes()[victim].dht.stats(net.now());
+    println!(
+        "dht flood: {packets} junk datagrams in 5 s; victim: {} malformed, {} unmatched responses, \
+         {} rate-limited, {} replies, {} errors sent; peak {} outstanding, {} limiter entries, {} nodes, \
+         {} stored peers in {} torrents",
+        s.malformed, s.unmatched, s.rate_limited, s.responses_sent, s.errors_sent, worst.outstanding,
+        worst.rate_limiter_entries, worst.nodes, worst.stored_peers, worst.stored_info_hashes
+    );
+    assert!(s.received >= packets);
+    assert!(s.rate_limited > 0 && s.malformed > 0 && s.unmatched > 0);
+    assert!(
+        s.responses_sent + s.errors_sent <= cfg.max_responses_per_sec as u64 * 26,
+        "replies capped per second"
+    );
+    assert_eq!(worst.stored_peers, 0, "forged tokens store nothing");
+    // The table holds only real nodes under their real ids: no spoofed entry got in.
+    for e in net.nodes()[victim].dht.table().iter() {
+        let i = real
+            .iter()
+            .position(|a| *a == e.info.addr)
+            .expect("a real address");
+        assert_eq!(net.nodes()[i].dht.id(), e.info.id);
+    }
+    assert_eq!(lookups.len(), 5);
+    for (started, l) in lookups {
+        let found = first_peer_time(&net, victim, l, peer);
+        assert!(
+            found.is_some_and(|f| f < end + Duration::from_secs(5)),
+            "lookup started at {started:?} found the peer: {found:?}"
+        );
+        assert!(summary_of(&net, victim, l).is_some(), "and finished");
+    }
+}
