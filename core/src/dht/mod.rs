@@ -13,7 +13,7 @@
 //!
 //! Like every protocol in the core it reads no clock and opens no socket: the driver feeds it datagrams
 //! and the time, and sends what it yields. With the `testkit` feature (and in this crate's tests),
-//! [`sim`] runs thousands of nodes over an in-memory network with latency, loss and a virtual clock.
+//! `sim` runs thousands of nodes over an in-memory network with latency, loss and a virtual clock.
 
 pub mod id;
 pub mod krpc;

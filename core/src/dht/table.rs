@@ -495,6 +495,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
         /// Any sequence of inserts and failures keeps the bucket invariants, and the table ends up
         /// holding every node it was told about as long as its bucket had room.
         #[test]

@@ -346,6 +346,85 @@ fn bep42_id_when_the_address_is_public() {
         .is_secure_for("198.51.100.1".parse().expect("literal")));
 }
 
+/// Answers every query `d` sends with a response from a fresh random id (nodes that know no one).
+fn answer_all(d: &mut Dht, now: Instant, rng: &mut crate::rng::CoreRng) -> usize {
+    let mut n = 0;
+    while let Some((to, q)) = d.poll_transmit() {
+        let q = krpc::decode(&q).expect("decodes");
+        let r = Message {
+            tid: q.tid,
+            version: None,
+            read_only: false,
+            ip: None,
+            body: Body::Response(Response {
+                id: NodeId(rng.random()),
+                ..Response::default()
+            }),
+        };
+        d.handle_datagram(now, to, &r.encode());
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn stale_buckets_are_refreshed_and_questionable_nodes_pinged() {
+    let mut rng = seeded(77);
+    let mut d = node(10);
+    let boot: Vec<SocketAddr> = (1..=12u8)
+        .map(|i| SocketAddr::from(([10, 1, 0, i], 6881)))
+        .collect();
+    d.bootstrap(Instant::ZERO, &boot);
+    assert!(answer_all(&mut d, Instant::ZERO, &mut rng) >= 8);
+    assert!(d.table().len() >= 8);
+    assert!(
+        std::iter::from_fn(|| d.poll_event()).any(|e| matches!(e, DhtEvent::Bootstrapped { .. })),
+        "bootstrap reported"
+    );
+    // Nothing happens for 15 minutes except the housekeeping ticks (no traffic: all nodes stay good).
+    let mut now = Instant::ZERO;
+    while now < Instant::from_secs(14 * 60) {
+        now = d.poll_timeout().expect("a deadline");
+        d.handle_timeout(now);
+        assert!(
+            d.poll_transmit().is_none(),
+            "no traffic while everything is fresh ({now:?})"
+        );
+    }
+    // Past 15 minutes: buckets are stale (refresh lookups) and nodes questionable (pings).
+    while now < Instant::from_secs(16 * 60) {
+        now = d.poll_timeout().expect("a deadline");
+        d.handle_timeout(now);
+    }
+    let sent: Vec<(SocketAddr, Message)> = std::iter::from_fn(|| d.poll_transmit())
+        .map(|(to, b)| (to, krpc::decode(&b).expect("decodes")))
+        .collect();
+    let method = |m: &Message| match &m.body {
+        Body::Query(q) => q.kind.method().to_vec(),
+        _ => Vec::new(),
+    };
+    assert!(
+        sent.iter().any(
+            |(to, m)| method(m) == b"find_node" && d.table().iter().any(|e| e.info.addr == *to)
+        ),
+        "refresh lookup through the table's (now questionable) nodes"
+    );
+    // Nobody answers: silent nodes collect failures and turn bad.
+    let later = now + Duration::from_secs(20 * 60);
+    while now < later {
+        now = d.poll_timeout().expect("a deadline");
+        d.handle_timeout(now);
+        while d.poll_transmit().is_some() {}
+    }
+    let bad = d
+        .table()
+        .iter()
+        .filter(|e| e.status(now) == super::table::Status::Bad)
+        .count();
+    assert!(bad > 0, "silent nodes turn bad");
+    assert_eq!(d.stats(now).good_nodes, 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Arbitrary datagrams from arbitrary addresses never panic, and every cap holds.
@@ -385,6 +464,18 @@ fn summary_of(net: &SimNet, node: usize, lookup: super::LookupId) -> Option<Look
     net.events.iter().find_map(|(_, i, e)| match e {
         DhtEvent::LookupDone(s) if *i == node && s.lookup == lookup => Some(s.clone()),
         _ => None,
+    })
+}
+
+/// Runs the network until `node` reports the end of `lookup` (or `limit`); looks only at new events.
+fn wait_done(net: &mut SimNet, node: usize, lookup: super::LookupId, limit: Instant) -> bool {
+    let mut seen = 0;
+    net.run_until_cond(limit, |net| {
+        let new = &net.events[seen..];
+        seen = net.events.len();
+        new.iter().any(
+            |(_, i, e)| matches!(e, DhtEvent::LookupDone(s) if *i == node && s.lookup == lookup),
+        )
     })
 }
 
@@ -455,7 +546,7 @@ fn scenario(n: usize, seed: u64, loss: f64, searches: usize) -> (Vec<LookupRepor
         .expect("lookup starts");
     let limit = net.now() + Duration::from_secs(120);
     assert!(
-        net.run_until_cond(limit, |net| summary_of(net, announcer, a).is_some()),
+        wait_done(&mut net, announcer, a, limit),
         "announce finishes"
     );
     let s = summary_of(&net, announcer, a).expect("summary");
@@ -480,10 +571,7 @@ fn scenario(n: usize, seed: u64, loss: f64, searches: usize) -> (Vec<LookupRepor
             .with_node(searcher, |d, now| d.get_peers(now, ih))
             .expect("lookup starts");
         let limit = start + Duration::from_secs(120);
-        assert!(
-            net.run_until_cond(limit, |net| summary_of(net, searcher, l).is_some()),
-            "lookup finishes"
-        );
+        assert!(wait_done(&mut net, searcher, l, limit), "lookup finishes");
         let s = summary_of(&net, searcher, l).expect("summary");
         let first_peer = first_peer_time(&net, searcher, l, peer);
         reports.push(LookupReport {
@@ -695,7 +783,7 @@ fn flood_keeps_memory_bounded_and_lookups_working() {
         .with_node(announcer, |d, now| d.announce(now, ih, Some(6000)))
         .expect("starts");
     let limit = net.now() + Duration::from_secs(60);
-    assert!(net.run_until_cond(limit, |n| summary_of(n, announcer, a).is_some()));
+    assert!(wait_done(&mut net, announcer, a, limit));
     let peer = SocketAddr::new(net.nodes()[announcer].addr.ip(), 6000);
 
     let real: Vec<SocketAddr> = net.nodes().iter().map(|s| s.addr).collect();
