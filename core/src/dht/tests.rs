@@ -425,6 +425,82 @@ fn stale_buckets_are_refreshed_and_questionable_nodes_pinged() {
     assert_eq!(d.stats(now).good_nodes, 0);
 }
 
+#[test]
+fn lookups_keep_alpha_queries_in_flight() {
+    let mut d = node(11);
+    let boot: Vec<SocketAddr> = (1..=20u8)
+        .map(|i| SocketAddr::from(([10, 2, 0, i], 6881)))
+        .collect();
+    d.bootstrap(Instant::ZERO, &boot);
+    while d.poll_transmit().is_some() {}
+    // The bootstrap lookup itself sends alpha queries; a get_peers lookup (same seeds) another alpha.
+    d.get_peers(Instant::ZERO, InfoHash([1; 20]))
+        .expect("starts");
+    let sent = std::iter::from_fn(|| d.poll_transmit()).count();
+    assert_eq!(sent, DhtConfig::default().alpha);
+    // Each timeout frees a slot for the next candidate, never more than alpha at once.
+    let t = d.poll_timeout().expect("deadline");
+    d.handle_timeout(t);
+    let resent = std::iter::from_fn(|| d.poll_transmit()).count();
+    assert_eq!(
+        resent,
+        2 * DhtConfig::default().alpha,
+        "both lookups refill their slots"
+    );
+    assert!(d.stats(t).outstanding <= 4 * DhtConfig::default().alpha);
+}
+
+#[test]
+fn ipv6_nodes_are_served_when_wanted() {
+    let mut rng = seeded(12);
+    let mut d = node(12);
+    let boot: Vec<SocketAddr> = (1..=6u16)
+        .map(|i| SocketAddr::new(format!("2001:db8::{i}").parse().expect("v6"), 6881))
+        .collect();
+    d.bootstrap(Instant::ZERO, &boot);
+    answer_all(&mut d, Instant::ZERO, &mut rng);
+    assert!(d.table().iter().all(|e| e.info.addr.is_ipv6()) && !d.table().is_empty());
+    let q = |want| {
+        Message {
+            tid: b"w".to_vec(),
+            version: None,
+            read_only: false,
+            ip: None,
+            body: Body::Query(Query {
+                id: NodeId([9; 20]),
+                kind: QueryKind::FindNode {
+                    target: NodeId([8; 20]),
+                },
+                want,
+            }),
+        }
+        .encode()
+    };
+    let from = addr("10.0.0.1:1000");
+    let r = ask(
+        &mut d,
+        Instant::ZERO,
+        from,
+        &q(Want {
+            v4: false,
+            v6: true,
+        }),
+    )
+    .expect("reply");
+    let Body::Response(r) = r.body else {
+        panic!("no response")
+    };
+    assert!(r.nodes.is_empty() && !r.nodes6.is_empty());
+    let r = ask(&mut d, Instant::ZERO, from, &q(Want::default())).expect("reply");
+    let Body::Response(r) = r.body else {
+        panic!("no response")
+    };
+    assert!(
+        r.nodes6.is_empty(),
+        "a v4 querier without want gets only v4 nodes"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Arbitrary datagrams from arbitrary addresses never panic, and every cap holds.
