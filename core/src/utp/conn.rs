@@ -162,6 +162,8 @@ pub(crate) struct Conn {
     flight: VecDeque<Sent>,
     resend_pending: usize,
     bytes_in_flight: usize,
+    /// Packets counted in flight (SYN and FIN carry no bytes but still need their timer).
+    packets_out: usize,
     write_shut: bool,
     fin_acked: bool,
     want_writable: bool,
@@ -222,6 +224,7 @@ impl Conn {
             flight: VecDeque::new(),
             resend_pending: 0,
             bytes_in_flight: 0,
+            packets_out: 0,
             write_shut: false,
             fin_acked: false,
             want_writable: false,
@@ -637,7 +640,7 @@ impl Conn {
             self.backoff = 0;
             self.dup_acks = 0;
             self.timeouts_in_row = 0;
-            self.rto_at = if self.bytes_in_flight > 0 {
+            self.rto_at = if self.packets_out > 0 {
                 Some(now + self.rto(cfg))
             } else {
                 None
@@ -677,6 +680,7 @@ impl Conn {
     fn on_acked(&mut self, s: &Sent, now: Instant, rtt: &mut Option<u64>) {
         if s.in_flight {
             self.bytes_in_flight -= usize::from(s.len);
+            self.packets_out -= 1;
         }
         if s.resend {
             self.resend_pending -= 1;
@@ -739,6 +743,7 @@ impl Conn {
         if s.in_flight {
             s.in_flight = false;
             self.bytes_in_flight -= usize::from(s.len);
+            self.packets_out -= 1;
         }
         self.resend_pending += 1;
         // One window cut per window of data.
@@ -824,6 +829,7 @@ impl Conn {
                     if s.in_flight {
                         s.in_flight = false;
                         self.bytes_in_flight -= usize::from(s.len);
+                        self.packets_out -= 1;
                     }
                     if !s.resend {
                         s.resend = true;
@@ -1005,8 +1011,12 @@ impl Conn {
         e.fast = false;
         e.in_flight = true;
         self.resend_pending -= 1;
+        // The timer runs from the oldest packet in flight: arm it when this one starts a flight (a
+        // zero-window probe timer that was pending does not count).
+        let starts_flight = self.packets_out == 0;
         self.bytes_in_flight += usize::from(s.len);
-        if self.rto_at.is_none() {
+        self.packets_out += 1;
+        if starts_flight || self.rto_at.is_none() {
             self.rto_at = Some(now + self.rto(cfg));
         }
         if ty != PacketType::Syn {

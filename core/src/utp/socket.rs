@@ -322,15 +322,17 @@ impl UtpSocket {
                 return;
             }
         }
-        let deadline = slot.conn.next_deadline(&self.cfg);
-        if deadline != slot.deadline {
-            if let Some(d) = slot.deadline {
-                self.timers.remove(&(d, id));
-            }
-            if let Some(d) = deadline {
+        // The table only ever moves a connection's entry earlier. A deadline that moved later (each
+        // ack pushes the retransmission timer back) keeps its old entry, which fires early and
+        // harmlessly and is then replaced: no table churn per datagram.
+        if let Some(d) = slot.conn.next_deadline(&self.cfg) {
+            if slot.deadline.is_none_or(|old| d < old) {
+                if let Some(old) = slot.deadline {
+                    self.timers.remove(&(old, id));
+                }
                 self.timers.insert((d, id));
+                slot.deadline = Some(d);
             }
-            slot.deadline = deadline;
         }
         if requeue && !slot.queued && slot.conn.wants_transmit() {
             slot.queued = true;
@@ -378,7 +380,8 @@ impl UtpSocket {
         None
     }
 
-    /// The earliest deadline of any connection; call [`UtpSocket::handle_timeout`] then.
+    /// The earliest deadline of any connection; call [`UtpSocket::handle_timeout`] then. It may be a
+    /// little early (a deadline that moved later is re-armed when its old time comes), never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|&(t, _)| t)
     }
@@ -395,6 +398,9 @@ impl UtpSocket {
         }
         for &id in &due {
             if let Some(slot) = self.conns.get_mut(&id) {
+                if let Some(d) = slot.deadline.take() {
+                    self.timers.remove(&(d, id));
+                }
                 slot.conn.handle_timeout(now, &self.cfg);
             }
             self.after(id, Some(now), true);

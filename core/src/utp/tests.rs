@@ -972,22 +972,29 @@ fn adversarial(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Under any schedule of delay (so reordering), duplication and loss in which no packet is lost
-    /// more than `max_run` times in a row, the stream arrives byte-exact. With the limit of 6
-    /// retransmissions a packet and its ack together can be lost 2 * max_run times in a row, so
-    /// max_run <= 3 must always succeed; above that the connection may fail, but only with a
-    /// timeout and only if some packet really was lost more than 3 times in a row.
+    /// more than `max_run` times in a row, the stream arrives byte-exact, or the connection fails
+    /// with a timeout and the schedule really did exceed the retransmission limit.
+    ///
+    /// The bound: a packet is acknowledged once one of its copies and an ack it triggers both get
+    /// through. The copy gets through after at most `max_run` drops; each delivered copy whose ack
+    /// is dropped uses up one drop of the ack's run, so at most `(max_run + 1)^2` transmissions are
+    /// needed. With a limit of 15 retransmissions (16 transmissions) `max_run <= 3` must succeed.
+    /// The idle and half-open timeouts are raised so that only the retransmission limit decides.
     #[test]
     fn any_survivable_schedule_delivers_exactly(
         schedule in proptest::collection::vec((1u8..120, proptest::bool::weighted(0.1), proptest::bool::weighted(0.3)), 1..64),
-        max_run in 0u8..6,
+        max_run in 0u8..5,
         len in 0usize..60_000,
         seed in 0u64..1000,
     ) {
         let cfg = UtpConfig {
-            syn_retransmits: 6,
+            max_retransmits: 15,
+            syn_retransmits: 15,
+            idle_timeout: Duration::from_secs(24 * 3600),
+            half_open_timeout: Duration::from_secs(24 * 3600),
             ..UtpConfig::default()
         };
         let limit = cfg.max_retransmits;
@@ -1001,7 +1008,7 @@ proptest! {
         let mut eof = false;
         let mut shut = false;
         let mut b_id = None;
-        net.run_until(Duration::from_secs(3600), &mut fate, |n| {
+        net.run_until(Duration::from_secs(100_000), &mut fate, |n| {
             push(&mut n.a, a_id, &payload, &mut written);
             if written == payload.len() && !shut {
                 n.a.close(a_id);
@@ -1020,17 +1027,51 @@ proptest! {
                 && b_id.is_none_or(|b| closed(&n.b_events, b).is_some())
         });
         let a_end = closed(&net.a_events, a_id);
-        if 2 * u16::from(max_run) <= u16::from(limit) {
+        let transmissions = |run: u8| (u16::from(run) + 1).pow(2);
+        if transmissions(max_run) <= u16::from(limit) + 1 {
             prop_assert!(eof, "stream not finished: {a_end:?}");
             prop_assert_eq!(&got, &payload);
             prop_assert_eq!(a_end, Some(CloseReason::Finished));
         } else if a_end != Some(CloseReason::Finished) {
             prop_assert!(matches!(a_end, Some(CloseReason::TimedOut) | Some(CloseReason::ConnectTimedOut)), "{a_end:?}");
-            prop_assert!(longest.get() > limit / 2, "failed after at most {} losses in a row", longest.get());
+            prop_assert!(
+                transmissions(longest.get()) > u16::from(limit) + 1,
+                "failed after at most {} losses in a row", longest.get()
+            );
             // Whatever arrived is a prefix of the stream.
             prop_assert_eq!(&got[..], &payload[..got.len()]);
         } else {
             prop_assert_eq!(&got, &payload);
         }
     }
+}
+
+#[test]
+fn lost_fins_are_retransmitted() {
+    let mut net = Net::new(UtpConfig::default(), 16);
+    let (a_id, b_id) = net.handshake();
+    let mut dropped = 0;
+    // The first two FINs each way are lost, and so is B's first ack of A's FIN.
+    let mut fate = |dir: Dir, p: &Packet<'_>| {
+        if p.header.ty == PacketType::Fin && dropped < 4 {
+            dropped += 1;
+            return Fate::Drop;
+        }
+        Fate::Deliver(LATENCY)
+    };
+    net.a.write(a_id, b"ping").unwrap();
+    net.a.close(a_id);
+    let mut got = Vec::new();
+    let mut shut = false;
+    net.run_until(Duration::from_secs(60), &mut fate, |n| {
+        if pull(&mut n.b, b_id, &mut got) && !shut {
+            n.b.close(b_id);
+            shut = true;
+        }
+        closed(&n.a_events, a_id).is_some() && closed(&n.b_events, b_id).is_some()
+    });
+    assert_eq!(got, b"ping");
+    assert_eq!(closed(&net.a_events, a_id), Some(CloseReason::Finished));
+    assert_eq!(closed(&net.b_events, b_id), Some(CloseReason::Finished));
+    assert_eq!(dropped, 4);
 }
