@@ -1052,7 +1052,7 @@ fn lost_fins_are_retransmitted() {
     let (a_id, b_id) = net.handshake();
     let mut dropped = 0;
     // The first two FINs each way are lost, and so is B's first ack of A's FIN.
-    let mut fate = |dir: Dir, p: &Packet<'_>| {
+    let mut fate = |_dir: Dir, p: &Packet<'_>| {
         if p.header.ty == PacketType::Fin && dropped < 4 {
             dropped += 1;
             return Fate::Drop;
