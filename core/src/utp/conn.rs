@@ -715,7 +715,7 @@ impl Conn {
         let cwnd = self.cwnd.max(1) as i64;
         let mut gain = cfg.max_cwnd_gain as i64 * off_target * acked as i64 / (target * cwnd);
         if self.slow_start {
-            if delay > target * 3 / 4 || self.cwnd >= self.ssthresh {
+            if delay > target / 2 || self.cwnd >= self.ssthresh {
                 self.slow_start = false;
             } else {
                 gain = gain.max(acked as i64);
