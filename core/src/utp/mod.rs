@@ -30,6 +30,7 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
+pub use conn::Counters;
 pub use socket::{ConnId, ConnStats, Event, SocketStats, UtpSocket};
 
 use std::time::Duration;
