@@ -20,6 +20,7 @@ pub mod rng;
 pub mod time;
 pub mod tracker;
 pub mod types;
+pub mod utp;
 pub mod wire;
 
 pub use time::Instant;
