@@ -124,7 +124,7 @@ fn summary() {
     let src = vec![0xa5u8; TOTAL];
     let mut out = BytesMut::with_capacity(TOTAL);
     let gib = (16 * TOTAL) as f64 / (1u64 << 30) as f64;
-    let mut run = |f: &mut dyn FnMut()| {
+    let run = |f: &mut dyn FnMut()| {
         let mut wall = Vec::new();
         let mut cpu = Vec::new();
         for _ in 0..9 {
