@@ -14,6 +14,7 @@ pub mod engine;
 pub mod ext;
 pub mod magnet;
 pub mod metainfo;
+pub mod mse;
 pub mod peer;
 pub mod picker;
 pub mod rng;

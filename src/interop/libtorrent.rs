@@ -16,6 +16,7 @@
 //! loopback peers too; `--choke-after BYTES --choke-for SECS` chokes every peer once that many bytes
 //! are uploaded (unchoke slots set to 0; libtorrent then rejects the queued requests of peers that
 //! speak the fast extension), reporting `choke_all` and `unchoke_all` events.
+//! `--encryption forced|enabled|disabled` sets libtorrent's MSE/PE policy both ways (forced: RC4 only).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

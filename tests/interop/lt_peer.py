@@ -146,12 +146,22 @@ def main():
                     help="once this many payload bytes are uploaded, choke every peer (unchoke slots 0) "
                          "for --choke-for seconds, then unchoke again (0 = never)")
     ap.add_argument("--choke-for", type=float, default=2.0, help="how long --choke-after chokes")
+    ap.add_argument("--encryption", choices=["default", "forced", "enabled", "disabled"], default="default",
+                    help="MSE/PE both ways: forced = RC4 only in and out, enabled = MSE offered and accepted "
+                         "(plaintext or RC4), disabled = plain BitTorrent only; default = plain out, both in")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
     pack = settings(args.port)
+    if args.encryption != "default":
+        policy = {"forced": lt.enc_policy.pe_forced, "enabled": lt.enc_policy.pe_enabled,
+                  "disabled": lt.enc_policy.pe_disabled}[args.encryption]
+        pack["out_enc_policy"] = int(policy)
+        pack["in_enc_policy"] = int(policy)
+        pack["allowed_enc_level"] = int(lt.enc_level.rc4 if args.encryption == "forced" else lt.enc_level.both)
+        pack["prefer_rc4"] = args.encryption == "forced"
     if args.upload_limit > 0:
         # Loopback peers are exempt from rate limits unless this is off.
         pack["ignore_limits_on_local_network"] = False

@@ -1,0 +1,134 @@
+//! RC4 as MSE uses it (keys from `HASH('keyA'|'keyB', S, SKEY)`, first 1,024 keystream bytes dropped), and
+//! the [`Transform`] that sits between the socket and the peer wire after the handshake.
+
+use bytes::BytesMut;
+use rc4::{KeyInit, Rc4, StreamCipher};
+
+use super::{hash, PUBLIC_KEY_LEN};
+use crate::types::InfoHash;
+
+/// Keystream bytes thrown away after keying, as the specification says (RC4's first bytes leak the key).
+const DISCARD: usize = 1024;
+
+/// One direction's RC4 keystream, already past the discarded bytes.
+pub(super) struct Rc4Stream(Rc4);
+
+impl std::fmt::Debug for Rc4Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rc4Stream")
+    }
+}
+
+impl Rc4Stream {
+    /// The keystream for `HASH(label, S, SKEY)` with its first 1,024 bytes dropped. `label` is `keyA` for
+    /// what the dialling side sends, `keyB` for what the accepting side sends.
+    pub(super) fn new(
+        label: &[u8; 4],
+        secret: &[u8; PUBLIC_KEY_LEN],
+        skey: &InfoHash,
+    ) -> Rc4Stream {
+        let key = hash(&[label, secret, &skey.0]);
+        // RC4 takes keys of 1 to 256 bytes; this one is always 20.
+        let mut rc4 = Rc4::new_from_slice(&key).expect("a 20-byte RC4 key is valid");
+        let mut sink = [0u8; DISCARD];
+        rc4.apply_keystream(&mut sink);
+        Rc4Stream(rc4)
+    }
+
+    /// XORs the next `buf.len()` keystream bytes into `buf` (encrypts or decrypts in place).
+    pub(super) fn apply(&mut self, buf: &mut [u8]) {
+        self.0.apply_keystream(buf);
+    }
+}
+
+/// The byte layer of an established connection: what comes off the socket goes through
+/// [`Transform::decrypt_in_place`] before the peer wire decoder sees it, and what the peer session sends
+/// goes through [`Transform::encrypt_into`] (or [`Transform::encrypt_in_place`]) on its way to the socket.
+///
+/// Plaintext connections (a plain BitTorrent handshake, or MSE with `crypto_select` = plaintext) pass
+/// bytes through untouched; RC4 connections XOR the keystream in place, so the layer adds no copy beyond
+/// the cipher's own pass. An accepted MSE connection whose payload is plaintext still decrypts its first
+/// `len(IA)` bytes (the initial payload is always RC4); the transform does that and then drops the
+/// keystream.
+#[derive(Debug, Default)]
+pub struct Transform {
+    send: Option<Rc4Stream>,
+    recv: Option<Rc4Stream>,
+    /// `Some(n)`: only the next `n` received bytes are RC4 (the initial payload); `None`: all of them.
+    recv_limit: Option<usize>,
+}
+
+impl Transform {
+    /// The identity transform (a plain BitTorrent connection).
+    pub fn plain() -> Transform {
+        Transform::default()
+    }
+
+    pub(super) fn new(
+        send: Option<Rc4Stream>,
+        recv: Option<Rc4Stream>,
+        recv_limit: Option<usize>,
+    ) -> Transform {
+        let mut t = Transform {
+            send,
+            recv,
+            recv_limit,
+        };
+        if t.recv_limit == Some(0) {
+            t.recv = None;
+            t.recv_limit = None;
+        }
+        t
+    }
+
+    /// Whether the payload is RC4 in at least one direction from here on (false for plaintext, also while
+    /// an initial payload is still being decrypted).
+    pub fn is_encrypted(&self) -> bool {
+        self.send.is_some() || (self.recv.is_some() && self.recv_limit.is_none())
+    }
+
+    /// Whether received bytes still need [`Transform::decrypt_in_place`] (false once nothing would change).
+    pub fn decrypts(&self) -> bool {
+        self.recv.is_some()
+    }
+
+    /// Whether sent bytes need [`Transform::encrypt_into`] (false for a plaintext payload).
+    pub fn encrypts(&self) -> bool {
+        self.send.is_some()
+    }
+
+    /// Decrypts bytes just read from the socket, in place, in stream order.
+    pub fn decrypt_in_place(&mut self, buf: &mut [u8]) {
+        let Some(rc4) = self.recv.as_mut() else {
+            return;
+        };
+        match self.recv_limit {
+            None => rc4.apply(buf),
+            Some(left) => {
+                let n = left.min(buf.len());
+                rc4.apply(&mut buf[..n]);
+                if n == left {
+                    self.recv = None;
+                    self.recv_limit = None;
+                } else {
+                    self.recv_limit = Some(left - n);
+                }
+            }
+        }
+    }
+
+    /// Encrypts bytes about to be sent, in place, in stream order.
+    pub fn encrypt_in_place(&mut self, buf: &mut [u8]) {
+        if let Some(rc4) = self.send.as_mut() {
+            rc4.apply(buf);
+        }
+    }
+
+    /// Appends `data` to the send buffer `out`, encrypted (the append is the copy the send path makes
+    /// anyway; the cipher then runs over the appended bytes while they are in cache).
+    pub fn encrypt_into(&mut self, data: &[u8], out: &mut BytesMut) {
+        let start = out.len();
+        out.extend_from_slice(data);
+        self.encrypt_in_place(&mut out[start..]);
+    }
+}
