@@ -373,34 +373,31 @@ impl Live {
     }
 
     fn poll_ops(&mut self) {
-        let mut i = 0;
-        while i < self.ops.len() {
-            let done = match &mut self.ops[i] {
-                Op::Add(_, p) => poll_now(p).is_ready(),
-                Op::AddMagnet(_, p) => poll_now(p).is_ready(),
-                Op::RecheckRemove(_, p) | Op::Remove(_, p, _) | Op::Simple(_, _, p) => {
-                    poll_now(p).is_ready()
-                }
-                Op::TorrentFile(_, p) => poll_now(p).is_ready(),
-            };
-            if !done {
-                i += 1;
-                continue;
+        let ops = std::mem::take(&mut self.ops);
+        let mut left = Vec::with_capacity(ops.len());
+        for mut op in ops {
+            if self.try_finish(&mut op) {
+                self.dirty = true;
+            } else {
+                left.push(op);
             }
-            // Ready: poll again to take the value (a ready oneshot stays ready once).
-            let op = self.ops.swap_remove(i);
-            self.finish(op);
-            self.dirty = true;
         }
+        // Commands issued while finishing (a re-check's add, a magnet's .torrent) come after.
+        left.append(&mut self.ops);
+        self.ops = left;
     }
 
-    fn finish(&mut self, op: Op) {
+    /// Polls `op`; if its answer is in, acts on it and returns true.
+    fn try_finish(&mut self, op: &mut Op) -> bool {
         match op {
-            Op::Add(ih, mut p) => {
-                let Poll::Ready(r) = poll_now(&mut p) else {
-                    return;
+            Op::Add(ih, p) => {
+                let ih = *ih;
+                let Poll::Ready(r) = poll_now(p) else {
+                    return false;
                 };
-                let Some(k) = self.entry(&ih) else { return };
+                let Some(k) = self.entry(&ih) else {
+                    return true;
+                };
                 let e = &mut self.entries[k];
                 e.busy = false;
                 e.checking = None;
@@ -436,11 +433,14 @@ impl Live {
                     }
                 }
             }
-            Op::AddMagnet(ih, mut p) => {
-                let Poll::Ready(r) = poll_now(&mut p) else {
-                    return;
+            Op::AddMagnet(ih, p) => {
+                let ih = *ih;
+                let Poll::Ready(r) = poll_now(p) else {
+                    return false;
                 };
-                let Some(k) = self.entry(&ih) else { return };
+                let Some(k) = self.entry(&ih) else {
+                    return true;
+                };
                 let e = &mut self.entries[k];
                 e.busy = false;
                 match r {
@@ -451,11 +451,14 @@ impl Live {
                     Err(err) => e.error = Some(err.to_string()),
                 }
             }
-            Op::RecheckRemove(ih, mut p) => {
-                let Poll::Ready(r) = poll_now(&mut p) else {
-                    return;
+            Op::RecheckRemove(ih, p) => {
+                let ih = *ih;
+                let Poll::Ready(r) = poll_now(p) else {
+                    return false;
                 };
-                let Some(k) = self.entry(&ih) else { return };
+                let Some(k) = self.entry(&ih) else {
+                    return true;
+                };
                 if let Err(err) = r {
                     self.messages
                         .push(format!("re-check: {}", safe::escape(&err.to_string())));
@@ -468,11 +471,14 @@ impl Live {
                 self.issue_add(&mut e, true);
                 self.entries.insert(k, e);
             }
-            Op::Remove(ih, mut p, delete) => {
-                let Poll::Ready(r) = poll_now(&mut p) else {
-                    return;
+            Op::Remove(ih, p, delete) => {
+                let (ih, delete) = (*ih, *delete);
+                let Poll::Ready(r) = poll_now(p) else {
+                    return false;
                 };
-                let Some(k) = self.entry(&ih) else { return };
+                let Some(k) = self.entry(&ih) else {
+                    return true;
+                };
                 let e = self.entries.remove(k);
                 if let Some(id) = e.id {
                     self.by_id.remove(&id);
@@ -494,9 +500,10 @@ impl Live {
                     )),
                 }
             }
-            Op::TorrentFile(ih, mut p) => {
-                let Poll::Ready(r) = poll_now(&mut p) else {
-                    return;
+            Op::TorrentFile(ih, p) => {
+                let ih = *ih;
+                let Poll::Ready(r) = poll_now(p) else {
+                    return false;
                 };
                 if let Ok(Some(bytes)) = r {
                     if let Ok(meta) = Metainfo::from_bytes(&bytes) {
@@ -510,9 +517,10 @@ impl Live {
                     }
                 }
             }
-            Op::Simple(ih, what, mut p) => {
-                let Poll::Ready(r) = poll_now(&mut p) else {
-                    return;
+            Op::Simple(ih, what, p) => {
+                let (ih, what) = (*ih, *what);
+                let Poll::Ready(r) = poll_now(p) else {
+                    return false;
                 };
                 if let Some(k) = self.entry(&ih) {
                     self.entries[k].busy = false;
@@ -523,6 +531,7 @@ impl Live {
                 }
             }
         }
+        true
     }
 
     fn event(&mut self, ev: SessionEvent) {
