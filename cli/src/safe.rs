@@ -36,9 +36,58 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s` with every line escaped on its own (line breaks kept): for multi-line reports.
+pub fn lines(s: &str) -> String {
+    s.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
+
+/// A JSON value as one line, with every character a terminal could act on written as a `\uXXXX`
+/// escape (serde_json escapes C0 controls but passes DEL, C1 controls and bidi overrides through).
+/// The JSON means the same; only its spelling is safer.
+pub fn json(value: &serde_json::Value) -> String {
+    json_text(&value.to_string())
+}
+
+/// [`json`], pretty-printed.
+pub fn json_pretty(value: &serde_json::Value) -> String {
+    json_text(&serde_json::to_string_pretty(value).unwrap_or_default())
+}
+
+fn json_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        // Outside strings JSON only has ASCII punctuation, digits, letters and whitespace, and
+        // serde_json already escaped C0 controls inside strings: what is left is inside strings.
+        if is_unsafe(c) && c != '\n' {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_is_escaped_and_means_the_same() {
+        let v = serde_json::json!({"name": "a\u{1b}[2J\u{7f}\u{9b}\u{202e}b\n", "n": 1});
+        for text in [json(&v), json_pretty(&v)] {
+            assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text}");
+            let back: serde_json::Value = serde_json::from_str(&text).expect("still JSON");
+            assert_eq!(back, v);
+        }
+    }
+
+    #[test]
+    fn lines_keeps_line_breaks() {
+        assert_eq!(lines("a\x1b\nb\tc"), "a\\x1b\nb\\tc");
+    }
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {
