@@ -494,6 +494,48 @@ mod tests {
     }
 
     #[test]
+    fn force_check_hashes_the_data_instead_of_trusting_the_resume_file() {
+        let mut hasher = hyperblow_core::metainfo::TorrentBuilder::single_file("x", 3)
+            .piece_length(16384)
+            .start()
+            .unwrap();
+        hasher.update(b"abc").unwrap();
+        let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&hasher.finish().unwrap().bytes)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(
+            dir.path(),
+            meta.info.layout().clone(),
+            StorageConfig::default(),
+        )
+        .unwrap();
+        let written = storage
+            .write_piece(0, &[bytes::Bytes::from_static(b"abc")])
+            .unwrap();
+        assert_eq!(written, hyperblow_storage::PieceWrite::Stored);
+        // A valid resume file that vouches for nothing.
+        let resume = dir.path().join("x.resume");
+        save(
+            &storage,
+            &resume,
+            &meta.info_hash(),
+            &Bitfield::new(1),
+            true,
+        )
+        .unwrap();
+        let (have, start) = account(&storage, &meta.info, &resume, false, |_, _| {}).unwrap();
+        assert_eq!(
+            (have.map(|h| h.count_ones()), start),
+            (Some(0), StartKind::Resumed)
+        );
+        let (have, start) = account(&storage, &meta.info, &resume, true, |_, _| {}).unwrap();
+        assert_eq!(
+            (have.map(|h| h.count_ones()), start),
+            (Some(1), StartKind::Checked)
+        );
+    }
+
+    #[test]
     fn adjacent_blocks_of_a_piece_make_one_run_up_to_the_cap() {
         let k = 16 * 1024;
         let mut reads: Vec<BlockRead> = (0..20).map(|i| read(i, 3, i as u32 * k, k)).collect();

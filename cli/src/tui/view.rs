@@ -392,7 +392,7 @@ fn draw_files(f: &mut Frame<'_>, area: Rect, app: &App, it: &Item, cx: &Context)
         row
     });
     let header = Row::new(vec![
-        format!("Files ({} of {})", start.min(end) + 1, tree.len()),
+        format!("Files ({} of {})", app.pane_cursor + 1, tree.len()),
         "Size".into(),
         "Progress".into(),
         "Done".into(),
