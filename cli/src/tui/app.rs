@@ -230,6 +230,9 @@ pub struct App {
     pub mode: Mode,
     /// The status line's message.
     pub message: Option<String>,
+    /// A problem the user must see (e.g. a state record that did not load): shown instead of the
+    /// message until the next key.
+    pub alert: Option<String>,
     /// Rate history per torrent.
     pub history: HashMap<InfoHash, History>,
     /// The file tree of the selected torrent, rebuilt when the torrent or its file count changes.
@@ -255,6 +258,7 @@ impl Default for App {
             state_filter: StateFilter::All,
             mode: Mode::Normal,
             message: None,
+            alert: None,
             history: HashMap::new(),
             tree: None,
             quit: false,
@@ -362,6 +366,7 @@ impl App {
     /// Handles one key; returns the commands it asks of the session.
     pub fn key(&mut self, key: KeyEvent, items: &[Item]) -> Vec<Command> {
         let mut out = Vec::new();
+        self.alert = None;
         self.sync(items, false);
         if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
             self.quit = true;

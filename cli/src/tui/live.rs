@@ -138,8 +138,10 @@ impl Live {
     pub fn restore(&mut self) {
         let (loaded, problems) = self.state.load();
         for p in problems {
-            self.messages
-                .push(format!("state: skipped {}", safe::escape(&p)));
+            self.messages.push(format!(
+                "state: skipped {} (any key hides this)",
+                safe::escape(&p)
+            ));
         }
         for l in loaded {
             self.add_loaded(l);

@@ -123,7 +123,12 @@ fn ui_loop(
                 redraw = true;
             }
             for m in live.take_messages() {
-                app.message = Some(m);
+                tracing::info!("{m}");
+                if m.starts_with("state:") {
+                    app.alert = Some(m);
+                } else {
+                    app.message = Some(m);
+                }
                 redraw = true;
             }
             let sample = last_sample.elapsed() >= Duration::from_secs(1);

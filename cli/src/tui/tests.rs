@@ -276,9 +276,11 @@ fn typed(app: &mut App, s: &mut Fake, line: &str) {
 
 fn snapshot_tab(tab: Tab) -> String {
     let items = sample();
-    let mut app = App::default();
-    app.tab = tab;
-    app.focus = Focus::Pane;
+    let mut app = App {
+        tab,
+        focus: Focus::Pane,
+        ..App::default()
+    };
     text(&draw(&mut app, &items, 80, 24, true))
 }
 
@@ -317,8 +319,10 @@ fn tab_pieces() {
 #[test]
 fn tab_bandwidth() {
     let mut items = sample();
-    let mut app = App::default();
-    app.tab = Tab::Bandwidth;
+    let mut app = App {
+        tab: Tab::Bandwidth,
+        ..App::default()
+    };
     // Ten seconds of history with a rising download rate.
     for k in 1..=10u64 {
         if let Some(s) = items[0].stats.as_mut() {
@@ -546,8 +550,10 @@ fn ansi_escapes_in_names_render_harmlessly() {
         d.comment = Some("line1\nline2\x1b[A".into());
     }
     for tab in Tab::ALL {
-        let mut app = App::default();
-        app.tab = tab;
+        let mut app = App {
+            tab,
+            ..App::default()
+        };
         let b = draw(&mut app, &items, 120, 30, true);
         let t = text(&b);
         let bad: Vec<char> = t
@@ -572,8 +578,10 @@ fn ansi_escapes_in_names_render_harmlessly() {
 fn no_color_uses_no_colour() {
     let items = sample();
     for tab in Tab::ALL {
-        let mut app = App::default();
-        app.tab = tab;
+        let mut app = App {
+            tab,
+            ..App::default()
+        };
         let b = draw(&mut app, &items, 80, 24, false);
         for c in &b.content {
             assert_eq!((c.fg, c.bg), (Color::Reset, Color::Reset), "{tab:?}");

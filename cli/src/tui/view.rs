@@ -669,9 +669,13 @@ fn draw_footer(f: &mut Frame<'_>, area: Rect, app: &App, cx: &Context) {
     let line = match &app.mode {
         Mode::Command(l) => Line::from(format!(":{}█", safe::escape(l))),
         Mode::Filter(t) => Line::from(format!("filter: {}█", safe::escape(t))),
-        _ => match &app.message {
-            Some(m) => Line::from(m.clone()),
-            None => Line::styled(
+        _ => match (&app.alert, &app.message) {
+            (Some(a), _) => Line::styled(
+                a.clone(),
+                cx.theme.fg(Color::Red).add_modifier(Modifier::BOLD),
+            ),
+            (None, Some(m)) => Line::from(m.clone()),
+            (None, None) => Line::styled(
                 "? keys  : add  p pause/resume  d/D remove  r re-check  Enter files  q quit",
                 cx.theme.dim(),
             ),
