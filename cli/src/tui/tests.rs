@@ -116,6 +116,8 @@ fn stats(
         peers: 0,
         seeds: 0,
         eta: None,
+        availability: (0..have.len()).map(|i| (i % 4) as u16).collect(),
+        in_flight: (0..have.len()).filter(|i| i % 7 == 1).collect(),
         have,
         peer_list: Vec::new(),
         trackers: Vec::new(),

@@ -596,18 +596,35 @@ fn draw_trackers(f: &mut Frame<'_>, area: Rect, app: &App, it: &Item, cx: &Conte
 fn draw_pieces(f: &mut Frame<'_>, area: Rect, it: &Item, cx: &Context) {
     let Some(s) = &it.stats else { return };
     let n = s.have.len();
-    let [legend, map] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+    let [legend, map] = Layout::vertical([Constraint::Length(3), Constraint::Fill(1)]).areas(area);
     let cells = (map.width as usize * map.height as usize).max(1);
     let per = (n as usize).div_ceil(cells).max(1);
+    let missing: Vec<u16> = (0..n)
+        .filter(|&p| !s.have.get(p))
+        .map(|p| s.availability.get(p as usize).copied().unwrap_or(0))
+        .collect();
+    let avail = if missing.is_empty() {
+        "nothing missing".to_owned()
+    } else {
+        let min = missing.iter().copied().min().unwrap_or(0);
+        let none = missing.iter().filter(|a| **a == 0).count();
+        let mean = missing.iter().map(|a| f64::from(*a)).sum::<f64>() / missing.len() as f64;
+        format!("missing pieces are on {mean:.1} peers on average, least {min}; {none} on none")
+    };
     f.render_widget(
-        Line::styled(
-            format!(
-                "{} of {n} pieces verified; one cell = {per} piece{}; █ done ▒ part ░ missing",
-                s.have.count_ones(),
-                if per == 1 { "" } else { "s" }
+        Paragraph::new(vec![
+            Line::styled(
+                format!(
+                    "{}/{n} pieces verified, {} in flight; a cell = {per} piece{}",
+                    s.have.count_ones(),
+                    s.in_flight.len(),
+                    if per == 1 { "" } else { "s" }
+                ),
+                cx.theme.header(),
             ),
-            cx.theme.header(),
-        ),
+            Line::from(avail),
+            Line::from("█ done  ▓ in flight  ▒ partly done  ░ missing  · missing, on no peer"),
+        ]),
         legend,
     );
     if n == 0 {
@@ -616,27 +633,39 @@ fn draw_pieces(f: &mut Frame<'_>, area: Rect, it: &Item, cx: &Context) {
     let used = (n as usize).div_ceil(per);
     let width = map.width.max(1) as usize;
     let mut lines = Vec::with_capacity(used.div_ceil(width));
-    let mut line = String::with_capacity(width * 3);
+    let mut spans: Vec<Span<'_>> = Vec::with_capacity(width);
+    let mut flight = s.in_flight.iter().peekable();
     for c in 0..used {
         let lo = (c * per) as u32;
         let hi = (((c + 1) * per) as u32).min(n);
         let done = (lo..hi).filter(|&p| s.have.get(p)).count() as u32;
-        line.push(if done == hi - lo {
-            '█'
+        while flight.next_if(|&&p| p < lo).is_some() {}
+        let in_flight = flight.peek().is_some_and(|&&p| p < hi);
+        let seen = (lo..hi)
+            .filter(|&p| !s.have.get(p))
+            .map(|p| s.availability.get(p as usize).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(1);
+        let (ch, color) = if done == hi - lo {
+            ('█', Color::Green)
+        } else if in_flight {
+            ('▓', Color::Yellow)
         } else if done > 0 {
-            '▒'
+            ('▒', Color::Green)
+        } else if seen == 0 && !s.availability.is_empty() {
+            ('·', Color::Red)
         } else {
-            '░'
-        });
-        if line.chars().count() == width {
-            lines.push(Line::from(std::mem::take(&mut line)));
+            ('░', Color::Blue)
+        };
+        spans.push(Span::styled(ch.to_string(), cx.theme.fg(color)));
+        if spans.len() == width {
+            lines.push(Line::from(std::mem::take(&mut spans)));
         }
     }
-    if !line.is_empty() {
-        lines.push(Line::from(line));
+    if !spans.is_empty() {
+        lines.push(Line::from(spans));
     }
-    let style = cx.theme.fg(Color::Green);
-    f.render_widget(Paragraph::new(lines).style(style), map);
+    f.render_widget(Paragraph::new(lines), map);
 }
 
 fn draw_bandwidth(f: &mut Frame<'_>, area: Rect, app: &App, it: &Item, cx: &Context) {
