@@ -192,6 +192,12 @@ fn end_to_end(runtime: &str) {
     drop(tui);
     seeder.stop();
 
+    // A truncated record of another torrent: reported, and the rest still loads.
+    let bogus = state
+        .join("torrents")
+        .join(format!("{}.json", "ab".repeat(20)));
+    std::fs::write(&bogus, b"{\"output_dir\": \"/nowh").expect("write a broken record");
+
     // Reopen on the same state directory only: the torrent comes back, seeding, from its resume
     // data (no re-check), with its file selection.
     let tui = Tmux::start(
@@ -214,6 +220,8 @@ fn end_to_end(runtime: &str) {
         "{screen}"
     );
     assert!(!screen.contains("Check"), "{screen}");
+    assert!(screen.contains("state: skipped"), "{screen}");
+    assert!(screen.contains("abababab"), "{screen}");
     tui.keys(&["2"]);
     tui.wait("the selection kept", |sc| {
         sc.contains("[ ] b.bin") && sc.contains("[x] a.bin")
