@@ -46,7 +46,7 @@ pub fn run(args: &CreateArgs) -> Result<(), CliError> {
     std::fs::write(&args.output, &built.bytes).map_err(|e| CliError::disk(&args.output, e))?;
     eprintln!(
         "created {} ({}, info-hash {})",
-        args.output.display(),
+        crate::safe::escape(&args.output.display().to_string()),
         units::bytes(total),
         built.info_hash
     );

@@ -227,9 +227,9 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
     if args.keep.is_some() {
         println!(
             "demo: kept the payload in {}, the torrent at {} and the copy in {}",
-            payload.display(),
-            torrent_path.display(),
-            leech_dir.display()
+            crate::safe::escape(&payload.display().to_string()),
+            crate::safe::escape(&torrent_path.display().to_string()),
+            crate::safe::escape(&leech_dir.display().to_string())
         );
     }
     Ok(())

@@ -157,7 +157,7 @@ pub fn run(args: &DownloadArgs, stop: &StopFlag) -> Result<(), CliError> {
     match mode {
         Mode::Json => println!(
             "{}",
-            json!({
+            crate::safe::json(&json!({
                 "event": "done",
                 "name": name,
                 "wanted_bytes": wanted_bytes,
@@ -166,10 +166,11 @@ pub fn run(args: &DownloadArgs, stop: &StopFlag) -> Result<(), CliError> {
                 "seconds": secs,
                 "pieces_at_start": outcome.have_at_start,
                 "total_pieces": outcome.total_pieces,
-            })
+            }))
         ),
         Mode::Bar | Mode::Plain => eprintln!(
-            "{name}: complete, {} in {} ({}/s), {} downloaded this run, {} uploaded",
+            "{}: complete, {} in {} ({}/s), {} downloaded this run, {} uploaded",
+            crate::safe::escape(&name),
             units::bytes(wanted_bytes),
             progress::duration(std::time::Duration::from_secs_f64(secs)),
             units::bytes((downloaded as f64 / secs) as u64),

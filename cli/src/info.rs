@@ -37,12 +37,9 @@ pub fn run(args: &InfoArgs) -> Result<(), CliError> {
         torrent_report(&meta)
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        println!("{}", crate::safe::json_pretty(&report));
     } else {
-        print!("{}", render_text(&report));
+        print!("{}", crate::safe::lines(&render_text(&report)));
     }
     Ok(())
 }

@@ -10,10 +10,12 @@ mod download;
 mod error;
 mod info;
 mod progress;
+mod safe;
 mod scrape;
 mod seed;
 mod signals;
 mod transfer;
+mod tui;
 mod units;
 
 use std::process::ExitCode;
@@ -54,11 +56,17 @@ enum Command {
     /// 127.0.0.1, then check the copy byte for byte.
     #[command(after_help = EXIT_CODES)]
     Demo(demo::DemoArgs),
+    /// Full-screen terminal UI on a session that remembers its torrents (keys: press ?).
+    #[command(after_help = EXIT_CODES)]
+    Tui(tui::TuiArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    progress::init_logging();
+    if !matches!(cli.command, Command::Tui(_)) {
+        // The TUI logs to a file in its state directory: the terminal is its screen.
+        progress::init_logging();
+    }
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Create(args) => create::run(&args),
@@ -66,6 +74,7 @@ fn main() -> ExitCode {
         Command::Download(args) => download::run(&args, &signals::install()),
         Command::Seed(args) => seed::run(&args, &signals::install()),
         Command::Demo(args) => demo::run(&args, &signals::install()),
+        Command::Tui(args) => tui::run(&args, &signals::install()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,6 +57,8 @@ fn active_bar() -> &'static Mutex<Option<ProgressBar>> {
 
 /// Writes `text` to stderr without tearing the progress bar.
 pub fn stderr_line(text: &str) {
+    // Names and messages from torrents, peers and trackers end up here: no control characters.
+    let text = &crate::safe::lines(text);
     let bar = active_bar().lock().ok().and_then(|b| b.clone());
     match bar {
         Some(bar) => bar.suspend(|| {
@@ -100,7 +102,8 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(LogWriter::default)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        // Plain text: every line is escaped on its way out (see `stderr_line`).
+        .with_ansi(false)
         .try_init();
 }
 
@@ -117,6 +120,7 @@ pub struct Display {
 impl Display {
     /// A display for a torrent called `label`.
     pub fn new(mode: Mode, label: &str) -> Display {
+        let label: &str = &crate::safe::escape(label);
         let bar = (mode == Mode::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
             let style = ProgressStyle::with_template(
@@ -156,7 +160,7 @@ impl Display {
     pub fn json(&self, value: &Value) {
         if self.mode == Mode::Json {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{value}");
+            let _ = writeln!(out, "{}", crate::safe::json(value));
             let _ = out.flush();
         }
     }

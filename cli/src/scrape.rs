@@ -70,11 +70,10 @@ pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({
+            crate::safe::json_pretty(&json!({
                 "info_hash": meta.info.info_hash().to_hex(),
                 "trackers": list,
             }))
-            .unwrap_or_default()
         );
     } else {
         println!(
@@ -82,12 +81,19 @@ pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
             "seeders", "leechers", "completed"
         );
         for (url, r) in &answers {
+            let url = crate::safe::escape(url);
             match r {
                 Ok(s) => println!(
                     "{:>8} {:>8} {:>9}  {url}",
                     s.seeders, s.leechers, s.completed
                 ),
-                Err(e) => println!("{:>8} {:>8} {:>9}  {url}: {e}", "-", "-", "-"),
+                Err(e) => println!(
+                    "{:>8} {:>8} {:>9}  {url}: {}",
+                    "-",
+                    "-",
+                    "-",
+                    crate::safe::escape(e)
+                ),
             }
         }
     }

@@ -87,11 +87,12 @@ pub fn run(args: &SeedArgs, stop: &StopFlag) -> Result<(), CliError> {
     match mode {
         Mode::Json => println!(
             "{}",
-            json!({"event": "done", "name": name, "uploaded": uploaded,
-                   "seconds": outcome.elapsed.as_secs_f64()})
+            crate::safe::json(&json!({"event": "done", "name": name, "uploaded": uploaded,
+                   "seconds": outcome.elapsed.as_secs_f64()}))
         ),
         Mode::Bar | Mode::Plain => eprintln!(
-            "{name}: seeding done, {} uploaded in {}",
+            "{}: seeding done, {} uploaded in {}",
+            crate::safe::escape(&name),
             units::bytes(uploaded),
             crate::progress::duration(outcome.elapsed)
         ),

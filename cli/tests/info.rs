@@ -255,3 +255,36 @@ fn magnet_info_without_metadata() {
     assert_eq!(v["name"], "demo");
     assert_eq!(v["trackers"][0][0], "udp://127.0.0.1:1");
 }
+
+/// A torrent whose name, file names, comment and trackers carry terminal escape sequences: `info`
+/// (text and JSON) and `scrape`-like outputs print them escaped, never raw.
+#[test]
+fn control_characters_from_a_torrent_never_reach_the_terminal() {
+    let evil = "x\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}1m\u{7f}\u{202e}";
+    let (meta, _) = hyperblow_tests::fixture::build_torrent(
+        &format!("name{evil}"),
+        &[(&format!("file{evil}.txt"), 100), ("ok.txt", 10)],
+        16384,
+        vec![vec![format!("http://127.0.0.1:1/{evil}")]],
+        |_, len| vec![1u8; len as usize],
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("evil.torrent");
+    std::fs::write(&path, meta.to_bytes()).expect("write");
+    let p = path.to_str().expect("utf-8");
+    for args in [vec!["info", p], vec!["info", "--json", p]] {
+        let out = hyperblow(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|c| (c.is_control() && *c != '\n') || ('\u{202a}'..='\u{202e}').contains(c))
+            .collect();
+        assert!(bad.is_empty(), "{args:?} printed {bad:?}:\n{text}");
+        assert!(text.contains("owned"), "{text}");
+    }
+}

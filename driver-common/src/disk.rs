@@ -136,7 +136,7 @@ pub(crate) fn prepare(
     if let Some(w) = &req.wanted_files {
         storage.set_wanted(w);
     }
-    let (have, start) = account(&storage, info, resume, progress)?;
+    let (have, start) = account(&storage, info, resume, req.force_check, progress)?;
     Ok(Prepared {
         storage,
         have,
@@ -151,19 +151,24 @@ pub(crate) fn anything_on_disk(storage: &Storage, resume: &Path) -> bool {
             .any(|i| storage.file_path(i).is_some_and(Path::exists))
 }
 
-/// Finds which pieces of `info` are already in `storage`: from a trustworthy resume file, else by
-/// re-hashing everything if any file exists (reporting `progress(checked, total)`). Creates the
-/// wanted zero-length files when nothing is left to download.
+/// Finds which pieces of `info` are already in `storage`: from a trustworthy resume file (unless
+/// `force_check`), else by re-hashing everything if any file exists (reporting
+/// `progress(checked, total)`). Creates the wanted zero-length files when nothing is left to
+/// download.
 pub(crate) fn account(
     storage: &Storage,
     info: &Info,
     resume: &Path,
+    force_check: bool,
     progress: impl Fn(u32, u32) + Sync,
 ) -> Result<(Option<Bitfield>, StartKind), StorageError> {
     let files = storage.layout().files().len();
     let info_hash = info.info_hash();
     let any_file = (0..files).any(|i| storage.file_path(i).is_some_and(Path::exists));
-    let (have, start) = if let Some(have) = storage.load_resume(resume, &info_hash) {
+    let resumed = (!force_check)
+        .then(|| storage.load_resume(resume, &info_hash))
+        .flatten();
+    let (have, start) = if let Some(have) = resumed {
         (Some(have), StartKind::Resumed)
     } else if any_file {
         let have = check_pieces(storage, |i| info.piece_hash(i), default_threads(), progress)?;
@@ -486,6 +491,48 @@ mod tests {
             offset,
             length,
         }
+    }
+
+    #[test]
+    fn force_check_hashes_the_data_instead_of_trusting_the_resume_file() {
+        let mut hasher = hyperblow_core::metainfo::TorrentBuilder::single_file("x", 3)
+            .piece_length(16384)
+            .start()
+            .unwrap();
+        hasher.update(b"abc").unwrap();
+        let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&hasher.finish().unwrap().bytes)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(
+            dir.path(),
+            meta.info.layout().clone(),
+            StorageConfig::default(),
+        )
+        .unwrap();
+        let written = storage
+            .write_piece(0, &[bytes::Bytes::from_static(b"abc")])
+            .unwrap();
+        assert_eq!(written, hyperblow_storage::PieceWrite::Stored);
+        // A valid resume file that vouches for nothing.
+        let resume = dir.path().join("x.resume");
+        save(
+            &storage,
+            &resume,
+            &meta.info_hash(),
+            &Bitfield::new(1),
+            true,
+        )
+        .unwrap();
+        let (have, start) = account(&storage, &meta.info, &resume, false, |_, _| {}).unwrap();
+        assert_eq!(
+            (have.map(|h| h.count_ones()), start),
+            (Some(0), StartKind::Resumed)
+        );
+        let (have, start) = account(&storage, &meta.info, &resume, true, |_, _| {}).unwrap();
+        assert_eq!(
+            (have.map(|h| h.count_ones()), start),
+            (Some(1), StartKind::Checked)
+        );
     }
 
     #[test]

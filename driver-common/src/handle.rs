@@ -73,6 +73,8 @@ pub struct AddTorrentRequest {
     pub peers: Vec<SocketAddr>,
     /// Add it paused (checked, but no connections until [`SessionHandle::resume`]).
     pub paused: bool,
+    /// Ignore the resume file and hash every piece on disk (a front end's "force re-check").
+    pub force_check: bool,
 }
 
 impl AddTorrentRequest {
@@ -84,6 +86,7 @@ impl AddTorrentRequest {
             wanted_files: None,
             peers: Vec::new(),
             paused: false,
+            force_check: false,
         }
     }
 
@@ -102,6 +105,13 @@ impl AddTorrentRequest {
     /// Add it paused.
     pub fn paused(mut self, paused: bool) -> Self {
         self.paused = paused;
+        self
+    }
+
+    /// Hash every piece already on disk even if a resume file vouches for them (remove the torrent
+    /// without deleting data, then add it again with this, to re-check it).
+    pub fn force_check(mut self, force: bool) -> Self {
+        self.force_check = force;
         self
     }
 }

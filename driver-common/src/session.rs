@@ -1017,7 +1017,7 @@ impl<R: Runtime> Session<R> {
                     }));
                 }
             };
-            let result = disk::account(&storage, &info, &resume_path, progress);
+            let result = disk::account(&storage, &info, &resume_path, false, progress);
             let _ = ctl.unbounded_send(Ctl::MagnetChecked(id, result));
         });
     }

@@ -346,6 +346,11 @@ pub struct TorrentStats {
     pub eta: Option<Duration>,
     /// Verified pieces (all pieces, selected or not).
     pub have: Bitfield,
+    /// Pieces being fetched now (a block requested or received, not yet verified), ascending.
+    pub in_flight: Vec<u32>,
+    /// How many connected peers have each piece (seeds included, saturating at `u16::MAX`); empty
+    /// until the metadata is known. For a front end's piece map.
+    pub availability: Vec<u16>,
     /// Per peer.
     pub peer_list: Vec<PeerStats>,
     /// Per tracker.

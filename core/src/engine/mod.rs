@@ -892,6 +892,16 @@ impl Engine {
                 .picker
                 .as_ref()
                 .map_or_else(|| Bitfield::new(0), |p| p.have().clone()),
+            in_flight: t.picker.as_ref().map_or_else(Vec::new, |p| {
+                let mut v: Vec<u32> = p.partial_pieces().collect();
+                v.sort_unstable();
+                v
+            }),
+            availability: t.picker.as_ref().map_or_else(Vec::new, |p| {
+                (0..p.have().len())
+                    .map(|i| u16::try_from(p.availability(i)).unwrap_or(u16::MAX))
+                    .collect()
+            }),
             peer_list,
             trackers: t.policy.tracker_status(now),
             files,

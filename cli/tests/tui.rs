@@ -1,0 +1,268 @@
+//! End-to-end test of `hyperblow tui` in a real pseudo-terminal (tmux), on both runtimes: start it
+//! with a torrent served by a local seeder, uncheck a file in the Files tab, let it complete, check
+//! the files on disk, quit, reopen it on the same state directory and see the torrent seeding again
+//! from its resume data, without a re-check.
+//!
+//! tmux runs on its own socket (`-L`), and is stopped (`kill-server`) when the test ends.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{bin, fixture, s, start_seeder, DONE_WITHIN};
+
+/// A tmux server with one session running one command in a 100x30 terminal.
+struct Tmux {
+    socket: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Tmux {
+    /// Runs `args` (the `hyperblow` binary's arguments) in a new tmux session. The shell prints
+    /// `EXIT=<code>` when it exits and then waits, so the screen can still be read.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Tmux {
+        let socket = format!(
+            "hb-tui-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let quoted: Vec<String> = std::iter::once(bin())
+            .chain(args.iter().copied())
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        // The TUI is bounded by `timeout`; the shell lingers a little for the final screen.
+        let script = format!(
+            "timeout --foreground 120 {}; echo EXIT=$?; sleep 30",
+            quoted.join(" ")
+        );
+        let mut cmd = Command::new("tmux");
+        cmd.args([
+            "-L",
+            &socket,
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "hb",
+        ])
+        .args(["-x", "100", "-y", "30", "sh", "-c", &script])
+        .env("RUST_LOG", "warn")
+        .env_remove("NO_COLOR")
+        .env_remove("TMUX");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .output()
+            .expect("tmux runs (install the Debian package tmux)");
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmux { socket }
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The screen's text now.
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "hb"])
+    }
+
+    /// Types keys (tmux key names, e.g. `Enter`, `Down`, `Space`, or literal characters).
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.tmux(&["send-keys", "-t", "hb", k]);
+        }
+    }
+
+    /// Waits until the screen satisfies `ok`, returning it; panics with the screen on timeout.
+    fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            if start.elapsed() > DONE_WITHIN {
+                panic!("timed out waiting for {what}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+/// The list row of the torrent named `name`, if shown.
+fn row<'a>(screen: &'a str, name: &str) -> Option<&'a str> {
+    screen.lines().find(|l| l.starts_with(name))
+}
+
+fn end_to_end(runtime: &str) {
+    let name = format!("tui-{runtime}");
+    // Layout order: a.bin, c.txt, skip/b.bin; 64 KiB pieces. b.bin covers bytes 305000..905000:
+    // pieces 5..=13 lie wholly inside it, piece 4 straddles c.txt and b.bin.
+    let fx = fixture(
+        &name,
+        &[
+            ("a.bin", 300_000),
+            ("c.txt", 5_000),
+            ("skip/b.bin", 600_000),
+        ],
+        65_536,
+        &[],
+        if runtime == "tokio" { 17 } else { 18 },
+    );
+    let (seeder, added) = start_seeder(&fx, runtime, None);
+    let listen = added["listen"].as_str().expect("listen address").to_owned();
+    let out = fx.dir.path().join("out");
+    let state = fx.dir.path().join("state");
+
+    let tui = Tmux::start(
+        &[
+            "tui",
+            s(&fx.torrent),
+            "-o",
+            s(&out),
+            "--state-dir",
+            s(&state),
+            "--runtime",
+            runtime,
+            "--bind",
+            "127.0.0.1",
+            "--peer",
+            &listen,
+            "--paused",
+        ],
+        &[],
+    );
+    tui.wait("the torrent, paused", |sc| {
+        row(sc, &name).is_some_and(|r| r.contains("Paused"))
+    });
+    // Files tab, focus it, uncheck the skip/ directory (rows: tui-x/, a.bin, c.txt, skip/, b.bin).
+    tui.keys(&["2", "Enter", "Down", "Down", "Down", "Space"]);
+    tui.wait("skip/ unchecked", |sc| {
+        sc.contains("[ ] skip/") && sc.contains("[ ] b.bin")
+    });
+    // Back to the list and resume.
+    tui.keys(&["Escape", "p"]);
+    let screen = tui.wait("the download to complete", |sc| {
+        row(sc, &name).is_some_and(|r| r.contains("Seeding"))
+    });
+    assert!(screen.contains("[x] a.bin"), "{screen}");
+
+    // On disk: the wanted files byte for byte; of b.bin at most what piece 4 brought.
+    let want = hyperblow_tests::fixture::tree(
+        &[
+            ("a.bin", 300_000),
+            ("c.txt", 5_000),
+            ("skip/b.bin", 600_000),
+        ],
+        if runtime == "tokio" { 17 } else { 18 },
+    );
+    let dl = out.join(&name);
+    hyperblow_tests::fixture::assert_file(&dl, &want[0]);
+    hyperblow_tests::fixture::assert_file(&dl, &want[1]);
+    assert_partial(&dl.join("skip").join("b.bin"), 327_680 - 305_000);
+
+    // Quit: a clean exit.
+    tui.keys(&["q"]);
+    let screen = tui.wait("the exit", |sc| sc.contains("EXIT="));
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    drop(tui);
+    seeder.stop();
+
+    // A truncated record of another torrent: reported, and the rest still loads.
+    let bogus = state
+        .join("torrents")
+        .join(format!("{}.json", "ab".repeat(20)));
+    std::fs::write(&bogus, b"{\"output_dir\": \"/nowh").expect("write a broken record");
+
+    // Reopen on the same state directory only: the torrent comes back, seeding, from its resume
+    // data (no re-check), with its file selection.
+    let tui = Tmux::start(
+        &[
+            "tui",
+            "--state-dir",
+            s(&state),
+            "--runtime",
+            runtime,
+            "--bind",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    let screen = tui.wait("the torrent seeding again", |sc| {
+        row(sc, &name).is_some_and(|r| r.contains("Seeding"))
+    });
+    assert!(
+        screen.contains("Data: from resume data (no re-check)"),
+        "{screen}"
+    );
+    assert!(!screen.contains("Check"), "{screen}");
+    assert!(screen.contains("state: skipped"), "{screen}");
+    assert!(screen.contains("abababab"), "{screen}");
+    tui.keys(&["2"]);
+    tui.wait("the selection kept", |sc| {
+        sc.contains("[ ] b.bin") && sc.contains("[x] a.bin")
+    });
+    tui.keys(&[":", "q", "Enter"]);
+    let screen = tui.wait("the exit", |sc| sc.contains("EXIT="));
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    // The state directory holds the torrent's record and metainfo, and the log.
+    let ih = fx.meta.info_hash().to_hex();
+    assert!(state.join("torrents").join(format!("{ih}.json")).exists());
+    assert!(state
+        .join("torrents")
+        .join(format!("{ih}.torrent"))
+        .exists());
+}
+
+/// An unchecked file is absent, or holds nothing past its first `allowed` bytes (the part of a
+/// piece it shares with a wanted file).
+fn assert_partial(path: &Path, allowed: usize) {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("{}: {e}", path.display()),
+        Ok(data) => {
+            let extra = data.iter().skip(allowed).filter(|b| **b != 0).count();
+            assert_eq!(
+                extra,
+                0,
+                "{} holds {} bytes, {extra} non-zero past the shared piece",
+                path.display(),
+                data.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn tui_end_to_end_tokio() {
+    end_to_end("tokio");
+}
+
+#[test]
+fn tui_end_to_end_async_std() {
+    end_to_end("async-std");
+}
