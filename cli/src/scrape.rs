@@ -29,7 +29,8 @@ pub struct ScrapeArgs {
 }
 
 /// Runs `hyperblow scrape`. A torrent without trackers is bad input; trackers that fail are listed
-/// with their error (the command still succeeds if at least one answered).
+/// with their error (the command still succeeds if at least one answered). A tracker that answered
+/// without listing the torrent (not registered there) counts as an answer of zeros.
 pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
     let meta = load_torrent(&args.torrent)?;
     if meta.trackers.iter().flatten().next().is_none() {
@@ -83,6 +84,10 @@ pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
         );
         for (url, r) in &answers {
             match r {
+                Ok(s) if s.seeders == 0 && s.leechers == 0 && s.completed == 0 => println!(
+                    "{:>8} {:>8} {:>9}  {url} (no peers: not registered there yet)",
+                    0, 0, 0
+                ),
                 Ok(s) => println!(
                     "{:>8} {:>8} {:>9}  {url}",
                     s.seeders, s.leechers, s.completed

@@ -366,3 +366,35 @@ fn seed_to_libtorrent_torrent_file_via_http_tracker_tokio() {
 fn seed_to_libtorrent_magnet_via_udp_tracker_async_std() {
     seed_to_libtorrent("udp", "async-std", true, 402);
 }
+
+/// `hyperblow scrape` of a torrent opentracker has not seen: over HTTP it answers `d5:filesdee`
+/// (no entry for the torrent). That is an answer: zero counters and exit 0, not "no tracker
+/// answered" and exit 5. Over UDP it answers zeros for the hash; same output.
+#[test]
+fn scrape_of_an_unregistered_torrent_reports_zeros_and_succeeds() {
+    if !tools_present() {
+        return;
+    }
+    for kind in ["http", "udp"] {
+        let (_tracker, fx, url) = tracker_and_fixture(kind, 403);
+        let out = std::process::Command::new(common::bin())
+            .args(["scrape", "--json", "--timeout", "30s", s(&fx.torrent.path)])
+            .output()
+            .expect("run hyperblow scrape");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{kind}: stdout {stdout}\nstderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(&stdout).expect("scrape --json is JSON");
+        let t = &v["trackers"][0];
+        assert_eq!(t["url"], url.as_str(), "{v}");
+        assert_eq!(
+            (&t["seeders"], &t["leechers"], &t["completed"]),
+            (&Value::from(0), &Value::from(0), &Value::from(0)),
+            "{kind}: {v}"
+        );
+    }
+}

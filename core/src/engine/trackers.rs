@@ -63,6 +63,15 @@ pub(crate) type TrackerResult = (
     Result<AnnounceResponse, String>,
 );
 
+/// The counters of `wanted` in a scrape answer. A tracker that answered but does not list the torrent
+/// (opentracker says `d5:filesdee` for one it has not seen) knows no peer of it: zero everywhere.
+fn counters_of(list: Vec<(InfoHash, ScrapeStats)>, wanted: Option<InfoHash>) -> ScrapeStats {
+    list.into_iter()
+        .find(|(h, _)| Some(*h) == wanted)
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+}
+
 /// The outcome of one scrape: torrent, tracker URL, counters or why there are none.
 pub(crate) type ScrapeResult = (TorrentId, String, Result<ScrapeStats, String>);
 
@@ -470,13 +479,7 @@ impl TrackerGlue {
                         let wanted = origin.scrape;
                         let result = match result {
                             Err(e) => Err(e.to_string()),
-                            Ok(list) => list
-                                .into_iter()
-                                .find(|(h, _)| Some(*h) == wanted)
-                                .map(|(_, s)| s)
-                                .ok_or_else(|| {
-                                    "tracker sent no counters for the torrent".to_owned()
-                                }),
+                            Ok(list) => Ok(counters_of(list, wanted)),
                         };
                         self.scrape_results
                             .push_back((origin.torrent, origin.url, result));
@@ -563,11 +566,7 @@ impl TrackerGlue {
                 let wanted = req.origin.scrape;
                 let result = match parse_scrape_response(&body) {
                     Err(e) => Err(e.to_string()),
-                    Ok(list) => list
-                        .into_iter()
-                        .find(|(h, _)| Some(*h) == wanted)
-                        .map(|(_, s)| s)
-                        .ok_or_else(|| "tracker sent no counters for the torrent".to_owned()),
+                    Ok(list) => Ok(counters_of(list, wanted)),
                 };
                 self.scrape_results
                     .push_back((req.origin.torrent, req.origin.url, result));
