@@ -329,7 +329,7 @@ pub fn bar_line(label: &str, fraction: f64, msg: &str, width: usize) -> String {
             bar.push_str(&" ".repeat(bar_w - filled - 1));
         }
         format!("{label} [{bar}] {pct} ")
-    } else if label_w + 1 + pct.len() + 1 <= width {
+    } else if label_w + 1 + pct.len() < width {
         format!("{label} {pct} ")
     } else {
         format!("{pct} ")
