@@ -15,6 +15,7 @@ pub mod magnet;
 pub mod metainfo;
 pub mod peer;
 pub mod picker;
+pub mod ratelimit;
 pub mod rng;
 pub mod time;
 pub mod tracker;
