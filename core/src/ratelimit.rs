@@ -117,9 +117,30 @@ impl TokenBucket {
         }
     }
 
+    /// Whole tokens held now (`u64::MAX` when unlimited, 0 in debt).
+    pub fn available(&mut self, now: Instant) -> u64 {
+        self.refill(now);
+        if self.rate == 0 {
+            u64::MAX
+        } else {
+            u64::try_from(self.tokens).unwrap_or(0)
+        }
+    }
+
+    /// Gives back `bytes` taken but not used (up to the capacity).
+    pub fn refund(&mut self, now: Instant, bytes: u64) {
+        self.refill(now);
+        if self.rate != 0 {
+            let b = i64::try_from(bytes).unwrap_or(i64::MAX);
+            self.tokens = self.tokens.saturating_add(b).min(self.cap_i64());
+        }
+    }
+
     /// When a take of `bytes` can pass (`now` if it can already, or the bucket is unlimited).
     pub fn ready_at(&mut self, now: Instant, bytes: u64) -> Instant {
         self.refill(now);
+        // A caller with a stale clock still gets a deadline after the latest refill.
+        let now = now.max(self.last);
         let missing = self.needed(bytes).saturating_sub(self.tokens);
         if self.rate == 0 || missing <= 0 {
             return now;
@@ -207,6 +228,24 @@ impl<T: Ord + Copy, K: Ord + Copy> Limiter<T, K> {
         self.torrents.remove(&torrent);
         self.queue.retain(|(_, t, _)| *t != torrent);
         self.retry_pos = 0;
+    }
+
+    /// Returns `bytes` taken by `try_take` but not used (to both buckets, up to their capacity).
+    pub fn refund(&mut self, now: Instant, torrent: T, bytes: u64) {
+        self.global.refund(now, bytes);
+        if let Some(b) = self.torrents.get_mut(&torrent) {
+            b.refund(now, bytes);
+        }
+    }
+
+    /// The tokens both buckets of `torrent` hold now (`u64::MAX` when nothing limits it): how much a
+    /// caller may hope to take right away.
+    pub fn available(&mut self, now: Instant, torrent: T) -> u64 {
+        let mut a = self.global.available(now);
+        if let Some(b) = self.torrents.get_mut(&torrent) {
+            a = a.min(b.available(now));
+        }
+        a
     }
 
     /// Forgets a connection that closed or no longer wants anything.

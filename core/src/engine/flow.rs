@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::picker::BLOCK_SIZE;
+
 use super::ext::UNKNOWN_LEFT;
 use super::*;
 
@@ -418,9 +420,29 @@ impl Engine {
         if !running || !c.session.is_established() || picker.is_complete() {
             return;
         }
-        let n = c.session.wanted_requests(now);
+        let mut n = c.session.wanted_requests(now);
         if n == 0 {
             return;
+        }
+        // Rate limit: one block's tokens up front (or wait in the queue), more as the buckets hold.
+        let Some(tid) = c.torrent else {
+            return;
+        };
+        let limited = self.limits.download.is_limited(tid);
+        if limited {
+            if !self
+                .limits
+                .download
+                .try_take(now, id, tid, u64::from(BLOCK_SIZE))
+            {
+                return;
+            }
+            let more = self.limits.download.available(now, tid) / u64::from(BLOCK_SIZE);
+            n = n.min(
+                usize::try_from(more)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1),
+            );
         }
         let key = c.key;
         let masked;
@@ -462,8 +484,17 @@ impl Engine {
             }
             picks
         };
+        let mut prepaid = limited;
+        let mut short = false;
         for b in picks {
-            if c.session.request(now, b).is_err() {
+            if limited && !std::mem::take(&mut prepaid) {
+                short = short
+                    || !self
+                        .limits
+                        .download
+                        .try_take(now, id, tid, u64::from(b.length));
+            }
+            if short || c.session.request(now, b).is_err() {
                 picker.request_cancelled(key, b);
                 continue;
             }
@@ -476,6 +507,10 @@ impl Engine {
                     stage: PieceStage::Assembling,
                 });
             }
+        }
+        if prepaid {
+            // Nothing to request after all.
+            self.limits.download.refund(now, tid, u64::from(BLOCK_SIZE));
         }
     }
 
@@ -521,9 +556,18 @@ impl Engine {
             return;
         };
         while c.outbound_bytes() < READ_AHEAD {
-            let Some(block) = c.read_queue.pop_front() else {
+            let Some(&block) = c.read_queue.front() else {
                 break;
             };
+            if self.limits.upload.is_limited(tid)
+                && !self
+                    .limits
+                    .upload
+                    .try_take(self.last_now, id, tid, u64::from(block.length))
+            {
+                break;
+            }
+            c.read_queue.pop_front();
             c.reading_bytes += block.length as usize;
             issue.push(block);
         }
@@ -549,6 +593,7 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        self.limits.forget_conn(id);
         if let Some(t) = c.timer {
             self.timers.remove(&(t, id));
         }

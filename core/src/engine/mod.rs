@@ -21,6 +21,7 @@ pub mod io;
 mod conn;
 mod ext;
 mod flow;
+mod limits;
 mod scrape;
 mod torrent;
 mod trackers;
@@ -215,6 +216,8 @@ pub struct Engine {
     dial_due: Option<Instant>,
     /// Host-name lookups for magnet `x.pe` peer hints: the torrent they are for.
     peer_resolves: BTreeMap<ResolveId, TorrentId>,
+    /// Download and upload rate limits (`limits.rs`).
+    limits: limits::EngineLimits,
 }
 
 impl std::fmt::Debug for Engine {
@@ -260,6 +263,7 @@ impl Engine {
             dial_dirty: false,
             dial_due: None,
             peer_resolves: BTreeMap::new(),
+            limits: limits::EngineLimits::new(now),
         }
     }
 
@@ -425,6 +429,7 @@ impl Engine {
             return;
         }
         self.close_torrent_conns(now, torrent, "torrent removed");
+        self.limits.forget_torrent(torrent);
         if let Some(mut t) = self.torrents.remove(&torrent) {
             t.policy.stop(now);
             self.release_pending(t.pending_bytes());
@@ -751,6 +756,7 @@ impl Engine {
         self.trackers
             .handle_timeout(now, &mut self.outputs, &mut self.next_conn);
         self.ext_handle_timeout(now);
+        self.wake_limited(now);
         for t in self.torrents.values_mut() {
             if t.choker.poll_timeout().is_some_and(|d| d <= now) {
                 t.choke_dirty = true;
@@ -787,6 +793,7 @@ impl Engine {
         }
         consider(self.trackers.poll_timeout());
         consider(self.ext_poll_timeout());
+        consider(self.limits.poll_timeout());
         if self.shutdown_deadline.is_none() {
             consider(self.dial_due);
         }

@@ -1806,3 +1806,6 @@ fn a_failed_piece_is_fetched_again_from_a_peer_that_sent_none_of_it() {
     assert_eq!(bans, vec![addr(200, 5000)]);
     assert_eq!(raw.disk.get(&(t, 0)).map(|d| d.to_vec()), Some(content));
 }
+
+#[path = "tests_limits.rs"]
+mod limits;
