@@ -66,6 +66,13 @@ pub struct NetArgs {
     /// Most peers to be connected to at once for the torrent.
     #[arg(long, value_name = "N")]
     pub max_peers: Option<usize>,
+    /// Session-wide download limit: bytes per second, or with a unit (500KiB, 20MiB, 1.5MB); 0 is
+    /// unlimited.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = crate::units::parse_rate)]
+    pub max_download_rate: u64,
+    /// Session-wide upload limit, same units as --max-download-rate; 0 is unlimited.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = crate::units::parse_rate)]
+    pub max_upload_rate: u64,
 }
 
 impl NetArgs {
@@ -91,6 +98,10 @@ impl NetArgs {
         if let Some(n) = self.max_peers {
             config.engine.max_peers_per_torrent = n.max(1);
         }
+        config.rate_limits = hyperblow_driver::RateLimits {
+            download: self.max_download_rate,
+            upload: self.max_upload_rate,
+        };
         config
     }
 }

@@ -14,6 +14,7 @@ use futures::Stream;
 use hyperblow_core::engine::{AddError, EngineConfig, Event, TorrentId, TorrentStats};
 use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::metainfo::Metainfo;
+use hyperblow_core::ratelimit::RateLimits;
 use hyperblow_core::tracker::ScrapeStats;
 use hyperblow_core::{InfoHash, PeerId};
 use hyperblow_storage::{StorageConfig, StorageError, StorageErrorKind};
@@ -42,6 +43,9 @@ pub struct SessionConfig {
     pub resume_interval: Duration,
     /// Per-torrent storage tunables.
     pub storage: StorageConfig,
+    /// Session-wide download and upload limits from the start (default unlimited); change them later
+    /// with [`SessionHandle::set_rate_limits`].
+    pub rate_limits: RateLimits,
 }
 
 impl Default for SessionConfig {
@@ -56,6 +60,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             resume_interval: Duration::from_secs(1),
             storage: StorageConfig::default(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -297,6 +302,7 @@ pub(crate) enum Command {
     Remove(TorrentId, bool, Reply<()>),
     SetFiles(TorrentId, Vec<bool>, Reply<()>),
     AddPeer(TorrentId, SocketAddr, Reply<()>),
+    SetRateLimits(Option<TorrentId>, RateLimits, Reply<()>),
     Stats(Reply<Vec<TorrentStats>>),
     Scrape(TorrentId, Reply<Vec<ScrapeAnswer>>),
     Subscribe(mpsc::Sender<SessionEvent>),
@@ -501,6 +507,12 @@ impl SessionHandle {
     /// Adds a peer address to try for a torrent.
     pub fn add_peer(&self, torrent: TorrentId, addr: SocketAddr) -> Pending<()> {
         self.ask(|r| Command::AddPeer(torrent, addr, r))
+    }
+
+    /// Sets the download and upload limits (payload bytes per second, 0: unlimited) of the whole
+    /// session (`torrent: None`) or of one torrent; effective at once.
+    pub fn set_rate_limits(&self, torrent: Option<TorrentId>, limits: RateLimits) -> Pending<()> {
+        self.ask(|r| Command::SetRateLimits(torrent, limits, r))
     }
 
     /// A fresh snapshot of every torrent (progress, rates, peers, trackers, files), in id order.

@@ -101,4 +101,5 @@ pub mod engine {
     };
 }
 
+pub use hyperblow_core::ratelimit::RateLimits;
 pub use hyperblow_storage::{StorageConfig, StorageErrorKind};

@@ -218,11 +218,12 @@ pub fn prepare_session<R: Runtime>(
 
     config.engine.listen_port = listen_addr.port();
     let origin = StdInstant::now();
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         config.engine.clone(),
         config.seed.unwrap_or_else(os_seed),
         Instant::ZERO,
     );
+    engine.set_rate_limits(Instant::ZERO, None, config.rate_limits);
     let (cmd_tx, cmd_rx) = mpsc::unbounded();
     let (ctl_tx, ctl_rx) = mpsc::unbounded();
     let (net_tx, net_rx) = mpsc::channel(64);
@@ -808,6 +809,14 @@ impl<R: Runtime> Session<R> {
                     Some(m) if m.checking.is_some() => m.want_paused = false,
                     _ => self.engine.resume(now, id),
                 });
+                let _ = reply.send(r);
+            }
+            Command::SetRateLimits(torrent, limits, reply) => {
+                let r = match torrent {
+                    Some(id) => self.known(id),
+                    None => Ok(()),
+                }
+                .map(|()| self.engine.set_rate_limits(now, torrent, limits));
                 let _ = reply.send(r);
             }
             Command::AddPeer(id, addr, reply) => {
