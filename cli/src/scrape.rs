@@ -1,6 +1,6 @@
 //! `hyperblow scrape`: seeders, leechers and completed downloads of a torrent, per tracker.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,7 +43,8 @@ pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
     // is an empty temporary one), only the scrape.
     let scratch = tempfile::tempdir().map_err(|e| CliError::Internal(format!("temp dir: {e}")))?;
     let config = SessionConfig {
-        bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        // Both families: IPv6 trackers too.
+        bind_addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         resume_dir: Some(scratch.path().to_path_buf()),
         ..SessionConfig::default()
     };

@@ -2,7 +2,7 @@
 //! torrent (showing the check of existing data), show progress until the goal is met, then shut down
 //! cleanly (trackers told `stopped`, files flushed, resume state saved) and report what happened.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -57,8 +57,9 @@ pub struct NetArgs {
     /// TCP port to accept peers on (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen and send from.
-    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Local address to listen and send from. The default `::` listens on every address of both
+    /// IPv4 and IPv6 (same port); `0.0.0.0` is IPv4 only.
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
     pub bind: IpAddr,
     /// A peer to connect to besides those the trackers give (HOST:PORT); repeat for more.
     #[arg(long = "peer", value_name = "HOST:PORT")]

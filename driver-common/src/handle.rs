@@ -2,7 +2,7 @@
 //! thread, whichever runtime runs it.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,12 +21,15 @@ use hyperblow_storage::{StorageConfig, StorageError, StorageErrorKind};
 
 use crate::block::block_on;
 
-/// How a session is set up. [`SessionConfig::default`] listens on a free port on every IPv4 address.
+/// How a session is set up. [`SessionConfig::default`] listens on a free port on every address of
+/// both families.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// TCP port to accept peers on; 0 picks a free one (see [`SessionHandle::listen_addr`]).
     pub listen_port: u16,
-    /// Address to bind the TCP listener and the UDP socket to (default `0.0.0.0`; tests use 127.0.0.1).
+    /// Address to bind the TCP listener and the UDP socket to. The default `::` listens on every
+    /// address of both families (one dual-stack socket each, IPv4 peers on the same port; `0.0.0.0`
+    /// if the host has no IPv6); `0.0.0.0` is IPv4 only; tests use 127.0.0.1 or ::1.
     pub bind_addr: IpAddr,
     /// The engine's tunables. Its `listen_port` is replaced by the port actually bound.
     pub engine: EngineConfig,
@@ -52,7 +55,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             listen_port: 0,
-            bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind_addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             engine: EngineConfig::default(),
             resume_dir: None,
             worker_threads: 0,

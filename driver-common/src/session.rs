@@ -198,8 +198,7 @@ pub fn prepare_session<R: Runtime>(
         addr: tcp_addr,
         source,
     };
-    let std_listener = std::net::TcpListener::bind(tcp_addr).map_err(listen_err)?;
-    std_listener.set_nonblocking(true).map_err(listen_err)?;
+    let std_listener = crate::bind::tcp_listener(tcp_addr).map_err(listen_err)?;
     let listen_addr = std_listener.local_addr().map_err(listen_err)?;
     let listener = rt.tcp_listener(std_listener).map_err(listen_err)?;
     let udp_addr = SocketAddr::new(config.bind_addr, 0);
@@ -207,8 +206,8 @@ pub fn prepare_session<R: Runtime>(
         addr: udp_addr,
         source,
     };
-    let std_udp = std::net::UdpSocket::bind(udp_addr).map_err(udp_err)?;
-    std_udp.set_nonblocking(true).map_err(udp_err)?;
+    let std_udp = crate::bind::udp_socket(udp_addr).map_err(udp_err)?;
+    let udp_local = std_udp.local_addr().map_err(udp_err)?;
     let udp = rt.udp_socket(std_udp).map_err(udp_err)?;
     let threads = match config.worker_threads {
         0 => hyperblow_storage::default_threads(),
@@ -247,7 +246,7 @@ pub fn prepare_session<R: Runtime>(
         Arc::clone(&udp),
         net_tx.clone(),
     )));
-    spawn_bg(Box::pin(tasks::udp_send_task::<R>(udp, udp_rx)));
+    spawn_bg(Box::pin(tasks::udp_send_task::<R>(udp, udp_local, udp_rx)));
 
     let session = Session {
         rt,
