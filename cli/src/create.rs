@@ -145,7 +145,7 @@ impl Content<'_> {
             };
             let n = file
                 .read(&mut buf[got..])
-                .map_err(|e| CliError::input(*path, e))?;
+                .map_err(|e| CliError::input(path, e))?;
             if n == 0 {
                 self.file = None;
             }
