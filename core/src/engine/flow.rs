@@ -1096,15 +1096,21 @@ impl Engine {
                 self.shut_down = true;
             }
         }
-        // Torrents touched during the upkeep keep their mark: what it set waits for the next one,
-        // as it would have in a scan. Their deadlines are refiled now.
+        // Everything the upkeep looked at gets its deadlines refiled. Its own accesses marked those
+        // torrents again; only the ones left with work (a flag set after their turn) stay marked for
+        // the next upkeep, as they would have been found by a scan. The rest is done until an input
+        // or a deadline touches it again.
         let refile = self.upkeep_set(&work);
         self.refile_timers(&refile);
+        for tid in self.torrents.take_touched() {
+            if self.torrents.get(&tid).is_some_and(Torrent::has_upkeep) {
+                self.torrents.mark(&tid);
+            }
+        }
         #[cfg(debug_assertions)]
         for (id, t) in self.torrents.iter() {
             debug_assert!(
-                self.torrents.is_touched(id)
-                    || (!t.refill && !(t.pex_dirty && t.is_running() && !t.private)),
+                self.torrents.is_touched(id) || !t.has_upkeep(),
                 "torrent {id:?} has upkeep to do but is not marked for it"
             );
         }

@@ -64,6 +64,11 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
         Some(v)
     }
 
+    /// Marks a key as touched (work found for it that waits for the next upkeep).
+    pub fn mark(&mut self, k: &K) {
+        let _ = self.get_mut(k);
+    }
+
     /// Whether the key is present.
     pub fn contains_key(&self, k: &K) -> bool {
         self.map.contains_key(k)
