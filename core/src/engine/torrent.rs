@@ -297,6 +297,12 @@ impl Torrent {
         self.picker.as_ref().is_some_and(|p| p.have().all())
     }
 
+    /// Whether the engine's upkeep has work for it: requests to refill, a rechoke, PEX to look at.
+    pub fn has_upkeep(&self) -> bool {
+        let active = self.is_running();
+        self.refill || (self.choke_dirty && active) || (self.pex_dirty && active && !self.private)
+    }
+
     /// Whether peers, trackers and jobs are active.
     pub fn is_running(&self) -> bool {
         self.run == RunState::Running
