@@ -1,15 +1,19 @@
 //! `hyperblow create`: make a .torrent from a file or a directory.
 //!
 //! The core's builder is sans-IO; this module walks the file system, hands the builder the file list,
-//! and streams the content to it in the builder's order.
+//! reads the content in the builder's order and hashes its pieces on every core (batches of whole
+//! pieces: while the worker threads hash one batch, this thread reads the next), handing the
+//! hashes to the builder in piece order, so the bytes are those of a one-core run.
 
 use std::fs::File;
 use std::io::Read;
+
+use sha1::{Digest, Sha1};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use hyperblow_core::metainfo::{BuiltTorrent, TorrentBuilder};
+use hyperblow_core::metainfo::{BuiltTorrent, PieceHasher, TorrentBuilder};
 
 use crate::error::CliError;
 use crate::units;
@@ -107,23 +111,119 @@ pub fn build(args: &CreateArgs) -> Result<(BuiltTorrent, u64), CliError> {
         })
         .collect();
     let total = hasher.layout().total_length();
-    let mut buf = vec![0u8; 1 << 20];
-    for path in &paths {
-        let mut file = File::open(path).map_err(|e| CliError::input(path, e))?;
-        loop {
-            let n = file.read(&mut buf).map_err(|e| CliError::input(path, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher
-                .update(&buf[..n])
-                .map_err(|e| CliError::input(path, e))?;
-        }
-    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    hash_parallel(&mut hasher, &paths, threads, BATCH_BYTES)?;
     let built = hasher.finish().map_err(|e| {
         CliError::input(root, format!("{e} (did a file change while it was read?)"))
     })?;
     Ok((built, total))
+}
+
+/// The content of the torrent's files back to back, read in order.
+struct Content<'a> {
+    paths: &'a [PathBuf],
+    next: usize,
+    file: Option<(File, &'a Path)>,
+}
+
+impl Content<'_> {
+    /// Fills `buf` as far as the content goes; returns how many bytes (less than `buf.len()` only
+    /// at the end).
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, CliError> {
+        let mut got = 0;
+        while got < buf.len() {
+            let (file, path) = match &mut self.file {
+                Some(f) => f,
+                None => {
+                    let Some(path) = self.paths.get(self.next) else {
+                        break;
+                    };
+                    self.next += 1;
+                    let file = File::open(path).map_err(|e| CliError::input(path, e))?;
+                    self.file.insert((file, path))
+                }
+            };
+            let n = file
+                .read(&mut buf[got..])
+                .map_err(|e| CliError::input(path, e))?;
+            if n == 0 {
+                self.file = None;
+            }
+            got += n;
+        }
+        Ok(got)
+    }
+}
+
+/// Bytes read per batch at most (whole pieces; at least one piece).
+const BATCH_BYTES: usize = 32 << 20;
+
+/// Reads the files at `paths` (the layout's order) and feeds `hasher` every piece's SHA-1, hashed
+/// on `threads` threads, about `batch_bytes` at a time.
+fn hash_parallel(
+    hasher: &mut PieceHasher,
+    paths: &[PathBuf],
+    threads: usize,
+    batch_bytes: usize,
+) -> Result<(), CliError> {
+    let piece = hasher.layout().piece_length() as usize;
+    let total = hasher.layout().total_length();
+    let batch = (batch_bytes / piece).max(1) * piece;
+    let mut content = Content {
+        paths,
+        next: 0,
+        file: None,
+    };
+    let mut read = 0u64;
+    let mut current = vec![0u8; batch];
+    let mut next = vec![0u8; batch];
+    let mut len = content.fill(&mut current)?;
+    let grown = |root: &Path| {
+        CliError::input(
+            root,
+            "a file grew while it was read (more content than when the torrent was laid out)",
+        )
+    };
+    let root = paths.first().map_or(Path::new("."), PathBuf::as_path);
+    while len > 0 {
+        read += len as u64;
+        if read > total {
+            return Err(grown(root));
+        }
+        let data = &current[..len];
+        let (hashes, next_len) = std::thread::scope(|scope| {
+            let per = data.len().div_ceil(piece).div_ceil(threads).max(1) * piece;
+            let workers: Vec<_> = data
+                .chunks(per)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.chunks(piece)
+                            .map(|p| (p.len() as u64, <[u8; 20]>::from(Sha1::digest(p))))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            // Meanwhile: the next batch.
+            let next_len = if len == batch {
+                content.fill(&mut next)
+            } else {
+                Ok(0)
+            };
+            let hashes: Vec<(u64, [u8; 20])> = workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect();
+            (hashes, next_len)
+        });
+        for (n, h) in hashes {
+            hasher
+                .push_piece_hash(n, h)
+                .map_err(|e| CliError::input(root, e))?;
+        }
+        std::mem::swap(&mut current, &mut next);
+        len = next_len?;
+    }
+    Ok(())
 }
 
 /// Collects regular files below `dir` as (path components relative to the torrent root, length).
@@ -152,4 +252,75 @@ fn walk(
         prefix.pop();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parallel hashing gives the bytes of a one-thread streamed hash, for any thread count, with
+    /// pieces straddling files, an empty file and a short last piece, and batches from one piece
+    /// to more than the whole content.
+    #[test]
+    fn every_thread_count_makes_the_same_torrent() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let files: [(&str, usize); 4] = [
+            ("a.bin", 1_000_003),
+            ("sub/empty", 0),
+            ("sub/b.bin", 3_333_333),
+            ("z.txt", 17),
+        ];
+        let mut x = 12345u32;
+        for (name, len) in files {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            std::fs::write(root.join(name), data).unwrap();
+        }
+        let args = CreateArgs {
+            path: root.clone(),
+            output: dir.path().join("out.torrent"),
+            trackers: vec!["http://127.0.0.1:1/announce".into()],
+            piece_length: Some(16 * 1024),
+            private: false,
+            comment: None,
+            no_date: true,
+        };
+        let (built, total) = build(&args).unwrap();
+        assert_eq!(total, 4_333_353);
+        // The reference: the builder's own streaming hash on this thread.
+        let start = || {
+            let mut files = Vec::new();
+            walk(&root, &mut Vec::new(), &mut files).unwrap();
+            TorrentBuilder::multi_file("t", files)
+                .piece_length(16 * 1024)
+                .trackers(vec![vec!["http://127.0.0.1:1/announce".into()]])
+                .start()
+                .unwrap()
+        };
+        let mut reference = start();
+        let paths: Vec<PathBuf> = reference
+            .layout()
+            .files()
+            .iter()
+            .map(|f| f.path.iter().skip(1).fold(root.clone(), |p, c| p.join(c)))
+            .collect();
+        for p in &paths {
+            reference.update(&std::fs::read(p).unwrap()).unwrap();
+        }
+        let reference = reference.finish().unwrap();
+        assert_eq!(built, reference);
+        for threads in [1, 2, 3, 8] {
+            for batch in [BATCH_BYTES, 1 << 20, 3 * 16 * 1024, 1] {
+                let mut h = start();
+                hash_parallel(&mut h, &paths, threads, batch).unwrap();
+                assert_eq!(h.finish().unwrap(), reference, "{threads} threads, {batch}");
+            }
+        }
+    }
 }

@@ -195,6 +195,8 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
                 bind: loopback,
                 peers: vec![seed_addr.to_string()],
                 max_peers: None,
+                max_download_rate: 0,
+                max_upload_rate: 0,
             },
             goal: Goal::Complete,
             timeout: Some(Duration::from_secs(30)),

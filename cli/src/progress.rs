@@ -123,13 +123,10 @@ impl Display {
         let label: &str = &crate::safe::escape(label);
         let bar = (mode == Mode::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
-            let style = ProgressStyle::with_template(
-                "{prefix:.bold} [{bar:30.cyan/blue}] {percent:>3}% {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            // The whole line is ours ([`bar_line`]), laid out for the terminal's width at every refresh.
+            let style = ProgressStyle::with_template("{msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
-            bar.set_prefix(label.to_owned());
             if let Ok(mut slot) = active_bar().lock() {
                 *slot = Some(bar.clone());
             }
@@ -169,9 +166,7 @@ impl Display {
     pub fn fetching_metadata(&mut self, peers: u32) {
         match self.mode {
             Mode::Bar => {
-                if let Some(bar) = &self.bar {
-                    bar.set_message(format!("fetching metadata...  peers {peers}"));
-                }
+                self.draw(0.0, &format!("fetching metadata...  peers {peers}"));
             }
             Mode::Plain => {
                 if self.plain_due() {
@@ -194,11 +189,11 @@ impl Display {
     pub fn checking(&mut self, checked: u32, total: u32) {
         match self.mode {
             Mode::Bar => {
-                if let Some(bar) = &self.bar {
-                    bar.set_length(u64::from(total));
-                    bar.set_position(u64::from(checked));
-                    bar.set_message(format!("checking existing data: {checked}/{total} pieces"));
-                }
+                let fraction = f64::from(checked) / f64::from(total.max(1));
+                self.draw(
+                    fraction,
+                    &format!("checking existing data: {checked}/{total} pieces"),
+                );
             }
             Mode::Plain => {
                 if self.plain_due() || checked == total {
@@ -212,6 +207,14 @@ impl Display {
                 "event": "checking", "checked": checked, "total": total
             })),
             Mode::Quiet => {}
+        }
+    }
+
+    /// Redraws the bar: `fraction` done, `msg` after it, fitted to the terminal's current width.
+    fn draw(&self, fraction: f64, msg: &str) {
+        if let Some(bar) = &self.bar {
+            let (_, cols) = console::Term::stderr().size();
+            bar.set_message(bar_line(&self.label, fraction, msg, usize::from(cols)));
         }
     }
 
@@ -231,11 +234,7 @@ impl Display {
     pub fn update(&mut self, st: &TorrentStats) {
         match self.mode {
             Mode::Bar => {
-                if let Some(bar) = &self.bar {
-                    bar.set_length(st.wanted_bytes.max(1));
-                    bar.set_position(st.have_bytes.min(st.wanted_bytes.max(1)));
-                    bar.set_message(summary_line(st));
-                }
+                self.draw(st.progress(), &summary_line(st));
             }
             Mode::Plain => {
                 if self.plain_due() {
@@ -297,6 +296,51 @@ impl Drop for Display {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// One bar line, `label [=====>    ]  42% msg`, no wider than `width - 1` columns (a line that fills
+/// the last column makes some terminals wrap, and a wrapped line repeats at every refresh): the label
+/// gets at most a quarter of the width, the bar 10 to 30 columns, and `msg` what is left, cut with an
+/// ellipsis; on a very narrow terminal the bar goes first, then the label.
+pub fn bar_line(label: &str, fraction: f64, msg: &str, width: usize) -> String {
+    use console::{measure_text_width, truncate_str};
+    let width = width.saturating_sub(1);
+    let fraction = if fraction.is_finite() {
+        fraction.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let pct = format!("{:>3}%", (fraction * 100.0).floor() as u32);
+    // console's truncate_str underflows when the width is under the ellipsis' own width.
+    let cut = |text: &str, w: usize| -> String {
+        if w == 0 {
+            String::new()
+        } else {
+            truncate_str(text, w, "…").into_owned()
+        }
+    };
+    let label = cut(label, (width / 4).max(8));
+    let label_w = measure_text_width(&label);
+    // "label " + "[" bar "] " + pct + " " + msg
+    let fixed = label_w + 1 + 3 + pct.len() + 1;
+    let msg_w = measure_text_width(msg);
+    let bar_w = width.saturating_sub(fixed + msg_w).clamp(10, 30);
+    let mut line = if fixed + bar_w <= width {
+        let filled = ((bar_w as f64) * fraction).round() as usize;
+        let mut bar = "=".repeat(filled.min(bar_w));
+        if filled < bar_w {
+            bar.push('>');
+            bar.push_str(&" ".repeat(bar_w - filled - 1));
+        }
+        format!("{label} [{bar}] {pct} ")
+    } else if label_w + 1 + pct.len() < width {
+        format!("{label} {pct} ")
+    } else {
+        format!("{pct} ")
+    };
+    let room = width.saturating_sub(measure_text_width(&line));
+    line.push_str(&cut(msg, room));
+    cut(line.trim_end(), width)
 }
 
 /// `12.0 MiB / 40.0 MiB  down 3.1 MiB/s  up 0 B/s  peers 3 (1 seeds)  ETA 9s`.
@@ -443,6 +487,32 @@ pub fn event_json(ev: &SessionEvent) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bar_line_fits_every_terminal_width() {
+        let msg = "123.4 MiB / 1000.0 GiB  down 123.4 MiB/s  up 12.3 MiB/s  peers 50 (12 seeds)  ETA 1h02m03s";
+        let label = "a-rather-long-torrent-name-that-people-really-use-2026.iso";
+        for width in 0..300 {
+            for fraction in [0.0, 0.42, 1.0] {
+                let line = bar_line(label, fraction, msg, width);
+                assert!(
+                    console::measure_text_width(&line) < width.max(1),
+                    "{width}: {line:?}"
+                );
+            }
+        }
+        // Wide enough: everything shows, the bar 30 columns.
+        let line = bar_line("x", 0.5, "msg", 120);
+        assert_eq!(
+            line,
+            format!("x [{}>{}]  50% msg", "=".repeat(15), " ".repeat(14))
+        );
+        // 120 columns with a long name: the message is cut, never wrapped.
+        let line = bar_line(label, 0.42, msg, 120);
+        assert!(line.contains(" 42% "), "{line}");
+        assert_eq!(console::measure_text_width(&line), 119, "{line}");
+        assert!(line.ends_with('…'), "{line}");
+    }
 
     #[test]
     fn durations() {

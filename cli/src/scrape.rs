@@ -1,6 +1,6 @@
 //! `hyperblow scrape`: seeders, leechers and completed downloads of a torrent, per tracker.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,7 +29,8 @@ pub struct ScrapeArgs {
 }
 
 /// Runs `hyperblow scrape`. A torrent without trackers is bad input; trackers that fail are listed
-/// with their error (the command still succeeds if at least one answered).
+/// with their error (the command still succeeds if at least one answered). A tracker that answered
+/// without listing the torrent (not registered there) counts as an answer of zeros.
 pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
     let meta = load_torrent(&args.torrent)?;
     if meta.trackers.iter().flatten().next().is_none() {
@@ -42,7 +43,8 @@ pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
     // is an empty temporary one), only the scrape.
     let scratch = tempfile::tempdir().map_err(|e| CliError::Internal(format!("temp dir: {e}")))?;
     let config = SessionConfig {
-        bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        // Both families: IPv6 trackers too.
+        bind_addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         resume_dir: Some(scratch.path().to_path_buf()),
         ..SessionConfig::default()
     };
@@ -83,6 +85,10 @@ pub fn run(args: &ScrapeArgs) -> Result<(), CliError> {
         for (url, r) in &answers {
             let url = crate::safe::escape(url);
             match r {
+                Ok(s) if s.seeders == 0 && s.leechers == 0 && s.completed == 0 => println!(
+                    "{:>8} {:>8} {:>9}  {url} (no peers: not registered there yet)",
+                    0, 0, 0
+                ),
                 Ok(s) => println!(
                     "{:>8} {:>8} {:>9}  {url}",
                     s.seeders, s.leechers, s.completed

@@ -2,7 +2,7 @@
 //! torrent (showing the check of existing data), show progress until the goal is met, then shut down
 //! cleanly (trackers told `stopped`, files flushed, resume state saved) and report what happened.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -57,8 +57,9 @@ pub struct NetArgs {
     /// TCP port to accept peers on (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// Local address to listen and send from.
-    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Local address to listen and send from. The default `::` listens on every address of both
+    /// IPv4 and IPv6 (same port); `0.0.0.0` is IPv4 only.
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
     pub bind: IpAddr,
     /// A peer to connect to besides those the trackers give (HOST:PORT); repeat for more.
     #[arg(long = "peer", value_name = "HOST:PORT")]
@@ -66,6 +67,13 @@ pub struct NetArgs {
     /// Most peers to be connected to at once for the torrent.
     #[arg(long, value_name = "N")]
     pub max_peers: Option<usize>,
+    /// Session-wide download limit: bytes per second, or with a unit (500KiB, 20MiB, 1.5MB); 0 is
+    /// unlimited.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = crate::units::parse_rate)]
+    pub max_download_rate: u64,
+    /// Session-wide upload limit, same units as --max-download-rate; 0 is unlimited.
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = crate::units::parse_rate)]
+    pub max_upload_rate: u64,
 }
 
 impl NetArgs {
@@ -91,6 +99,10 @@ impl NetArgs {
         if let Some(n) = self.max_peers {
             config.engine.max_peers_per_torrent = n.max(1);
         }
+        config.rate_limits = hyperblow_driver::RateLimits {
+            download: self.max_download_rate,
+            upload: self.max_upload_rate,
+        };
         config
     }
 }

@@ -366,3 +366,137 @@ fn seed_to_libtorrent_torrent_file_via_http_tracker_tokio() {
 fn seed_to_libtorrent_magnet_via_udp_tracker_async_std() {
     seed_to_libtorrent("udp", "async-std", true, 402);
 }
+
+/// `hyperblow scrape` of a torrent opentracker has not seen: over HTTP it answers `d5:filesdee`
+/// (no entry for the torrent). That is an answer: zero counters and exit 0, not "no tracker
+/// answered" and exit 5. Over UDP it answers zeros for the hash; same output.
+#[test]
+fn scrape_of_an_unregistered_torrent_reports_zeros_and_succeeds() {
+    if !tools_present() {
+        return;
+    }
+    for kind in ["http", "udp"] {
+        let (_tracker, fx, url) = tracker_and_fixture(kind, 403);
+        let out = std::process::Command::new(common::bin())
+            .args(["scrape", "--json", "--timeout", "30s", s(&fx.torrent.path)])
+            .output()
+            .expect("run hyperblow scrape");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{kind}: stdout {stdout}\nstderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(&stdout).expect("scrape --json is JSON");
+        let t = &v["trackers"][0];
+        assert_eq!(t["url"], url.as_str(), "{v}");
+        assert_eq!(
+            (&t["seeders"], &t["leechers"], &t["completed"]),
+            (&Value::from(0), &Value::from(0), &Value::from(0)),
+            "{kind}: {v}"
+        );
+    }
+}
+
+/// Dual-stack by default (no `--bind`): `hyperblow download` dials a libtorrent seeder that listens
+/// on `[::1]` only, over IPv6; `hyperblow seed` accepts a libtorrent leecher (also on `[::1]`) that
+/// dials it at `[::1]`. No tracker: the peers are given (the torrent's announce URL is dead).
+#[test]
+fn dual_stack_by_default_with_libtorrent_on_ipv6_loopback() {
+    if !tools_present() {
+        return;
+    }
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this host has no IPv6 loopback");
+        return;
+    }
+    let dead = format!("http://127.0.0.1:{}/announce", free_port().expect("port"));
+    let fx = Fixture::new("cli-v6", 404, &dead);
+    let v6: std::net::IpAddr = "::1".parse().expect("::1");
+
+    // Hyperblow leeches from libtorrent on [::1].
+    let mut cfg = LtConfig::new(
+        "lt-seed-v6",
+        LtRole::Seed,
+        LtSource::Torrent(fx.torrent.path.clone()),
+        &fx.seed_dir(),
+        free_port().expect("free port"),
+        BOUND,
+    );
+    cfg.listen_ip = v6;
+    let Some(seeder) = LtPeer::spawn(&cfg, fx.dir.path()).expect("spawn libtorrent seeder") else {
+        return;
+    };
+    seeder
+        .wait_seeding(WAIT)
+        .expect("libtorrent checks its data");
+    assert!(seeder.addr().is_ipv6());
+    let out = fx.dir.path().join("hb-leech");
+    let peer = seeder.addr().to_string();
+    let leecher = spawn_hyperblow(
+        "hyperblow-leech-v6",
+        &[
+            "download",
+            s(&fx.torrent.path),
+            "-o",
+            s(&out),
+            "--runtime",
+            "async-std",
+            "--peer",
+            &peer,
+            "--json",
+            "--timeout",
+            "60s",
+        ],
+        fx.dir.path(),
+        BOUND,
+    );
+    let code = leecher
+        .exit_code(WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", seeder.process().log_tail(20)));
+    assert_eq!(code, 0, "{}", leecher.log_tail(30));
+    fx.assert_in(&out);
+    drop(seeder);
+
+    // libtorrent on [::1] leeches from Hyperblow's default (dual-stack) listener.
+    let hb = spawn_hyperblow(
+        "hyperblow-seed-v6",
+        &[
+            "seed",
+            s(&fx.torrent.path),
+            s(&fx.seed_dir()),
+            "--runtime",
+            "tokio",
+            "--json",
+        ],
+        fx.dir.path(),
+        BOUND,
+    );
+    let added = wait_for("hyperblow seed to add the torrent", WAIT, &[&hb], || {
+        Ok(hb.json_lines().into_iter().find(|v| v["event"] == "added"))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let listen: std::net::SocketAddr = added["listen"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("listen address in {added}"));
+    assert!(listen.ip().is_unspecified() && listen.is_ipv6(), "{listen}");
+    let out = fx.dir.path().join("lt-leech-v6");
+    let mut cfg = LtConfig::new(
+        "lt-leech-v6",
+        LtRole::Leech,
+        LtSource::Torrent(fx.torrent.path.clone()),
+        &out,
+        free_port().expect("free port"),
+        WAIT,
+    );
+    cfg.listen_ip = v6;
+    cfg.connect = vec![std::net::SocketAddr::new(v6, listen.port())];
+    let Some(lt) = LtPeer::spawn(&cfg, fx.dir.path()).expect("spawn libtorrent leecher") else {
+        return;
+    };
+    lt.wait_finished(WAIT, &[&hb])
+        .expect("the libtorrent leecher finishes");
+    fx.assert_in(&out);
+}

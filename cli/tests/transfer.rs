@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bin, exit_code, s, spawn, start_seeder, wait_json_event, Fixture, DONE_WITHIN};
+use common::{
+    bin, exit_code, s, spawn, start_seeder, start_seeder_with, wait_json_event, Fixture,
+    DONE_WITHIN,
+};
 use hyperblow_tests::interop::{wait_for, ChildGuard, Signal};
 use hyperblow_tests::trackers::TestTracker;
 use serde_json::Value;
@@ -40,6 +43,18 @@ fn wait_event(child: &ChildGuard, event: &str, timeout: Duration) -> Value {
 /// Starts `hyperblow seed` of the fixture and waits until its tracker knows it (when it has one).
 fn seeder(fx: &Fixture, runtime: &str, tracker: Option<&TestTracker>) -> ChildGuard {
     let (seeder, added) = start_seeder(fx, runtime, tracker);
+    assert_eq!(added["have_pieces"], added["total_pieces"], "{added}");
+    seeder
+}
+
+/// The upload limit of the seeder that tests interrupting a download "half-way" use: the 16 MB
+/// torrent takes at least 30 s from it, so the test's signal always lands mid-download however slow
+/// the machine is (it waits for progress events first, never for a sleep).
+const THROTTLE: &str = "512KiB";
+
+/// A seeder limited to [`THROTTLE`] upload.
+fn throttled_seeder(fx: &Fixture, runtime: &str) -> ChildGuard {
+    let (seeder, added) = start_seeder_with(fx, runtime, None, &["--max-upload-rate", THROTTLE]);
     assert_eq!(added["have_pieces"], added["total_pieces"], "{added}");
     seeder
 }
@@ -264,14 +279,17 @@ fn seed_port(seeder: &ChildGuard) -> u16 {
 #[test]
 fn resume_after_sigkill_keeps_every_verified_piece() {
     let fx = fixture("big", BIG, BIG_PIECE, &[]);
-    let seeder = seeder(&fx, "tokio", None);
-    let port = seed_port(&seeder);
+    let slow = throttled_seeder(&fx, "tokio");
     let out = fx.dir.path().join("out");
-    let first = leech_big(&fx, &out, port, "leech-kill", 50);
+    let first = leech_big(&fx, &out, seed_port(&slow), "leech-kill", 50);
     first.kill_now();
     let verified_first = count_events(&first.json_lines(), "piece_verified");
     let total = big_pieces();
     assert!(verified_first < total, "finished before the kill");
+    // The restart fetches the rest at full speed.
+    drop(slow);
+    let seeder = seeder(&fx, "tokio", None);
+    let port = seed_port(&seeder);
 
     let mut args = leech_args(&fx, &out, "async-std");
     let peer = format!("127.0.0.1:{port}");
@@ -306,10 +324,9 @@ fn resume_after_sigkill_keeps_every_verified_piece() {
 #[test]
 fn sigint_exits_130_with_a_resumable_state() {
     let fx = fixture("big", BIG, BIG_PIECE, &[]);
-    let seeder = seeder(&fx, "async-std", None);
-    let port = seed_port(&seeder);
+    let slow = throttled_seeder(&fx, "async-std");
     let out = fx.dir.path().join("out");
-    let first = leech_big(&fx, &out, port, "leech-int", 50);
+    let first = leech_big(&fx, &out, seed_port(&slow), "leech-int", 50);
     first.signal(Signal::INT).expect("SIGINT");
     assert_eq!(
         exit_code(&first, Duration::from_secs(15)),
@@ -321,6 +338,10 @@ fn sigint_exits_130_with_a_resumable_state() {
     assert!(std::fs::read_to_string(first.stderr_path())
         .unwrap_or_default()
         .contains("interrupted"));
+    assert!(verified_first < big_pieces(), "finished before the SIGINT");
+    drop(slow);
+    let seeder = seeder(&fx, "async-std", None);
+    let port = seed_port(&seeder);
     // A clean stop leaves a trusted resume file: the restart does not re-check the data.
     let mut args = leech_args(&fx, &out, "tokio");
     let peer = format!("127.0.0.1:{port}");
@@ -508,5 +529,76 @@ fn demo_runs_offline_and_verifies_the_copy() {
     assert!(
         text.contains("byte for byte") && text.contains("async-std"),
         "{text}"
+    );
+}
+
+/// `--max-download-rate` on the leecher and `--max-upload-rate` on the seeder: over the first 10 s
+/// of the transfer, as the binaries' own `progress` events count it, neither exceeds its limit by
+/// more than 10% (an upper bound only: a busy machine may be slower).
+#[test]
+fn rate_limits_hold_end_to_end() {
+    const DOWN: f64 = 768.0 * 1024.0;
+    const UP: f64 = 1_000_000.0;
+    let fx = fixture("big", BIG, BIG_PIECE, &[]);
+    let (seeder, _) = start_seeder_with(&fx, "tokio", None, &["--max-upload-rate", "1MB"]);
+    let out = fx.dir.path().join("out");
+    let peer = format!("127.0.0.1:{}", seed_port(&seeder));
+    let mut args = leech_args(&fx, &out, "async-std");
+    args.extend(["--peer", &peer, "--max-download-rate", "768KiB"]);
+    let leecher = spawn("leech-limited", &args, fx.dir.path());
+    // Counters per progress line: (elapsed seconds, bytes).
+    let series = |child: &ChildGuard, field: &str| -> Vec<(f64, f64)> {
+        child
+            .json_lines()
+            .iter()
+            .filter(|v| v["event"] == "progress")
+            .filter_map(|v| Some((v["elapsed_secs"].as_f64()?, v[field].as_f64()?)))
+            .collect()
+    };
+    // Wait until the leecher has moved bytes for 10 s (measured from its first non-zero line).
+    let span = |pts: &[(f64, f64)]| {
+        let start = pts.iter().find(|p| p.1 > 0.0).map(|p| p.0);
+        start
+            .and_then(|s| pts.last().map(|l| l.0 - s))
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "10 s of limited transfer",
+        Duration::from_secs(45),
+        &[&leecher, &seeder],
+        || Ok((span(&series(&leecher, "downloaded")) >= 10.5).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Every window of 10 s or more between two progress lines (plus one block of slack).
+    let check = |pts: &[(f64, f64)], rate: f64, what: &str| {
+        for (i, a) in pts.iter().enumerate() {
+            for b in &pts[i + 1..] {
+                let secs = b.0 - a.0;
+                if secs >= 10.0 {
+                    let got = b.1 - a.1;
+                    assert!(
+                        got <= rate * secs * 1.1 + 16384.0,
+                        "{what}: {got} bytes in {secs:.1} s, limit {rate} B/s"
+                    );
+                }
+            }
+        }
+    };
+    let down = series(&leecher, "downloaded");
+    check(&down, DOWN, "leecher download");
+    // The lower of the two limits decides the pace; something did flow.
+    assert!(down.last().map_or(0.0, |l| l.1) > 0.0);
+    wait_for(
+        "seeder progress",
+        Duration::from_secs(15),
+        &[&seeder],
+        || Ok((span(&series(&seeder, "uploaded")) >= 10.0).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    check(&series(&seeder, "uploaded"), UP, "seeder upload");
+    check(
+        &series(&seeder, "uploaded"),
+        DOWN,
+        "seeder upload to the limited leecher",
     );
 }

@@ -2,7 +2,7 @@
 //! thread, whichever runtime runs it.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,18 +14,22 @@ use futures::Stream;
 use hyperblow_core::engine::{AddError, EngineConfig, Event, TorrentId, TorrentStats};
 use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::metainfo::Metainfo;
+use hyperblow_core::ratelimit::RateLimits;
 use hyperblow_core::tracker::ScrapeStats;
 use hyperblow_core::{InfoHash, PeerId};
 use hyperblow_storage::{StorageConfig, StorageError, StorageErrorKind};
 
 use crate::block::block_on;
 
-/// How a session is set up. [`SessionConfig::default`] listens on a free port on every IPv4 address.
+/// How a session is set up. [`SessionConfig::default`] listens on a free port on every address of
+/// both families.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// TCP port to accept peers on; 0 picks a free one (see [`SessionHandle::listen_addr`]).
     pub listen_port: u16,
-    /// Address to bind the TCP listener and the UDP socket to (default `0.0.0.0`; tests use 127.0.0.1).
+    /// Address to bind the TCP listener and the UDP socket to. The default `::` listens on every
+    /// address of both families (one dual-stack socket each, IPv4 peers on the same port; `0.0.0.0`
+    /// if the host has no IPv6); `0.0.0.0` is IPv4 only; tests use 127.0.0.1 or ::1.
     pub bind_addr: IpAddr,
     /// The engine's tunables. Its `listen_port` is replaced by the port actually bound.
     pub engine: EngineConfig,
@@ -42,13 +46,16 @@ pub struct SessionConfig {
     pub resume_interval: Duration,
     /// Per-torrent storage tunables.
     pub storage: StorageConfig,
+    /// Session-wide download and upload limits from the start (default unlimited); change them later
+    /// with [`SessionHandle::set_rate_limits`].
+    pub rate_limits: RateLimits,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             listen_port: 0,
-            bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind_addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             engine: EngineConfig::default(),
             resume_dir: None,
             worker_threads: 0,
@@ -56,6 +63,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             resume_interval: Duration::from_secs(1),
             storage: StorageConfig::default(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -307,6 +315,7 @@ pub(crate) enum Command {
     Remove(TorrentId, bool, Reply<()>),
     SetFiles(TorrentId, Vec<bool>, Reply<()>),
     AddPeer(TorrentId, SocketAddr, Reply<()>),
+    SetRateLimits(Option<TorrentId>, RateLimits, Reply<()>),
     Stats(Reply<Vec<TorrentStats>>),
     Scrape(TorrentId, Reply<Vec<ScrapeAnswer>>),
     Subscribe(mpsc::Sender<SessionEvent>),
@@ -511,6 +520,12 @@ impl SessionHandle {
     /// Adds a peer address to try for a torrent.
     pub fn add_peer(&self, torrent: TorrentId, addr: SocketAddr) -> Pending<()> {
         self.ask(|r| Command::AddPeer(torrent, addr, r))
+    }
+
+    /// Sets the download and upload limits (payload bytes per second, 0: unlimited) of the whole
+    /// session (`torrent: None`) or of one torrent; effective at once.
+    pub fn set_rate_limits(&self, torrent: Option<TorrentId>, limits: RateLimits) -> Pending<()> {
+        self.ask(|r| Command::SetRateLimits(torrent, limits, r))
     }
 
     /// A fresh snapshot of every torrent (progress, rates, peers, trackers, files), in id order.

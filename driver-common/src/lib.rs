@@ -78,6 +78,7 @@
 //! In async code, `.await` the same [`Pending`] answers instead of calling `.wait()`, and use the
 //! [`EventStream`] as a `futures::Stream` (or [`EventStream::recv`]).
 
+mod bind;
 mod block;
 mod disk;
 mod handle;
@@ -101,4 +102,5 @@ pub mod engine {
     };
 }
 
+pub use hyperblow_core::ratelimit::RateLimits;
 pub use hyperblow_storage::{StorageConfig, StorageErrorKind};

@@ -300,6 +300,7 @@ pub(crate) async fn accept_task<R: Runtime>(
     loop {
         match R::accept(&listener).await {
             Ok((reader, writer, remote)) => {
+                let remote = crate::bind::canonical(remote);
                 if net
                     .send(Net::Incoming(reader, writer, remote))
                     .await
@@ -328,6 +329,7 @@ pub(crate) async fn udp_recv_task<R: Runtime>(
         match R::recv_from(&socket, &mut buf).await {
             Ok((n, from)) => {
                 let data = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                let from = crate::bind::canonical(from);
                 if net.send(Net::Datagram(from, data)).await.is_err() {
                     return;
                 }
@@ -341,12 +343,15 @@ pub(crate) async fn udp_recv_task<R: Runtime>(
     }
 }
 
-/// Sends the datagrams the loop hands it (a lost one is retransmitted by the engine).
+/// Sends the datagrams the loop hands it (a lost one is retransmitted by the engine); IPv4
+/// destinations are mapped for a dual-stack socket bound to `local`.
 pub(crate) async fn udp_send_task<R: Runtime>(
     socket: std::sync::Arc<R::Udp>,
+    local: SocketAddr,
     mut rx: mpsc::UnboundedReceiver<(SocketAddr, Bytes)>,
 ) {
     while let Some((to, data)) = rx.next().await {
+        let to = crate::bind::for_socket(to, local);
         let _ = R::send_to(&socket, &data, to).await;
     }
 }

@@ -60,8 +60,10 @@ pub struct LtConfig {
     pub source: LtSource,
     /// Directory with the data (seed) or for it (leech).
     pub save_path: PathBuf,
-    /// TCP listen port on 127.0.0.1.
+    /// TCP listen port (on `listen_ip`).
     pub port: u16,
+    /// The address it listens on (default 127.0.0.1; `::1` for IPv6 tests).
+    pub listen_ip: std::net::IpAddr,
     /// Peers to connect out to (retried every second until connected).
     pub connect: Vec<SocketAddr>,
     /// The script's own bound on its run time; the process guard gets a few seconds more.
@@ -88,6 +90,7 @@ impl LtConfig {
             source,
             save_path: save_path.to_path_buf(),
             port,
+            listen_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             connect: Vec::new(),
             max_run,
             linger: Duration::ZERO,
@@ -192,7 +195,7 @@ pub fn parse_line(line: &str) -> Option<LtLine> {
 #[derive(Debug)]
 pub struct LtPeer {
     proc: ChildGuard,
-    port: u16,
+    addr: SocketAddr,
 }
 
 impl LtPeer {
@@ -217,6 +220,8 @@ impl LtPeer {
             .arg(&cfg.save_path)
             .arg("--port")
             .arg(cfg.port.to_string())
+            .arg("--listen")
+            .arg(cfg.listen_ip.to_string())
             .arg("--max-seconds")
             .arg(format!("{:.3}", cfg.max_run.as_secs_f64()))
             .arg("--linger")
@@ -235,7 +240,7 @@ impl LtPeer {
         )?;
         Ok(Some(LtPeer {
             proc,
-            port: cfg.port,
+            addr: SocketAddr::new(cfg.listen_ip, cfg.port),
         }))
     }
 
@@ -244,9 +249,9 @@ impl LtPeer {
         &self.proc
     }
 
-    /// `127.0.0.1:port`, where it accepts peers.
+    /// Where it accepts peers (`127.0.0.1:port` unless configured otherwise).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.addr
     }
 
     /// Every parsed line so far.

@@ -1,7 +1,7 @@
 //! Finding the real BitTorrent software that interop tests run against.
 //!
 //! `.ci/run` installs the Debian packages (`opentracker`, `python3-libtorrent`, `mktorrent`,
-//! `transmission-cli`, `transmission-daemon`). On a developer machine without them the tests fail loudly
+//! `transmission-cli`, `transmission-daemon`, `aria2`). On a developer machine without them the tests fail loudly
 //! with the install command; setting `HYPERBLOW_SKIP_INTEROP=1` skips them instead, except under CI
 //! (`CI` set), where skipping is never allowed.
 //!
@@ -12,12 +12,14 @@
 //! - [`opentracker`]: a whitelisting tracker on loopback, plus HTTP/UDP probes.
 //! - [`libtorrent`]: seeders and leechers run by `tests/interop/lt_peer.py`.
 //! - [`transmission`]: `transmission-daemon` driven by `transmission-remote`.
+//! - [`aria2`]: `aria2c` seeding or leeching through HTTP trackers.
 //! - [`fixtures`]: deterministic payloads and `mktorrent`-made `.torrent` files.
 //!
 //! Every program listens on 127.0.0.1 only, with DHT, LSD, UPnP and NAT-PMP off. For belt and
 //! braces, run the suite inside a network namespace that has only loopback: `scripts/netns.sh
 //! cargo test --test interop_harness` (see that script).
 
+pub mod aria2;
 pub mod fixtures;
 pub mod libtorrent;
 pub mod opentracker;
@@ -25,6 +27,7 @@ pub mod ports;
 pub mod process;
 pub mod transmission;
 
+pub use aria2::{Aria2, Aria2Role};
 pub use fixtures::{mktorrent, payload, write_payload, TorrentFile};
 pub use libtorrent::{LtConfig, LtLine, LtPeer, LtRole, LtSource, LtStatus};
 pub use opentracker::{
@@ -45,7 +48,7 @@ pub const SKIP_VAR: &str = "HYPERBLOW_SKIP_INTEROP";
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 const INSTALL_HINT: &str = "apt-get install -y opentracker python3-libtorrent mktorrent \
-                            transmission-cli transmission-daemon";
+                            transmission-cli transmission-daemon aria2";
 
 /// Whether the caller may skip a missing tool: only when asked explicitly and never in CI.
 fn skip_allowed() -> bool {

@@ -59,12 +59,14 @@ def parse_addr(text):
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError("expected HOST:PORT, got %r" % text)
-    return host, int(port)
+    # [::1]:6881 -> ("::1", 6881): connect_peer wants the bare address.
+    return host.strip("[]"), int(port)
 
 
-def settings(listen_port):
+def settings(listen_port, listen_ip="127.0.0.1"):
+    host = "[%s]" % listen_ip if ":" in listen_ip else listen_ip
     return {
-        "listen_interfaces": "127.0.0.1:%d" % listen_port,
+        "listen_interfaces": "%s:%d" % (host, listen_port),
         "outgoing_interfaces": "",
         # Discovery that could reach beyond the machine: all off.
         "enable_dht": False,
@@ -131,7 +133,8 @@ def main():
     src.add_argument("--magnet", help="a magnet link")
     ap.add_argument("--role", choices=["seed", "leech"], required=True)
     ap.add_argument("--save-path", required=True, help="directory holding (seed) or receiving (leech) the data")
-    ap.add_argument("--port", type=int, required=True, help="TCP listen port on 127.0.0.1")
+    ap.add_argument("--port", type=int, required=True, help="TCP listen port (on --listen)")
+    ap.add_argument("--listen", default="127.0.0.1", help="IP address to listen on (127.0.0.1, ::1, ...)")
     ap.add_argument("--connect", type=parse_addr, action="append", default=[],
                     help="HOST:PORT of a peer to connect to (retried until connected); repeatable")
     ap.add_argument("--max-seconds", type=float, required=True, help="hard bound on the run time")
@@ -154,7 +157,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    pack = settings(args.port)
+    pack = settings(args.port, args.listen)
     if args.encryption != "default":
         policy = {"forced": lt.enc_policy.pe_forced, "enabled": lt.enc_policy.pe_enabled,
                   "disabled": lt.enc_policy.pe_disabled}[args.encryption]

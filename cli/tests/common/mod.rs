@@ -112,21 +112,34 @@ pub fn start_seeder(
     runtime: &str,
     tracker: Option<&TestTracker>,
 ) -> (ChildGuard, Value) {
-    let child = spawn_hyperblow(
-        &format!("seed-{runtime}"),
-        &[
-            "seed",
-            s(&fx.torrent),
-            s(&fx.payload),
-            "--runtime",
-            runtime,
-            "--bind",
-            "127.0.0.1",
-            "--json",
-        ],
-        fx.dir.path(),
-        BOUND,
-    );
+    start_seeder_with(fx, runtime, tracker, &[])
+}
+
+/// [`start_seeder`] with `extra` arguments (e.g. `--max-upload-rate 512KiB`); its log is named
+/// after `runtime` and the count of seeders started in this fixture.
+pub fn start_seeder_with(
+    fx: &Fixture,
+    runtime: &str,
+    tracker: Option<&TestTracker>,
+    extra: &[&str],
+) -> (ChildGuard, Value) {
+    let mut args = vec![
+        "seed",
+        s(&fx.torrent),
+        s(&fx.payload),
+        "--runtime",
+        runtime,
+        "--bind",
+        "127.0.0.1",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let name = if extra.is_empty() {
+        format!("seed-{runtime}")
+    } else {
+        format!("seed-{runtime}-limited")
+    };
+    let child = spawn_hyperblow(&name, &args, fx.dir.path(), BOUND);
     let added = wait_json_event(&child, "added", DONE_WITHIN);
     if let Some(t) = tracker {
         wait_for("seeder's announce", DONE_WITHIN, &[&child], || {

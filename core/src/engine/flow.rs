@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::picker::BLOCK_SIZE;
+
 use super::ext::UNKNOWN_LEFT;
 use super::*;
 
@@ -34,30 +36,6 @@ impl Engine {
         self.fill_requests(now, id);
         self.flush(id);
         self.pump_reads(id);
-        self.rearm(id);
-    }
-
-    /// Files the session's current deadline in the timer index. Must follow every call that can
-    /// bring a session's deadline earlier: a request sent when none was outstanding (the request
-    /// and snub timers start), a block ending a snub, the handshake completing; that is
-    /// `process_conn`, `fill_requests` and creating a connection. Everything else only moves
-    /// deadlines later, which leaves the index early: `handle_timeout` then finds nothing due for
-    /// the connection and files the real deadline.
-    pub(super) fn rearm(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let next = c.session.poll_timeout();
-        if next == c.timer {
-            return;
-        }
-        if let Some(old) = c.timer {
-            self.timers.remove(&(old, id));
-        }
-        if let Some(n) = next {
-            self.timers.insert((n, id));
-        }
-        c.timer = next;
     }
 
     fn on_peer_event(&mut self, now: Instant, id: ConnId, ev: peer::Event) {
@@ -322,11 +300,15 @@ impl Engine {
             }
         });
         buf.blocks.insert(block.offset, (data, addr));
-        let mut hash_job = None;
+        let mut verify_job = None;
         if piece_complete {
-            buf.stage = PieceStage::Hashing;
-            let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
-            hash_job = Some(blocks);
+            // The expected hash is always known here: blocks are only requested once the
+            // metadata (and with it every piece's hash) is.
+            if let Some(expected) = t.info.as_ref().and_then(|i| i.piece_hash(block.piece)) {
+                buf.stage = PieceStage::Verifying;
+                let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
+                verify_job = Some((blocks, expected));
+            }
         }
         let mut to_flush = Vec::new();
         for k in cancel {
@@ -340,16 +322,17 @@ impl Engine {
         for cid in to_flush {
             self.flush(cid);
         }
-        if let Some(blocks) = hash_job {
+        if let Some((blocks, expected)) = verify_job {
             self.new_job(
-                JobInfo::Hash {
+                JobInfo::Verify {
                     torrent: tid,
                     piece: block.piece,
                 },
-                Job::Hash {
+                Job::VerifyWrite {
                     torrent: tid,
                     piece: block.piece,
                     blocks,
+                    expected,
                 },
             );
         }
@@ -398,11 +381,6 @@ impl Engine {
 
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
-        self.fill_requests_inner(now, id);
-        self.rearm(id);
-    }
-
-    fn fill_requests_inner(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.pending_cap();
         let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
@@ -418,9 +396,29 @@ impl Engine {
         if !running || !c.session.is_established() || picker.is_complete() {
             return;
         }
-        let n = c.session.wanted_requests(now);
+        let mut n = c.session.wanted_requests(now);
         if n == 0 {
             return;
+        }
+        // Rate limit: one block's tokens up front (or wait in the queue), more as the buckets hold.
+        let Some(tid) = c.torrent else {
+            return;
+        };
+        let limited = self.limits.download.is_limited(tid);
+        if limited {
+            if !self
+                .limits
+                .download
+                .try_take(now, id, tid, u64::from(BLOCK_SIZE))
+            {
+                return;
+            }
+            let more = self.limits.download.available(now, tid) / u64::from(BLOCK_SIZE);
+            n = n.min(
+                usize::try_from(more)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1),
+            );
         }
         let key = c.key;
         let masked;
@@ -462,8 +460,17 @@ impl Engine {
             }
             picks
         };
+        let mut prepaid = limited;
+        let mut short = false;
         for b in picks {
-            if c.session.request(now, b).is_err() {
+            if limited && !std::mem::take(&mut prepaid) {
+                short = short
+                    || !self
+                        .limits
+                        .download
+                        .try_take(now, id, tid, u64::from(b.length));
+            }
+            if short || c.session.request(now, b).is_err() {
                 picker.request_cancelled(key, b);
                 continue;
             }
@@ -476,6 +483,10 @@ impl Engine {
                     stage: PieceStage::Assembling,
                 });
             }
+        }
+        if prepaid {
+            // Nothing to request after all.
+            self.limits.download.refund(now, tid, u64::from(BLOCK_SIZE));
         }
     }
 
@@ -521,9 +532,18 @@ impl Engine {
             return;
         };
         while c.outbound_bytes() < READ_AHEAD {
-            let Some(block) = c.read_queue.pop_front() else {
+            let Some(&block) = c.read_queue.front() else {
                 break;
             };
+            if self.limits.upload.is_limited(tid)
+                && !self
+                    .limits
+                    .upload
+                    .try_take(self.last_now, id, tid, u64::from(block.length))
+            {
+                break;
+            }
+            c.read_queue.pop_front();
             c.reading_bytes += block.length as usize;
             issue.push(block);
         }
@@ -549,9 +569,8 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
-        if let Some(t) = c.timer {
-            self.timers.remove(&(t, id));
-        }
+        self.limits.forget_conn(id);
+        self.ids.release(id);
         self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
@@ -656,38 +675,15 @@ impl Engine {
         self.release_pending(freed);
     }
 
-    /// A hash job finished: write the piece if it matches, otherwise throw it away and strike.
-    pub(super) fn piece_hashed(
-        &mut self,
-        now: Instant,
-        tid: TorrentId,
-        piece: u32,
-        hash: [u8; 20],
-    ) {
+    /// A piece did not match its hash (nothing was written): throw it away, fetch it again, and
+    /// strike the peer that sent it. When several peers sent blocks, nobody is struck yet: the
+    /// blocks are kept (up to [`MAX_FAILED_KEEP`]) and compared with the piece once it passes, which
+    /// names the liar (see `piece_written`).
+    pub(super) fn piece_mismatch(&mut self, now: Instant, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        let expected = t.info.as_ref().and_then(|i| i.piece_hash(piece));
-        let Some(buf) = t.pieces.get_mut(&piece) else {
-            return;
-        };
-        if buf.stage != PieceStage::Hashing {
-            return;
-        }
-        if expected == Some(hash) {
-            buf.stage = PieceStage::Writing;
-            let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
-            self.new_job(
-                JobInfo::Write {
-                    torrent: tid,
-                    piece,
-                },
-                Job::Write {
-                    torrent: tid,
-                    piece,
-                    blocks,
-                },
-            );
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
             return;
         }
         let Some(buf) = t.pieces.remove(&piece) else {
@@ -729,13 +725,13 @@ impl Engine {
         }
     }
 
-    /// A write job failed: the piece is not on disk, so it leaves memory and becomes missing again
-    /// (fetched anew after a resume, instead of sitting in memory forever as "being written").
+    /// A verify-and-write job failed: the piece is not on disk, so it leaves memory and becomes
+    /// missing again (fetched anew after a resume, instead of sitting in memory forever).
     pub(super) fn write_failed(&mut self, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Writing) {
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
             return;
         }
         let Some(buf) = t.pieces.remove(&piece) else {
@@ -747,11 +743,14 @@ impl Engine {
         self.release_pending(u64::from(buf.size));
     }
 
-    /// A write job finished: the piece is verified.
+    /// A verify-and-write job found the piece right and wrote it: the piece is verified.
     pub(super) fn piece_written(&mut self, now: Instant, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
+            return;
+        }
         let Some(buf) = t.pieces.remove(&piece) else {
             return;
         };
@@ -875,11 +874,13 @@ impl Engine {
         }
         t.run = RunState::Error(message.clone());
         t.policy.stop(now);
-        // Pieces in memory that are not being written are thrown away and become missing again.
+        // Pieces still being assembled are thrown away and become missing again. Pieces whose
+        // verify-and-write job is out stay until its answer settles them (written, or missing
+        // again), so the engine always knows which writes are in flight.
         let dropped: Vec<u32> = t
             .pieces
             .iter()
-            .filter(|(_, b)| b.stage != PieceStage::Writing)
+            .filter(|(_, b)| b.stage == PieceStage::Assembling)
             .map(|(p, _)| *p)
             .collect();
         let mut freed = 0u64;
@@ -889,10 +890,6 @@ impl Engine {
             }
         }
         self.release_pending(freed);
-        // Their hash jobs are forgotten with them: an answer arriving after a resume would
-        // otherwise be taken for the same piece fetched again (and get unchecked bytes written).
-        self.jobs
-            .retain(|_, j| !matches!(j, JobInfo::Hash { torrent, .. } if *torrent == tid));
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
             if let Some(picker) = t.picker.as_mut() {
@@ -1036,8 +1033,7 @@ impl Engine {
                 if let Some(e) = t.book.entries.get_mut(&addr) {
                     e.connected = true;
                 }
-                let id = ConnId(self.next_conn);
-                self.next_conn += 1;
+                let id = self.ids.mint_peer();
                 let key = PeerKey(id.0 as u32);
                 t.conns.insert(id);
                 t.keys.insert(key, id);
@@ -1056,10 +1052,8 @@ impl Engine {
                         reading_bytes: 0,
                         unflushed: 0,
                         ext: Default::default(),
-                        timer: None,
                     },
                 );
-                self.rearm(id);
                 self.addrs.insert((addr, Some(tid)), id);
                 self.outputs.push_back(Output::Connect { conn: id, addr });
                 half_open += 1;
@@ -1071,38 +1065,56 @@ impl Engine {
     /// [`MIN_PENDING_PIECES`] pieces of the torrent with the longest pieces, so that a torrent with
     /// huge pieces can still assemble one while the previous one is hashed and written.
     pub(super) fn pending_cap(&self) -> u64 {
-        let longest = self
-            .torrents
-            .values()
-            .filter_map(|t| t.info.as_ref())
-            .map(|info| u64::from(info.layout().piece_length()))
-            .max()
-            .unwrap_or(0);
         self.config
             .max_pending_piece_bytes
-            .max(longest.saturating_mul(MIN_PENDING_PIECES))
+            .max(self.longest_piece.saturating_mul(MIN_PENDING_PIECES))
     }
 
-    /// Pieces left memory: if that brings us back under the cap, every torrent may start pieces again.
+    /// Pieces left memory: if that brings us back under the cap, every torrent with peers may start
+    /// pieces again.
     pub(super) fn release_pending(&mut self, bytes: u64) {
         let cap = self.pending_cap();
         let was_over = self.pending_bytes >= cap;
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         if was_over && self.pending_bytes < cap {
-            for t in self.torrents.values_mut() {
-                t.refill = true;
+            let with_peers: Vec<TorrentId> = self
+                .torrents
+                .iter()
+                .filter(|(_, t)| !t.conns.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            for tid in with_peers {
+                if let Some(t) = self.torrents.get_mut(&tid) {
+                    t.refill = true;
+                }
             }
         }
     }
 
-    /// Upkeep after every input: requests, choking, dialling, trackers, shutdown.
+    /// The torrents the upkeep looks at: those touched by this input so far (`work`, taken at the
+    /// start of the upkeep) and those touched since. Any other torrent has nothing to do: its flags
+    /// are only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
+    pub(super) fn upkeep_set(&self, work: &[TorrentId]) -> Vec<TorrentId> {
+        let mut all = work.to_vec();
+        let late = self.torrents.touched();
+        if !late.is_empty() {
+            all.extend_from_slice(late);
+            all.sort_unstable();
+            all.dedup();
+        }
+        all
+    }
+
+    /// Upkeep after every input, for what the input touched: requests, choking, extensions, dialling,
+    /// trackers, shutdown; then the deadlines of everything touched are refiled. Its cost follows
+    /// what changed, not the number of torrents and connections.
     pub(super) fn maintain(&mut self, now: Instant) {
         if now > self.last_now {
             self.last_now = now;
         }
-        let tids: Vec<TorrentId> = self.torrents.keys().copied().collect();
-        for tid in &tids {
-            let Some(t) = self.torrents.get_mut(tid) else {
+        let work = self.torrents.take_touched();
+        for tid in self.upkeep_set(&work) {
+            let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
             if std::mem::take(&mut t.refill) {
@@ -1112,16 +1124,16 @@ impl Engine {
                     self.flush(id);
                 }
             }
-            let Some(t) = self.torrents.get_mut(tid) else {
+            let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
             if t.choke_dirty && t.is_running() {
-                self.run_choker(now, *tid);
+                self.run_choker(now, tid);
             }
         }
-        self.drive_extensions(now);
+        self.drive_extensions(now, &work);
         self.dial(now);
-        self.drive_trackers(now);
+        self.drive_trackers(now, &work);
         if let Some(deadline) = self.shutdown_deadline {
             let quiet =
                 self.torrents.values().all(|t| t.policy.is_stopped()) && self.trackers.is_idle();
@@ -1129,26 +1141,48 @@ impl Engine {
                 self.shut_down = true;
             }
         }
+        // Everything the upkeep looked at gets its deadlines refiled. Its own accesses marked those
+        // torrents again; only the ones left with work (a flag set after their turn) stay marked for
+        // the next upkeep, as they would have been found by a scan. The rest is done until an input
+        // or a deadline touches it again.
+        let refile = self.upkeep_set(&work);
+        self.refile_timers(&refile);
+        for tid in self.torrents.take_touched() {
+            if self.torrents.get(&tid).is_some_and(Torrent::has_upkeep) {
+                self.torrents.mark(&tid);
+            }
+        }
+        #[cfg(debug_assertions)]
+        for (id, t) in self.torrents.iter() {
+            debug_assert!(
+                self.torrents.is_touched(id) || !t.has_upkeep(),
+                "torrent {id:?} has upkeep to do but is not marked for it"
+            );
+        }
     }
 
     /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
-    fn drive_trackers(&mut self, now: Instant) {
+    /// Only touched torrents can have announces to send (a due announce touches its torrent).
+    fn drive_trackers(&mut self, now: Instant, work: &[TorrentId]) {
         for _ in 0..16 {
             let mut orders = Vec::new();
-            for (tid, t) in self.torrents.iter_mut() {
+            for tid in self.upkeep_set(work) {
+                let Some(t) = self.torrents.get_mut(&tid) else {
+                    continue;
+                };
                 let progress = Progress {
                     uploaded: t.uploaded,
                     downloaded: t.downloaded,
                     left: t.picker.as_ref().map_or(UNKNOWN_LEFT, Picker::left),
                 };
                 while let Some(order) = t.policy.poll_announce(now, progress) {
-                    orders.push((*tid, order));
+                    orders.push((tid, order));
                 }
             }
             self.trackers.poll_retired(now, &mut orders);
             for (tid, order) in orders {
                 self.trackers
-                    .dispatch(now, tid, order, &mut self.outputs, &mut self.next_conn);
+                    .dispatch(now, tid, order, &mut self.outputs, &mut self.ids);
             }
             self.trackers.pump_router(&mut self.outputs);
             self.push_scrape_events();

@@ -145,10 +145,9 @@ impl AddressBook {
 pub(crate) enum PieceStage {
     /// Blocks are arriving.
     Assembling,
-    /// A hash job is out.
-    Hashing,
-    /// It matched; a write job is out.
-    Writing,
+    /// Every block is here and a [`Job::VerifyWrite`](super::Job::VerifyWrite) is out: its answer
+    /// settles the piece (written: verified; mismatch: fetched again; failed: missing again).
+    Verifying,
 }
 
 /// A piece being assembled, hashed or written.
@@ -296,6 +295,12 @@ impl Torrent {
     /// Whether we have every piece of the torrent (never before the metadata is known).
     pub fn has_all(&self) -> bool {
         self.picker.as_ref().is_some_and(|p| p.have().all())
+    }
+
+    /// Whether the engine's upkeep has work for it: requests to refill, a rechoke, PEX to look at.
+    pub fn has_upkeep(&self) -> bool {
+        let active = self.is_running();
+        self.refill || (self.choke_dirty && active) || (self.pex_dirty && active && !self.private)
     }
 
     /// Whether peers, trackers and jobs are active.

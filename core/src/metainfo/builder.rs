@@ -233,6 +233,27 @@ impl PieceHasher {
         Ok(())
     }
 
+    /// Feeds the next whole piece as its length and SHA-1, hashed by the caller (so that a caller
+    /// with threads can hash pieces in parallel and hand them over in order). Only at a piece
+    /// boundary; `len` must be the piece length, or what is left for the last piece.
+    pub fn push_piece_hash(&mut self, len: u64, sha1: [u8; 20]) -> Result<(), MetainfoError> {
+        let total = self.layout.total_length();
+        let left = total - self.fed;
+        let pl = u64::from(self.layout.piece_length());
+        if left == 0 || len > left {
+            return Err(MetainfoError::TooMuchData { expected: total });
+        }
+        if self.in_piece != 0 || len == 0 || (len != pl && len != left) {
+            return Err(MetainfoError::NotEnoughData {
+                expected: total,
+                got: self.fed + len,
+            });
+        }
+        self.fed += len;
+        self.pieces.extend_from_slice(&sha1);
+        Ok(())
+    }
+
     /// Completes the last piece and writes the `.torrent`. Fails if less content arrived than declared.
     pub fn finish(mut self) -> Result<BuiltTorrent, MetainfoError> {
         let total = self.layout.total_length();
@@ -292,6 +313,31 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn pieces_hashed_elsewhere_give_the_same_torrent() {
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let builder = || {
+            TorrentBuilder::multi_file("d", vec![(s(&["a"]), 40_000), (s(&["b"]), 60_000)])
+                .piece_length(16 * 1024)
+        };
+        let mut streamed = builder().start().unwrap();
+        streamed.update(&content).unwrap();
+        let mut pushed = builder().start().unwrap();
+        for chunk in content.chunks(16 * 1024) {
+            pushed
+                .push_piece_hash(chunk.len() as u64, Sha1::digest(chunk).into())
+                .unwrap();
+        }
+        assert_eq!(streamed.finish().unwrap(), pushed.finish().unwrap());
+        // A short piece that is not the last, or one too many, is refused.
+        let mut h = builder().start().unwrap();
+        assert!(h.push_piece_hash(1000, [0; 20]).is_err());
+        for chunk in content.chunks(16 * 1024) {
+            h.push_piece_hash(chunk.len() as u64, [0; 20]).unwrap();
+        }
+        assert!(h.push_piece_hash(16 * 1024, [0; 20]).is_err());
     }
 
     #[test]

@@ -298,7 +298,8 @@ pub enum SessionError {
     /// The layer above does not serve the torrent an incoming peer asked for.
     #[error("incoming peer asked for info-hash {0}, which we do not serve")]
     NotServed(InfoHash),
-    /// A bitfield, have all or have none that was not the first message after the handshake.
+    /// A have all or have none that was not the first message after the handshake (a late bitfield
+    /// is read as a set of haves instead).
     #[error("peer sent {message} as message #{position} after the handshake; only the first message may announce its piece set")]
     LateHaveState {
         /// Which message.

@@ -1152,10 +1152,10 @@ impl PeerSession {
                     self.events.push_back(Event::Have(piece));
                 }
             }
+            Message::Bitfield(payload) if self.messages_received != 1 => {
+                self.late_bitfield(&payload);
+            }
             Message::Bitfield(payload) => {
-                if !self.have_state_first("bitfield") {
-                    return;
-                }
                 if self.geometry.is_none() {
                     self.raw_bitfield = Some(payload);
                 } else {
@@ -1292,6 +1292,40 @@ impl PeerSession {
     }
 
     /// A `have` before we know the piece count: remembered in a bounded bit set.
+    /// A bitfield that was not the first message: aria2 batches its `have`s into such bitfields
+    /// mid-connection. BEP 3 allows the bitfield only first, but it cannot take pieces away, so it is
+    /// read as a set of haves: each newly set piece becomes [`Event::Have`] (or an early have while
+    /// the geometry is unknown); cleared bits are ignored. Length and spare bits are still checked.
+    fn late_bitfield(&mut self, payload: &[u8]) {
+        if self.peer_has_all {
+            return;
+        }
+        if self.geometry.is_none() {
+            for (byte_index, byte) in payload.iter().enumerate() {
+                for bit in 0..8u32 {
+                    if byte & (0x80 >> bit) != 0 {
+                        let piece = (byte_index as u32).saturating_mul(8).saturating_add(bit);
+                        self.early_have(piece);
+                        if self.phase == Phase::Closed {
+                            return;
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        match Bitfield::from_wire(payload, self.peer_have.len()) {
+            Ok(bf) => {
+                for piece in bf.iter_ones().collect::<Vec<_>>() {
+                    if self.peer_have.set(piece) {
+                        self.events.push_back(Event::Have(piece));
+                    }
+                }
+            }
+            Err(e) => self.fail(e.into()),
+        }
+    }
+
     fn early_have(&mut self, piece: u32) {
         if self.peer_has_all {
             return;

@@ -401,18 +401,53 @@ fn state_set_before_the_handshake_is_sent_after_it() {
 
 // ----- have-state validation -----------------------------------------------------------------------
 
+/// aria2 1.36 batches its `have`s into a `bitfield` sent in the middle of a connection (we used to
+/// close with "peer sent bitfield as message #19"). A later bitfield is read as a set of haves: new
+/// pieces become `Have` events, cleared bits take nothing away, a bad length still ends the session.
+/// A late have all / have none stays an error.
 #[test]
-fn late_bitfield_is_a_protocol_error() {
-    let mut rest = enc(Message::Have { piece: 1 });
-    rest.extend(enc(Message::Bitfield(Bytes::from_static(&[0, 0]))));
-    let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+fn late_bitfield_is_a_set_of_haves() {
+    let mut rest = enc(Message::Bitfield(Bytes::from_static(&[0b1000_0000, 0])));
+    rest.extend(enc(Message::Unchoke));
+    rest.extend(enc(Message::Have { piece: 1 }));
+    // Pieces 1, 2 and 9: only 2 and 9 are new; piece 0 is not taken away.
+    rest.extend(enc(Message::Bitfield(Bytes::from_static(&[
+        0b0110_0000,
+        0b0100_0000,
+    ]))));
+    let mut s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(s.error(), None);
     assert_eq!(
-        s.error(),
-        Some(&SessionError::LateHaveState {
-            message: "bitfield",
-            position: 2
-        })
+        drain(&mut s)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Have(_) | Event::Bitfield))
+            .collect::<Vec<_>>(),
+        vec![
+            Event::Bitfield,
+            Event::Have(1),
+            Event::Have(2),
+            Event::Have(9)
+        ]
     );
+    assert!([0, 1, 2, 9].iter().all(|&p| s.peer_has(p)));
+    assert!(!s.peer_has(3));
+
+    // With no bitfield first (have none), a late one still counts.
+    let mut rest = enc(Message::HaveNone);
+    rest.extend(enc(Message::Bitfield(Bytes::from_static(&[
+        0,
+        0b0100_0000,
+    ]))));
+    let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert_eq!(s.error(), None);
+    assert!(s.peer_has(9) && !s.peer_has(0));
+
+    // Its length and spare bits are still checked.
+    let mut rest = enc(Message::Have { piece: 1 });
+    rest.extend(enc(Message::Bitfield(Bytes::from_static(&[0, 0, 0]))));
+    let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);
+    assert!(matches!(s.error(), Some(SessionError::BadBitfield(_))));
+
     let mut rest = enc(Message::HaveNone);
     rest.extend(enc(Message::HaveAll));
     let s = raw(cfg(BOTH), BOTH, &Bitfield::new(10), &rest);

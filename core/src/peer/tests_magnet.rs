@@ -125,6 +125,26 @@ fn raw_bitfield_and_early_haves_are_validated_when_the_geometry_arrives() {
     );
 }
 
+/// aria2's mid-connection bitfield before we have the metadata: its pieces join the early haves.
+#[test]
+fn a_late_bitfield_without_metadata_joins_the_early_haves() {
+    let mut open = enc(Message::Bitfield(Bytes::from_static(&[0b1000_0000, 0])));
+    open.extend(enc(Message::Have { piece: 3 }));
+    open.extend(enc(Message::Bitfield(Bytes::from_static(&[
+        0b0010_0000,
+        0b0100_0000,
+    ]))));
+    let mut s = magnet_session(BOTH, &open);
+    assert!(s.is_established());
+    drain(&mut s);
+    s.set_geometry(t(1), geo(), &Bitfield::new(10)).unwrap();
+    assert_eq!(drain(&mut s), vec![Event::Bitfield]);
+    let PeerPieces::Bitfield(b) = s.peer_pieces() else {
+        panic!("expected a bitfield");
+    };
+    assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![0, 2, 3, 9]);
+}
+
 #[test]
 fn a_bitfield_of_the_wrong_length_ends_the_session_once_the_count_is_known() {
     let mut s = magnet_session(
