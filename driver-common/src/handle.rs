@@ -42,6 +42,10 @@ pub struct SessionConfig {
     pub resume_interval: Duration,
     /// Per-torrent storage tunables.
     pub storage: StorageConfig,
+    /// A PEM bundle of the CA certificates trusted for `https://` trackers, replacing the system's
+    /// roots. `None`: the bundle named by `SSL_CERT_FILE` if set, else the system's store (see
+    /// [`crate::tls`]).
+    pub tls_roots: Option<PathBuf>,
 }
 
 impl Default for SessionConfig {
@@ -56,6 +60,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(10),
             resume_interval: Duration::from_secs(1),
             storage: StorageConfig::default(),
+            tls_roots: None,
         }
     }
 }

@@ -1044,7 +1044,11 @@ impl Engine {
                 );
                 self.rearm(id);
                 self.addrs.insert((addr, Some(tid)), id);
-                self.outputs.push_back(Output::Connect { conn: id, addr });
+                self.outputs.push_back(Output::Connect {
+                    conn: id,
+                    addr,
+                    tls: None,
+                });
                 half_open += 1;
             }
         }

@@ -196,7 +196,7 @@ impl TrackerGlue {
                     }
                 },
             }
-        } else if lower.starts_with("http://") {
+        } else if lower.starts_with("http://") || lower.starts_with("https://") {
             match scrape_url(url, &[info_hash]) {
                 Err(e) => self.fail(origin, e.to_string()),
                 Ok(target) => {
@@ -255,7 +255,7 @@ impl TrackerGlue {
                     ),
                 },
             }
-        } else if lower.starts_with("http://") {
+        } else if lower.starts_with("http://") || lower.starts_with("https://") {
             match announce_url(&order.url, &order.params, order.tracker_id.as_deref()) {
                 Err(e) => self.fail(origin, e.to_string()),
                 Ok(url) => {
@@ -323,7 +323,9 @@ impl TrackerGlue {
     ) {
         let conn = ConnId(*next_conn);
         *next_conn += 1;
-        outputs.push_back(Output::Connect { conn, addr });
+        let url = exchange.url();
+        let tls = url.tls().then(|| url.host().to_owned());
+        outputs.push_back(Output::Connect { conn, addr, tls });
         self.http.insert(conn, HttpReq { origin, exchange });
     }
 
