@@ -28,7 +28,7 @@ fn scrape_over_https_trusts_ssl_cert_file_and_refuses_an_unknown_ca() {
         "secure",
         &[("a.bin", 70_000)],
         16 * 1024,
-        &[url.clone()],
+        std::slice::from_ref(&url),
         91,
     );
     let ca = pki.write_ca(&fx.dir.path().join("ca.pem")).expect("CA");

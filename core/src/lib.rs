@@ -19,6 +19,7 @@ pub mod rng;
 pub mod time;
 pub mod tracker;
 pub mod types;
+pub mod webseed;
 pub mod wire;
 
 pub use time::Instant;
