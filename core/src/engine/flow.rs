@@ -34,30 +34,6 @@ impl Engine {
         self.fill_requests(now, id);
         self.flush(id);
         self.pump_reads(id);
-        self.rearm(id);
-    }
-
-    /// Files the session's current deadline in the timer index. Must follow every call that can
-    /// bring a session's deadline earlier: a request sent when none was outstanding (the request
-    /// and snub timers start), a block ending a snub, the handshake completing; that is
-    /// `process_conn`, `fill_requests` and creating a connection. Everything else only moves
-    /// deadlines later, which leaves the index early: `handle_timeout` then finds nothing due for
-    /// the connection and files the real deadline.
-    pub(super) fn rearm(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let next = c.session.poll_timeout();
-        if next == c.timer {
-            return;
-        }
-        if let Some(old) = c.timer {
-            self.timers.remove(&(old, id));
-        }
-        if let Some(n) = next {
-            self.timers.insert((n, id));
-        }
-        c.timer = next;
     }
 
     fn on_peer_event(&mut self, now: Instant, id: ConnId, ev: peer::Event) {
@@ -403,11 +379,6 @@ impl Engine {
 
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
-        self.fill_requests_inner(now, id);
-        self.rearm(id);
-    }
-
-    fn fill_requests_inner(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.pending_cap();
         let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
@@ -554,9 +525,7 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
-        if let Some(t) = c.timer {
-            self.timers.remove(&(t, id));
-        }
+        self.ids.release(id);
         self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
@@ -1019,8 +988,7 @@ impl Engine {
                 if let Some(e) = t.book.entries.get_mut(&addr) {
                     e.connected = true;
                 }
-                let id = ConnId(self.next_conn);
-                self.next_conn += 1;
+                let id = self.ids.mint_peer();
                 let key = PeerKey(id.0 as u32);
                 t.conns.insert(id);
                 t.keys.insert(key, id);
@@ -1039,10 +1007,8 @@ impl Engine {
                         reading_bytes: 0,
                         unflushed: 0,
                         ext: Default::default(),
-                        timer: None,
                     },
                 );
-                self.rearm(id);
                 self.addrs.insert((addr, Some(tid)), id);
                 self.outputs.push_back(Output::Connect {
                     conn: id,
@@ -1058,38 +1024,56 @@ impl Engine {
     /// [`MIN_PENDING_PIECES`] pieces of the torrent with the longest pieces, so that a torrent with
     /// huge pieces can still assemble one while the previous one is hashed and written.
     pub(super) fn pending_cap(&self) -> u64 {
-        let longest = self
-            .torrents
-            .values()
-            .filter_map(|t| t.info.as_ref())
-            .map(|info| u64::from(info.layout().piece_length()))
-            .max()
-            .unwrap_or(0);
         self.config
             .max_pending_piece_bytes
-            .max(longest.saturating_mul(MIN_PENDING_PIECES))
+            .max(self.longest_piece.saturating_mul(MIN_PENDING_PIECES))
     }
 
-    /// Pieces left memory: if that brings us back under the cap, every torrent may start pieces again.
+    /// Pieces left memory: if that brings us back under the cap, every torrent with peers may start
+    /// pieces again.
     pub(super) fn release_pending(&mut self, bytes: u64) {
         let cap = self.pending_cap();
         let was_over = self.pending_bytes >= cap;
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         if was_over && self.pending_bytes < cap {
-            for t in self.torrents.values_mut() {
-                t.refill = true;
+            let with_peers: Vec<TorrentId> = self
+                .torrents
+                .iter()
+                .filter(|(_, t)| !t.conns.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            for tid in with_peers {
+                if let Some(t) = self.torrents.get_mut(&tid) {
+                    t.refill = true;
+                }
             }
         }
     }
 
-    /// Upkeep after every input: requests, choking, dialling, trackers, shutdown.
+    /// The torrents the upkeep looks at: those touched by this input so far (`work`, taken at the
+    /// start of the upkeep) and those touched since. Any other torrent has nothing to do: its flags
+    /// are only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
+    pub(super) fn upkeep_set(&self, work: &[TorrentId]) -> Vec<TorrentId> {
+        let mut all = work.to_vec();
+        let late = self.torrents.touched();
+        if !late.is_empty() {
+            all.extend_from_slice(late);
+            all.sort_unstable();
+            all.dedup();
+        }
+        all
+    }
+
+    /// Upkeep after every input, for what the input touched: requests, choking, extensions, dialling,
+    /// trackers, shutdown; then the deadlines of everything touched are refiled. Its cost follows
+    /// what changed, not the number of torrents and connections.
     pub(super) fn maintain(&mut self, now: Instant) {
         if now > self.last_now {
             self.last_now = now;
         }
-        let tids: Vec<TorrentId> = self.torrents.keys().copied().collect();
-        for tid in &tids {
-            let Some(t) = self.torrents.get_mut(tid) else {
+        let work = self.torrents.take_touched();
+        for tid in self.upkeep_set(&work) {
+            let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
             if std::mem::take(&mut t.refill) {
@@ -1099,16 +1083,16 @@ impl Engine {
                     self.flush(id);
                 }
             }
-            let Some(t) = self.torrents.get_mut(tid) else {
+            let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
             if t.choke_dirty && t.is_running() {
-                self.run_choker(now, *tid);
+                self.run_choker(now, tid);
             }
         }
-        self.drive_extensions(now);
+        self.drive_extensions(now, &work);
         self.dial(now);
-        self.drive_trackers(now);
+        self.drive_trackers(now, &work);
         if let Some(deadline) = self.shutdown_deadline {
             let quiet =
                 self.torrents.values().all(|t| t.policy.is_stopped()) && self.trackers.is_idle();
@@ -1116,26 +1100,42 @@ impl Engine {
                 self.shut_down = true;
             }
         }
+        // Torrents touched during the upkeep keep their mark: what it set waits for the next one,
+        // as it would have in a scan. Their deadlines are refiled now.
+        let refile = self.upkeep_set(&work);
+        self.refile_timers(&refile);
+        #[cfg(debug_assertions)]
+        for (id, t) in self.torrents.iter() {
+            debug_assert!(
+                self.torrents.is_touched(id)
+                    || (!t.refill && !(t.pex_dirty && t.is_running() && !t.private)),
+                "torrent {id:?} has upkeep to do but is not marked for it"
+            );
+        }
     }
 
     /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
-    fn drive_trackers(&mut self, now: Instant) {
+    /// Only touched torrents can have announces to send (a due announce touches its torrent).
+    fn drive_trackers(&mut self, now: Instant, work: &[TorrentId]) {
         for _ in 0..16 {
             let mut orders = Vec::new();
-            for (tid, t) in self.torrents.iter_mut() {
+            for tid in self.upkeep_set(work) {
+                let Some(t) = self.torrents.get_mut(&tid) else {
+                    continue;
+                };
                 let progress = Progress {
                     uploaded: t.uploaded,
                     downloaded: t.downloaded,
                     left: t.picker.as_ref().map_or(UNKNOWN_LEFT, Picker::left),
                 };
                 while let Some(order) = t.policy.poll_announce(now, progress) {
-                    orders.push((*tid, order));
+                    orders.push((tid, order));
                 }
             }
             self.trackers.poll_retired(now, &mut orders);
             for (tid, order) in orders {
                 self.trackers
-                    .dispatch(now, tid, order, &mut self.outputs, &mut self.next_conn);
+                    .dispatch(now, tid, order, &mut self.outputs, &mut self.ids);
             }
             self.trackers.pump_router(&mut self.outputs);
             self.push_scrape_events();
