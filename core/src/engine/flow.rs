@@ -667,6 +667,9 @@ impl Engine {
         }
         let mut to_ban = Vec::new();
         for addr in strike {
+            if t.strikes.len() >= MAX_STRIKE_ENTRIES && !t.strikes.contains_key(&addr) {
+                t.strikes.pop_first();
+            }
             let n = t.strikes.entry(addr).or_insert(0);
             *n += 1;
             if *n >= MAX_STRIKES {
@@ -794,7 +797,7 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if !t.banned.insert(addr) {
+        if !insert_capped(&mut t.banned, addr, MAX_BANNED) {
             return;
         }
         t.book.ban(&addr);
@@ -806,7 +809,7 @@ impl Engine {
             .collect();
         for id in &victims {
             if let Some(pid) = self.conns.get(id).and_then(|c| c.peer_id) {
-                t.banned_ids.insert(pid);
+                insert_capped(&mut t.banned_ids, pid, MAX_BANNED);
             }
         }
         self.events.push_back(Event::PeerBanned {
