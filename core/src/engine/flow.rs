@@ -667,6 +667,9 @@ impl Engine {
         }
         let mut to_ban = Vec::new();
         for addr in strike {
+            if t.strikes.len() >= MAX_STRIKE_ENTRIES && !t.strikes.contains_key(&addr) {
+                t.strikes.pop_first();
+            }
             let n = t.strikes.entry(addr).or_insert(0);
             *n += 1;
             if *n >= MAX_STRIKES {
@@ -794,7 +797,7 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if !t.banned.insert(addr) {
+        if !insert_capped(&mut t.banned, addr, MAX_BANNED) {
             return;
         }
         t.book.ban(&addr);
@@ -806,7 +809,7 @@ impl Engine {
             .collect();
         for id in &victims {
             if let Some(pid) = self.conns.get(id).and_then(|c| c.peer_id) {
-                t.banned_ids.insert(pid);
+                insert_capped(&mut t.banned_ids, pid, MAX_BANNED);
             }
         }
         self.events.push_back(Event::PeerBanned {
@@ -1100,15 +1103,21 @@ impl Engine {
                 self.shut_down = true;
             }
         }
-        // Torrents touched during the upkeep keep their mark: what it set waits for the next one,
-        // as it would have in a scan. Their deadlines are refiled now.
+        // Everything the upkeep looked at gets its deadlines refiled. Its own accesses marked those
+        // torrents again; only the ones left with work (a flag set after their turn) stay marked for
+        // the next upkeep, as they would have been found by a scan. The rest is done until an input
+        // or a deadline touches it again.
         let refile = self.upkeep_set(&work);
         self.refile_timers(&refile);
+        for tid in self.torrents.take_touched() {
+            if self.torrents.get(&tid).is_some_and(Torrent::has_upkeep) {
+                self.torrents.mark(&tid);
+            }
+        }
         #[cfg(debug_assertions)]
         for (id, t) in self.torrents.iter() {
             debug_assert!(
-                self.torrents.is_touched(id)
-                    || (!t.refill && !(t.pex_dirty && t.is_running() && !t.private)),
+                self.torrents.is_touched(id) || !t.has_upkeep(),
                 "torrent {id:?} has upkeep to do but is not marked for it"
             );
         }

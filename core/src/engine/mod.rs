@@ -47,7 +47,10 @@ use crate::types::{InfoHash, PeerId};
 
 use conn::{Classified, Conn, ConnIds, READ_AHEAD, SEND_WINDOW};
 use table::{TimerKey, TimerTable, Tracked};
-use torrent::{PieceBuf, PieceStage, RunState, Torrent, MAX_FAILED_KEEP, MAX_STRIKES};
+use torrent::{
+    insert_capped, PieceBuf, PieceStage, RunState, Torrent, MAX_BANNED, MAX_FAILED_KEEP,
+    MAX_STRIKES, MAX_STRIKE_ENTRIES,
+};
 use trackers::TrackerGlue;
 
 pub use ext::AddMagnet;
