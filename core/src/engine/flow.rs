@@ -111,6 +111,7 @@ impl Engine {
                     picker.peer_bitfield(b);
                     seed = b.all();
                 }
+                // Two seeds have nothing to trade: close at once instead of idling a slot.
                 if seed && picker.have().all() {
                     c.session.close();
                     return;
@@ -145,12 +146,15 @@ impl Engine {
             }
             E::Unchoked => {}
             E::Interested => {
+                // A free slot (or the optimistic one) may go to this peer now rather than at the
+                // next 10 s round: rechoke soon.
                 if t.choker.unchoked().len() <= self.config.unchoke_slots {
                     t.choker.rechoke_soon();
                 }
                 t.choke_dirty = true;
             }
             E::NotInterested => {
+                // Its slot is wasted on a peer that wants nothing: give it to someone else soon.
                 if t.choker.is_unchoked(id) {
                     t.choker.rechoke_soon();
                     t.choke_dirty = true;
@@ -172,6 +176,8 @@ impl Engine {
                 t.refill = true;
             }
             E::Snubbed => t.choke_dirty = true,
+            // Only pieces we have (verified) are served, and only while running; anything else is
+            // rejected so the peer does not wait for it.
             E::ReadRequest { block } => {
                 let have = t.picker.as_ref().is_some_and(|p| p.have().get(block.piece));
                 if t.is_running() && have {
@@ -379,6 +385,8 @@ impl Engine {
 
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
+        // Over the memory cap, only pieces already started are continued (finishing them frees
+        // memory); no new piece is begun.
         let over = self.pending_bytes >= self.pending_cap();
         let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
@@ -413,6 +421,8 @@ impl Engine {
             masked = m;
             PeerPieces::Bitfield(&masked)
         };
+        // While choked we may only ask for the peer's allowed-fast pieces (BEP 6); pieces that failed
+        // with several senders are tried first from peers that sent none of them (see `retry_plan`).
         let picks = if c.session.peer_choking() || over {
             let allowed: Vec<u32> = if c.session.peer_choking() {
                 c.session
@@ -496,6 +506,8 @@ impl Engine {
         let Some(tid) = c.torrent else {
             return;
         };
+        // Reads are issued only while little is on its way to the peer, so a slow reader never makes
+        // us hold more than READ_AHEAD of its blocks in memory.
         while c.outbound_bytes() < READ_AHEAD {
             let Some(block) = c.read_queue.pop_front() else {
                 break;
@@ -545,6 +557,8 @@ impl Engine {
         if let Some(t) = self.torrents.get_mut(&tid) {
             t.conns.remove(&id);
             t.keys.remove(&c.key);
+            // Its availability leaves the picker and its outstanding requests become free again
+            // (a session without geometry never counted in the picker).
             if c.session.has_geometry() {
                 if let Some(picker) = t.picker.as_mut() {
                     picker.peer_disconnected(c.key, c.session.peer_pieces());
@@ -912,6 +926,7 @@ impl Engine {
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
                 let choke = !unchoked.contains(&id);
+                // Choking a peer drops its queued requests (BEP 3); its disk reads in flight finish.
                 if choke && !c.session.am_choking() {
                     c.read_queue.clear();
                 }
@@ -963,6 +978,7 @@ impl Engine {
                 let Some(addr) = t.book.candidate(now, |a| {
                     !addrs.contains_key(&(*a, Some(tid))) && !banned.contains(a)
                 }) else {
+                    // Out of addresses while under half the peer cap: ask the trackers early.
                     if t.conns.len() < self.config.max_peers_per_torrent / 2 && !t.is_complete() {
                         t.policy.want_more_peers();
                     }
