@@ -1065,18 +1065,17 @@ impl Engine {
         }
     }
 
-    /// The torrents the upkeep looks at: those touched by this input so far (`work`, taken at the
-    /// start of the upkeep) and those touched since. Any other torrent has nothing to do: its flags
-    /// are only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
-    pub(super) fn upkeep_set(&self, work: &[TorrentId]) -> Vec<TorrentId> {
-        let mut all = work.to_vec();
+    /// Adds to the upkeep's `work` (the torrents touched by this input, taken at the start of the
+    /// upkeep) those touched since, in id order. Any other torrent has nothing to do: its flags are
+    /// only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
+    fn add_late(&self, work: &mut Vec<TorrentId>) {
         let late = self.torrents.touched();
-        if !late.is_empty() {
-            all.extend_from_slice(late);
-            all.sort_unstable();
-            all.dedup();
+        if late.iter().all(|t| work.binary_search(t).is_ok()) {
+            return;
         }
-        all
+        work.extend_from_slice(late);
+        work.sort_unstable();
+        work.dedup();
     }
 
     /// Upkeep after every input, for what the input touched: requests, choking, extensions, dialling,
@@ -1086,8 +1085,9 @@ impl Engine {
         if now > self.last_now {
             self.last_now = now;
         }
-        let work = self.torrents.take_touched();
-        for tid in self.upkeep_set(&work) {
+        let mut work = self.torrents.take_touched();
+        self.add_late(&mut work);
+        for &tid in &work {
             let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
@@ -1105,9 +1105,10 @@ impl Engine {
                 self.run_choker(now, tid);
             }
         }
+        self.add_late(&mut work);
         self.drive_extensions(now, &work);
         self.dial(now);
-        self.drive_trackers(now, &work);
+        self.drive_trackers(now, &mut work);
         if let Some(deadline) = self.shutdown_deadline {
             let quiet =
                 self.torrents.values().all(|t| t.policy.is_stopped()) && self.trackers.is_idle();
@@ -1119,8 +1120,8 @@ impl Engine {
         // torrents again; only the ones left with work (a flag set after their turn) stay marked for
         // the next upkeep, as they would have been found by a scan. The rest is done until an input
         // or a deadline touches it again.
-        let refile = self.upkeep_set(&work);
-        self.refile_timers(&refile);
+        self.add_late(&mut work);
+        self.refile_timers(&work);
         for tid in self.torrents.take_touched() {
             if self.torrents.get(&tid).is_some_and(Torrent::has_upkeep) {
                 self.torrents.mark(&tid);
@@ -1137,10 +1138,11 @@ impl Engine {
 
     /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
     /// Only touched torrents can have announces to send (a due announce touches its torrent).
-    fn drive_trackers(&mut self, now: Instant, work: &[TorrentId]) {
+    fn drive_trackers(&mut self, now: Instant, work: &mut Vec<TorrentId>) {
         for _ in 0..16 {
             let mut orders = Vec::new();
-            for tid in self.upkeep_set(work) {
+            self.add_late(work);
+            for &tid in work.iter() {
                 let Some(t) = self.torrents.get_mut(&tid) else {
                     continue;
                 };
