@@ -33,6 +33,10 @@ pub struct CreateArgs {
     /// Piece length in bytes (a power of two from 16 KiB is usual); chosen automatically if absent.
     #[arg(long, value_name = "BYTES")]
     pub piece_length: Option<u32>,
+    /// A web seed URL (BEP 19 `url-list`); repeat for more. For a directory it names the folder that
+    /// holds the torrent's top directory; for a file, the file itself (or, ending in `/`, its folder).
+    #[arg(long = "web-seed", value_name = "URL")]
+    pub web_seeds: Vec<String>,
     /// Mark the torrent private (BEP 27): peers only from its trackers.
     #[arg(long)]
     pub private: bool,
@@ -85,7 +89,10 @@ pub fn build(args: &CreateArgs) -> Result<(BuiltTorrent, u64), CliError> {
         .iter()
         .map(|t| t.split(',').map(|u| u.trim().to_owned()).collect())
         .collect();
-    builder = builder.trackers(tiers).private(args.private);
+    builder = builder
+        .trackers(tiers)
+        .url_list(args.web_seeds.clone())
+        .private(args.private);
     if let Some(comment) = &args.comment {
         builder = builder.comment(comment);
     }
@@ -286,6 +293,7 @@ mod tests {
             path: root.clone(),
             output: dir.path().join("out.torrent"),
             trackers: vec!["http://127.0.0.1:1/announce".into()],
+            web_seeds: Vec::new(),
             piece_length: Some(16 * 1024),
             private: false,
             comment: None,

@@ -143,6 +143,7 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
         path: payload.clone(),
         output: base.join("hyperblow-demo.torrent"),
         trackers: Vec::new(),
+        web_seeds: Vec::new(),
         piece_length: None,
         private: false,
         comment: Some("made by `hyperblow demo`".into()),

@@ -77,6 +77,7 @@ pub fn torrent_report(meta: &Metainfo) -> Value {
         "private": info.is_private(),
         "multi_file": info.is_multi_file(),
         "trackers": meta.trackers,
+        "web_seeds": meta.url_list,
         "comment": meta.comment,
         "created_by": meta.created_by,
         "creation_date": meta.creation_date,
@@ -165,6 +166,9 @@ fn render_text(r: &Value) -> String {
                 );
             }
         }
+    }
+    for url in r["web_seeds"].as_array().into_iter().flatten() {
+        line(&mut out, "Web seed", url.as_str().unwrap_or_default());
     }
     if let Some(files) = r["files"].as_array() {
         let _ = writeln!(out, "Files ({}):", files.len());

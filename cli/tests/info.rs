@@ -243,6 +243,45 @@ fn create_refuses_a_missing_input() {
 }
 
 #[test]
+fn create_writes_web_seeds_and_info_lists_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (single, _) = make_payload(dir.path());
+    let torrent = dir.path().join("seeded.torrent");
+    let out = hyperblow(&[
+        "create",
+        single.to_str().expect("utf-8 path"),
+        "-o",
+        torrent.to_str().expect("utf-8 path"),
+        "--web-seed",
+        "http://mirror.test/files/",
+        "--web-seed",
+        "https://other.test/single.bin",
+        "--no-date",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = info_json(&torrent);
+    assert_eq!(
+        v["web_seeds"],
+        serde_json::json!(["http://mirror.test/files/", "https://other.test/single.bin"])
+    );
+    // The parsed torrent carries them as `url-list`, in order.
+    let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&std::fs::read(&torrent).unwrap())
+        .expect("parse");
+    assert_eq!(meta.url_list.len(), 2);
+    let text = hyperblow(&["info", torrent.to_str().expect("utf-8 path")]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Web seed:     http://mirror.test/files/")
+            && text.contains("Web seed:     https://other.test/single.bin"),
+        "{text}"
+    );
+}
+
+#[test]
 fn magnet_info_without_metadata() {
     let out = hyperblow(&[
         "info",

@@ -24,6 +24,7 @@ pub mod time;
 pub mod tracker;
 pub mod types;
 pub mod utp;
+pub mod webseed;
 pub mod wire;
 
 pub use time::Instant;

@@ -49,6 +49,10 @@ pub struct SessionConfig {
     /// Session-wide download and upload limits from the start (default unlimited); change them later
     /// with [`SessionHandle::set_rate_limits`].
     pub rate_limits: RateLimits,
+    /// A PEM bundle of the CA certificates trusted for `https://` trackers, replacing the system's
+    /// roots. `None`: the bundle named by `SSL_CERT_FILE` if set, else the system's store (see
+    /// [`crate::tls`]).
+    pub tls_roots: Option<PathBuf>,
 }
 
 impl Default for SessionConfig {
@@ -64,6 +68,7 @@ impl Default for SessionConfig {
             resume_interval: Duration::from_secs(1),
             storage: StorageConfig::default(),
             rate_limits: RateLimits::default(),
+            tls_roots: None,
         }
     }
 }

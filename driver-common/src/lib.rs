@@ -85,6 +85,7 @@ mod handle;
 mod runtime;
 mod session;
 mod tasks;
+pub mod tls;
 
 pub use handle::{
     AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, EventStream, Pending,

@@ -129,6 +129,8 @@ struct Session<R: Runtime> {
     shutdown: Option<Shutdown>,
     /// Scrapes asked through the handle, waiting for their trackers' answers.
     scrapes: Vec<ScrapeWait>,
+    /// TLS settings for connections the engine wants wrapped (`https://` trackers).
+    tls: Arc<crate::tls::TlsClient>,
 }
 
 /// One [`Command::Scrape`] being answered tracker by tracker.
@@ -255,6 +257,7 @@ pub fn prepare_session<R: Runtime>(
     )));
     spawn_bg(Box::pin(tasks::udp_send_task::<R>(udp, udp_local, udp_rx)));
 
+    let config_tls_roots = config.tls_roots.clone();
     let session = Session {
         rt,
         engine,
@@ -277,6 +280,9 @@ pub fn prepare_session<R: Runtime>(
         read_pool: disk::ReadPool::default(),
         last_timeout_call: None,
         shutdown: None,
+        tls: Arc::new(crate::tls::TlsClient::new(
+            crate::tls::TlsRoots::from_setting(config_tls_roots.as_deref()),
+        )),
     };
     let task = SessionTask(Box::pin(session.run(cmd_rx, ctl_rx, net_rx)));
     Ok((handle, task))
@@ -516,7 +522,7 @@ impl<R: Runtime> Session<R> {
 
     fn output(&mut self, out: Output) {
         match out {
-            Output::Connect { conn, addr } => {
+            Output::Connect { conn, addr, tls } => {
                 let (writer, writer_rx) = mpsc::unbounded();
                 let (reader, reg) = AbortHandle::new_pair();
                 self.conns.insert(conn, ConnEntry { writer, reader });
@@ -524,6 +530,7 @@ impl<R: Runtime> Session<R> {
                     self.rt.clone(),
                     conn,
                     addr,
+                    tls.map(|host| (host, Arc::clone(&self.tls))),
                     self.config.connect_timeout,
                     writer_rx,
                     self.net_tx.clone(),

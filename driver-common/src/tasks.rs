@@ -9,13 +9,15 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::future::{self, Either};
-use futures::io::AsyncWriteExt;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{SinkExt, StreamExt};
 use hyperblow_core::engine::ConnId;
 use hyperblow_core::wire::FrameTracker;
 
 use crate::runtime::Runtime;
 use crate::session::{Ctl, Net};
+use crate::tls::{TlsClient, TlsStream};
+use std::sync::Arc;
 
 /// Smallest read buffer allocation (a connection that only ever gets small messages keeps this).
 const READ_ALLOC_MIN: usize = 64 * 1024;
@@ -51,11 +53,16 @@ pub(crate) enum WriterCmd {
 }
 
 /// Dials `addr` with a timeout; once connected, reports it, starts the writer, and becomes the reader.
+///
+/// With `tls` (the server name and the session's TLS settings) the TLS handshake runs first, within the
+/// same timeout, and only a verified connection is reported as connected; a failed handshake is a
+/// [`Net::ConnectFailed`] with rustls' reason (never a fallback to plain TCP).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn connect_task<R: Runtime>(
     rt: R,
     conn: ConnId,
     addr: SocketAddr,
+    tls: Option<(String, Arc<TlsClient>)>,
     timeout: Duration,
     writer_rx: mpsc::UnboundedReceiver<WriterCmd>,
     mut net: mpsc::Sender<Net<R>>,
@@ -66,6 +73,39 @@ pub(crate) async fn connect_task<R: Runtime>(
     let sleep = pin!(rt.sleep_until(deadline));
     match future::select(connect, sleep).await {
         Either::Left((Ok((reader, writer)), _)) => {
+            if let Some((host, client)) = tls {
+                let failed = |why: String| {
+                    Net::ConnectFailed(conn, format!("TLS with {host} ({addr}): {why}"))
+                };
+                let config = match client.config() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = net.send(failed(e)).await;
+                        return;
+                    }
+                };
+                let handshake = pin!(TlsStream::connect(config, &host, reader, writer));
+                let sleep = pin!(rt.sleep_until(deadline));
+                let stream = match future::select(handshake, sleep).await {
+                    Either::Left((Ok(stream), _)) => stream,
+                    Either::Left((Err(e), _)) => {
+                        let _ = net.send(failed(e.to_string())).await;
+                        return;
+                    }
+                    Either::Right(((), _)) => {
+                        let why = format!("handshake timed out after {timeout:?}");
+                        let _ = net.send(failed(why)).await;
+                        return;
+                    }
+                };
+                if net.send(Net::Connected(conn)).await.is_err() {
+                    return;
+                }
+                let (reader, writer) = stream.split();
+                rt.spawn(writer_task(conn, writer, writer_rx, ctl));
+                stream_reader_task::<R, _>(conn, reader, net).await;
+                return;
+            }
             if net.send(Net::Connected(conn)).await.is_err() {
                 return;
             }
@@ -140,6 +180,32 @@ pub(crate) async fn reader_task<R: Runtime>(
         free -= n;
         let chunk = room.split_to(n);
         tracker.advance(&chunk);
+        if net.send(Net::Read(conn, chunk)).await.is_err() {
+            return;
+        }
+    }
+    let _ = net.send(Net::Closed(conn)).await;
+}
+
+/// Size of each read of [`stream_reader_task`].
+const STREAM_READ: usize = 16 * 1024;
+
+/// Reads a wrapped stream (TLS plaintext) until it ends, handing every chunk to the loop like
+/// [`reader_task`], without its zero-copy allocation scheme (tracker replies are small).
+async fn stream_reader_task<R: Runtime, S>(
+    conn: ConnId,
+    mut reader: S,
+    mut net: mpsc::Sender<Net<R>>,
+) where
+    S: futures::io::AsyncRead + Unpin,
+{
+    let mut buf = vec![0u8; STREAM_READ];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n.min(buf.len()),
+        };
+        let chunk = BytesMut::from(buf.get(..n).unwrap_or_default());
         if net.send(Net::Read(conn, chunk)).await.is_err() {
             return;
         }

@@ -13,6 +13,7 @@
 //! - [`libtorrent`]: seeders and leechers run by `tests/interop/lt_peer.py`.
 //! - [`transmission`]: `transmission-daemon` driven by `transmission-remote`.
 //! - [`aria2`]: `aria2c` seeding or leeching through HTTP trackers.
+//! - [`nginx`]: a real web server (a TLS front for opentracker) and a test CA made with `rcgen`.
 //! - [`fixtures`]: deterministic payloads and `mktorrent`-made `.torrent` files.
 //!
 //! Every program listens on 127.0.0.1 only, with DHT, LSD, UPnP and NAT-PMP off. For belt and
@@ -22,6 +23,7 @@
 pub mod aria2;
 pub mod fixtures;
 pub mod libtorrent;
+pub mod nginx;
 pub mod opentracker;
 pub mod ports;
 pub mod process;
@@ -30,6 +32,7 @@ pub mod transmission;
 pub use aria2::{Aria2, Aria2Role};
 pub use fixtures::{mktorrent, payload, write_payload, TorrentFile};
 pub use libtorrent::{LtConfig, LtLine, LtPeer, LtRole, LtSource, LtStatus};
+pub use nginx::{Nginx, TestPki};
 pub use opentracker::{
     http_get, udp_connect, udp_exchange, udp_exchange_raw, HttpReply, Opentracker,
 };
@@ -48,7 +51,7 @@ pub const SKIP_VAR: &str = "HYPERBLOW_SKIP_INTEROP";
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 const INSTALL_HINT: &str = "apt-get install -y opentracker python3-libtorrent mktorrent \
-                            transmission-cli transmission-daemon aria2";
+                            transmission-cli transmission-daemon aria2 nginx";
 
 /// Whether the caller may skip a missing tool: only when asked explicitly and never in CI.
 fn skip_allowed() -> bool {

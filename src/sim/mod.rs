@@ -892,7 +892,18 @@ impl Sim {
     fn perform(&mut self, node: NodeId, o: Output) {
         let now = self.now;
         match o {
-            Output::Connect { conn, addr } => self.connect(node, conn, addr),
+            Output::Connect {
+                conn,
+                addr,
+                tls: None,
+            } => self.connect(node, conn, addr),
+            // The simulator speaks no TLS: an https:// tracker cannot be reached here.
+            Output::Connect {
+                conn, tls: Some(_), ..
+            } => {
+                let at = now + self.config.default_link.latency * 2;
+                self.schedule(at, Ev::ConnectFailed { node, id: conn });
+            }
             Output::Send { conn, data } => {
                 let Some(&c) = self.ends.get(&(node, conn)) else {
                     return;

@@ -42,6 +42,11 @@ pub enum Output {
         conn: ConnId,
         /// Where to connect.
         addr: SocketAddr,
+        /// `Some(host)`: this connection needs TLS (an `https://` tracker). The driver runs the handshake
+        /// with `host` as the server name the certificate must match, reports `handle_connected` only
+        /// after it, and carries plaintext both ways from then on; a handshake or certificate failure is
+        /// a `handle_connect_failed` with the reason (never a fallback to plain TCP). `None`: plain TCP.
+        tls: Option<String>,
     },
     /// Write `data` to the connection, after everything sent on it before. Report the bytes written
     /// with `Engine::handle_flushed` so the engine can pace disk reads for slow readers.

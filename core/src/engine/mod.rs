@@ -48,13 +48,17 @@ use crate::types::{InfoHash, PeerId};
 
 use conn::{Classified, Conn, ConnIds, READ_AHEAD, SEND_WINDOW};
 use table::{TimerKey, TimerTable, Tracked};
-use torrent::{PieceBuf, PieceStage, RunState, Torrent, MAX_FAILED_KEEP, MAX_STRIKES};
+use torrent::{
+    insert_capped, PieceBuf, PieceStage, RunState, Torrent, MAX_BANNED, MAX_FAILED_KEEP,
+    MAX_STRIKES, MAX_STRIKE_ENTRIES,
+};
 use trackers::TrackerGlue;
 
 pub use ext::AddMagnet;
 pub use io::*;
 
-/// The pending-piece cap is never below this many pieces of the torrent with the longest pieces.
+/// The pending-piece cap is never below this many pieces of the torrent with the longest pieces: one
+/// being assembled while the previous one is verified and written.
 const MIN_PENDING_PIECES: u64 = 2;
 
 /// Tunables of an [`Engine`]. [`EngineConfig::default`] gives the values named on each field.

@@ -112,7 +112,8 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
         &self.touched
     }
 
-    /// Whether a key is recorded as touched.
+    /// Whether a key is recorded as touched (for debug checks).
+    #[cfg(any(test, debug_assertions))]
     pub fn is_touched(&self, k: &K) -> bool {
         self.map.get(k).is_some_and(|(_, t)| *t)
     }

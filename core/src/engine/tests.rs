@@ -100,6 +100,7 @@ struct Net {
     sent: Vec<(usize, SocketAddr, Message)>,
     /// Every `Connect` a node asked for.
     connects: Vec<(usize, SocketAddr)>,
+    tls_dials: Vec<(usize, String)>,
 }
 
 /// The SHA-1 of a piece given as blocks.
@@ -135,6 +136,7 @@ impl Net {
             decoders: BTreeMap::new(),
             sent: Vec::new(),
             connects: Vec::new(),
+            tls_dials: Vec::new(),
         }
     }
 
@@ -196,8 +198,16 @@ impl Net {
     fn perform(&mut self, i: usize, o: Output) {
         let now = self.now;
         match o {
-            Output::Connect { conn, addr: to } => {
+            Output::Connect {
+                conn,
+                addr: to,
+                tls,
+            } => {
                 self.connects.push((i, to));
+                // TLS is the driver's: here it is transparent, and only the request for it is noted.
+                if let Some(host) = tls {
+                    self.tls_dials.push((i, host));
+                }
                 if let Some(j) = self.node_at(to) {
                     let port = self.next_port;
                     self.next_port += 1;
@@ -662,6 +672,31 @@ fn leech_through_a_fake_http_tracker() {
         .torrent_stats(net.now, tl)
         .expect("stats");
     assert_eq!(st.trackers.len(), 1);
+}
+
+#[test]
+fn https_tracker_connections_ask_the_driver_for_tls_with_the_host_name() {
+    let url = "https://tracker.test:8443/announce".to_owned();
+    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
+    let tracker = addr(100, 8443);
+    net.hosts.insert("tracker.test".into(), tracker.ip());
+    let seeder = net.nodes[0].addr;
+    net.http.insert(
+        tracker,
+        FakeHttp {
+            body: http_body(&[seeder]),
+            requests: Vec::new(),
+        },
+    );
+    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    let reqs = &net.http[&tracker].requests;
+    assert!(reqs.iter().any(|r| r.contains("event=started")), "{reqs:?}");
+    // Every connection to the tracker asked for TLS with its name; none to a peer did.
+    let to_tracker = net.connects.iter().filter(|(_, a)| *a == tracker).count();
+    assert!(to_tracker >= 2, "both nodes announce");
+    assert_eq!(net.tls_dials.len(), to_tracker, "{:?}", net.tls_dials);
+    assert!(net.tls_dials.iter().all(|(_, h)| h == "tracker.test"));
 }
 
 #[test]

@@ -20,6 +20,11 @@ use crate::types::InfoHash;
 use super::conn::{ConnIds, HttpConn};
 use super::io::{Output, ResolveId, TorrentId};
 
+/// Most host names in the DNS cache. When full, expired entries go first, then the one that expires
+/// soonest: a session rarely talks to more than a few dozen trackers, and a tracker list (or a peer
+/// hint) cannot grow the cache past this.
+const MAX_DNS_CACHE: usize = 256;
+
 /// Most pending lookups (each waiting announce counts).
 const MAX_WAITERS: usize = 1024;
 
@@ -202,7 +207,7 @@ impl TrackerGlue {
                     }
                 },
             }
-        } else if lower.starts_with("http://") {
+        } else if lower.starts_with("http://") || lower.starts_with("https://") {
             match scrape_url(url, &[info_hash]) {
                 Err(e) => self.fail(origin, e.to_string()),
                 Ok(target) => {
@@ -261,7 +266,7 @@ impl TrackerGlue {
                     ),
                 },
             }
-        } else if lower.starts_with("http://") {
+        } else if lower.starts_with("http://") || lower.starts_with("https://") {
             match announce_url(&order.url, &order.params, order.tracker_id.as_deref()) {
                 Err(e) => self.fail(origin, e.to_string()),
                 Ok(url) => {
@@ -322,9 +327,12 @@ impl TrackerGlue {
         ids: &mut ConnIds,
     ) {
         let conn = ids.mint_http();
+        let url = exchange.url();
+        let tls = url.tls().then(|| url.host().to_owned());
         outputs.push_back(Output::Connect {
             conn: conn.id(),
             addr,
+            tls,
         });
         self.http.insert(conn, HttpReq { origin, exchange });
     }
@@ -421,6 +429,19 @@ impl TrackerGlue {
         };
         let chosen = pick_ip(&ips);
         if let Some(ip) = chosen {
+            if self.dns.len() >= MAX_DNS_CACHE && !self.dns.contains_key(&host) {
+                self.dns.retain(|_, (expiry, _)| *expiry > now);
+                if self.dns.len() >= MAX_DNS_CACHE {
+                    let soonest = self
+                        .dns
+                        .iter()
+                        .min_by_key(|(_, (expiry, _))| *expiry)
+                        .map(|(h, _)| h.clone());
+                    if let Some(h) = soonest {
+                        self.dns.remove(&h);
+                    }
+                }
+            }
             self.dns.insert(host.clone(), (now + self.dns_ttl, ips));
             for w in waiters {
                 self.proceed(now, w, ip, outputs, ids);

@@ -4,9 +4,9 @@
 //! bytes over a TCP connection is the job of [`super::http_client::Exchange`], and opening that connection
 //! is the driver's.
 //!
-//! Only plain `http://` trackers are supported for now: an `https://` URL is refused with
-//! [`UrlError::HttpsUnsupported`] ("https trackers are not supported yet"), because TLS would need a
-//! dependency the core does not carry yet.
+//! `https://` trackers use the same requests and replies: a [`TrackerUrl`] says whether it needs TLS
+//! ([`TrackerUrl::tls`]), and the driver wraps the connection (the core stays free of TLS, whose
+//! handshake needs randomness and the clock). A redirect may go from `http://` to `https://`, never back.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,17 +22,20 @@ use crate::types::InfoHash;
 /// The TCP port an `http://` URL means when it names none.
 pub const DEFAULT_HTTP_PORT: u16 = 80;
 
+/// The TCP port an `https://` URL means when it names none.
+pub const DEFAULT_HTTPS_PORT: u16 = 443;
+
 /// Why a tracker URL (or a redirect's `Location`) could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum UrlError {
-    /// The URL uses `https://`; TLS is not implemented in the core yet.
-    #[error("https trackers are not supported yet: {url}")]
-    HttpsUnsupported {
-        /// The URL as given.
+    /// A redirect from an `https://` URL to a plain `http://` one, which would drop TLS.
+    #[error("refusing a redirect from https to plain http: {url}")]
+    TlsDowngrade {
+        /// The redirect's target as given.
         url: String,
     },
-    /// The URL uses a scheme other than `http` (e.g. `udp://`, which the UDP tracker handles).
-    #[error("not an http tracker URL (scheme {scheme:?}): {url}")]
+    /// The URL uses a scheme other than `http` or `https` (e.g. `udp://`, which the UDP tracker handles).
+    #[error("not an http(s) tracker URL (scheme {scheme:?}): {url}")]
     UnsupportedScheme {
         /// The scheme found before `://`, or empty if there is none.
         scheme: String,
@@ -72,7 +75,8 @@ pub enum UrlError {
     NoInfoHash,
 }
 
-/// A parsed `http://host[:port]/path?query` tracker URL: where to connect and what to ask for.
+/// A parsed `http[s]://host[:port]/path?query` tracker URL: where to connect, whether over TLS, and what
+/// to ask for.
 ///
 /// The request target (path and query) is kept in the exact form that goes on the request line: any byte
 /// that is not visible ASCII is percent-encoded when parsing, so it can never break the HTTP framing. The
@@ -81,14 +85,16 @@ pub enum UrlError {
 pub struct TrackerUrl {
     /// Host name or IP address text; an IPv6 literal is stored without its brackets.
     host: String,
-    /// TCP port, [`DEFAULT_HTTP_PORT`] when the URL names none.
+    /// TCP port, [`DEFAULT_HTTP_PORT`] or [`DEFAULT_HTTPS_PORT`] when the URL names none.
     port: u16,
+    /// Whether the URL is `https://`: the connection must be wrapped in TLS for [`TrackerUrl::host`].
+    tls: bool,
     /// Path and query, always starting with `/`.
     target: String,
 }
 
 impl TrackerUrl {
-    /// Parses an absolute `http://` URL; `https://` and other schemes are errors (see [`UrlError`]).
+    /// Parses an absolute `http://` or `https://` URL; other schemes are errors (see [`UrlError`]).
     pub fn parse(url: &str) -> Result<TrackerUrl, UrlError> {
         let (scheme, rest) = match url.find("://") {
             Some(i) => (&url[..i], &url[i + 3..]),
@@ -99,12 +105,8 @@ impl TrackerUrl {
                 })
             }
         };
-        if scheme.eq_ignore_ascii_case("https") {
-            return Err(UrlError::HttpsUnsupported {
-                url: url.to_owned(),
-            });
-        }
-        if !scheme.eq_ignore_ascii_case("http") {
+        let tls = scheme.eq_ignore_ascii_case("https");
+        if !tls && !scheme.eq_ignore_ascii_case("http") {
             return Err(UrlError::UnsupportedScheme {
                 scheme: scheme.to_owned(),
                 url: url.to_owned(),
@@ -119,9 +121,19 @@ impl TrackerUrl {
                 url: url.to_owned(),
             });
         }
-        let (host, port) = parse_authority(authority, url)?;
+        let default_port = if tls {
+            DEFAULT_HTTPS_PORT
+        } else {
+            DEFAULT_HTTP_PORT
+        };
+        let (host, port) = parse_authority(authority, url, default_port)?;
         let target = normalize_target(target);
-        Ok(TrackerUrl { host, port, target })
+        Ok(TrackerUrl {
+            host,
+            port,
+            tls,
+            target,
+        })
     }
 
     /// The host to resolve and connect to (an IPv6 literal without brackets).
@@ -134,19 +146,40 @@ impl TrackerUrl {
         self.port
     }
 
+    /// Whether this is an `https://` URL: the connection needs TLS, with [`TrackerUrl::host`] as the
+    /// server name its certificate must match.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// `"https"` or `"http"`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The request target (path and query) for the HTTP request line.
     pub fn target(&self) -> &str {
         &self.target
     }
 
-    /// The value of the `Host` header: brackets around an IPv6 literal, `:port` unless it is 80.
+    /// The value of the `Host` header: brackets around an IPv6 literal, `:port` unless it is the scheme's
+    /// default (80 or 443).
     pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        if self.port == DEFAULT_HTTP_PORT {
+        let default = if self.tls {
+            DEFAULT_HTTPS_PORT
+        } else {
+            DEFAULT_HTTP_PORT
+        };
+        if self.port == default {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -158,19 +191,28 @@ impl TrackerUrl {
         self.target.split('?').next().unwrap_or("/")
     }
 
-    /// Resolves a redirect's `Location` header against this URL: an absolute `http://` URL, a
-    /// scheme-relative `//host/path`, an absolute path `/path`, a query `?q`, or a path relative to this
-    /// URL's directory.
+    /// Resolves a redirect's `Location` header against this URL: an absolute `http://` or `https://` URL,
+    /// a scheme-relative `//host/path` (same scheme as this URL), an absolute path `/path`, a query `?q`,
+    /// or a path relative to this URL's directory. A redirect from `https://` to `http://` is refused
+    /// ([`UrlError::TlsDowngrade`]): it would send the request in the clear.
     pub fn join(&self, location: &str) -> Result<TrackerUrl, UrlError> {
         let location = location.trim();
-        if location.starts_with("//") {
-            return TrackerUrl::parse(&format!("http:{location}"));
-        }
-        // A scheme (`name:` before any `/`, `?` or `#`) makes the location absolute.
-        if let Some(i) = location.find([':', '/', '?', '#']) {
-            if location[i..].starts_with(':') {
-                return TrackerUrl::parse(location);
+        let absolute = if location.starts_with("//") {
+            Some(TrackerUrl::parse(&format!("{}:{location}", self.scheme()))?)
+        } else {
+            // A scheme (`name:` before any `/`, `?` or `#`) makes the location absolute.
+            match location.find([':', '/', '?', '#']) {
+                Some(i) if location[i..].starts_with(':') => Some(TrackerUrl::parse(location)?),
+                _ => None,
             }
+        };
+        if let Some(next) = absolute {
+            if self.tls && !next.tls {
+                return Err(UrlError::TlsDowngrade {
+                    url: location.to_owned(),
+                });
+            }
+            return Ok(next);
         }
         let location = location.split('#').next().unwrap_or("");
         let target = if location.starts_with('/') {
@@ -188,6 +230,7 @@ impl TrackerUrl {
         Ok(TrackerUrl {
             host: self.host.clone(),
             port: self.port,
+            tls: self.tls,
             target: normalize_target(&target),
         })
     }
@@ -209,14 +252,24 @@ impl TrackerUrl {
 }
 
 impl fmt::Display for TrackerUrl {
-    /// The URL in `http://host[:port]/target` form, for logs and errors.
+    /// The URL in `http[s]://host[:port]/target` form, for logs and errors.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.host_header(), self.target)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme(),
+            self.host_header(),
+            self.target
+        )
     }
 }
 
 /// Splits `host[:port]` or `[v6]:port`, validating both parts.
-fn parse_authority(authority: &str, url: &str) -> Result<(String, u16), UrlError> {
+fn parse_authority(
+    authority: &str,
+    url: &str,
+    default_port: u16,
+) -> Result<(String, u16), UrlError> {
     let invalid_host = |host: &str| UrlError::InvalidHost {
         host: host.to_owned(),
         url: url.to_owned(),
@@ -249,7 +302,7 @@ fn parse_authority(authority: &str, url: &str) -> Result<(String, u16), UrlError
         (host.to_ascii_lowercase(), port_text)
     };
     let port = match port_text {
-        None | Some("") => DEFAULT_HTTP_PORT,
+        None | Some("") => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => {
@@ -715,12 +768,12 @@ mod tests {
     }
 
     #[test]
-    fn refuses_https_other_schemes_and_bad_parts() {
-        let err = TrackerUrl::parse("https://example.com/announce").unwrap_err();
-        assert!(matches!(err, UrlError::HttpsUnsupported { .. }));
-        assert!(err
-            .to_string()
-            .contains("https trackers are not supported yet"));
+    fn refuses_other_schemes_and_bad_parts() {
+        let err = TrackerUrl::parse("ftp://example.com/announce").unwrap_err();
+        assert!(
+            err.to_string().contains("not an http(s) tracker URL"),
+            "{err}"
+        );
         assert!(matches!(
             TrackerUrl::parse("udp://example.com:80/announce"),
             Err(UrlError::UnsupportedScheme { scheme, .. }) if scheme == "udp"
@@ -854,10 +907,46 @@ mod tests {
         assert_eq!(join("/b?y=2"), "http://t.example:81/b?y=2");
         assert_eq!(join("?y=2"), "http://t.example:81/dir/announce?y=2");
         assert_eq!(join("next?y=2"), "http://t.example:81/dir/next?y=2");
+        assert_eq!(join("https://secure/announce"), "https://secure/announce");
+        let secure = TrackerUrl::parse("https://t.example/dir/announce").unwrap();
+        assert_eq!(
+            secure.join("//other/a").unwrap().to_string(),
+            "https://other/a"
+        );
+        assert_eq!(
+            secure.join("next").unwrap().to_string(),
+            "https://t.example/dir/next"
+        );
         assert!(matches!(
-            base.join("https://secure/announce"),
-            Err(UrlError::HttpsUnsupported { .. })
+            secure.join("http://t.example/announce"),
+            Err(UrlError::TlsDowngrade { .. })
         ));
+        assert!(matches!(
+            secure.join("HTTP://t.example/announce"),
+            Err(UrlError::TlsDowngrade { .. })
+        ));
+    }
+
+    #[test]
+    fn parses_https_urls_with_their_default_port() {
+        let u = TrackerUrl::parse("HTTPS://Tracker.Example/announce?x=1").unwrap();
+        assert!(u.tls());
+        assert_eq!(
+            (u.host(), u.port(), u.target()),
+            ("tracker.example", 443, "/announce?x=1")
+        );
+        assert_eq!(u.host_header(), "tracker.example");
+        assert_eq!(u.to_string(), "https://tracker.example/announce?x=1");
+        let u = TrackerUrl::parse("https://t.example:80/announce").unwrap();
+        assert_eq!((u.port(), u.host_header().as_str()), (80, "t.example:80"));
+        let u = TrackerUrl::parse("http://t.example/announce").unwrap();
+        assert!(!u.tls());
+        assert_eq!(u.port(), 80);
+        let scrape = scrape_url("https://t.example:8443/announce", &[InfoHash([1; 20])]).unwrap();
+        assert!(scrape.tls());
+        assert!(scrape
+            .to_string()
+            .starts_with("https://t.example:8443/scrape?info_hash="));
     }
 
     fn reply(entries: Vec<(&str, OwnedValue)>) -> Vec<u8> {

@@ -96,7 +96,7 @@ pub enum HttpError {
         /// The redirect status code.
         code: u16,
     },
-    /// A redirect to a URL we cannot use (https, another scheme, a malformed URL).
+    /// A redirect to a URL we cannot use (https to http, another scheme, a malformed URL).
     #[error("redirect to unusable location {location:?}: {source}")]
     BadRedirect {
         /// The `Location` header value.
@@ -1065,12 +1065,56 @@ mod tests {
         assert!(matches!(
             run(
                 &mut exchange(),
-                &redirect(302, "https://secure/announce"),
+                &redirect(302, "ftp://files/announce"),
                 &[],
                 false
             ),
             Some(Err(HttpError::BadRedirect {
-                source: UrlError::HttpsUnsupported { .. },
+                source: UrlError::UnsupportedScheme { .. },
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn redirects_may_go_from_http_to_https_but_never_back() {
+        let up = run(
+            &mut exchange(),
+            &redirect(302, "https://secure.test/announce"),
+            &[],
+            false,
+        );
+        match up {
+            Some(Ok(Outcome::Redirect(next))) => {
+                assert!(next.tls());
+                assert_eq!((next.host(), next.port()), ("secure.test", 443));
+            }
+            other => panic!("expected a redirect to https, got {other:?}"),
+        }
+        let secure = || {
+            Exchange::new(
+                url("https://secure.test/announce"),
+                T0,
+                ExchangeConfig::default(),
+            )
+        };
+        // A scheme-relative location keeps TLS.
+        match run(&mut secure(), &redirect(301, "//other.test/a"), &[], false) {
+            Some(Ok(Outcome::Redirect(next))) => {
+                assert_eq!(next.to_string(), "https://other.test/a")
+            }
+            other => panic!("expected a redirect, got {other:?}"),
+        }
+        let down = run(
+            &mut secure(),
+            &redirect(302, "http://plain.test/announce"),
+            &[],
+            false,
+        );
+        assert!(matches!(
+            down,
+            Some(Err(HttpError::BadRedirect {
+                source: UrlError::TlsDowngrade { .. },
                 ..
             }))
         ));
