@@ -114,12 +114,12 @@ fn https_announce_and_scrape(rt: Rt) {
         },
     );
     // Both kinds of request went through the TLS front.
-    let log = front.access_log();
-    assert!(
-        log.contains("GET /announce?") && log.contains("event=started"),
-        "{log}"
-    );
-    assert!(log.contains("GET /scrape?"), "{log}");
+    front
+        .wait_access_log(
+            &["GET /announce?", "event=started", "GET /scrape?"],
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "[timing] {} https tracker download ({} KiB): tracker reply {t_reply:.2?}; scrape {seen:?}; \
          test {:.2?}",

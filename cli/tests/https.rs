@@ -57,7 +57,9 @@ fn scrape_over_https_trusts_ssl_cert_file_and_refuses_an_unknown_ca() {
     let t = &v["trackers"][0];
     assert_eq!(t["url"], url.as_str(), "{v}");
     assert_eq!(t["seeders"], 1, "{v}");
-    assert!(front.access_log().contains("GET /scrape?"));
+    front
+        .wait_access_log(&["GET /scrape?"], Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // A bundle of another CA replaces the roots: the tracker's certificate is refused, with rustls'
     // reason. (Another test CA rather than the system's store, which may be empty on a bare machine.)

@@ -17,7 +17,7 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::ports::free_port;
 use super::process::{wait_for, ChildGuard, HarnessError, Result};
@@ -167,6 +167,25 @@ impl Nginx {
     /// The access log so far (one line per request), for assertions on what reached the server.
     pub fn access_log(&self) -> String {
         fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// Waits (up to `timeout`) until the access log holds every one of `needles`, and returns it.
+    /// nginx writes a request's line after its response has gone out, so a client that has its
+    /// answer may still find the line missing for a moment; an `Err` carries the log as it was.
+    pub fn wait_access_log(&self, needles: &[&str], timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.access_log();
+            if needles.iter().all(|n| log.contains(n)) {
+                return Ok(log);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "nginx's access log lacks one of {needles:?} after {timeout:?}:\n{log}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The error log so far (TLS handshake failures show here at `info` level).
