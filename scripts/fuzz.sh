@@ -6,8 +6,9 @@
 #   scripts/fuzz.sh 600 peer_session wire_decoder
 #
 # Installs cargo-fuzz when it is missing. Uses the nightly toolchain (with AddressSanitizer) when rustup
-# has one; otherwise stable with `--sanitizer none`, which needs RUSTC_BOOTSTRAP=1 because cargo-fuzz
-# passes `-Z` flags to rustc. Each run starts from the committed seeds (fuzz/seeds/<target>) and grows a
+# has one; otherwise stable with `--sanitizer none` (cargo-fuzz 0.13 then passes only stable rustc
+# flags, so no RUSTC_BOOTSTRAP is needed; libFuzzer's coverage guidance works the same, only memory
+# errors would go unseen, and the workspace forbids unsafe code anyway). Each run starts from the committed seeds (fuzz/seeds/<target>) and grows a
 # local corpus in fuzz/corpus/<target> (git-ignored). A crash, timeout (10 s for one input) or
 # out-of-memory (2 GiB) fails the script; the input that caused it is left in fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -26,7 +27,6 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   toolchain=(+nightly)
 else
   sanitizer=(--sanitizer none)
-  export RUSTC_BOOTSTRAP=1
 fi
 
 if [ "$#" -gt 0 ]; then
