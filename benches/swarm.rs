@@ -15,43 +15,15 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use hyperblow_core::engine::{EngineConfig, TorrentId};
 use hyperblow_tests::sim::fixture::{make_torrent, TestTorrent};
-use hyperblow_tests::sim::{http_tracker_url, HashMode, LinkSpec, NodeId, Sim, SimConfig};
+use hyperblow_tests::sim::{bench_swarm, http_tracker_url, Sim};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
 /// Builds the swarm, runs it to completion; returns the virtual time it took and the simulator.
 fn run_swarm(torrent: &TestTorrent, leechers: usize) -> (Duration, Sim) {
-    let config = SimConfig {
-        default_link: LinkSpec::new(20, 4 * 1024),
-        hash_mode: HashMode::CompareWithOrigin,
-        share_verified_pieces: true,
-        ..SimConfig::default()
-    };
-    let mut sim = Sim::new(config);
-    sim.register(&torrent.metainfo, torrent.content.clone());
-    let s = sim.add_node(EngineConfig::default(), 1);
-    sim.add_torrent(s, Sim::plain_add(&torrent.metainfo), true)
-        .expect("seeder adds");
-    let mut ls: Vec<(NodeId, TorrentId)> = Vec::new();
-    for i in 0..leechers {
-        let n = sim.add_node(EngineConfig::default(), 2 + i as u64);
-        let t = sim
-            .add_torrent(n, Sim::plain_add(&torrent.metainfo), false)
-            .expect("leecher adds");
-        ls.push((n, t));
-    }
-    let start = sim.now();
-    let limit = start + Duration::from_secs(6 * 3600);
-    let done = sim
-        .run_until(limit, |s| {
-            ls.iter().all(|(n, t)| s.completed_at(*n, *t).is_some())
-        })
-        .expect("simulation runs");
-    assert!(done, "swarm did not complete");
-    (sim.now().saturating_duration_since(start), sim)
+    bench_swarm(torrent, leechers)
 }
 
 fn torrent(size: u64, piece: u64) -> TestTorrent {

@@ -34,21 +34,26 @@ pub(crate) struct Disk {
     pub flush_next: bool,
     /// When the last save started.
     pub last_save: Option<StdInstant>,
-    /// A write job of this torrent is running on the pool.
+    /// A queued write of this torrent is running on the pool (see [`verify_and_write`]).
     pub writing: bool,
-    /// Write jobs waiting for it: a torrent's pieces are written one at a time, because concurrent
-    /// `pwrite`s to one file only contend for the file's lock in the kernel (which spins, burning the
-    /// CPU another worker could hash with).
-    pub write_queue: VecDeque<(JobId, Job)>,
-    /// The torrent's metadata, for the expected piece hashes (see [`hash_and_prewrite`]); `None`
-    /// turns that off.
-    pub info: Option<Info>,
+    /// Verified pieces whose write found another write of the torrent running: a torrent's pieces
+    /// are written one at a time, because concurrent `pwrite`s to one file only contend for the
+    /// file's lock in the kernel (which spins, burning the CPU another worker could hash with).
+    pub write_queue: VecDeque<QueuedWrite>,
     /// Held by whoever writes to the torrent's files; `true` once the torrent is removed (no write
     /// may start after that).
     pub gate: Arc<Mutex<bool>>,
-    /// Pieces written right after their hash check, waiting for the engine's write job, with the
-    /// outcome to answer it with.
-    pub prewritten: std::collections::HashMap<u32, (JobResult, Option<StorageError>)>,
+}
+
+/// A verified piece waiting for its torrent's running write to finish.
+#[derive(Debug)]
+pub(crate) struct QueuedWrite {
+    /// The engine's `VerifyWrite` job.
+    pub id: JobId,
+    /// The piece.
+    pub piece: u32,
+    /// Its bytes, already checked against the expected hash.
+    pub blocks: Vec<Bytes>,
 }
 
 impl Disk {
@@ -64,44 +69,77 @@ impl Disk {
             last_save: None,
             writing: false,
             write_queue: VecDeque::new(),
-            info: None,
             gate: Arc::default(),
-            prewritten: Default::default(),
         }
     }
 }
 
-/// What a hash job found, and the outcome of writing the piece straight away when it matched.
-pub(crate) type Prewrite = Option<(u32, JobResult, Option<StorageError>)>;
+/// What [`verify_and_write`] did.
+#[derive(Debug)]
+pub(crate) enum Verified {
+    /// The job is answered: written, mismatch, or the write failed (with the storage error).
+    Done(JobResult, Option<StorageError>),
+    /// The piece matched but another write of the torrent holds the gate: it waits in the
+    /// torrent's write queue (see [`write_piece`]).
+    Busy(Vec<Bytes>),
+}
 
-/// Hashes a piece and, when it matches `expected` and no other write of the torrent is running,
-/// writes it at once, while its bytes are still in the CPU cache: written later (after the engine's
-/// answer came back through the loop), the copy into the page cache reads them from memory again,
-/// which measured as the costliest step of a download. The engine's write job for the piece is then
-/// answered without doing anything. A piece whose write would have to wait is left for that job.
-pub(crate) fn hash_and_prewrite(
+/// Runs a [`Job::VerifyWrite`] on a worker: hashes the piece and, when it matches `expected` and no
+/// other write of the torrent is running, writes it at once, while its bytes are still in the CPU
+/// cache (written later, the copy into the page cache reads them from memory again, which measured
+/// as the costliest step of a download). A piece whose write would have to wait is handed back.
+pub(crate) fn verify_and_write(
+    storage: &Storage,
+    gate: &Mutex<bool>,
+    piece: u32,
+    blocks: Vec<Bytes>,
+    expected: [u8; 20],
+) -> Verified {
+    if hash_piece(&blocks) != expected {
+        return Verified::Done(JobResult::Mismatch, None);
+    }
+    let Ok(removed) = gate.try_lock() else {
+        return Verified::Busy(blocks);
+    };
+    if *removed {
+        return Verified::Done(JobResult::Failed(storage_gone()), None);
+    }
+    write_result(storage.write_piece(piece, &blocks))
+}
+
+/// Writes a verified piece that waited in the write queue: waits for the gate, and writes nothing
+/// once the torrent is removed.
+pub(crate) fn write_piece(
     storage: &Storage,
     gate: &Mutex<bool>,
     piece: u32,
     blocks: &[Bytes],
-    expected: [u8; 20],
-) -> ([u8; 20], Prewrite) {
-    let hash = hash_piece(blocks);
-    if hash != expected {
-        return (hash, None);
-    }
-    let Ok(removed) = gate.try_lock() else {
-        return (hash, None);
-    };
+) -> (JobResult, Option<StorageError>) {
+    let removed = gate.lock().unwrap_or_else(PoisonError::into_inner);
     if *removed {
-        return (hash, None);
+        return (JobResult::Failed(storage_gone()), None);
     }
-    let (result, error) = match storage.write_piece(piece, blocks) {
-        // `NotWanted` is answered as written, as `run_job` does.
-        Ok(_) => (JobResult::Written, None),
-        Err(e) => (JobResult::Failed(failure(&e)), Some(e)),
-    };
-    (hash, Some((piece, result, error)))
+    match write_result(storage.write_piece(piece, blocks)) {
+        Verified::Done(r, e) => (r, e),
+        Verified::Busy(_) => (JobResult::Failed(storage_gone()), None),
+    }
+}
+
+/// `NotWanted` (the selection changed while the piece was on its way) is reported as written: the
+/// engine has no other answer for it, and a later read of it fails as "not found".
+fn write_result<T>(r: Result<T, StorageError>) -> Verified {
+    match r {
+        Ok(_) => Verified::Done(JobResult::Written, None),
+        Err(e) => Verified::Done(JobResult::Failed(failure(&e)), Some(e)),
+    }
+}
+
+/// The failure of a job whose torrent was removed.
+pub(crate) fn storage_gone() -> StorageFailure {
+    StorageFailure {
+        kind: StorageFailureKind::Other,
+        message: "the torrent's storage is gone (removed)".into(),
+    }
 }
 
 /// Where a torrent's resume file lives.
@@ -183,14 +221,20 @@ pub(crate) fn account(
     Ok((have, start))
 }
 
-/// Runs one engine job. `storage` is `None` if the torrent is gone (only hashing works then).
+/// Runs one engine job to the end on the calling thread, without the write gate (the caller
+/// orders writes). `storage` is `None` if the torrent is gone (a mismatch is still found then).
 /// Returns the engine's result, plus the storage error behind a failure.
 pub(crate) fn run_job(storage: Option<&Storage>, job: Job) -> (JobResult, Option<StorageError>) {
     let outcome = match job {
-        Job::Hash { blocks, .. } => return (JobResult::Hashed(hash_piece(&blocks)), None),
-        // `NotWanted` (the selection changed while the piece was on its way) is reported as written:
-        // the engine has no other answer for it, and a later read of it fails as "not found".
-        Job::Write { piece, blocks, .. } => {
+        Job::VerifyWrite {
+            piece,
+            blocks,
+            expected,
+            ..
+        } => {
+            if hash_piece(&blocks) != expected {
+                return (JobResult::Mismatch, None);
+            }
             storage.map(|s| s.write_piece(piece, &blocks).map(|_| JobResult::Written))
         }
         Job::Read {
@@ -203,13 +247,7 @@ pub(crate) fn run_job(storage: Option<&Storage>, job: Job) -> (JobResult, Option
     match outcome {
         Some(Ok(r)) => (r, None),
         Some(Err(e)) => (JobResult::Failed(failure(&e)), Some(e)),
-        None => (
-            JobResult::Failed(StorageFailure {
-                kind: StorageFailureKind::Other,
-                message: "the torrent's storage is gone (removed)".into(),
-            }),
-            None,
-        ),
+        None => (JobResult::Failed(storage_gone()), None),
     }
 }
 
@@ -574,27 +612,29 @@ mod tests {
         let layout = Layout::new(vec![(vec!["f".into()], 8, false)], 4).unwrap();
         let storage = Storage::new(dir.path(), layout, StorageConfig::default()).unwrap();
         let gate = Mutex::new(false);
-        let good = [Bytes::from_static(b"ab"), Bytes::from_static(b"cd")];
+        let good = vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")];
         let expected = hash_piece(&good);
         // A mismatch writes nothing.
-        let (h, pre) = hash_and_prewrite(&storage, &gate, 0, &good, [0; 20]);
-        assert_eq!((h, pre.is_none()), (expected, true));
+        let v = verify_and_write(&storage, &gate, 0, good.clone(), [0; 20]);
+        assert!(matches!(v, Verified::Done(JobResult::Mismatch, None)));
         assert!(!dir.path().join("f").exists());
-        // Another write holds the gate: left for the engine's write job.
+        // Another write holds the gate: handed back for the write queue.
         {
             let _held = gate.lock().unwrap();
-            let (_, pre) = hash_and_prewrite(&storage, &gate, 0, &good, expected);
-            assert!(pre.is_none());
+            let v = verify_and_write(&storage, &gate, 0, good.clone(), expected);
+            assert!(matches!(v, Verified::Busy(ref b) if *b == good));
         }
         // Free: written at once.
-        let (_, pre) = hash_and_prewrite(&storage, &gate, 0, &good, expected);
-        assert!(matches!(pre, Some((0, JobResult::Written, None))));
+        let v = verify_and_write(&storage, &gate, 0, good.clone(), expected);
+        assert!(matches!(v, Verified::Done(JobResult::Written, None)));
         assert_eq!(&fs::read(dir.path().join("f")).unwrap()[..4], b"abcd");
-        // Removed: never written.
+        // Removed: never written, by either path.
         *gate.lock().unwrap() = true;
-        let more = [Bytes::from_static(b"efgh")];
-        let (_, pre) = hash_and_prewrite(&storage, &gate, 1, &more, hash_piece(&more));
-        assert!(pre.is_none());
+        let more = vec![Bytes::from_static(b"efgh")];
+        let v = verify_and_write(&storage, &gate, 1, more.clone(), hash_piece(&more));
+        assert!(matches!(v, Verified::Done(JobResult::Failed(_), None)));
+        let (r, _) = write_piece(&storage, &gate, 1, &more);
+        assert!(matches!(r, JobResult::Failed(f) if f.message.contains("removed")));
         assert_eq!(&fs::read(dir.path().join("f")).unwrap()[4..], &[0; 4]);
     }
 
@@ -611,14 +651,16 @@ mod tests {
         );
         assert!(e.is_none());
         assert!(matches!(r, JobResult::Failed(f) if f.message.contains("removed")));
-        let (r, _) = run_job(
-            None,
-            Job::Hash {
-                torrent: hyperblow_core::engine::TorrentId(0),
-                piece: 0,
-                blocks: vec![bytes::Bytes::from_static(b"abc")],
-            },
-        );
-        assert_eq!(r, JobResult::Hashed(hash_piece(&[b"abc"])));
+        // A mismatch is found without storage; a match then has nowhere to go.
+        let blocks = vec![bytes::Bytes::from_static(b"abc")];
+        let job = |expected| Job::VerifyWrite {
+            torrent: hyperblow_core::engine::TorrentId(0),
+            piece: 0,
+            blocks: blocks.clone(),
+            expected,
+        };
+        assert_eq!(run_job(None, job([0; 20])).0, JobResult::Mismatch);
+        let (r, _) = run_job(None, job(hash_piece(&blocks)));
+        assert!(matches!(r, JobResult::Failed(f) if f.message.contains("removed")));
     }
 }

@@ -70,8 +70,15 @@ pub(crate) enum Ctl {
         write: bool,
         result: JobResult,
         error: Option<StorageError>,
-        /// A hash job that matched also wrote the piece: the outcome, for the write job to come.
-        prewritten: disk::Prewrite,
+        /// It ran from the torrent's write queue (its end lets the next queued write start).
+        queued: bool,
+    },
+    /// A `VerifyWrite` piece matched but another write of its torrent was running: queue it.
+    WriteLater {
+        id: JobId,
+        torrent: TorrentId,
+        piece: u32,
+        blocks: Vec<bytes::Bytes>,
     },
     /// A torrent's storage is set up (or failed to be).
     Prepared(
@@ -468,7 +475,7 @@ impl<R: Runtime> Session<R> {
                         write: false,
                         result,
                         error,
-                        prewritten: None,
+                        queued: false,
                     });
                 }
             });
@@ -567,102 +574,82 @@ impl<R: Runtime> Session<R> {
                     });
                     return;
                 }
-                let (torrent, write) = match &job {
-                    Job::Hash { torrent, .. } | Job::Read { torrent, .. } => (*torrent, false),
-                    Job::Write { torrent, .. } => (*torrent, true),
+                let Job::VerifyWrite {
+                    torrent,
+                    piece,
+                    blocks,
+                    expected,
+                } = job
+                else {
+                    return;
                 };
-                if let Job::Hash { piece, .. } = &job {
-                    if let Some(d) = self.disks.get_mut(&torrent) {
-                        // An outcome left from an earlier attempt at this piece must not answer
-                        // the next write.
-                        d.prewritten.remove(piece);
-                        if let Some(expected) = d.info.as_ref().and_then(|i| i.piece_hash(*piece)) {
-                            let (storage, gate) = (Arc::clone(&d.storage), Arc::clone(&d.gate));
-                            let ctl = self.ctl_tx.clone();
-                            self.pool.execute(move || {
-                                let Job::Hash { piece, blocks, .. } = job else {
-                                    return;
-                                };
-                                let (hash, prewritten) = disk::hash_and_prewrite(
-                                    &storage, &gate, piece, &blocks, expected,
-                                );
-                                let _ = ctl.unbounded_send(Ctl::JobDone {
-                                    id,
-                                    torrent,
-                                    write: false,
-                                    result: JobResult::Hashed(hash),
-                                    error: None,
-                                    prewritten,
-                                });
-                            });
-                            return;
-                        }
-                    }
-                }
-                if write {
-                    self.writes_in_flight += 1;
-                    if let Some(d) = self.disks.get_mut(&torrent) {
-                        let done = match &job {
-                            Job::Write { piece, .. } => d.prewritten.remove(piece),
-                            _ => None,
-                        };
-                        if let Some((result, error)) = done {
-                            // Written right after its hash check: answer at once (through the
-                            // channel, since the engine is being drained right now).
-                            let _ = self.ctl_tx.unbounded_send(Ctl::JobDone {
-                                id,
-                                torrent,
-                                write: true,
-                                result,
-                                error,
-                                prewritten: None,
-                            });
-                            return;
-                        }
-                        if d.writing {
-                            d.write_queue.push_back((id, job));
-                            return;
-                        }
-                        d.writing = true;
-                    }
-                }
-                self.run_job(id, torrent, write, job);
+                self.writes_in_flight += 1;
+                let Some(d) = self.disks.get(&torrent) else {
+                    self.job_done_later(id, torrent, disk::storage_gone(), false);
+                    return;
+                };
+                let (storage, gate) = (Arc::clone(&d.storage), Arc::clone(&d.gate));
+                let ctl = self.ctl_tx.clone();
+                self.pool.execute(move || {
+                    let msg = match disk::verify_and_write(&storage, &gate, piece, blocks, expected)
+                    {
+                        disk::Verified::Done(result, error) => Ctl::JobDone {
+                            id,
+                            torrent,
+                            write: true,
+                            result,
+                            error,
+                            queued: false,
+                        },
+                        disk::Verified::Busy(blocks) => Ctl::WriteLater {
+                            id,
+                            torrent,
+                            piece,
+                            blocks,
+                        },
+                    };
+                    let _ = ctl.unbounded_send(msg);
+                });
             }
         }
     }
 
-    /// Runs an engine job on the pool; its result comes back as [`Ctl::JobDone`].
-    fn run_job(
+    /// Answers a write job with a failure through the channel (the engine may be being drained).
+    fn job_done_later(
         &self,
         id: JobId,
         torrent: TorrentId,
-        write: bool,
-        job: hyperblow_core::engine::Job,
+        failure: hyperblow_core::engine::StorageFailure,
+        queued: bool,
     ) {
-        let storage = self.disks.get(&torrent).map(|d| Arc::clone(&d.storage));
-        let gate = write
-            .then(|| self.disks.get(&torrent).map(|d| Arc::clone(&d.gate)))
-            .flatten();
+        let _ = self.ctl_tx.unbounded_send(Ctl::JobDone {
+            id,
+            torrent,
+            write: true,
+            result: JobResult::Failed(failure),
+            error: None,
+            queued,
+        });
+    }
+
+    /// Writes a verified piece from a torrent's write queue on the pool; its result comes back as
+    /// [`Ctl::JobDone`] with `queued` set.
+    fn run_write(&self, torrent: TorrentId, w: disk::QueuedWrite) {
+        let Some(d) = self.disks.get(&torrent) else {
+            self.job_done_later(w.id, torrent, disk::storage_gone(), true);
+            return;
+        };
+        let (storage, gate) = (Arc::clone(&d.storage), Arc::clone(&d.gate));
         let ctl = self.ctl_tx.clone();
         self.pool.execute(move || {
-            // A write holds the torrent's gate, and finds no storage once the torrent is removed.
-            let guard = gate
-                .as_ref()
-                .map(|g| g.lock().unwrap_or_else(PoisonError::into_inner));
-            let storage = if guard.as_deref() == Some(&true) {
-                None
-            } else {
-                storage
-            };
-            let (result, error) = disk::run_job(storage.as_deref(), job);
-            drop(guard);
+            let (result, error) = disk::write_piece(&storage, &gate, w.piece, &w.blocks);
             let _ = ctl.unbounded_send(Ctl::JobDone {
-                id,
+                id: w.id,
                 torrent,
-                write,
+                write: true,
                 result,
                 error,
-                prewritten: None,
+                queued: true,
             });
         });
     }
@@ -733,13 +720,8 @@ impl<R: Runtime> Session<R> {
                 write,
                 result,
                 error,
-                prewritten,
+                queued,
             } => {
-                if let Some((piece, r, e)) = prewritten {
-                    if let Some(d) = self.disks.get_mut(&torrent) {
-                        d.prewritten.insert(piece, (r, e));
-                    }
-                }
                 if write {
                     self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
                     let mut next = None;
@@ -747,11 +729,13 @@ impl<R: Runtime> Session<R> {
                         if result == JobResult::Written {
                             d.dirty = true;
                         }
-                        next = d.write_queue.pop_front();
-                        d.writing = next.is_some();
+                        if queued {
+                            next = d.write_queue.pop_front();
+                            d.writing = next.is_some();
+                        }
                     }
-                    if let Some((id, job)) = next {
-                        self.run_job(id, torrent, true, job);
+                    if let Some(w) = next {
+                        self.run_write(torrent, w);
                     }
                 }
                 if let Some(e) = error {
@@ -762,6 +746,22 @@ impl<R: Runtime> Session<R> {
                     });
                 }
                 self.engine.handle_job_done(now, id, result);
+            }
+            Ctl::WriteLater {
+                id,
+                torrent,
+                piece,
+                blocks,
+            } => {
+                let w = disk::QueuedWrite { id, piece, blocks };
+                match self.disks.get_mut(&torrent) {
+                    Some(d) if d.writing => d.write_queue.push_back(w),
+                    Some(d) => {
+                        d.writing = true;
+                        self.run_write(torrent, w);
+                    }
+                    None => self.job_done_later(id, torrent, disk::storage_gone(), true),
+                }
             }
             Ctl::Prepared(req, result, reply) => self.add_prepared(*req, result, reply),
             Ctl::MagnetChecked(id, result) => self.magnet_checked(id, result),
@@ -989,9 +989,8 @@ impl<R: Runtime> Session<R> {
                     }
                 });
             }
-            let mut d = Disk::new(storage, info_hash, resume_path);
-            d.info = Some(info.clone());
-            self.disks.insert(id, d);
+            self.disks
+                .insert(id, Disk::new(storage, info_hash, resume_path));
             self.broadcast(SessionEvent::MagnetReady(AddedTorrent {
                 id,
                 info_hash,
@@ -1043,9 +1042,8 @@ impl<R: Runtime> Session<R> {
             &m.info_hash,
         );
         let total_pieces = storage.layout().piece_count();
-        let mut d = Disk::new(storage, m.info_hash, resume_path);
-        d.info = self.engine.torrent_info(id).cloned();
-        self.disks.insert(id, d);
+        self.disks
+            .insert(id, Disk::new(storage, m.info_hash, resume_path));
         match result {
             Ok((have, start)) => {
                 let have_pieces = match &have {
@@ -1100,7 +1098,6 @@ impl<R: Runtime> Session<R> {
         let resume_path = self.resume_path(&req, &info_hash);
         let total_pieces = req.metainfo.info.layout().piece_count();
         let have_pieces = prepared.have.as_ref().map_or(0, |h| h.count_ones());
-        let info = req.metainfo.info.clone();
         let add = AddTorrent {
             metainfo: req.metainfo,
             have: prepared.have,
@@ -1111,9 +1108,8 @@ impl<R: Runtime> Session<R> {
         let now = self.now();
         let r = match self.engine.add_torrent(now, add) {
             Ok(id) => {
-                let mut d = Disk::new(prepared.storage, info_hash, resume_path);
-                d.info = Some(info);
-                self.disks.insert(id, d);
+                self.disks
+                    .insert(id, Disk::new(prepared.storage, info_hash, resume_path));
                 Ok(AddedTorrent {
                     id,
                     info_hash,
@@ -1162,11 +1158,10 @@ impl<R: Runtime> Session<R> {
             return;
         };
         self.engine.remove(now, id);
-        let Disk { write_queue, .. } = &mut d;
         // Writes still queued for it now fail ("storage gone"), which also settles the count of writes
         // in flight.
-        for (job_id, job) in std::mem::take(write_queue) {
-            self.run_job(job_id, id, true, job);
+        for w in std::mem::take(&mut d.write_queue) {
+            self.job_done_later(w.id, id, disk::storage_gone(), true);
         }
         self.pool.execute(move || {
             // Waits for a write in progress; none starts after this.

@@ -15,8 +15,9 @@
 //! - **Tracker.** One [`tracker::Tracker`] answers HTTP announces on a simulated TCP connection (the
 //!   engine's real HTTP exchange talks to it) and BEP 15 datagrams. Host names are resolved from a table
 //!   ([`Sim::add_host`]); [`TRACKER_HOST`] names the tracker.
-//! - **Disk.** Jobs run inside the simulator after [`SimConfig::job_latency`]: `Hash` is SHA-1 of the
-//!   blocks (or a cheaper stand-in for benchmarks, [`HashMode`]), `Write` stores the piece in the node's
+//! - **Disk.** Jobs run inside the simulator after [`SimConfig::job_latency`] (twice that for a
+//!   `VerifyWrite`, which hashes and then writes): `VerifyWrite` is SHA-1 of the blocks (or a cheaper
+//!   stand-in for benchmarks, [`HashMode`]) compared with the expected hash, then stores the piece in the node's
 //!   in-memory store keyed by info-hash and piece, `Read` slices it (seeders start with the whole
 //!   content). A node can be made to corrupt what it reads ([`Sim::set_corrupt_reads`]).
 //! - **Time.** Virtual: the simulator jumps to the earliest of the pending deliveries and the engines'
@@ -106,7 +107,7 @@ impl LinkSpec {
     }
 }
 
-/// How `Hash` jobs are computed.
+/// How `VerifyWrite` jobs hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashMode {
     /// Real SHA-1 of the blocks (what tests use).
@@ -115,6 +116,41 @@ pub enum HashMode {
     /// much cheaper than SHA-1), answer the piece's hash from the metainfo; otherwise SHA-1 them.
     /// The engine sees the same answers as with [`HashMode::Sha1`], at a fraction of the CPU.
     CompareWithOrigin,
+}
+
+/// The swarm benchmarks' run (`benches/swarm.rs`, `benches/engine_cost.rs`): one seeder and `leechers`
+/// leechers of `torrent` on 20 ms, 4 MiB/s links with [`HashMode::CompareWithOrigin`] and shared
+/// verified pieces, run until every leecher completed. Returns the virtual time it took and the
+/// simulator. Panics if the swarm does not complete within six virtual hours.
+pub fn bench_swarm(torrent: &fixture::TestTorrent, leechers: usize) -> (Duration, Sim) {
+    let config = SimConfig {
+        default_link: LinkSpec::new(20, 4 * 1024),
+        hash_mode: HashMode::CompareWithOrigin,
+        share_verified_pieces: true,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.register(&torrent.metainfo, torrent.content.clone());
+    let s = sim.add_node(EngineConfig::default(), 1);
+    sim.add_torrent(s, Sim::plain_add(&torrent.metainfo), true)
+        .expect("seeder adds");
+    let mut ls: Vec<(NodeId, TorrentId)> = Vec::new();
+    for i in 0..leechers {
+        let n = sim.add_node(EngineConfig::default(), 2 + i as u64);
+        let t = sim
+            .add_torrent(n, Sim::plain_add(&torrent.metainfo), false)
+            .expect("leecher adds");
+        ls.push((n, t));
+    }
+    let start = sim.now();
+    let limit = start + Duration::from_secs(6 * 3600);
+    let done = sim
+        .run_until(limit, |s| {
+            ls.iter().all(|(n, t)| s.completed_at(*n, *t).is_some())
+        })
+        .expect("simulation runs");
+    assert!(done, "swarm did not complete");
+    (sim.now().saturating_duration_since(start), sim)
 }
 
 /// Random connection cuts.
@@ -259,7 +295,7 @@ struct Node {
     uplink: Option<LinkSpec>,
     /// Consecutive timer firings at the same instant that left the deadline in the past.
     spins: u32,
-    /// Bytes written by Write jobs.
+    /// Bytes written by VerifyWrite jobs.
     written: u64,
 }
 
@@ -615,7 +651,7 @@ impl Sim {
         self.fingerprint
     }
 
-    /// Bytes written by a node's Write jobs.
+    /// Bytes written by a node's VerifyWrite jobs.
     pub fn bytes_written(&self, node: NodeId) -> u64 {
         self.nodes[node].written
     }
@@ -907,8 +943,13 @@ impl Sim {
             }
             Output::Job { id, job } => {
                 self.counters.jobs += 1;
+                // A verify-and-write does two jobs' work (hash, then write).
+                let latency = match job {
+                    Job::VerifyWrite { .. } => self.config.job_latency * 2,
+                    Job::Read { .. } => self.config.job_latency,
+                };
                 let result = self.run_job(node, job);
-                let at = now + self.config.job_latency;
+                let at = now + latency;
                 self.schedule(at, Ev::JobDone { node, id, result });
             }
         }
@@ -1286,33 +1327,11 @@ impl Sim {
     fn run_job(&mut self, node: NodeId, job: Job) -> JobResult {
         let n = &mut self.nodes[node];
         match job {
-            Job::Hash {
+            Job::VerifyWrite {
                 torrent,
                 piece,
                 blocks,
-            } => {
-                if self.config.hash_mode == HashMode::CompareWithOrigin {
-                    let origin = n.torrents.get(&torrent).and_then(|ih| self.origins.get(ih));
-                    if let Some(o) = origin {
-                        if let (Some(expect), Some(hash)) =
-                            (o.piece(piece), o.metainfo.info.piece_hash(piece))
-                        {
-                            if blocks_equal(&blocks, &expect) {
-                                return JobResult::Hashed(hash);
-                            }
-                        }
-                    }
-                }
-                let mut h = Sha1::new();
-                for b in &blocks {
-                    h.update(b);
-                }
-                JobResult::Hashed(h.finalize().into())
-            }
-            Job::Write {
-                torrent,
-                piece,
-                blocks,
+                expected,
             } => {
                 let Some(ih) = n.torrents.get(&torrent).copied() else {
                     return JobResult::Failed(StorageFailure {
@@ -1320,11 +1339,32 @@ impl Sim {
                         message: format!("write of piece {piece}: unknown torrent {torrent:?}"),
                     });
                 };
+                let origin = self.origins.get(&ih).and_then(|o| o.piece(piece));
+                let same_as_origin = origin.as_ref().is_some_and(|o| blocks_equal(&blocks, o));
+                let origin_hash = self
+                    .origins
+                    .get(&ih)
+                    .and_then(|o| o.metainfo.info.piece_hash(piece));
+                // The benchmark stand-in: bytes equal to the original piece have its hash.
+                let hash = if self.config.hash_mode == HashMode::CompareWithOrigin
+                    && same_as_origin
+                    && origin_hash.is_some()
+                {
+                    origin_hash
+                } else {
+                    let mut h = Sha1::new();
+                    for b in &blocks {
+                        h.update(b);
+                    }
+                    Some(h.finalize().into())
+                };
+                if hash != Some(expected) {
+                    return JobResult::Mismatch;
+                }
                 let len: usize = blocks.iter().map(Bytes::len).sum();
                 n.written += len as u64;
-                let origin = self.origins.get(&ih).and_then(|o| o.piece(piece));
                 let stored = match origin {
-                    Some(o) if self.config.share_verified_pieces && blocks_equal(&blocks, &o) => {
+                    Some(_) if self.config.share_verified_pieces && same_as_origin => {
                         Stored::Origin
                     }
                     _ => {

@@ -322,11 +322,15 @@ impl Engine {
             }
         });
         buf.blocks.insert(block.offset, (data, addr));
-        let mut hash_job = None;
+        let mut verify_job = None;
         if piece_complete {
-            buf.stage = PieceStage::Hashing;
-            let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
-            hash_job = Some(blocks);
+            // The expected hash is always known here: blocks are only requested once the
+            // metadata (and with it every piece's hash) is.
+            if let Some(expected) = t.info.as_ref().and_then(|i| i.piece_hash(block.piece)) {
+                buf.stage = PieceStage::Verifying;
+                let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
+                verify_job = Some((blocks, expected));
+            }
         }
         let mut to_flush = Vec::new();
         for k in cancel {
@@ -340,16 +344,17 @@ impl Engine {
         for cid in to_flush {
             self.flush(cid);
         }
-        if let Some(blocks) = hash_job {
+        if let Some((blocks, expected)) = verify_job {
             self.new_job(
-                JobInfo::Hash {
+                JobInfo::Verify {
                     torrent: tid,
                     piece: block.piece,
                 },
-                Job::Hash {
+                Job::VerifyWrite {
                     torrent: tid,
                     piece: block.piece,
                     blocks,
+                    expected,
                 },
             );
         }
@@ -656,38 +661,15 @@ impl Engine {
         self.release_pending(freed);
     }
 
-    /// A hash job finished: write the piece if it matches, otherwise throw it away and strike.
-    pub(super) fn piece_hashed(
-        &mut self,
-        now: Instant,
-        tid: TorrentId,
-        piece: u32,
-        hash: [u8; 20],
-    ) {
+    /// A piece did not match its hash (nothing was written): throw it away, fetch it again, and
+    /// strike the peer that sent it. When several peers sent blocks, nobody is struck yet: the
+    /// blocks are kept (up to [`MAX_FAILED_KEEP`]) and compared with the piece once it passes, which
+    /// names the liar (see `piece_written`).
+    pub(super) fn piece_mismatch(&mut self, now: Instant, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        let expected = t.info.as_ref().and_then(|i| i.piece_hash(piece));
-        let Some(buf) = t.pieces.get_mut(&piece) else {
-            return;
-        };
-        if buf.stage != PieceStage::Hashing {
-            return;
-        }
-        if expected == Some(hash) {
-            buf.stage = PieceStage::Writing;
-            let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
-            self.new_job(
-                JobInfo::Write {
-                    torrent: tid,
-                    piece,
-                },
-                Job::Write {
-                    torrent: tid,
-                    piece,
-                    blocks,
-                },
-            );
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
             return;
         }
         let Some(buf) = t.pieces.remove(&piece) else {
@@ -729,13 +711,13 @@ impl Engine {
         }
     }
 
-    /// A write job failed: the piece is not on disk, so it leaves memory and becomes missing again
-    /// (fetched anew after a resume, instead of sitting in memory forever as "being written").
+    /// A verify-and-write job failed: the piece is not on disk, so it leaves memory and becomes
+    /// missing again (fetched anew after a resume, instead of sitting in memory forever).
     pub(super) fn write_failed(&mut self, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Writing) {
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
             return;
         }
         let Some(buf) = t.pieces.remove(&piece) else {
@@ -747,11 +729,14 @@ impl Engine {
         self.release_pending(u64::from(buf.size));
     }
 
-    /// A write job finished: the piece is verified.
+    /// A verify-and-write job found the piece right and wrote it: the piece is verified.
     pub(super) fn piece_written(&mut self, now: Instant, tid: TorrentId, piece: u32) {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
+        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
+            return;
+        }
         let Some(buf) = t.pieces.remove(&piece) else {
             return;
         };
@@ -875,11 +860,13 @@ impl Engine {
         }
         t.run = RunState::Error(message.clone());
         t.policy.stop(now);
-        // Pieces in memory that are not being written are thrown away and become missing again.
+        // Pieces still being assembled are thrown away and become missing again. Pieces whose
+        // verify-and-write job is out stay until its answer settles them (written, or missing
+        // again), so the engine always knows which writes are in flight.
         let dropped: Vec<u32> = t
             .pieces
             .iter()
-            .filter(|(_, b)| b.stage != PieceStage::Writing)
+            .filter(|(_, b)| b.stage == PieceStage::Assembling)
             .map(|(p, _)| *p)
             .collect();
         let mut freed = 0u64;
@@ -889,10 +876,6 @@ impl Engine {
             }
         }
         self.release_pending(freed);
-        // Their hash jobs are forgotten with them: an answer arriving after a resume would
-        // otherwise be taken for the same piece fetched again (and get unchecked bytes written).
-        self.jobs
-            .retain(|_, j| !matches!(j, JobInfo::Hash { torrent, .. } if *torrent == tid));
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
             if let Some(picker) = t.picker.as_mut() {

@@ -85,23 +85,25 @@ pub enum Output {
 /// Work that must not run on the event loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Job {
-    /// SHA-1 the concatenation of `blocks` (one whole piece) and report [`JobResult::Hashed`].
-    Hash {
+    /// Check a downloaded piece and, if it is right, store it: SHA-1 the concatenation of `blocks`
+    /// (one whole piece); if that equals `expected`, write the blocks to the torrent's files (the
+    /// piece starts at byte `piece * piece_length` of the torrent) and report [`JobResult::Written`],
+    /// otherwise write nothing and report [`JobResult::Mismatch`].
+    ///
+    /// Hash and write in one go, on one worker thread, while the blocks are still in that core's
+    /// cache: done as two jobs with a trip through the event loop between them, the write reads the
+    /// piece from memory again, which measured as the costliest step of a download. Writes of one
+    /// torrent must not overlap, and none may start after the torrent's storage was removed; hashing
+    /// may run in parallel.
+    VerifyWrite {
         /// The torrent.
         torrent: TorrentId,
         /// The piece.
         piece: u32,
         /// The piece's bytes, in order.
         blocks: Vec<Bytes>,
-    },
-    /// Write a verified piece to the torrent's files and report [`JobResult::Written`].
-    Write {
-        /// The torrent.
-        torrent: TorrentId,
-        /// The piece (its offset in the torrent is `piece * piece_length`).
-        piece: u32,
-        /// The piece's bytes, in order.
-        blocks: Vec<Bytes>,
+        /// The piece's SHA-1 from the metainfo.
+        expected: [u8; 20],
     },
     /// Read a block for a peer and report [`JobResult::Read`].
     Read {
@@ -119,10 +121,10 @@ pub enum Job {
 /// The outcome of a [`Job`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobResult {
-    /// The SHA-1 of a [`Job::Hash`].
-    Hashed([u8; 20]),
-    /// A [`Job::Write`] is on disk.
+    /// A [`Job::VerifyWrite`]'s piece matched its hash and is on disk.
     Written,
+    /// A [`Job::VerifyWrite`]'s piece did not match its hash; nothing was written.
+    Mismatch,
     /// The bytes of a [`Job::Read`].
     Read(Bytes),
     /// The job failed; the torrent is stopped with this message (verified pieces stay verified).

@@ -167,19 +167,21 @@ pub enum AddError {
 /// What a job handed out is for.
 #[derive(Debug, Clone, Copy)]
 enum JobInfo {
-    Hash {
-        torrent: TorrentId,
-        piece: u32,
-    },
-    Write {
-        torrent: TorrentId,
-        piece: u32,
-    },
+    /// A [`Job::VerifyWrite`] of a piece in [`PieceStage::Verifying`].
+    Verify { torrent: TorrentId, piece: u32 },
     Read {
         torrent: TorrentId,
         conn: ConnId,
         block: BlockRequest,
     },
+}
+
+impl JobInfo {
+    fn torrent(&self) -> TorrentId {
+        match self {
+            JobInfo::Verify { torrent, .. } | JobInfo::Read { torrent, .. } => *torrent,
+        }
+    }
 }
 
 /// The sans-IO BitTorrent engine. See the [module documentation](self).
@@ -431,9 +433,7 @@ impl Engine {
             self.trackers.retire(torrent, t.policy);
         }
         self.jobs.retain(|_, j| match j {
-            JobInfo::Hash { torrent: t, .. }
-            | JobInfo::Write { torrent: t, .. }
-            | JobInfo::Read { torrent: t, .. } => *t != torrent,
+            JobInfo::Verify { torrent: t, .. } | JobInfo::Read { torrent: t, .. } => *t != torrent,
         });
         self.events.push_back(Event::TorrentRemoved(torrent));
         self.maintain(now);
@@ -663,30 +663,25 @@ impl Engine {
             return;
         };
         if let JobResult::Failed(f) = &result {
-            let torrent = match info {
-                JobInfo::Hash { torrent, .. }
-                | JobInfo::Write { torrent, .. }
-                | JobInfo::Read { torrent, .. } => torrent,
-            };
+            let torrent = info.torrent();
             match info {
                 JobInfo::Read { conn, block, .. } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.reading_bytes = c.reading_bytes.saturating_sub(block.length as usize);
                     }
                 }
-                JobInfo::Write { torrent, piece } => self.write_failed(torrent, piece),
-                JobInfo::Hash { .. } => {}
+                JobInfo::Verify { torrent, piece } => self.write_failed(torrent, piece),
             }
             self.torrent_error(now, torrent, f.message.clone());
             self.maintain(now);
             return;
         }
         match (info, result) {
-            (JobInfo::Hash { torrent, piece }, JobResult::Hashed(hash)) => {
-                self.piece_hashed(now, torrent, piece, hash)
-            }
-            (JobInfo::Write { torrent, piece }, JobResult::Written) => {
+            (JobInfo::Verify { torrent, piece }, JobResult::Written) => {
                 self.piece_written(now, torrent, piece)
+            }
+            (JobInfo::Verify { torrent, piece }, JobResult::Mismatch) => {
+                self.piece_mismatch(now, torrent, piece)
             }
             (
                 JobInfo::Read {
@@ -710,14 +705,10 @@ impl Engine {
             }
             (info, result) => {
                 // A result of the wrong kind is a driver bug; treat it as a disk failure.
-                let torrent = match info {
-                    JobInfo::Hash { torrent, .. }
-                    | JobInfo::Write { torrent, .. }
-                    | JobInfo::Read { torrent, .. } => torrent,
-                };
+                let torrent = info.torrent();
                 let kind = match result {
-                    JobResult::Hashed(_) => "hash",
-                    JobResult::Written => "write",
+                    JobResult::Written => "written",
+                    JobResult::Mismatch => "mismatch",
                     JobResult::Read(_) => "read",
                     JobResult::Failed(_) => "failure",
                 };

@@ -102,6 +102,15 @@ struct Net {
     connects: Vec<(usize, SocketAddr)>,
 }
 
+/// The SHA-1 of a piece given as blocks.
+fn sha1_of(blocks: &[Bytes]) -> [u8; 20] {
+    let mut h = Sha1::new();
+    for b in blocks {
+        h.update(b);
+    }
+    h.finalize().into()
+}
+
 fn addr(i: u8, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), port)
 }
@@ -293,7 +302,7 @@ impl Net {
                 });
             }
             Output::Job { id, job } => {
-                if self.held_hash && matches!(job, Job::Hash { .. }) {
+                if self.held_hash && matches!(job, Job::VerifyWrite { .. }) {
                     self.held.push((i, id, job));
                     return;
                 }
@@ -310,18 +319,15 @@ impl Net {
     fn run_job(&mut self, i: usize, job: &Job) -> JobResult {
         let node = &mut self.nodes[i];
         match job {
-            Job::Hash { blocks, .. } => {
-                let mut h = Sha1::new();
-                for b in blocks {
-                    h.update(b);
-                }
-                JobResult::Hashed(h.finalize().into())
-            }
-            Job::Write {
+            Job::VerifyWrite {
                 torrent,
                 piece,
                 blocks,
+                expected,
             } => {
+                if sha1_of(blocks) != *expected {
+                    return JobResult::Mismatch;
+                }
                 if node.fail_writes.contains(torrent) {
                     return JobResult::Failed(StorageFailure {
                         kind: StorageFailureKind::NoSpace,
@@ -868,22 +874,20 @@ impl Raw {
                 Output::Close { conn } => self.closed.push(conn),
                 Output::Job { id, job } => {
                     let result = match job {
-                        Job::Hash { blocks, .. } => {
-                            let mut h = Sha1::new();
-                            for b in &blocks {
-                                h.update(b);
-                            }
-                            JobResult::Hashed(h.finalize().into())
-                        }
-                        Job::Write {
+                        Job::VerifyWrite {
                             torrent,
                             piece,
                             blocks,
+                            expected,
                         } => {
-                            let v: Vec<u8> =
-                                blocks.iter().flat_map(|b| b.iter().copied()).collect();
-                            self.disk.insert((torrent, piece), v.into());
-                            JobResult::Written
+                            if sha1_of(&blocks) == expected {
+                                let v: Vec<u8> =
+                                    blocks.iter().flat_map(|b| b.iter().copied()).collect();
+                                self.disk.insert((torrent, piece), v.into());
+                                JobResult::Written
+                            } else {
+                                JobResult::Mismatch
+                            }
                         }
                         Job::Read {
                             torrent,
@@ -1652,20 +1656,18 @@ fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
 }
 
 #[test]
-fn a_hash_result_from_before_a_disk_error_does_not_verify_the_piece_fetched_after_resume() {
+fn a_verify_job_out_at_a_disk_error_still_settles_its_piece_after_resume() {
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![]);
     let (now, seeder) = (net.now, net.nodes[0].addr);
     net.held_hash = true;
     net.nodes[1].engine.add_peer(now, tl, seeder);
     assert!(net.run_until(Duration::from_secs(30), |n| n.held.len() >= 2));
-    // One hash job fails (a disk error stops the torrent); another is still out, with the right
-    // answer for the honest data it was given.
+    // One verify-and-write job fails (a disk error stops the torrent); another is still out.
     let (_, failing, _) = net.held.remove(0);
-    let (i, stale_id, stale_job) = net.held.remove(0);
-    let Job::Hash { piece, .. } = stale_job else {
-        panic!("held a {stale_job:?}")
+    let (i, out_id, out_job) = net.held.remove(0);
+    let Job::VerifyWrite { piece, .. } = out_job else {
+        panic!("held a {out_job:?}")
     };
-    let stale_result = net.run_job(i, &stale_job);
     let now = net.now;
     net.nodes[1].engine.handle_job_done(
         now,
@@ -1676,31 +1678,40 @@ fn a_hash_result_from_before_a_disk_error_does_not_verify_the_piece_fetched_afte
         }),
     );
     net.settle();
-    // Resumed; this time the seeder sends garbage, and the piece's new hash job is held.
-    net.held.clear();
-    net.nodes[0].serve = Serve::Corrupt;
+    assert!(net.nodes[1]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TorrentError { .. })));
+    // Resumed with the job still out: its piece is not fetched again, and its answer settles it.
+    net.held_hash = false;
+    for (i, id, job) in std::mem::take(&mut net.held) {
+        let result = net.run_job(i, &job);
+        net.queue.push_back(Action::JobDone {
+            node: i,
+            id,
+            result,
+        });
+    }
     let now = net.now;
     net.nodes[1].engine.resume(now, tl);
-    let refetched = move |n: &Net| {
-        n.held
-            .iter()
-            .any(|(_, _, j)| matches!(j, Job::Hash { piece: p, .. } if *p == piece))
-    };
-    assert!(net.run_until(Duration::from_secs(30), refetched));
-    // The old job's answer arrives now: it is about other bytes and must not get garbage written.
-    let now = net.now;
-    net.nodes[1]
-        .engine
-        .handle_job_done(now, stale_id, stale_result);
-    net.settle();
-    if let Some(written) = net.nodes[1].disk.get(&(tl, piece)) {
-        let start = piece as usize * PL as usize;
-        assert_eq!(
-            written[..],
-            content[start..start + written.len()],
-            "unverified data was written"
-        );
-    }
+    let result = net.run_job(i, &out_job);
+    net.queue.push_back(Action::JobDone {
+        node: i,
+        id: out_id,
+        result,
+    });
+    assert!(net.run_until(Duration::from_secs(120), |n| n.completed(1, tl)));
+    assert_eq!(disk_content(&net.nodes[1], tl), content);
+    assert_eq!(net.nodes[1].engine.pending_bytes, 0);
+    let verified = net.nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PieceVerified { piece: p, .. } if *p == piece))
+        .count();
+    assert_eq!(
+        verified, 1,
+        "piece {piece} was verified once, by the job that was out"
+    );
 }
 
 #[test]

@@ -145,10 +145,9 @@ impl AddressBook {
 pub(crate) enum PieceStage {
     /// Blocks are arriving.
     Assembling,
-    /// A hash job is out.
-    Hashing,
-    /// It matched; a write job is out.
-    Writing,
+    /// Every block is here and a [`Job::VerifyWrite`](super::Job::VerifyWrite) is out: its answer
+    /// settles the piece (written: verified; mismatch: fetched again; failed: missing again).
+    Verifying,
 }
 
 /// A piece being assembled, hashed or written.
