@@ -1,7 +1,7 @@
 //! Bookkeeping for one peer connection: its session, where it stands (dialling, handshaking,
 //! established), its picker key, and the disk reads and socket bytes in flight for it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use crate::peer::{BlockRequest, PeerSession};
@@ -50,6 +50,51 @@ pub(crate) struct Conn {
     pub ext: ConnExt,
     /// The session's deadline as filed in the engine's timer index (see `Engine::rearm`).
     pub timer: Option<Instant>,
+    /// How the peer behaves (rejects, silence, usefulness).
+    pub conduct: Conduct,
+}
+
+/// How long a connection that moved no data may hold its slot before a newcomer may replace it
+/// (at once if it said nothing since its handshake), and how long a silent one is kept while its
+/// torrent is at its cap.
+pub(crate) const REPLACE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Rejects in a row with no block in between after which a peer is asked nothing more until it
+/// unchokes us again or allows a piece fast (a peer that rejects everything must not make us spin).
+pub(crate) const REJECT_SNUB: u32 = 16;
+
+/// What a peer did that bears on how we treat it: rejected requests are not repeated, a connection
+/// that never said anything may give its slot to a newcomer, a useful peer is redialled sooner.
+#[derive(Debug, Default)]
+pub(crate) struct Conduct {
+    /// Pieces with a block this peer rejected since it last unchoked us or allowed a piece fast: not
+    /// asked of it again until then (bounded by the torrent's piece count).
+    pub rejected: BTreeSet<u32>,
+    /// Rejects since the peer last sent a block; at [`REJECT_SNUB`] we stop asking.
+    pub rejects_in_a_row: u32,
+    /// The peer sent any message (other than keep-alives) after the handshake.
+    pub heard: bool,
+    /// Payload moved either way (a block from it, or a block requested by it).
+    pub useful: bool,
+}
+
+impl Conn {
+    /// Whether this connection is the least worth keeping: established, no payload either way, the
+    /// peer not interested in us; and either it never said a thing after its handshake, or it has been
+    /// connected for `min_age` already. `None` when it may not be replaced; else its rank (lower
+    /// is replaced first: silent ones, then the oldest).
+    pub fn replaceable(
+        &self,
+        now: Instant,
+        min_age: std::time::Duration,
+    ) -> Option<(bool, Instant)> {
+        let at = self.established_at?;
+        if self.conduct.useful || self.session.peer_interested() {
+            return None;
+        }
+        let old = now.saturating_duration_since(at) >= min_age;
+        (!self.conduct.heard || old).then_some((self.conduct.heard, at))
+    }
 }
 
 impl Conn {

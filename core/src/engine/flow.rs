@@ -73,6 +73,13 @@ impl Engine {
             self.on_incoming_handshake(now, id, info_hash, peer_id);
             return;
         }
+        // Anything the peer said after its handshake (keep-alives and our own timers are not it).
+        if !matches!(
+            ev,
+            E::Established { .. } | E::Closed { .. } | E::RequestsTimedOut { .. } | E::Snubbed
+        ) {
+            c.conduct.heard = true;
+        }
         let Some(tid) = c.torrent else {
             return;
         };
@@ -167,7 +174,12 @@ impl Engine {
                 }
                 t.refill = true;
             }
-            E::Unchoked => {}
+            E::Unchoked | E::AllowedFast(_) => {
+                // Something changed: blocks it rejected may be asked again.
+                c.conduct.rejected.clear();
+                c.conduct.rejects_in_a_row = 0;
+                t.refill = true;
+            }
             E::Interested => {
                 if t.choker.unchoked().len() <= self.config.unchoke_slots {
                     t.choker.rechoke_soon();
@@ -180,11 +192,18 @@ impl Engine {
                     t.choke_dirty = true;
                 }
             }
-            E::BlockReceived { block, data } => self.on_block(now, id, block, data),
+            E::BlockReceived { block, data } => {
+                c.conduct.useful = true;
+                c.conduct.rejects_in_a_row = 0;
+                self.on_block(now, id, block, data)
+            }
             E::Rejected { block } => {
                 if let Some(picker) = t.picker.as_mut() {
                     picker.request_cancelled(key, block);
                 }
+                // Not asked of this peer again until it unchokes us or allows a piece fast.
+                c.conduct.rejected.insert(block.piece);
+                c.conduct.rejects_in_a_row = c.conduct.rejects_in_a_row.saturating_add(1);
                 t.refill = true;
             }
             E::RequestsTimedOut { blocks } => {
@@ -197,6 +216,7 @@ impl Engine {
             }
             E::Snubbed => t.choke_dirty = true,
             E::ReadRequest { block } => {
+                c.conduct.useful = true;
                 let have = t.picker.as_ref().is_some_and(|p| p.have().get(block.piece));
                 if t.is_running() && have {
                     c.read_queue.push_back(block);
@@ -209,7 +229,7 @@ impl Engine {
                 id: ext_id,
                 payload,
             } => self.on_extended(now, id, ext_id, payload),
-            E::AllowedFast(_) | E::Suggest(_) | E::Port(_) | E::Closed { .. } => {}
+            E::Suggest(_) | E::Port(_) | E::Closed { .. } => {}
         }
     }
 
@@ -246,6 +266,14 @@ impl Engine {
                 && !Self::keep_dialled_by_us(self.peer_id, peer_id)
         });
         let duplicate = existing.is_some() && replace.is_none();
+        // At the cap, a newcomer takes the slot of the least useful connection, if there is one.
+        let full =
+            t.conns.len() >= self.config.max_peers_per_torrent + usize::from(replace.is_some());
+        let turnover = if full && replace.is_none() {
+            Self::least_useful(&self.conns, t.conns.iter().copied(), now)
+        } else {
+            None
+        };
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -253,7 +281,7 @@ impl Engine {
             || duplicate
             || t.banned_ids.contains(&peer_id)
             || t.banned.contains(&c.addr)
-            || t.conns.len() >= self.config.max_peers_per_torrent + usize::from(replace.is_some())
+            || (full && turnover.is_none())
             || self.shutdown_deadline.is_some()
         {
             let _ = c.session.reject();
@@ -262,6 +290,14 @@ impl Engine {
         let tid = found.unwrap_or(TorrentId(0));
         if let Some(other) = replace {
             self.drop_conn(now, other, "duplicate connection to the same peer", true);
+        }
+        if let Some(other) = turnover {
+            self.drop_conn(
+                now,
+                other,
+                "replaced by a new peer (no data either way)",
+                true,
+            );
         }
         let (Some(c), Some(t)) = (self.conns.get_mut(&id), self.torrents.get_mut(&tid)) else {
             return;
@@ -283,6 +319,49 @@ impl Engine {
         c.peer_id = Some(peer_id);
         t.conns.insert(id);
         t.keys.insert(c.key, id);
+    }
+
+    /// Of `ids`, the connection to give up for a newcomer (see `Conn::replaceable`): one that said
+    /// nothing since its handshake, else the oldest that moved no data in [`REPLACE_AFTER`].
+    pub(super) fn least_useful(
+        conns: &BTreeMap<ConnId, Conn>,
+        ids: impl Iterator<Item = ConnId>,
+        now: Instant,
+    ) -> Option<ConnId> {
+        ids.filter_map(|id| Some((conns.get(&id)?.replaceable(now, REPLACE_AFTER)?, id)))
+            .min()
+            .map(|(_, id)| id)
+    }
+
+    /// Drops the connections of a torrent at its cap that said nothing at all after their handshake
+    /// for [`REPLACE_AFTER`] (a slot held by a silent peer is a slot an honest peer cannot have).
+    fn drop_silent(&mut self, now: Instant, tid: TorrentId) {
+        let Some(t) = self.torrents.get(&tid) else {
+            return;
+        };
+        if t.conns.len() < self.config.max_peers_per_torrent {
+            return;
+        }
+        let silent: Vec<ConnId> = t
+            .conns
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.conns.get(id).is_some_and(|c| {
+                    !c.conduct.heard
+                        && c.established_at
+                            .is_some_and(|at| now.saturating_duration_since(at) >= REPLACE_AFTER)
+                })
+            })
+            .collect();
+        for id in silent {
+            self.drop_conn(
+                now,
+                id,
+                "silent since the handshake while the torrent is full",
+                true,
+            );
+        }
     }
 
     fn on_block(&mut self, now: Instant, id: ConnId, block: BlockRequest, data: Bytes) {
@@ -409,10 +488,14 @@ impl Engine {
 
     fn fill_requests_inner(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.pending_cap();
-        let (avoid, first) = self.retry_plan(id);
+        let (mut avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        if c.conduct.rejects_in_a_row >= REJECT_SNUB {
+            return;
+        }
+        avoid.extend(c.conduct.rejected.iter().copied());
         let Some(t) = c.torrent.and_then(|tid| self.torrents.get_mut(&tid)) else {
             return;
         };
@@ -586,7 +669,7 @@ impl Engine {
             }
             t.pex_dirty = true;
             if c.established_at.is_some() {
-                t.book.disconnected(now, &c.addr);
+                t.book.disconnected(now, &c.addr, c.conduct.useful);
                 self.events.push_back(Event::PeerDisconnected {
                     torrent: tid,
                     addr: c.addr,
@@ -910,6 +993,7 @@ impl Engine {
 
     /// Runs the choker of a torrent and applies its answer.
     fn run_choker(&mut self, now: Instant, tid: TorrentId) {
+        self.drop_silent(now, tid);
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
@@ -1040,6 +1124,7 @@ impl Engine {
                         unflushed: 0,
                         ext: Default::default(),
                         timer: None,
+                        conduct: Default::default(),
                     },
                 );
                 self.rearm(id);

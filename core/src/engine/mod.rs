@@ -44,7 +44,7 @@ use crate::tracker::announce::{AnnounceConfig, AnnouncePolicy, Progress};
 use crate::tracker::udp_client::{UdpConfig, UdpTrackerRouter};
 use crate::types::{InfoHash, PeerId};
 
-use conn::{Conn, READ_AHEAD, SEND_WINDOW};
+use conn::{Conn, READ_AHEAD, REJECT_SNUB, REPLACE_AFTER, SEND_WINDOW};
 use torrent::{PieceBuf, PieceStage, RunState, Torrent, MAX_FAILED_KEEP, MAX_STRIKES};
 use trackers::TrackerGlue;
 
@@ -65,6 +65,9 @@ pub struct EngineConfig {
     pub max_peers_per_torrent: usize,
     /// Most outgoing connections still dialling at once (default 25).
     pub max_half_open: usize,
+    /// Most incoming connections from one IP address (default 8), so that one host cannot take every
+    /// slot.
+    pub max_incoming_per_ip: usize,
     /// Per-connection protocol tunables.
     pub session: SessionConfig,
     /// Regular unchoke slots per torrent (default 4; the optimistic unchoke comes on top).
@@ -96,6 +99,7 @@ impl Default for EngineConfig {
             max_connections: 200,
             max_peers_per_torrent: 60,
             max_half_open: 25,
+            max_incoming_per_ip: 8,
             session: SessionConfig::default(),
             unchoke_slots: 4,
             peer_id: None,
@@ -514,8 +518,13 @@ impl Engine {
     /// A peer connected to our listening socket. Returns the connection's id, or `None` to refuse it
     /// (connection caps, shutting down, or already connected to that address).
     pub fn handle_incoming(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
+        let from_ip = self
+            .conns
+            .values()
+            .filter(|c| !c.outgoing && c.addr.ip() == remote.ip())
+            .count();
         if self.shutdown_deadline.is_some()
-            || self.conns.len() >= self.config.max_connections
+            || from_ip >= self.config.max_incoming_per_ip
             || self
                 .addrs
                 .range((remote, None)..)
@@ -523,6 +532,16 @@ impl Engine {
                 .is_some_and(|((a, _), _)| *a == remote)
         {
             return None;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            // Full: the newcomer takes the slot of the least useful connection, if any.
+            let victim = Self::least_useful(&self.conns, self.conns.keys().copied(), now)?;
+            self.drop_conn(
+                now,
+                victim,
+                "replaced by a new peer (no data either way)",
+                true,
+            );
         }
         if self.torrents.values().any(|t| t.banned.contains(&remote)) {
             return None;
@@ -545,6 +564,7 @@ impl Engine {
                 unflushed: 0,
                 ext: Default::default(),
                 timer: None,
+                conduct: Default::default(),
             },
         );
         self.rearm(id);
