@@ -48,8 +48,6 @@ pub(crate) struct Conn {
     pub unflushed: usize,
     /// BEP 10 extension state (the peer's ids, PEX).
     pub ext: ConnExt,
-    /// The session's deadline as filed in the engine's timer index (see `Engine::rearm`).
-    pub timer: Option<Instant>,
     /// How the peer behaves (rejects, silence, usefulness).
     pub conduct: Conduct,
 }

@@ -493,6 +493,7 @@ impl Engine {
         t.refill = true;
         let have = picker.have().clone();
         t.picker = Some(picker);
+        self.update_longest_piece();
         self.events.push_back(Event::MetadataReceived {
             torrent: tid,
             info_hash,
@@ -527,9 +528,10 @@ impl Engine {
         self.check_complete(now, tid);
     }
 
-    /// Upkeep of extensions after every input: metadata requests to send, PEX messages due.
-    pub(super) fn drive_extensions(&mut self, now: Instant) {
-        let tids: Vec<TorrentId> = self.torrents.keys().copied().collect();
+    /// Upkeep of extensions for the torrents an input touched: metadata requests to send, PEX
+    /// messages due (a due one touches its torrent through its timer).
+    pub(super) fn drive_extensions(&mut self, now: Instant, work: &BTreeSet<TorrentId>) {
+        let tids: Vec<TorrentId> = work.union(self.torrents.touched()).copied().collect();
         for tid in tids {
             self.send_metadata_requests(now, tid);
             self.send_pex(now, tid);
@@ -644,28 +646,11 @@ impl Engine {
         }
     }
 
-    /// The earliest extension deadline: a metadata request timing out, a PEX message due.
-    pub(super) fn ext_poll_timeout(&self) -> Option<Instant> {
-        let fetch = self
-            .torrents
-            .values()
-            .filter(|t| t.is_running())
-            .filter_map(|t| t.magnet.as_ref()?.fetcher.poll_timeout());
-        let pex = self
-            .torrents
-            .values()
-            .filter(|t| t.is_running() && !t.private)
-            .filter_map(|t| t.pex_next);
-        fetch.chain(pex).min()
-    }
-
-    /// Expires metadata requests whose deadline passed (PEX messages due go out in the upkeep).
-    pub(super) fn ext_handle_timeout(&mut self, now: Instant) {
-        for t in self.torrents.values_mut() {
-            if let Some(m) = t.magnet.as_mut() {
-                if m.fetcher.poll_timeout().is_some_and(|d| d <= now) {
-                    m.fetcher.handle_timeout(now);
-                }
+    /// A magnet torrent's metadata request timed out.
+    pub(super) fn ext_handle_timeout(&mut self, now: Instant, tid: TorrentId) {
+        if let Some(m) = self.torrents.get_mut(&tid).and_then(|t| t.magnet.as_mut()) {
+            if m.fetcher.poll_timeout().is_some_and(|d| d <= now) {
+                m.fetcher.handle_timeout(now);
             }
         }
     }

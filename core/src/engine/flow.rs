@@ -34,30 +34,6 @@ impl Engine {
         self.fill_requests(now, id);
         self.flush(id);
         self.pump_reads(id);
-        self.rearm(id);
-    }
-
-    /// Files the session's current deadline in the timer index. Must follow every call that can
-    /// bring a session's deadline earlier: a request sent when none was outstanding (the request
-    /// and snub timers start), a block ending a snub, the handshake completing; that is
-    /// `process_conn`, `fill_requests` and creating a connection. Everything else only moves
-    /// deadlines later, which leaves the index early: `handle_timeout` then finds nothing due for
-    /// the connection and files the real deadline.
-    pub(super) fn rearm(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let next = c.session.poll_timeout();
-        if next == c.timer {
-            return;
-        }
-        if let Some(old) = c.timer {
-            self.timers.remove(&(old, id));
-        }
-        if let Some(n) = next {
-            self.timers.insert((n, id));
-        }
-        c.timer = next;
     }
 
     fn on_peer_event(&mut self, now: Instant, id: ConnId, ev: peer::Event) {
@@ -324,7 +300,7 @@ impl Engine {
     /// Of `ids`, the connection to give up for a newcomer (see `Conn::replaceable`): one that said
     /// nothing since its handshake, else the oldest that moved no data in [`REPLACE_AFTER`].
     pub(super) fn least_useful(
-        conns: &BTreeMap<ConnId, Conn>,
+        conns: &table::Tracked<ConnId, Conn>,
         ids: impl Iterator<Item = ConnId>,
         now: Instant,
     ) -> Option<ConnId> {
@@ -482,11 +458,6 @@ impl Engine {
 
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
-        self.fill_requests_inner(now, id);
-        self.rearm(id);
-    }
-
-    fn fill_requests_inner(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.pending_cap();
         let (mut avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
@@ -637,9 +608,6 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
-        if let Some(t) = c.timer {
-            self.timers.remove(&(t, id));
-        }
         self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
@@ -1123,11 +1091,9 @@ impl Engine {
                         reading_bytes: 0,
                         unflushed: 0,
                         ext: Default::default(),
-                        timer: None,
                         conduct: Default::default(),
                     },
                 );
-                self.rearm(id);
                 self.addrs.insert((addr, Some(tid)), id);
                 self.outputs.push_back(Output::Connect { conn: id, addr });
                 half_open += 1;
@@ -1139,38 +1105,52 @@ impl Engine {
     /// [`MIN_PENDING_PIECES`] pieces of the torrent with the longest pieces, so that a torrent with
     /// huge pieces can still assemble one while the previous one is hashed and written.
     pub(super) fn pending_cap(&self) -> u64 {
-        let longest = self
-            .torrents
-            .values()
-            .filter_map(|t| t.info.as_ref())
-            .map(|info| u64::from(info.layout().piece_length()))
-            .max()
-            .unwrap_or(0);
         self.config
             .max_pending_piece_bytes
-            .max(longest.saturating_mul(MIN_PENDING_PIECES))
+            .max(self.longest_piece.saturating_mul(MIN_PENDING_PIECES))
     }
 
-    /// Pieces left memory: if that brings us back under the cap, every torrent may start pieces again.
+    /// Pieces left memory: if that brings us back under the cap, every torrent with peers may start
+    /// pieces again.
     pub(super) fn release_pending(&mut self, bytes: u64) {
         let cap = self.pending_cap();
         let was_over = self.pending_bytes >= cap;
         self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
         if was_over && self.pending_bytes < cap {
-            for t in self.torrents.values_mut() {
-                t.refill = true;
+            let with_peers: Vec<TorrentId> = self
+                .torrents
+                .iter()
+                .filter(|(_, t)| !t.conns.is_empty())
+                .map(|(id, _)| *id)
+                .collect();
+            for tid in with_peers {
+                if let Some(t) = self.torrents.get_mut(&tid) {
+                    t.refill = true;
+                }
             }
         }
     }
 
-    /// Upkeep after every input: requests, choking, dialling, trackers, shutdown.
+    /// The torrents the upkeep looks at: those touched by this input so far (`work`, taken at the
+    /// start of the upkeep) and those touched since. Any other torrent has nothing to do: its flags
+    /// are only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
+    fn upkeep_set(&self, work: &BTreeSet<TorrentId>) -> Vec<TorrentId> {
+        work.union(self.torrents.touched())
+            .copied()
+            .filter(|t| self.torrents.contains_key(t))
+            .collect()
+    }
+
+    /// Upkeep after every input, for what the input touched: requests, choking, extensions, dialling,
+    /// trackers, shutdown; then the deadlines of everything touched are refiled. Its cost follows
+    /// what changed, not the number of torrents and connections.
     pub(super) fn maintain(&mut self, now: Instant) {
         if now > self.last_now {
             self.last_now = now;
         }
-        let tids: Vec<TorrentId> = self.torrents.keys().copied().collect();
-        for tid in &tids {
-            let Some(t) = self.torrents.get_mut(tid) else {
+        let work = self.torrents.take_touched();
+        for tid in self.upkeep_set(&work) {
+            let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
             if std::mem::take(&mut t.refill) {
@@ -1180,16 +1160,16 @@ impl Engine {
                     self.flush(id);
                 }
             }
-            let Some(t) = self.torrents.get_mut(tid) else {
+            let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
             if t.choke_dirty && t.is_running() {
-                self.run_choker(now, *tid);
+                self.run_choker(now, tid);
             }
         }
-        self.drive_extensions(now);
+        self.drive_extensions(now, &work);
         self.dial(now);
-        self.drive_trackers(now);
+        self.drive_trackers(now, &work);
         if let Some(deadline) = self.shutdown_deadline {
             let quiet =
                 self.torrents.values().all(|t| t.policy.is_stopped()) && self.trackers.is_idle();
@@ -1197,20 +1177,39 @@ impl Engine {
                 self.shut_down = true;
             }
         }
+        // Torrents touched during the upkeep keep their mark: what it set waits for the next one,
+        // as it would have in a scan.
+        let late = self.torrents.take_touched();
+        let mut refile = work;
+        refile.extend(late.iter().copied());
+        self.refile_timers(&refile);
+        self.torrents.touch_all(late);
+        #[cfg(debug_assertions)]
+        for (id, t) in self.torrents.iter() {
+            debug_assert!(
+                self.torrents.touched().contains(id)
+                    || (!t.refill && !(t.pex_dirty && t.is_running() && !t.private)),
+                "torrent {id:?} has upkeep to do but is not marked for it"
+            );
+        }
     }
 
     /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
-    fn drive_trackers(&mut self, now: Instant) {
+    /// Only touched torrents can have announces to send (a due announce touches its torrent).
+    fn drive_trackers(&mut self, now: Instant, work: &BTreeSet<TorrentId>) {
         for _ in 0..16 {
             let mut orders = Vec::new();
-            for (tid, t) in self.torrents.iter_mut() {
+            for tid in self.upkeep_set(work) {
+                let Some(t) = self.torrents.get_mut(&tid) else {
+                    continue;
+                };
                 let progress = Progress {
                     uploaded: t.uploaded,
                     downloaded: t.downloaded,
                     left: t.picker.as_ref().map_or(UNKNOWN_LEFT, Picker::left),
                 };
                 while let Some(order) = t.policy.poll_announce(now, progress) {
-                    orders.push((*tid, order));
+                    orders.push((tid, order));
                 }
             }
             self.trackers.poll_retired(now, &mut orders);

@@ -22,6 +22,7 @@ mod conn;
 mod ext;
 mod flow;
 mod scrape;
+mod table;
 mod torrent;
 mod trackers;
 
@@ -45,6 +46,7 @@ use crate::tracker::udp_client::{UdpConfig, UdpTrackerRouter};
 use crate::types::{InfoHash, PeerId};
 
 use conn::{Conn, READ_AHEAD, REJECT_SNUB, REPLACE_AFTER, SEND_WINDOW};
+use table::{TimerKey, TimerTable, Tracked};
 use torrent::{PieceBuf, PieceStage, RunState, Torrent, MAX_FAILED_KEEP, MAX_STRIKES};
 use trackers::TrackerGlue;
 
@@ -193,15 +195,19 @@ pub struct Engine {
     config: EngineConfig,
     rng: CoreRng,
     peer_id: PeerId,
-    torrents: BTreeMap<TorrentId, Torrent>,
-    conns: BTreeMap<ConnId, Conn>,
+    /// Torrents; the ones touched since the last upkeep are the ones it looks at.
+    torrents: Tracked<TorrentId, Torrent>,
+    /// Peer connections; the ones touched during an input get their deadline refiled after it.
+    conns: Tracked<ConnId, Conn>,
     /// Remote address (and torrent, once known) of every peer connection, to never open two
     /// connections to the same address for the same torrent.
     addrs: BTreeMap<(SocketAddr, Option<TorrentId>), ConnId>,
     jobs: BTreeMap<JobId, JobInfo>,
-    /// Every connection's session deadline (see `rearm`): the earliest is the first entry, so
-    /// neither `poll_timeout` nor `handle_timeout` walks every connection.
-    timers: BTreeSet<(Instant, ConnId)>,
+    /// Every deadline by name (see [`TimerKey`]), refiled at the end of every input for what the
+    /// input touched: `poll_timeout` is its first entry, `handle_timeout` takes the due ones.
+    timers: TimerTable,
+    /// The longest piece of any torrent whose metadata is known (for [`Engine::pending_cap`]).
+    longest_piece: u64,
     trackers: TrackerGlue,
     outputs: VecDeque<Output>,
     events: VecDeque<Event>,
@@ -249,11 +255,12 @@ impl Engine {
             config,
             rng,
             peer_id,
-            torrents: BTreeMap::new(),
-            conns: BTreeMap::new(),
+            torrents: Tracked::default(),
+            conns: Tracked::default(),
             addrs: BTreeMap::new(),
             jobs: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            timers: TimerTable::default(),
+            longest_piece: 0,
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             next_torrent: 0,
@@ -364,6 +371,7 @@ impl Engine {
             t.policy.start(now);
         }
         self.torrents.insert(id, t);
+        self.update_longest_piece();
         self.dial_dirty = true;
         self.events.push_back(Event::TorrentAdded(id));
         self.maintain(now);
@@ -436,6 +444,7 @@ impl Engine {
             self.release_pending(t.pending_bytes());
             self.trackers.retire(torrent, t.policy);
         }
+        self.update_longest_piece();
         self.jobs.retain(|_, j| match j {
             JobInfo::Verify { torrent: t, .. } | JobInfo::Read { torrent: t, .. } => *t != torrent,
         });
@@ -563,12 +572,11 @@ impl Engine {
                 reading_bytes: 0,
                 unflushed: 0,
                 ext: Default::default(),
-                timer: None,
                 conduct: Default::default(),
             },
         );
-        self.rearm(id);
         self.addrs.insert((remote, None), id);
+        self.refile_timers(&BTreeSet::new());
         Some(id)
     }
 
@@ -668,6 +676,7 @@ impl Engine {
     ) {
         if let Some(tid) = self.peer_resolves.remove(&id) {
             self.peer_hint_resolved(now, tid, result);
+            self.maintain(now);
             return;
         }
         self.trackers
@@ -746,65 +755,128 @@ impl Engine {
 
     /// The timer fired (or any time at or after `poll_timeout`).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<ConnId> = self
-            .timers
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .map(|(_, id)| *id)
-            .collect();
-        for id in due {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.session.handle_timeout(now);
+        let due = self.timers.due(now);
+        for key in &due {
+            if let TimerKey::Conn(id) = *key {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.session.handle_timeout(now);
+                }
+                self.process_conn(now, id);
             }
-            // Also files the session's next deadline (the one filed may have been early).
-            self.process_conn(now, id);
         }
         self.trackers
             .handle_timeout(now, &mut self.outputs, &mut self.next_conn);
-        self.ext_handle_timeout(now);
-        for t in self.torrents.values_mut() {
-            if t.choker.poll_timeout().is_some_and(|d| d <= now) {
-                t.choke_dirty = true;
+        for key in &due {
+            match *key {
+                TimerKey::MetadataFetch(tid) => self.ext_handle_timeout(now, tid),
+                TimerKey::Choke(tid) => {
+                    if let Some(t) = self.torrents.get_mut(&tid) {
+                        t.choke_dirty = true;
+                    }
+                }
+                // Touching the torrent is enough: its upkeep sends what is due.
+                TimerKey::Announce(tid) | TimerKey::Pex(tid) => {
+                    let _ = self.torrents.get_mut(&tid);
+                }
+                TimerKey::Conn(_) | TimerKey::Trackers | TimerKey::Dial | TimerKey::Shutdown => {}
             }
         }
         self.after_trackers(now);
     }
 
-    /// When to call `handle_timeout` next (`None`: only on other inputs).
+    /// When to call `handle_timeout` next (`None`: only on other inputs): the earliest entry of the
+    /// timer table, which every input leaves up to date.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        debug_assert!(
+            self.conns.touched().is_empty(),
+            "an input did not end with the upkeep (connection deadlines not refiled)"
+        );
+        debug_assert_eq!(
+            self.timers.next(),
+            self.poll_timeout_scan(),
+            "the timer table disagrees with the components' deadlines"
+        );
+        self.timers.next()
+    }
+
+    /// `poll_timeout` computed by asking every component (debug builds check the table with it).
+    #[cfg(debug_assertions)]
+    fn poll_timeout_scan(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        debug_assert!(
-            self.conns.iter().all(|(id, c)| {
-                c.session.poll_timeout().is_none_or(|real| {
-                    c.timer
-                        .is_some_and(|f| f <= real && self.timers.contains(&(f, *id)))
-                })
-            }),
-            "a session deadline earlier than the one in the timer index"
-        );
-        consider(self.timers.first().map(|(t, _)| *t));
-        for t in self.torrents.values() {
-            if t.is_running() && !t.conns.is_empty() {
-                consider(t.choker.poll_timeout());
-            }
-            if t.is_running() || !t.policy.is_stopped() {
-                consider(t.policy.poll_timeout());
+        for c in self.conns.values() {
+            consider(c.session.poll_timeout());
+        }
+        for id in self.torrents.keys() {
+            for key in TimerKey::of_torrent(*id) {
+                consider(self.torrent_deadline(key));
             }
         }
-        consider(self.trackers.poll_timeout());
-        consider(self.ext_poll_timeout());
-        if self.shutdown_deadline.is_none() {
-            consider(self.dial_due);
-        }
-        if !self.shut_down {
-            consider(self.shutdown_deadline);
+        for key in [TimerKey::Trackers, TimerKey::Dial, TimerKey::Shutdown] {
+            consider(self.global_deadline(key));
         }
         next
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn poll_timeout_scan(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// A torrent-level deadline as its component states it now.
+    fn torrent_deadline(&self, key: TimerKey) -> Option<Instant> {
+        let (TimerKey::Choke(tid)
+        | TimerKey::Announce(tid)
+        | TimerKey::Pex(tid)
+        | TimerKey::MetadataFetch(tid)) = key
+        else {
+            return None;
+        };
+        let t = self.torrents.get(&tid)?;
+        match key {
+            TimerKey::Choke(_) if t.is_running() && !t.conns.is_empty() => t.choker.poll_timeout(),
+            TimerKey::Announce(_) if t.is_running() || !t.policy.is_stopped() => {
+                t.policy.poll_timeout()
+            }
+            TimerKey::Pex(_) if t.is_running() && !t.private => t.pex_next,
+            TimerKey::MetadataFetch(_) if t.is_running() => {
+                t.magnet.as_ref()?.fetcher.poll_timeout()
+            }
+            _ => None,
+        }
+    }
+
+    /// An engine-wide deadline as it stands now.
+    fn global_deadline(&self, key: TimerKey) -> Option<Instant> {
+        match key {
+            TimerKey::Trackers => self.trackers.poll_timeout(),
+            TimerKey::Dial if self.shutdown_deadline.is_none() => self.dial_due,
+            TimerKey::Shutdown if !self.shut_down => self.shutdown_deadline,
+            _ => None,
+        }
+    }
+
+    /// Files the deadlines of everything the input touched (and the engine-wide ones): the end of
+    /// every input, so the table never lags behind a component.
+    pub(super) fn refile_timers(&mut self, torrents: &BTreeSet<TorrentId>) {
+        for id in self.conns.take_touched() {
+            let at = self.conns.get(&id).and_then(|c| c.session.poll_timeout());
+            self.timers.set(TimerKey::Conn(id), at);
+        }
+        for tid in torrents {
+            for key in TimerKey::of_torrent(*tid) {
+                let at = self.torrent_deadline(key);
+                self.timers.set(key, at);
+            }
+        }
+        for key in [TimerKey::Trackers, TimerKey::Dial, TimerKey::Shutdown] {
+            let at = self.global_deadline(key);
+            self.timers.set(key, at);
+        }
     }
 
     // ===== outputs ===============================================================================
@@ -917,6 +989,18 @@ impl Engine {
             c.listen_port = Some(self.config.listen_port);
         }
         c
+    }
+
+    /// Recomputes [`Engine::longest_piece`] (after a torrent was added or removed, or learned its
+    /// metadata).
+    fn update_longest_piece(&mut self) {
+        self.longest_piece = self
+            .torrents
+            .values()
+            .filter_map(|t| t.info.as_ref())
+            .map(|info| u64::from(info.layout().piece_length()))
+            .max()
+            .unwrap_or(0);
     }
 
     fn new_conn_id(&mut self) -> ConnId {

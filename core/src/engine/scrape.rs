@@ -33,6 +33,8 @@ impl Engine {
         }
         self.trackers.pump_router(&mut self.outputs);
         self.push_scrape_events();
+        // The tracker glue may have a new deadline (a UDP retransmission).
+        self.refile_timers(&Default::default());
         Ok(urls)
     }
 

@@ -1,0 +1,236 @@
+//! The engine's two bookkeeping structures that keep their own invariants, so that no caller has to
+//! remember them:
+//!
+//! - [`Tracked`]: a map that records which entries were handed out mutably (or inserted, or removed)
+//!   since the last look. The engine's upkeep and timer refiling work from that record instead of
+//!   scanning every torrent and connection after every input, and cannot miss an entry, because the
+//!   only way to change one is through [`Tracked::get_mut`].
+//! - [`TimerTable`]: every deadline of the engine under a name ([`TimerKey`]), ordered by instant, so
+//!   `poll_timeout` is the first entry and `handle_timeout` takes the due ones off the front.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::time::Instant;
+
+use super::io::{ConnId, TorrentId};
+
+/// A `BTreeMap` that remembers which keys were touched (inserted, removed, or borrowed mutably).
+#[derive(Debug)]
+pub(crate) struct Tracked<K: Ord + Copy, V> {
+    map: BTreeMap<K, V>,
+    touched: BTreeSet<K>,
+}
+
+impl<K: Ord + Copy, V> Default for Tracked<K, V> {
+    fn default() -> Self {
+        Tracked {
+            map: BTreeMap::new(),
+            touched: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy, V> Tracked<K, V> {
+    /// The entry, for reading (not recorded).
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k)
+    }
+
+    /// The entry, for changing: recorded as touched.
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        let v = self.map.get_mut(k)?;
+        self.touched.insert(*k);
+        Some(v)
+    }
+
+    /// Inserts an entry (recorded as touched).
+    pub fn insert(&mut self, k: K, v: V) {
+        self.touched.insert(k);
+        self.map.insert(k, v);
+    }
+
+    /// Removes an entry (recorded as touched, so its deadlines are cleared).
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        let v = self.map.remove(k)?;
+        self.touched.insert(*k);
+        Some(v)
+    }
+
+    /// Marks keys as touched again (work found for them that waits for the next upkeep).
+    pub fn touch_all(&mut self, keys: impl IntoIterator<Item = K>) {
+        self.touched.extend(keys);
+    }
+
+    /// Whether the key is present.
+    pub fn contains_key(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.map.keys()
+    }
+
+    /// Values in key order, for reading.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values()
+    }
+
+    /// Entries in key order, for reading.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter()
+    }
+
+    /// The keys touched since the last [`Tracked::take_touched`], and forgets them.
+    pub fn take_touched(&mut self) -> BTreeSet<K> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// The keys touched so far (still recorded).
+    pub fn touched(&self) -> &BTreeSet<K> {
+        &self.touched
+    }
+}
+
+/// The name of one deadline. Each component files its own: a connection's session, a torrent's
+/// choker, announce policy, PEX sender and metadata fetch, and the engine-wide ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TimerKey {
+    /// A peer session's next timeout (request timeouts, snubbing, keep-alives, handshake limit).
+    Conn(ConnId),
+    /// A torrent's next rechoke (only while it runs and has connections).
+    Choke(TorrentId),
+    /// A torrent's next announce or retry (while it runs, or until its `stopped` is done).
+    Announce(TorrentId),
+    /// A torrent's earliest PEX message due (while it runs; never for a private torrent).
+    Pex(TorrentId),
+    /// A magnet torrent's next metadata request timeout (while it runs).
+    MetadataFetch(TorrentId),
+    /// UDP tracker retransmissions and HTTP tracker exchange deadlines.
+    Trackers,
+    /// An address that was backing off may be dialled.
+    Dial,
+    /// Shutdown gives up waiting for `stopped` announces.
+    Shutdown,
+}
+
+impl TimerKey {
+    /// The torrent-level keys of one torrent.
+    pub fn of_torrent(t: TorrentId) -> [TimerKey; 4] {
+        [
+            TimerKey::Choke(t),
+            TimerKey::Announce(t),
+            TimerKey::Pex(t),
+            TimerKey::MetadataFetch(t),
+        ]
+    }
+}
+
+/// Every deadline, by name and by instant.
+#[derive(Debug, Default)]
+pub(crate) struct TimerTable {
+    by_time: BTreeSet<(Instant, TimerKey)>,
+    by_key: BTreeMap<TimerKey, Instant>,
+}
+
+impl TimerTable {
+    /// Sets (or with `None`, clears) the deadline named `key`.
+    pub fn set(&mut self, key: TimerKey, at: Option<Instant>) {
+        let old = self.by_key.get(&key).copied();
+        if old == at {
+            return;
+        }
+        if let Some(old) = old {
+            self.by_time.remove(&(old, key));
+        }
+        match at {
+            Some(at) => {
+                self.by_key.insert(key, at);
+                self.by_time.insert((at, key));
+            }
+            None => {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// The deadline named `key`.
+    #[cfg(test)]
+    pub fn get(&self, key: TimerKey) -> Option<Instant> {
+        self.by_key.get(&key).copied()
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.by_time.first().map(|(t, _)| *t)
+    }
+
+    /// The keys whose deadline is at or before `now`, earliest first (they stay filed: whoever
+    /// handles them refiles them).
+    pub fn due(&self, now: Instant) -> Vec<TimerKey> {
+        self.by_time
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
+    /// Number of deadlines filed.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timers_are_ordered_refiled_and_cleared_by_name() {
+        let t0 = Instant::from_secs(10);
+        let mut tt = TimerTable::default();
+        tt.set(TimerKey::Dial, Some(t0 + Duration::from_secs(5)));
+        tt.set(TimerKey::Conn(ConnId(1)), Some(t0 + Duration::from_secs(2)));
+        tt.set(
+            TimerKey::Choke(TorrentId(0)),
+            Some(t0 + Duration::from_secs(2)),
+        );
+        assert_eq!(tt.next(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            tt.due(t0 + Duration::from_secs(2)),
+            vec![TimerKey::Conn(ConnId(1)), TimerKey::Choke(TorrentId(0))]
+        );
+        // Refiling moves the entry; nothing stays under the old instant.
+        tt.set(TimerKey::Conn(ConnId(1)), Some(t0 + Duration::from_secs(9)));
+        assert_eq!(tt.due(t0 + Duration::from_secs(5)).len(), 2);
+        tt.set(TimerKey::Choke(TorrentId(0)), None);
+        tt.set(TimerKey::Dial, None);
+        assert_eq!(tt.next(), Some(t0 + Duration::from_secs(9)));
+        assert_eq!(tt.len(), 1);
+        assert_eq!(tt.get(TimerKey::Dial), None);
+    }
+
+    #[test]
+    fn tracked_records_every_mutable_access() {
+        let mut m: Tracked<u32, &str> = Tracked::default();
+        m.insert(1, "a");
+        m.insert(2, "b");
+        assert_eq!(m.take_touched().into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(m.get(&1), Some(&"a"));
+        assert!(m.touched().is_empty(), "reading is not touching");
+        if let Some(v) = m.get_mut(&2) {
+            *v = "c";
+        }
+        m.remove(&1);
+        assert!(m.get_mut(&7).is_none());
+        assert_eq!(m.take_touched().into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(m.len(), 1);
+    }
+}
