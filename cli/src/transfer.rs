@@ -589,6 +589,7 @@ fn add_torrent(
         "start": format!("{:?}", added.start).to_lowercase(),
         "have_pieces": added.have_pieces,
         "total_pieces": added.total_pieces,
+        "rehashed_pieces": added.rehashed_pieces,
         "listen": session.listen_addr().to_string(),
         "runtime": plan.net.runtime.name(),
     }));
