@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = fetcher.add_peer(2, Some(size), true);
     let mut now = Instant::from_secs(1);
     let body = &data[2..];
-    
+
     let mut i = 0u32;
     for part in body.split(|&b| b == b'!').filter(|p| !p.is_empty()) {
         i += 1;

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use hyperblow_core::ext::pex::{is_plausible_peer_addr, PexMessage, PexReceiver, PexReceiverConfig};
+use hyperblow_core::ext::pex::{
+    is_plausible_peer_addr, PexMessage, PexReceiver, PexReceiverConfig,
+};
 use hyperblow_core::time::Instant;
 use libfuzzer_sys::fuzz_target;
 

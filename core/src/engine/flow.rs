@@ -1188,7 +1188,7 @@ impl Engine {
         for (id, t) in self.torrents.iter() {
             debug_assert!(
                 self.torrents.touched().contains(id)
-                    || (!t.refill && !(t.pex_dirty && t.is_running() && !t.private)),
+                    || !(t.refill || (t.pex_dirty && t.is_running() && !t.private)),
                 "torrent {id:?} has upkeep to do but is not marked for it"
             );
         }

@@ -86,7 +86,7 @@ fn a_peer_that_rejects_everything_is_not_asked_again_and_again() {
     // Time passing changes nothing: no timer re-asks a rejecting peer (100 s, short of the idle
     // timeout).
     for _ in 0..10 {
-        raw.now = raw.now + Duration::from_secs(10);
+        raw.now += Duration::from_secs(10);
         raw.engine.handle_timeout(raw.now);
         raw.drain();
     }
