@@ -247,7 +247,7 @@ fn timeout_message_tells_found_but_useless_peers_from_no_peers() {
     let o = download(
         &fx.torrent,
         &fx.dir.path().join("out"),
-        &["--peer", &peer, "--timeout", "2s", "--quiet"],
+        &["--peer", &peer, "--timeout", "8s", "--quiet"],
     );
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     let err = stderr(&o);
@@ -304,33 +304,43 @@ fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::
         .and_then(|a| a.rsplit(':').next())
         .and_then(|p| p.parse().ok())
         .expect("listen port");
-    // About 10 s for the whole torrent through the relay.
+    // The first leecher gets the data through a relay at 1/32 of the torrent per second (8 pieces a
+    // second for the 64 MiB one), so that it is part-way on any machine when it is killed; the
+    // restart connects to the seeder directly.
     let relay = throttled_relay(
         std::net::SocketAddr::from(([127, 0, 0, 1], seed_port)),
-        size / 10,
+        size / 32,
     );
     let out = fx.dir.path().join("out");
     let peer = format!("127.0.0.1:{relay}");
-    let args = [
-        "download",
-        s(&fx.torrent),
-        "-o",
-        s(&out),
-        "--bind",
-        "127.0.0.1",
-        "--json",
-        "--timeout",
-        "60s",
-        "--peer",
-        &peer,
-    ];
+    let direct = format!("127.0.0.1:{seed_port}");
+    let args = |peer: &str| -> Vec<String> {
+        [
+            "download",
+            s(&fx.torrent),
+            "-o",
+            s(&out),
+            "--bind",
+            "127.0.0.1",
+            "--json",
+            "--timeout",
+            "60s",
+            "--peer",
+            peer,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
     let verified = |c: &hyperblow_tests::interop::ChildGuard| {
         c.json_lines()
             .iter()
             .filter(|v| v["event"] == "piece_verified")
             .count()
     };
-    let first = spawn(&format!("{name}-first"), &args, fx.dir.path());
+    let first_args = args(&peer);
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let first = spawn(&format!("{name}-first"), &first_args, fx.dir.path());
     let resume = out
         .join(".hyperblow")
         .join(format!("{}.resume", fx.meta.info_hash().to_hex()));
@@ -350,7 +360,9 @@ fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::
     let verified_first = verified(&first);
     assert!(verified_first < total, "finished before the kill");
 
-    let second = spawn(&format!("{name}-restart"), &args, fx.dir.path());
+    let second_args = args(&direct);
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    let second = spawn(&format!("{name}-restart"), &second_args, fx.dir.path());
     let added = wait_json_event(&second, "added", Duration::from_secs(120));
     assert_eq!(
         exit_code(&second, Duration::from_secs(180)),
