@@ -258,33 +258,9 @@ fn http_loop(listener: &TcpListener, state: &Mutex<State>, stop: &AtomicBool) {
     }
 }
 
-/// Decodes `%XX` escapes (and `+` as a space) into bytes.
+/// Decodes `%XX` escapes (and `+` as a space) into bytes; a malformed escape stays as it is.
 pub fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    out
+    hyperblow_core::percent::decode_lenient(s, true)
 }
 
 fn serve_http(mut stream: TcpStream, from: SocketAddr, state: &Mutex<State>) {

@@ -14,6 +14,7 @@ pub mod ext;
 pub mod magnet;
 pub mod metainfo;
 pub mod peer;
+pub mod percent;
 pub mod picker;
 pub mod rng;
 pub mod time;

@@ -261,26 +261,13 @@ fn parse_btih(s: &str) -> Result<InfoHash, MagnetError> {
     match s.len() {
         40 => InfoHash::from_hex(s).ok_or_else(bad),
         32 => {
-            let mut out = [0u8; 20];
-            let mut acc: u64 = 0;
-            let mut bits = 0;
-            let mut n = 0;
-            for c in s.bytes() {
-                let v = match c.to_ascii_uppercase() {
-                    c @ b'A'..=b'Z' => c - b'A',
-                    c @ b'2'..=b'7' => c - b'2' + 26,
-                    _ => return Err(bad()),
-                };
-                acc = (acc << 5) | u64::from(v);
-                bits += 5;
-                if bits >= 8 {
-                    bits -= 8;
-                    // 32 chars x 5 bits = 160 bits = exactly 20 bytes, so `n` stays below 20.
-                    out[n] = (acc >> bits) as u8;
-                    n += 1;
-                }
-            }
-            Ok(InfoHash(out))
+            let upper = s.to_ascii_uppercase();
+            let bytes = data_encoding::BASE32
+                .decode(upper.as_bytes())
+                .map_err(|_| bad())?;
+            <[u8; 20]>::try_from(bytes.as_slice())
+                .map(InfoHash)
+                .map_err(|_| bad())
         }
         _ => Err(bad()),
     }
@@ -309,42 +296,16 @@ fn parse_peer(s: &str) -> Result<PeerHint, MagnetError> {
 }
 
 /// Percent-decodes one query value; `plus_is_space` for free text such as `dn`, where `+` is common.
+/// A malformed escape or a value that is not UTF-8 is refused.
 fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, MagnetError> {
     let bad = || MagnetError::BadEncoding(s.to_owned());
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
+    let bytes = crate::percent::decode_strict(s, plus_is_space).map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| bad())
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters and the few that are safe and usual in
-/// magnet values (`:`, `/`, `@`), so trackers' URLs stay readable.
+/// Percent-encodes a value into the link (see [`crate::percent::MAGNET_VALUE`]).
 fn percent_encode_into(out: &mut String, s: &str) {
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:/@".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    out.push_str(&crate::percent::encode_str(s, crate::percent::MAGNET_VALUE));
 }
 
 #[cfg(test)]

@@ -6,25 +6,18 @@ use crate::rng::{CoreRng, RngExt};
 
 /// Formats bytes as lowercase hex.
 pub(crate) fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
-    }
-    Ok(())
+    f.write_str(&data_encoding::HEXLOWER.encode(bytes))
 }
 
 /// Decodes exactly 40 hex digits (either case) into 20 bytes.
 fn decode_hex20(s: &str) -> Option<[u8; 20]> {
-    let s = s.as_bytes();
     if s.len() != 40 {
         return None;
     }
-    let mut out = [0u8; 20];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(s.as_bytes())
+        .ok()?;
+    <[u8; 20]>::try_from(bytes.as_slice()).ok()
 }
 
 /// The SHA-1 of a torrent's bencoded `info` dictionary: the torrent's identity everywhere on the wire.

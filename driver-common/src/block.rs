@@ -1,57 +1,14 @@
-//! Waiting for a future from a plain thread (the CLI's display thread), without any runtime.
+//! Waiting for a future from a plain thread (the CLI's display thread), without any runtime: the
+//! storage crate's `block_on` (the workspace has one), with its tests here.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
-use std::time::{Duration, Instant};
-
-/// Unparks the waiting thread when the future can make progress.
-struct ThreadWaker(Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Polls `fut` on the calling thread, parking it in between, until it completes (`Some`) or `timeout`
-/// has passed (`None`; `timeout: None` waits for ever). Must not be called from an async task: it would
-/// block that task's executor thread.
-pub(crate) fn block_on<F: Future + Unpin>(
-    fut: &mut F,
-    timeout: Option<Duration>,
-) -> Option<F::Output> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(v) = Pin::new(&mut *fut).poll(&mut cx) {
-            return Some(v);
-        }
-        match deadline {
-            None => thread::park(),
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return None;
-                }
-                // A spurious or early unpark just polls again.
-                thread::park_timeout(d - now);
-            }
-        }
-    }
-}
+pub(crate) use hyperblow_storage::block_on;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::channel::oneshot;
+    use std::thread;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn returns_value_sent_from_another_thread() {

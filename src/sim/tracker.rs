@@ -341,33 +341,10 @@ fn failure(message: &str) -> Vec<u8> {
         .encode()
 }
 
-/// Decodes `%XX` escapes (and `+` as a space) of a query component.
+/// Decodes `%XX` escapes (and `+` as a space) of a query component; a malformed escape is refused.
 fn percent_decode(s: &str) -> Result<Vec<u8>, Refusal> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| Refusal(format!("bad percent escape at byte {i} of {s:?}")))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Ok(out)
+    hyperblow_core::percent::decode_strict(s, true)
+        .map_err(|i| Refusal(format!("bad percent escape at byte {i} of {s:?}")))
 }
 
 #[cfg(test)]

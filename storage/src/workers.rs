@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant as StdInstant};
 
 use futures_channel::oneshot;
 use thiserror::Error;
@@ -55,7 +56,7 @@ impl<T> Future for JobHandle<T> {
     }
 }
 
-/// Wakes a parked thread; lets [`JobHandle::wait`] block without a runtime.
+/// Unparks the waiting thread when the future can make progress.
 struct ThreadWaker(Thread);
 
 impl Wake for ThreadWaker {
@@ -68,18 +69,37 @@ impl Wake for ThreadWaker {
     }
 }
 
+/// Polls `fut` on the calling thread, parking it in between, until it completes (`Some`) or `timeout`
+/// has passed (`None`; `timeout: None` waits for ever). The workspace's one `block_on`: for plain
+/// threads (the CLI's display thread, synchronous callers, tests); never call it from an async task,
+/// whose executor thread it would block.
+pub fn block_on<F: Future + Unpin>(fut: &mut F, timeout: Option<Duration>) -> Option<F::Output> {
+    let deadline = timeout.map(|t| StdInstant::now() + t);
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = Pin::new(&mut *fut).poll(&mut cx) {
+            return Some(v);
+        }
+        match deadline {
+            None => thread::park(),
+            Some(d) => {
+                let now = StdInstant::now();
+                if now >= d {
+                    return None;
+                }
+                // A spurious or early unpark just polls again.
+                thread::park_timeout(d - now);
+            }
+        }
+    }
+}
+
 impl<T> JobHandle<T> {
     /// Blocks the calling thread until the job is done (for synchronous callers and tests; an async
     /// task should `.await` instead).
     pub fn wait(mut self) -> Result<T, JobCanceled> {
-        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            match Pin::new(&mut self).poll(&mut cx) {
-                Poll::Ready(r) => return r,
-                Poll::Pending => thread::park(),
-            }
-        }
+        block_on(&mut self, None).unwrap_or(Err(JobCanceled))
     }
 
     /// The result if the job has finished, without waiting: `Ok(None)` while it is still running.

@@ -1,7 +1,7 @@
 //! Bookkeeping for one peer connection: its session, where it stands (dialling, handshaking,
 //! established), its picker key, and the disk reads and socket bytes in flight for it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use crate::peer::{BlockRequest, PeerSession};
@@ -10,7 +10,7 @@ use crate::time::Instant;
 use crate::types::PeerId;
 
 use super::ext::ConnExt;
-use super::io::TorrentId;
+use super::io::{ConnId, TorrentId};
 
 /// Most bytes handed to the driver as `Output::Send` and not yet reported flushed, per connection.
 /// Beyond this, bytes stay in the session's queue (where its cap protects us from a peer that does
@@ -101,5 +101,100 @@ impl Conn {
         self.unflushed
             .saturating_add(self.session.outgoing_len())
             .saturating_add(self.reading_bytes)
+    }
+}
+
+/// What a connection id stands for. The next kinds (web-seed HTTP, TLS, uTP streams) join here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnKind {
+    /// A peer wire connection (in `Engine::conns`).
+    Peer,
+    /// An HTTP tracker exchange (in the tracker glue).
+    HttpTracker,
+}
+
+/// A connection id known to be an HTTP tracker's: only [`ConnIds`] makes one, so the tracker
+/// glue's handlers cannot be given a peer's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct HttpConn(ConnId);
+
+impl HttpConn {
+    /// The id the driver knows it by.
+    pub fn id(self) -> ConnId {
+        self.0
+    }
+}
+
+/// A connection id sorted by kind, for the engine's handlers to dispatch on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Classified {
+    /// A peer connection.
+    Peer(ConnId),
+    /// An HTTP tracker connection.
+    HttpTracker(HttpConn),
+}
+
+/// The one place connection ids are minted: never reused, each with its kind until released.
+#[derive(Debug, Default)]
+pub(crate) struct ConnIds {
+    next: u64,
+    kinds: BTreeMap<ConnId, ConnKind>,
+}
+
+impl ConnIds {
+    /// A new peer connection id.
+    pub fn mint_peer(&mut self) -> ConnId {
+        self.mint(ConnKind::Peer)
+    }
+
+    /// A new HTTP tracker connection id.
+    pub fn mint_http(&mut self) -> HttpConn {
+        HttpConn(self.mint(ConnKind::HttpTracker))
+    }
+
+    fn mint(&mut self, kind: ConnKind) -> ConnId {
+        let id = ConnId(self.next);
+        self.next += 1;
+        self.kinds.insert(id, kind);
+        id
+    }
+
+    /// What `id` is, while it is open.
+    pub fn classify(&self, id: ConnId) -> Option<Classified> {
+        match self.kinds.get(&id)? {
+            ConnKind::Peer => Some(Classified::Peer(id)),
+            ConnKind::HttpTracker => Some(Classified::HttpTracker(HttpConn(id))),
+        }
+    }
+
+    /// The connection is gone: forget its kind (the id is never minted again).
+    pub fn release(&mut self, id: ConnId) {
+        self.kinds.remove(&id);
+    }
+
+    /// Open connections of every kind.
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.kinds.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_minted_once_classified_by_kind_and_released() {
+        let mut ids = ConnIds::default();
+        let p = ids.mint_peer();
+        let h = ids.mint_http();
+        assert_ne!(p, h.id());
+        assert!(matches!(ids.classify(p), Some(Classified::Peer(x)) if x == p));
+        assert!(matches!(ids.classify(h.id()), Some(Classified::HttpTracker(x)) if x == h));
+        ids.release(p);
+        assert!(ids.classify(p).is_none());
+        assert_eq!(ids.open(), 1);
+        // Never reused.
+        assert!(ids.mint_peer() > h.id());
     }
 }

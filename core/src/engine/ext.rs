@@ -530,9 +530,8 @@ impl Engine {
 
     /// Upkeep of extensions for the torrents an input touched: metadata requests to send, PEX
     /// messages due (a due one touches its torrent through its timer).
-    pub(super) fn drive_extensions(&mut self, now: Instant, work: &BTreeSet<TorrentId>) {
-        let tids: Vec<TorrentId> = work.union(self.torrents.touched()).copied().collect();
-        for tid in tids {
+    pub(super) fn drive_extensions(&mut self, now: Instant, work: &[TorrentId]) {
+        for tid in self.upkeep_set(work) {
             self.send_metadata_requests(now, tid);
             self.send_pex(now, tid);
         }

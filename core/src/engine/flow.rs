@@ -608,6 +608,7 @@ impl Engine {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        self.ids.release(id);
         self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
@@ -749,6 +750,9 @@ impl Engine {
         }
         let mut to_ban = Vec::new();
         for addr in strike {
+            if t.strikes.len() >= MAX_STRIKE_ENTRIES && !t.strikes.contains_key(&addr) {
+                t.strikes.pop_first();
+            }
             let n = t.strikes.entry(addr).or_insert(0);
             *n += 1;
             if *n >= MAX_STRIKES {
@@ -876,7 +880,7 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if !t.banned.insert(addr) {
+        if !insert_capped(&mut t.banned, addr, MAX_BANNED) {
             return;
         }
         t.book.ban(&addr);
@@ -888,7 +892,7 @@ impl Engine {
             .collect();
         for id in &victims {
             if let Some(pid) = self.conns.get(id).and_then(|c| c.peer_id) {
-                t.banned_ids.insert(pid);
+                insert_capped(&mut t.banned_ids, pid, MAX_BANNED);
             }
         }
         self.events.push_back(Event::PeerBanned {
@@ -1071,8 +1075,7 @@ impl Engine {
                 if let Some(e) = t.book.entries.get_mut(&addr) {
                     e.connected = true;
                 }
-                let id = ConnId(self.next_conn);
-                self.next_conn += 1;
+                let id = self.ids.mint_peer();
                 let key = PeerKey(id.0 as u32);
                 t.conns.insert(id);
                 t.keys.insert(key, id);
@@ -1134,11 +1137,15 @@ impl Engine {
     /// The torrents the upkeep looks at: those touched by this input so far (`work`, taken at the
     /// start of the upkeep) and those touched since. Any other torrent has nothing to do: its flags
     /// are only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
-    fn upkeep_set(&self, work: &BTreeSet<TorrentId>) -> Vec<TorrentId> {
-        work.union(self.torrents.touched())
-            .copied()
-            .filter(|t| self.torrents.contains_key(t))
-            .collect()
+    pub(super) fn upkeep_set(&self, work: &[TorrentId]) -> Vec<TorrentId> {
+        let mut all = work.to_vec();
+        let late = self.torrents.touched();
+        if !late.is_empty() {
+            all.extend_from_slice(late);
+            all.sort_unstable();
+            all.dedup();
+        }
+        all
     }
 
     /// Upkeep after every input, for what the input touched: requests, choking, extensions, dialling,
@@ -1177,18 +1184,21 @@ impl Engine {
                 self.shut_down = true;
             }
         }
-        // Torrents touched during the upkeep keep their mark: what it set waits for the next one,
-        // as it would have in a scan.
-        let late = self.torrents.take_touched();
-        let mut refile = work;
-        refile.extend(late.iter().copied());
+        // Everything the upkeep looked at gets its deadlines refiled. Its own accesses marked those
+        // torrents again; only the ones left with work (a flag set after their turn) stay marked for
+        // the next upkeep, as they would have been found by a scan. The rest is done until an input
+        // or a deadline touches it again.
+        let refile = self.upkeep_set(&work);
         self.refile_timers(&refile);
-        self.torrents.touch_all(late);
+        for tid in self.torrents.take_touched() {
+            if self.torrents.get(&tid).is_some_and(Torrent::has_upkeep) {
+                self.torrents.mark(&tid);
+            }
+        }
         #[cfg(debug_assertions)]
         for (id, t) in self.torrents.iter() {
             debug_assert!(
-                self.torrents.touched().contains(id)
-                    || !(t.refill || (t.pex_dirty && t.is_running() && !t.private)),
+                self.torrents.is_touched(id) || !t.has_upkeep(),
                 "torrent {id:?} has upkeep to do but is not marked for it"
             );
         }
@@ -1196,7 +1206,7 @@ impl Engine {
 
     /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
     /// Only touched torrents can have announces to send (a due announce touches its torrent).
-    fn drive_trackers(&mut self, now: Instant, work: &BTreeSet<TorrentId>) {
+    fn drive_trackers(&mut self, now: Instant, work: &[TorrentId]) {
         for _ in 0..16 {
             let mut orders = Vec::new();
             for tid in self.upkeep_set(work) {
@@ -1215,7 +1225,7 @@ impl Engine {
             self.trackers.poll_retired(now, &mut orders);
             for (tid, order) in orders {
                 self.trackers
-                    .dispatch(now, tid, order, &mut self.outputs, &mut self.next_conn);
+                    .dispatch(now, tid, order, &mut self.outputs, &mut self.ids);
             }
             self.trackers.pump_router(&mut self.outputs);
             self.push_scrape_events();

@@ -29,7 +29,7 @@ mod trackers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -45,9 +45,12 @@ use crate::tracker::announce::{AnnounceConfig, AnnouncePolicy, Progress};
 use crate::tracker::udp_client::{UdpConfig, UdpTrackerRouter};
 use crate::types::{InfoHash, PeerId};
 
-use conn::{Conn, READ_AHEAD, REJECT_SNUB, REPLACE_AFTER, SEND_WINDOW};
+use conn::{Classified, Conn, ConnIds, READ_AHEAD, REJECT_SNUB, REPLACE_AFTER, SEND_WINDOW};
 use table::{TimerKey, TimerTable, Tracked};
-use torrent::{PieceBuf, PieceStage, RunState, Torrent, MAX_FAILED_KEEP, MAX_STRIKES};
+use torrent::{
+    insert_capped, PieceBuf, PieceStage, RunState, Torrent, MAX_BANNED, MAX_FAILED_KEEP,
+    MAX_STRIKES, MAX_STRIKE_ENTRIES,
+};
 use trackers::TrackerGlue;
 
 pub use ext::AddMagnet;
@@ -212,7 +215,8 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     events: VecDeque<Event>,
     next_torrent: u32,
-    next_conn: u64,
+    /// Mints every connection id and knows each open one's kind.
+    ids: ConnIds,
     next_job: u64,
     /// Bytes of pieces held in memory, across torrents.
     pending_bytes: u64,
@@ -264,7 +268,7 @@ impl Engine {
             outputs: VecDeque::new(),
             events: VecDeque::new(),
             next_torrent: 0,
-            next_conn: 0,
+            ids: ConnIds::default(),
             next_job: 0,
             pending_bytes: 0,
             shutdown_deadline: None,
@@ -555,7 +559,7 @@ impl Engine {
         if self.torrents.values().any(|t| t.banned.contains(&remote)) {
             return None;
         }
-        let id = self.new_conn_id();
+        let id = self.ids.mint_peer();
         let session = PeerSession::incoming(self.session_config(), self.peer_id, now);
         self.conns.insert(
             id,
@@ -576,17 +580,21 @@ impl Engine {
             },
         );
         self.addrs.insert((remote, None), id);
-        self.refile_timers(&BTreeSet::new());
+        self.refile_timers(&[]);
         Some(id)
     }
 
     /// An outgoing connection (peer or HTTP tracker) is up.
     pub fn handle_connected(&mut self, now: Instant, conn: ConnId) {
-        if self.trackers.is_http(conn) {
-            self.trackers.http_connected(conn, &mut self.outputs);
-            self.after_trackers(now);
-            return;
-        }
+        let conn = match self.ids.classify(conn) {
+            None => return,
+            Some(Classified::HttpTracker(h)) => {
+                self.trackers.http_connected(h, &mut self.outputs);
+                self.after_trackers(now);
+                return;
+            }
+            Some(Classified::Peer(id)) => id,
+        };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.connected = true;
             self.dial_dirty = true;
@@ -597,23 +605,31 @@ impl Engine {
 
     /// An outgoing connection could not be opened.
     pub fn handle_connect_failed(&mut self, now: Instant, conn: ConnId, reason: &str) {
-        if self.trackers.is_http(conn) {
-            self.trackers.http_failed(conn, reason);
-            self.after_trackers(now);
-            return;
-        }
+        let conn = match self.ids.classify(conn) {
+            None => return,
+            Some(Classified::HttpTracker(h)) => {
+                self.trackers.http_failed(h, reason, &mut self.ids);
+                self.after_trackers(now);
+                return;
+            }
+            Some(Classified::Peer(id)) => id,
+        };
         self.drop_conn(now, conn, reason, false);
         self.maintain(now);
     }
 
     /// Bytes arrived on a connection.
     pub fn handle_read(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
-        if self.trackers.is_http(conn) {
-            self.trackers
-                .http_read(now, conn, data, &mut self.outputs, &mut self.next_conn);
-            self.after_trackers(now);
-            return;
-        }
+        let conn = match self.ids.classify(conn) {
+            None => return,
+            Some(Classified::HttpTracker(h)) => {
+                self.trackers
+                    .http_read(now, h, data, &mut self.outputs, &mut self.ids);
+                self.after_trackers(now);
+                return;
+            }
+            Some(Classified::Peer(id)) => id,
+        };
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -626,7 +642,7 @@ impl Engine {
     /// it over without copying (piece payloads stay slices of it until they are written). Otherwise the
     /// same as [`Engine::handle_read`].
     pub fn handle_read_owned(&mut self, now: Instant, conn: ConnId, data: bytes::BytesMut) {
-        if self.trackers.is_http(conn) {
+        if !matches!(self.ids.classify(conn), Some(Classified::Peer(_))) {
             self.handle_read(now, conn, &data);
             return;
         }
@@ -640,12 +656,16 @@ impl Engine {
 
     /// The remote end closed the connection, or the socket failed. Report nothing back.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
-        if self.trackers.is_http(conn) {
-            self.trackers
-                .http_closed(now, conn, &mut self.outputs, &mut self.next_conn);
-            self.after_trackers(now);
-            return;
-        }
+        let conn = match self.ids.classify(conn) {
+            None => return,
+            Some(Classified::HttpTracker(h)) => {
+                self.trackers
+                    .http_closed(now, h, &mut self.outputs, &mut self.ids);
+                self.after_trackers(now);
+                return;
+            }
+            Some(Classified::Peer(id)) => id,
+        };
         self.drop_conn(now, conn, "connection closed by peer", false);
         self.maintain(now);
     }
@@ -680,7 +700,7 @@ impl Engine {
             return;
         }
         self.trackers
-            .resolved(now, id, result, &mut self.outputs, &mut self.next_conn);
+            .resolved(now, id, result, &mut self.outputs, &mut self.ids);
         self.after_trackers(now);
     }
 
@@ -765,7 +785,7 @@ impl Engine {
             }
         }
         self.trackers
-            .handle_timeout(now, &mut self.outputs, &mut self.next_conn);
+            .handle_timeout(now, &mut self.outputs, &mut self.ids);
         for key in &due {
             match *key {
                 TimerKey::MetadataFetch(tid) => self.ext_handle_timeout(now, tid),
@@ -862,7 +882,7 @@ impl Engine {
 
     /// Files the deadlines of everything the input touched (and the engine-wide ones): the end of
     /// every input, so the table never lags behind a component.
-    pub(super) fn refile_timers(&mut self, torrents: &BTreeSet<TorrentId>) {
+    pub(super) fn refile_timers(&mut self, torrents: &[TorrentId]) {
         for id in self.conns.take_touched() {
             let at = self.conns.get(&id).and_then(|c| c.session.poll_timeout());
             self.timers.set(TimerKey::Conn(id), at);
@@ -1001,12 +1021,6 @@ impl Engine {
             .map(|info| u64::from(info.layout().piece_length()))
             .max()
             .unwrap_or(0);
-    }
-
-    fn new_conn_id(&mut self) -> ConnId {
-        let id = ConnId(self.next_conn);
-        self.next_conn += 1;
-        id
     }
 
     fn new_job(&mut self, info: JobInfo, job: Job) {

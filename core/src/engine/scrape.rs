@@ -28,13 +28,13 @@ impl Engine {
                 url,
                 info_hash,
                 &mut self.outputs,
-                &mut self.next_conn,
+                &mut self.ids,
             );
         }
         self.trackers.pump_router(&mut self.outputs);
         self.push_scrape_events();
         // The tracker glue may have a new deadline (a UDP retransmission).
-        self.refile_timers(&Default::default());
+        self.refile_timers(&[]);
         Ok(urls)
     }
 

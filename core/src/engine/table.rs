@@ -15,17 +15,18 @@ use crate::time::Instant;
 use super::io::{ConnId, TorrentId};
 
 /// A `BTreeMap` that remembers which keys were touched (inserted, removed, or borrowed mutably).
+/// A flag per entry keeps the record free of duplicates without a lookup per access.
 #[derive(Debug)]
 pub(crate) struct Tracked<K: Ord + Copy, V> {
-    map: BTreeMap<K, V>,
-    touched: BTreeSet<K>,
+    map: BTreeMap<K, (V, bool)>,
+    touched: Vec<K>,
 }
 
 impl<K: Ord + Copy, V> Default for Tracked<K, V> {
     fn default() -> Self {
         Tracked {
             map: BTreeMap::new(),
-            touched: BTreeSet::new(),
+            touched: Vec::new(),
         }
     }
 }
@@ -33,32 +34,39 @@ impl<K: Ord + Copy, V> Default for Tracked<K, V> {
 impl<K: Ord + Copy, V> Tracked<K, V> {
     /// The entry, for reading (not recorded).
     pub fn get(&self, k: &K) -> Option<&V> {
-        self.map.get(k)
+        self.map.get(k).map(|(v, _)| v)
     }
 
     /// The entry, for changing: recorded as touched.
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        let v = self.map.get_mut(k)?;
-        self.touched.insert(*k);
+        let (v, touched) = self.map.get_mut(k)?;
+        if !*touched {
+            *touched = true;
+            self.touched.push(*k);
+        }
         Some(v)
     }
 
     /// Inserts an entry (recorded as touched).
     pub fn insert(&mut self, k: K, v: V) {
-        self.touched.insert(k);
-        self.map.insert(k, v);
+        if let Some((_, true)) = self.map.insert(k, (v, true)) {
+            return;
+        }
+        self.touched.push(k);
     }
 
     /// Removes an entry (recorded as touched, so its deadlines are cleared).
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        let v = self.map.remove(k)?;
-        self.touched.insert(*k);
+        let (v, touched) = self.map.remove(k)?;
+        if !touched {
+            self.touched.push(*k);
+        }
         Some(v)
     }
 
-    /// Marks keys as touched again (work found for them that waits for the next upkeep).
-    pub fn touch_all(&mut self, keys: impl IntoIterator<Item = K>) {
-        self.touched.extend(keys);
+    /// Marks a key as touched (work found for it that waits for the next upkeep).
+    pub fn mark(&mut self, k: &K) {
+        let _ = self.get_mut(k);
     }
 
     /// Whether the key is present.
@@ -78,22 +86,36 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
 
     /// Values in key order, for reading.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.map.values()
+        self.map.values().map(|(v, _)| v)
     }
 
     /// Entries in key order, for reading.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.map.iter()
+        self.map.iter().map(|(k, (v, _))| (k, v))
     }
 
-    /// The keys touched since the last [`Tracked::take_touched`], and forgets them.
-    pub fn take_touched(&mut self) -> BTreeSet<K> {
-        std::mem::take(&mut self.touched)
+    /// The keys touched since the last take, in key order (removed ones included), and forgets them.
+    pub fn take_touched(&mut self) -> Vec<K> {
+        let mut keys = std::mem::take(&mut self.touched);
+        for k in &keys {
+            if let Some((_, touched)) = self.map.get_mut(k) {
+                *touched = false;
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
-    /// The keys touched so far (still recorded).
-    pub fn touched(&self) -> &BTreeSet<K> {
+    /// The keys touched so far and still recorded (in the order they were touched).
+    pub fn touched(&self) -> &[K] {
         &self.touched
+    }
+
+    /// Whether a key is recorded as touched (for debug checks).
+    #[cfg(any(test, debug_assertions))]
+    pub fn is_touched(&self, k: &K) -> bool {
+        self.map.get(k).is_some_and(|(_, t)| *t)
     }
 }
 
@@ -220,17 +242,20 @@ mod tests {
     #[test]
     fn tracked_records_every_mutable_access() {
         let mut m: Tracked<u32, &str> = Tracked::default();
-        m.insert(1, "a");
         m.insert(2, "b");
-        assert_eq!(m.take_touched().into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        m.insert(1, "a");
+        assert_eq!(m.take_touched(), vec![1, 2]);
         assert_eq!(m.get(&1), Some(&"a"));
         assert!(m.touched().is_empty(), "reading is not touching");
         if let Some(v) = m.get_mut(&2) {
             *v = "c";
         }
+        let _ = m.get_mut(&2);
         m.remove(&1);
         assert!(m.get_mut(&7).is_none());
-        assert_eq!(m.take_touched().into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(m.is_touched(&2));
+        assert_eq!(m.take_touched(), vec![1, 2]);
+        assert!(!m.is_touched(&2));
         assert_eq!(m.len(), 1);
     }
 }

@@ -40,6 +40,27 @@ const CONNECT_BACKOFF_CAP: Duration = Duration::from_secs(30 * 60);
 /// Strikes (pieces that failed their hash check with a block from the peer) that get a peer banned.
 pub(crate) const MAX_STRIKES: u32 = 2;
 
+/// Most addresses with strikes remembered per torrent. A peer reaches them only by sending bad
+/// pieces, one per strike, so this is far more than an honest swarm ever needs; when full, the entry
+/// with the lowest address is dropped (its peer starts again from no strikes).
+pub(crate) const MAX_STRIKE_ENTRIES: usize = 4096;
+
+/// Most banned addresses (and, separately, banned peer ids) remembered per torrent. When full, the
+/// lowest one is forgotten: that peer may be dialled again and is banned again after
+/// [`MAX_STRIKES`] more bad pieces. 4096 bans cost about 100 KiB per torrent at most.
+pub(crate) const MAX_BANNED: usize = 4096;
+
+/// Inserts into a capped set, first dropping its lowest entry when it is full (see the caps above).
+pub(crate) fn insert_capped<K: Ord + Clone>(set: &mut BTreeSet<K>, k: K, cap: usize) -> bool {
+    if set.contains(&k) {
+        return false;
+    }
+    if set.len() >= cap {
+        set.pop_first();
+    }
+    set.insert(k)
+}
+
 /// Most bytes of failed pieces kept per torrent to find, once the piece passes, which peer's block
 /// was wrong.
 pub(crate) const MAX_FAILED_KEEP: usize = 8 * 1024 * 1024;
@@ -330,6 +351,12 @@ impl Torrent {
         self.picker.as_ref().is_some_and(|p| p.have().all())
     }
 
+    /// Whether the engine's upkeep has work for it: requests to refill, a rechoke, PEX to look at.
+    pub fn has_upkeep(&self) -> bool {
+        let active = self.is_running();
+        self.refill || (self.choke_dirty && active) || (self.pex_dirty && active && !self.private)
+    }
+
     /// Whether peers, trackers and jobs are active.
     pub fn is_running(&self) -> bool {
         self.run == RunState::Running
@@ -388,5 +415,21 @@ impl Torrent {
     /// Sum of the piece sizes held in memory (assembling, hashing or writing).
     pub fn pending_bytes(&self) -> u64 {
         self.pieces.values().map(|p| u64::from(p.size)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_sets_drop_their_lowest_entry_when_full() {
+        let mut s = BTreeSet::new();
+        for k in [5u32, 3, 9] {
+            assert!(insert_capped(&mut s, k, 3));
+        }
+        assert!(!insert_capped(&mut s, 9, 3), "already there");
+        assert!(insert_capped(&mut s, 7, 3));
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), vec![5, 7, 9]);
     }
 }

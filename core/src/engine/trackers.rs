@@ -17,7 +17,13 @@ use crate::tracker::udp_client::{self, RequestId, UdpTrackerRouter};
 use crate::tracker::{AnnounceParams, AnnounceResponse, ScrapeStats};
 use crate::types::InfoHash;
 
-use super::io::{ConnId, Output, ResolveId, TorrentId};
+use super::conn::{ConnIds, HttpConn};
+use super::io::{Output, ResolveId, TorrentId};
+
+/// Most host names in the DNS cache. When full, expired entries go first, then the one that expires
+/// soonest: a session rarely talks to more than a few dozen trackers, and a tracker list (or a peer
+/// hint) cannot grow the cache past this.
+const MAX_DNS_CACHE: usize = 256;
 
 /// Most pending lookups (each waiting announce counts).
 const MAX_WAITERS: usize = 1024;
@@ -73,7 +79,7 @@ pub(crate) struct TrackerGlue {
     /// The announce `key`, fixed per session.
     pub key: u32,
     udp: BTreeMap<RequestId, Origin>,
-    http: BTreeMap<ConnId, HttpReq>,
+    http: BTreeMap<HttpConn, HttpReq>,
     resolves: BTreeMap<ResolveId, String>,
     waiting: BTreeMap<String, Vec<Waiter>>,
     dns: BTreeMap<String, (Instant, Vec<IpAddr>)>,
@@ -141,10 +147,6 @@ impl TrackerGlue {
         self.retired.is_empty() && self.http.is_empty() && self.udp.is_empty()
     }
 
-    pub fn is_http(&self, conn: ConnId) -> bool {
-        self.http.contains_key(&conn)
-    }
-
     pub fn take_results(&mut self) -> Vec<TrackerResult> {
         self.results.drain(..).collect()
     }
@@ -173,7 +175,7 @@ impl TrackerGlue {
         url: &str,
         info_hash: InfoHash,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         let origin = Origin {
             torrent,
@@ -192,7 +194,7 @@ impl TrackerGlue {
                             origin,
                             port: u.port,
                         };
-                        self.lookup(now, u.host.clone(), u.port, waiter, outputs, next_conn);
+                        self.lookup(now, u.host.clone(), u.port, waiter, outputs, ids);
                     }
                 },
             }
@@ -201,7 +203,7 @@ impl TrackerGlue {
                 Err(e) => self.fail(origin, e.to_string()),
                 Ok(target) => {
                     let exchange = Box::new(Exchange::new(target, now, ExchangeConfig::default()));
-                    self.http_start(now, origin, exchange, outputs, next_conn);
+                    self.http_start(now, origin, exchange, outputs, ids);
                 }
             }
         } else {
@@ -227,7 +229,7 @@ impl TrackerGlue {
         torrent: TorrentId,
         order: AnnounceOrder,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         let origin = Origin {
             torrent,
@@ -251,7 +253,7 @@ impl TrackerGlue {
                             params: order.params,
                         },
                         outputs,
-                        next_conn,
+                        ids,
                     ),
                 },
             }
@@ -260,7 +262,7 @@ impl TrackerGlue {
                 Err(e) => self.fail(origin, e.to_string()),
                 Ok(url) => {
                     let exchange = Box::new(Exchange::new(url, now, ExchangeConfig::default()));
-                    self.http_start(now, origin, exchange, outputs, next_conn);
+                    self.http_start(now, origin, exchange, outputs, ids);
                 }
             }
         } else {
@@ -290,25 +292,19 @@ impl TrackerGlue {
         origin: Origin,
         exchange: Box<Exchange>,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         let host = exchange.url().host().to_owned();
         let port = exchange.url().port();
         match host.parse::<IpAddr>() {
-            Ok(ip) => self.http_connect(
-                SocketAddr::new(ip, port),
-                origin,
-                exchange,
-                outputs,
-                next_conn,
-            ),
+            Ok(ip) => self.http_connect(SocketAddr::new(ip, port), origin, exchange, outputs, ids),
             Err(_) => self.lookup(
                 now,
                 host,
                 port,
                 Waiter::Http { origin, exchange },
                 outputs,
-                next_conn,
+                ids,
             ),
         }
     }
@@ -319,11 +315,13 @@ impl TrackerGlue {
         origin: Origin,
         exchange: Box<Exchange>,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
-        let conn = ConnId(*next_conn);
-        *next_conn += 1;
-        outputs.push_back(Output::Connect { conn, addr });
+        let conn = ids.mint_http();
+        outputs.push_back(Output::Connect {
+            conn: conn.id(),
+            addr,
+        });
         self.http.insert(conn, HttpReq { origin, exchange });
     }
 
@@ -334,12 +332,12 @@ impl TrackerGlue {
         port: u16,
         waiter: Waiter,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         if let Some((expiry, ips)) = self.dns.get(&host) {
             if *expiry > now {
                 if let Some(ip) = pick_ip(ips) {
-                    self.proceed(now, waiter, ip, outputs, next_conn);
+                    self.proceed(now, waiter, ip, outputs, ids);
                     return;
                 }
             }
@@ -374,7 +372,7 @@ impl TrackerGlue {
         waiter: Waiter,
         ip: IpAddr,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         match waiter {
             Waiter::Udp {
@@ -387,13 +385,7 @@ impl TrackerGlue {
             }
             Waiter::Http { origin, exchange } => {
                 let port = exchange.url().port();
-                self.http_connect(
-                    SocketAddr::new(ip, port),
-                    origin,
-                    exchange,
-                    outputs,
-                    next_conn,
-                );
+                self.http_connect(SocketAddr::new(ip, port), origin, exchange, outputs, ids);
             }
         }
     }
@@ -413,7 +405,7 @@ impl TrackerGlue {
         id: ResolveId,
         result: Result<Vec<SocketAddr>, String>,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         let Some(host) = self.resolves.remove(&id) else {
             return;
@@ -425,9 +417,22 @@ impl TrackerGlue {
         };
         let chosen = pick_ip(&ips);
         if let Some(ip) = chosen {
+            if self.dns.len() >= MAX_DNS_CACHE && !self.dns.contains_key(&host) {
+                self.dns.retain(|_, (expiry, _)| *expiry > now);
+                if self.dns.len() >= MAX_DNS_CACHE {
+                    let soonest = self
+                        .dns
+                        .iter()
+                        .min_by_key(|(_, (expiry, _))| *expiry)
+                        .map(|(h, _)| h.clone());
+                    if let Some(h) = soonest {
+                        self.dns.remove(&h);
+                    }
+                }
+            }
             self.dns.insert(host.clone(), (now + self.dns_ttl, ips));
             for w in waiters {
-                self.proceed(now, w, ip, outputs, next_conn);
+                self.proceed(now, w, ip, outputs, ids);
             }
         } else {
             let message = match result {
@@ -486,16 +491,25 @@ impl TrackerGlue {
         }
     }
 
-    pub fn http_connected(&mut self, conn: ConnId, outputs: &mut VecDeque<Output>) {
+    pub fn http_connected(&mut self, conn: HttpConn, outputs: &mut VecDeque<Output>) {
         if let Some(req) = self.http.get_mut(&conn) {
             while let Some(data) = req.exchange.poll_transmit() {
-                outputs.push_back(Output::Send { conn, data });
+                outputs.push_back(Output::Send {
+                    conn: conn.id(),
+                    data,
+                });
             }
         }
     }
 
-    pub fn http_failed(&mut self, conn: ConnId, reason: &str) {
-        if let Some(req) = self.http.remove(&conn) {
+    /// Ends an exchange: its connection id is released.
+    fn http_remove(&mut self, conn: HttpConn, ids: &mut ConnIds) -> Option<HttpReq> {
+        ids.release(conn.id());
+        self.http.remove(&conn)
+    }
+
+    pub fn http_failed(&mut self, conn: HttpConn, reason: &str, ids: &mut ConnIds) {
+        if let Some(req) = self.http_remove(conn, ids) {
             let host = req.exchange.url().host_header();
             self.fail(
                 req.origin,
@@ -507,38 +521,38 @@ impl TrackerGlue {
     pub fn http_read(
         &mut self,
         now: Instant,
-        conn: ConnId,
+        conn: HttpConn,
         data: &[u8],
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         if let Some(req) = self.http.get_mut(&conn) {
             req.exchange.handle_data(data);
         }
-        self.http_check(now, conn, true, outputs, next_conn);
+        self.http_check(now, conn, true, outputs, ids);
     }
 
     pub fn http_closed(
         &mut self,
         now: Instant,
-        conn: ConnId,
+        conn: HttpConn,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         if let Some(req) = self.http.get_mut(&conn) {
             req.exchange.handle_eof();
         }
-        self.http_check(now, conn, false, outputs, next_conn);
+        self.http_check(now, conn, false, outputs, ids);
     }
 
     /// Acts on an exchange's result, if it has one.
     fn http_check(
         &mut self,
         now: Instant,
-        conn: ConnId,
+        conn: HttpConn,
         open: bool,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         let Some(req) = self.http.get_mut(&conn) else {
             return;
@@ -546,17 +560,17 @@ impl TrackerGlue {
         let Some(result) = req.exchange.poll_result() else {
             if !open {
                 // Closed without a result: the exchange reported nothing more; give up on it.
-                if let Some(req) = self.http.remove(&conn) {
+                if let Some(req) = self.http_remove(conn, ids) {
                     self.fail(req.origin, "tracker closed the connection".to_owned());
                 }
             }
             return;
         };
-        let Some(req) = self.http.remove(&conn) else {
+        let Some(req) = self.http_remove(conn, ids) else {
             return;
         };
         if open {
-            outputs.push_back(Output::Close { conn });
+            outputs.push_back(Output::Close { conn: conn.id() });
         }
         match result {
             Ok(Outcome::Body(body)) if req.origin.scrape.is_some() => {
@@ -582,7 +596,7 @@ impl TrackerGlue {
                 ));
             }
             Ok(Outcome::Redirect(_)) => {
-                self.http_start(now, req.origin, req.exchange, outputs, next_conn);
+                self.http_start(now, req.origin, req.exchange, outputs, ids);
             }
             Err(e) => self.fail(req.origin, e.to_string()),
         }
@@ -592,12 +606,12 @@ impl TrackerGlue {
         &mut self,
         now: Instant,
         outputs: &mut VecDeque<Output>,
-        next_conn: &mut u64,
+        ids: &mut ConnIds,
     ) {
         if self.router.poll_timeout().is_some_and(|t| t <= now) {
             self.router.handle_timeout(now);
         }
-        let due: Vec<ConnId> = self
+        let due: Vec<HttpConn> = self
             .http
             .iter()
             .filter(|(_, r)| r.exchange.poll_timeout().is_some_and(|t| t <= now))
@@ -607,7 +621,7 @@ impl TrackerGlue {
             if let Some(req) = self.http.get_mut(&conn) {
                 req.exchange.handle_timeout(now);
             }
-            self.http_check(now, conn, true, outputs, next_conn);
+            self.http_check(now, conn, true, outputs, ids);
         }
     }
 

@@ -270,41 +270,17 @@ fn normalize_target(target: &str) -> String {
     if !target.starts_with('/') {
         out.push('/');
     }
-    for &b in target.as_bytes() {
-        if (0x21..=0x7e).contains(&b) {
-            out.push(char::from(b));
-        } else {
-            push_escaped(&mut out, b);
-        }
-    }
+    out.push_str(&crate::percent::encode(
+        target.as_bytes(),
+        crate::percent::REQUEST_TARGET,
+    ));
     out
-}
-
-/// Appends `%XX` (uppercase hex) for one byte.
-fn push_escaped(out: &mut String, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.push('%');
-    out.push(char::from(HEX[usize::from(b >> 4)]));
-    out.push(char::from(HEX[usize::from(b & 0x0f)]));
-}
-
-/// Whether a byte is an RFC 3986 "unreserved" character, which is sent as is in a query value.
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// Percent-encodes arbitrary bytes for a query value: unreserved characters (`A-Za-z0-9-._~`) as they are,
 /// every other byte as `%XX`. Binary-safe, as the raw 20-byte info-hash and peer id need.
 pub fn percent_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 3);
-    for &b in bytes {
-        if is_unreserved(b) {
-            out.push(char::from(b));
-        } else {
-            push_escaped(&mut out, b);
-        }
-    }
-    out
+    crate::percent::encode(bytes, crate::percent::QUERY_VALUE)
 }
 
 /// The `event` query value for an announce, or `None` for a regular announce (which sends no `event`).
