@@ -279,16 +279,19 @@ pub struct SwarmSeen {
 }
 
 impl SwarmSeen {
-    /// Counts what `ev` says about torrent `id`.
-    pub fn observe(&mut self, ev: &SessionEvent, id: TorrentId) {
+    /// Counts what `ev` says about torrent `id` (`None`: any torrent, while the command's one
+    /// torrent is being added and has no id yet).
+    pub fn observe(&mut self, ev: &SessionEvent, id: impl Into<Option<TorrentId>>) {
+        let id = id.into();
+        let ours = |t: &TorrentId| id.is_none_or(|id| id == *t);
         match ev {
-            SessionEvent::Engine(Event::TrackerReply { torrent, peers, .. }) if *torrent == id => {
+            SessionEvent::Engine(Event::TrackerReply { torrent, peers, .. }) if ours(torrent) => {
                 self.offered += peers;
             }
-            SessionEvent::Engine(Event::PeerConnected { torrent, addr }) if *torrent == id => {
+            SessionEvent::Engine(Event::PeerConnected { torrent, addr }) if ours(torrent) => {
                 self.connected.insert(*addr);
             }
-            SessionEvent::Engine(Event::PeerBanned { torrent, addr, .. }) if *torrent == id => {
+            SessionEvent::Engine(Event::PeerBanned { torrent, addr, .. }) if ours(torrent) => {
                 self.banned.insert(*addr);
             }
             _ => {}
@@ -405,7 +408,9 @@ fn drive(
     seen: &mut SwarmSeen,
 ) -> Result<Outcome, CliError> {
     let added = match &plan.source {
-        Source::Torrent(meta) => add_torrent(session, plan, meta, peers, stop, display, events)?,
+        Source::Torrent(meta) => {
+            add_torrent(session, plan, meta, peers, stop, display, events, seen)?
+        }
         Source::Magnet(link) => {
             add_magnet(session, plan, link, peers, stop, display, events, seen)?
         }
@@ -542,6 +547,7 @@ fn drive(
 }
 
 /// Adds a `.torrent`, showing the check of existing data meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn add_torrent(
     session: &SessionHandle,
     plan: &Plan,
@@ -550,6 +556,7 @@ fn add_torrent(
     stop: &StopFlag,
     display: &mut Display,
     events: &mut EventStream,
+    seen: &mut SwarmSeen,
 ) -> Result<AddedTorrent, CliError> {
     let mut request = AddTorrentRequest::new(meta.clone(), plan.output_dir.clone()).peers(peers);
     if let Some(w) = &plan.wanted {
@@ -575,7 +582,11 @@ fn add_torrent(
         }
         match events.recv_timeout(Duration::from_millis(50)) {
             Ok(SessionEvent::Checking { checked, total, .. }) => display.checking(checked, total),
-            Ok(ev) => display.event(&ev),
+            Ok(ev) => {
+                // The session runs this one torrent: its peers may connect before `added` is back.
+                seen.observe(&ev, None);
+                display.event(&ev);
+            }
             Err(RecvError::Empty) => {}
             Err(RecvError::Closed) => {
                 return Err(CliError::Internal("the session ended while adding".into()))
