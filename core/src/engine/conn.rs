@@ -1,7 +1,7 @@
 //! Bookkeeping for one peer connection: its session, where it stands (dialling, handshaking,
 //! established), its picker key, and the disk reads and socket bytes in flight for it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use crate::peer::{BlockRequest, PeerSession};
@@ -57,19 +57,10 @@ pub(crate) struct Conn {
 /// torrent is at its cap.
 pub(crate) const REPLACE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Rejects in a row with no block in between after which a peer is asked nothing more until it
-/// unchokes us again or allows a piece fast (a peer that rejects everything must not make us spin).
-pub(crate) const REJECT_SNUB: u32 = 16;
-
-/// What a peer did that bears on how we treat it: rejected requests are not repeated, a connection
-/// that never said anything may give its slot to a newcomer, a useful peer is redialled sooner.
+/// What a peer did that bears on how we treat it: a connection that never said anything may give its
+/// slot to a newcomer, a useful peer is redialled sooner.
 #[derive(Debug, Default)]
 pub(crate) struct Conduct {
-    /// Pieces with a block this peer rejected since it last unchoked us or allowed a piece fast: not
-    /// asked of it again until then (bounded by the torrent's piece count).
-    pub rejected: BTreeSet<u32>,
-    /// Rejects since the peer last sent a block; at [`REJECT_SNUB`] we stop asking.
-    pub rejects_in_a_row: u32,
     /// The peer sent any message (other than keep-alives) after the handshake.
     pub heard: bool,
     /// Payload moved either way (a block from it, or a block requested by it).

@@ -150,12 +150,7 @@ impl Engine {
                 }
                 t.refill = true;
             }
-            E::Unchoked | E::AllowedFast(_) => {
-                // Something changed: blocks it rejected may be asked again.
-                c.conduct.rejected.clear();
-                c.conduct.rejects_in_a_row = 0;
-                t.refill = true;
-            }
+            E::Unchoked | E::AllowedFast(_) => {}
             E::Interested => {
                 if t.choker.unchoked().len() <= self.config.unchoke_slots {
                     t.choker.rechoke_soon();
@@ -170,16 +165,12 @@ impl Engine {
             }
             E::BlockReceived { block, data } => {
                 c.conduct.useful = true;
-                c.conduct.rejects_in_a_row = 0;
                 self.on_block(now, id, block, data)
             }
             E::Rejected { block } => {
                 if let Some(picker) = t.picker.as_mut() {
                     picker.request_cancelled(key, block);
                 }
-                // Not asked of this peer again until it unchokes us or allows a piece fast.
-                c.conduct.rejected.insert(block.piece);
-                c.conduct.rejects_in_a_row = c.conduct.rejects_in_a_row.saturating_add(1);
                 t.refill = true;
             }
             E::RequestsTimedOut { blocks } => {
@@ -459,14 +450,10 @@ impl Engine {
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
         let over = self.pending_bytes >= self.pending_cap();
-        let (mut avoid, first) = self.retry_plan(id);
+        let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.conduct.rejects_in_a_row >= REJECT_SNUB {
-            return;
-        }
-        avoid.extend(c.conduct.rejected.iter().copied());
         let Some(t) = c.torrent.and_then(|tid| self.torrents.get_mut(&tid)) else {
             return;
         };

@@ -45,7 +45,7 @@ use crate::tracker::announce::{AnnounceConfig, AnnouncePolicy, Progress};
 use crate::tracker::udp_client::{UdpConfig, UdpTrackerRouter};
 use crate::types::{InfoHash, PeerId};
 
-use conn::{Classified, Conn, ConnIds, READ_AHEAD, REJECT_SNUB, REPLACE_AFTER, SEND_WINDOW};
+use conn::{Classified, Conn, ConnIds, READ_AHEAD, REPLACE_AFTER, SEND_WINDOW};
 use table::{TimerKey, TimerTable, Tracked};
 use torrent::{
     insert_capped, PieceBuf, PieceStage, RunState, Torrent, MAX_BANNED, MAX_FAILED_KEEP,
