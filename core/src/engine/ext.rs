@@ -531,7 +531,7 @@ impl Engine {
     /// Upkeep of extensions for the torrents an input touched: metadata requests to send, PEX
     /// messages due (a due one touches its torrent through its timer).
     pub(super) fn drive_extensions(&mut self, now: Instant, work: &[TorrentId]) {
-        for tid in self.upkeep_set(work) {
+        for &tid in work {
             self.send_metadata_requests(now, tid);
             self.send_pex(now, tid);
         }

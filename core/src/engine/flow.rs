@@ -118,6 +118,7 @@ impl Engine {
                     picker.peer_bitfield(b);
                     seed = b.all();
                 }
+                // Two seeds have nothing to trade: close at once instead of idling a slot.
                 if seed && picker.have().all() {
                     c.session.close();
                     return;
@@ -152,12 +153,15 @@ impl Engine {
             }
             E::Unchoked | E::AllowedFast(_) => {}
             E::Interested => {
+                // A free slot (or the optimistic one) may go to this peer now rather than at the
+                // next 10 s round: rechoke soon.
                 if t.choker.unchoked().len() <= self.config.unchoke_slots {
                     t.choker.rechoke_soon();
                 }
                 t.choke_dirty = true;
             }
             E::NotInterested => {
+                // Its slot is wasted on a peer that wants nothing: give it to someone else soon.
                 if t.choker.is_unchoked(id) {
                     t.choker.rechoke_soon();
                     t.choke_dirty = true;
@@ -182,6 +186,8 @@ impl Engine {
                 t.refill = true;
             }
             E::Snubbed => t.choke_dirty = true,
+            // Only pieces we have (verified) are served, and only while running; anything else is
+            // rejected so the peer does not wait for it.
             E::ReadRequest { block } => {
                 c.conduct.useful = true;
                 let have = t.picker.as_ref().is_some_and(|p| p.have().get(block.piece));
@@ -449,6 +455,8 @@ impl Engine {
 
     /// Asks the picker for as many blocks as the session wants and requests them.
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
+        // Over the memory cap, only pieces already started are continued (finishing them frees
+        // memory); no new piece is begun.
         let over = self.pending_bytes >= self.pending_cap();
         let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
@@ -483,6 +491,8 @@ impl Engine {
             masked = m;
             PeerPieces::Bitfield(&masked)
         };
+        // While choked we may only ask for the peer's allowed-fast pieces (BEP 6); pieces that failed
+        // with several senders are tried first from peers that sent none of them (see `retry_plan`).
         let picks = if c.session.peer_choking() || over {
             let allowed: Vec<u32> = if c.session.peer_choking() {
                 c.session
@@ -566,6 +576,8 @@ impl Engine {
         let Some(tid) = c.torrent else {
             return;
         };
+        // Reads are issued only while little is on its way to the peer, so a slow reader never makes
+        // us hold more than READ_AHEAD of its blocks in memory.
         while c.outbound_bytes() < READ_AHEAD {
             let Some(block) = c.read_queue.pop_front() else {
                 break;
@@ -615,6 +627,8 @@ impl Engine {
         if let Some(t) = self.torrents.get_mut(&tid) {
             t.conns.remove(&id);
             t.keys.remove(&c.key);
+            // Its availability leaves the picker and its outstanding requests become free again
+            // (a session without geometry never counted in the picker).
             if c.session.has_geometry() {
                 if let Some(picker) = t.picker.as_mut() {
                     picker.peer_disconnected(c.key, c.session.peer_pieces());
@@ -983,6 +997,7 @@ impl Engine {
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
                 let choke = !unchoked.contains(&id);
+                // Choking a peer drops its queued requests (BEP 3); its disk reads in flight finish.
                 if choke && !c.session.am_choking() {
                     c.read_queue.clear();
                 }
@@ -1034,6 +1049,7 @@ impl Engine {
                 let Some(addr) = t.book.candidate(now, |a| {
                     !addrs.contains_key(&(*a, Some(tid))) && !banned.contains(a)
                 }) else {
+                    // Out of addresses while under half the peer cap: ask the trackers early.
                     if t.conns.len() < self.config.max_peers_per_torrent / 2 && !t.is_complete() {
                         t.policy.want_more_peers();
                     }
@@ -1121,18 +1137,17 @@ impl Engine {
         }
     }
 
-    /// The torrents the upkeep looks at: those touched by this input so far (`work`, taken at the
-    /// start of the upkeep) and those touched since. Any other torrent has nothing to do: its flags
-    /// are only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
-    pub(super) fn upkeep_set(&self, work: &[TorrentId]) -> Vec<TorrentId> {
-        let mut all = work.to_vec();
+    /// Adds to the upkeep's `work` (the torrents touched by this input, taken at the start of the
+    /// upkeep) those touched since, in id order. Any other torrent has nothing to do: its flags are
+    /// only set through `torrents.get_mut`, and its deadlines wake it through `handle_timeout`.
+    fn add_late(&self, work: &mut Vec<TorrentId>) {
         let late = self.torrents.touched();
-        if !late.is_empty() {
-            all.extend_from_slice(late);
-            all.sort_unstable();
-            all.dedup();
+        if late.iter().all(|t| work.binary_search(t).is_ok()) {
+            return;
         }
-        all
+        work.extend_from_slice(late);
+        work.sort_unstable();
+        work.dedup();
     }
 
     /// Upkeep after every input, for what the input touched: requests, choking, extensions, dialling,
@@ -1142,8 +1157,9 @@ impl Engine {
         if now > self.last_now {
             self.last_now = now;
         }
-        let work = self.torrents.take_touched();
-        for tid in self.upkeep_set(&work) {
+        let mut work = self.torrents.take_touched();
+        self.add_late(&mut work);
+        for &tid in &work {
             let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
             };
@@ -1161,9 +1177,10 @@ impl Engine {
                 self.run_choker(now, tid);
             }
         }
+        self.add_late(&mut work);
         self.drive_extensions(now, &work);
         self.dial(now);
-        self.drive_trackers(now, &work);
+        self.drive_trackers(now, &mut work);
         if let Some(deadline) = self.shutdown_deadline {
             let quiet =
                 self.torrents.values().all(|t| t.policy.is_stopped()) && self.trackers.is_idle();
@@ -1175,8 +1192,8 @@ impl Engine {
         // torrents again; only the ones left with work (a flag set after their turn) stay marked for
         // the next upkeep, as they would have been found by a scan. The rest is done until an input
         // or a deadline touches it again.
-        let refile = self.upkeep_set(&work);
-        self.refile_timers(&refile);
+        self.add_late(&mut work);
+        self.refile_timers(&work);
         for tid in self.torrents.take_touched() {
             if self.torrents.get(&tid).is_some_and(Torrent::has_upkeep) {
                 self.torrents.mark(&tid);
@@ -1193,10 +1210,11 @@ impl Engine {
 
     /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
     /// Only touched torrents can have announces to send (a due announce touches its torrent).
-    fn drive_trackers(&mut self, now: Instant, work: &[TorrentId]) {
+    fn drive_trackers(&mut self, now: Instant, work: &mut Vec<TorrentId>) {
         for _ in 0..16 {
             let mut orders = Vec::new();
-            for tid in self.upkeep_set(work) {
+            self.add_late(work);
+            for &tid in work.iter() {
                 let Some(t) = self.torrents.get_mut(&tid) else {
                     continue;
                 };

@@ -56,7 +56,8 @@ use trackers::TrackerGlue;
 pub use ext::AddMagnet;
 pub use io::*;
 
-/// The pending-piece cap is never below this many pieces of the torrent with the longest pieces.
+/// The pending-piece cap is never below this many pieces of the torrent with the longest pieces: one
+/// being assembled while the previous one is verified and written.
 const MIN_PENDING_PIECES: u64 = 2;
 
 /// Tunables of an [`Engine`]. [`EngineConfig::default`] gives the values named on each field.

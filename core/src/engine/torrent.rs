@@ -62,7 +62,8 @@ pub(crate) fn insert_capped<K: Ord + Clone>(set: &mut BTreeSet<K>, k: K, cap: us
 }
 
 /// Most bytes of failed pieces kept per torrent to find, once the piece passes, which peer's block
-/// was wrong.
+/// was wrong. 8 MiB holds a few failed pieces of even large-piece torrents; beyond it every sender is
+/// struck at once, as when one peer sent the whole piece.
 pub(crate) const MAX_FAILED_KEEP: usize = 8 * 1024 * 1024;
 
 /// What the user asked of a torrent, and whether an error stopped it.
