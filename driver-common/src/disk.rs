@@ -601,12 +601,12 @@ mod tests {
             true,
         )
         .unwrap();
-        let (have, start) = account(&storage, &meta.info, &resume, false, |_, _| {}).unwrap();
+        let (have, start, _) = account(&storage, &meta.info, &resume, false, |_, _| {}).unwrap();
         assert_eq!(
             (have.map(|h| h.count_ones()), start),
             (Some(0), StartKind::Resumed)
         );
-        let (have, start) = account(&storage, &meta.info, &resume, true, |_, _| {}).unwrap();
+        let (have, start, _) = account(&storage, &meta.info, &resume, true, |_, _| {}).unwrap();
         assert_eq!(
             (have.map(|h| h.count_ones()), start),
             (Some(1), StartKind::Checked)
