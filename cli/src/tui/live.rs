@@ -868,6 +868,52 @@ mod tests {
     }
 
     #[test]
+    fn limit_commands_reach_a_real_session() {
+        use super::super::model::Direction;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = hyperblow_driver::SessionConfig {
+            listen_port: 0,
+            bind_addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            ..hyperblow_driver::SessionConfig::default()
+        };
+        let handle = hyperblow_tokio::start(config).expect("session");
+        let store = StateDir::open(&dir.path().join("state")).expect("state dir");
+        let mut live = Live::new(handle, StdInstant::now(), store, dir.path().to_owned(), 3);
+        live.session_limits = RateLimits {
+            download: 0,
+            upload: 4096,
+        };
+        live.command(Command::SetRateLimit {
+            torrent: None,
+            direction: Direction::Down,
+            rate: 500 * 1024,
+        });
+        // Only the named direction changes.
+        assert_eq!(
+            live.rate_limits(),
+            RateLimits {
+                download: 500 * 1024,
+                upload: 4096,
+            }
+        );
+        // A torrent the session does not have is ignored.
+        live.command(Command::SetRateLimit {
+            torrent: Some(InfoHash([7; 20])),
+            direction: Direction::Up,
+            rate: 1,
+        });
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        while live.busy() && StdInstant::now() < deadline {
+            live.refresh();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!live.busy(), "the session never answered");
+        let messages = live.take_messages();
+        assert!(messages.is_empty(), "{messages:?}");
+        live.shutdown(Duration::from_secs(10)).expect("shutdown");
+    }
+
+    #[test]
     fn the_queue_keeps_at_most_max_active_downloads_oldest_first() {
         // Three downloads running with a limit of 2: the newest is queued.
         let s = [slot(false, false), slot(false, false), slot(false, false)];
