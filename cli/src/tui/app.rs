@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use hyperblow_core::InfoHash;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::model::{Command, Item, Status};
+use super::model::{Command, Direction, Item, Status};
 use super::tree::FileTree;
 
 /// The tabs under the torrent list.
@@ -390,7 +390,7 @@ impl App {
                 _ => self.message = Some("removal cancelled".into()),
             },
             Mode::Command(mut line) => match key.code {
-                KeyCode::Enter => self.run_line(&line, &mut out),
+                KeyCode::Enter => self.run_line(&line, items, &mut out),
                 KeyCode::Esc => {}
                 KeyCode::Backspace => {
                     if line.pop().is_some() || !line.is_empty() {
@@ -423,7 +423,7 @@ impl App {
         out
     }
 
-    fn run_line(&mut self, line: &str, out: &mut Vec<Command>) {
+    fn run_line(&mut self, line: &str, items: &[Item], out: &mut Vec<Command>) {
         let line = line.trim();
         let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
         let arg = arg.trim();
@@ -433,15 +433,78 @@ impl App {
                 out.push(Command::AddFile(path));
             }
             "magnet" | "m" if !arg.is_empty() => out.push(Command::AddMagnet(arg.to_owned())),
+            "limit" => self.limit(arg, items, out),
             "q" | "quit" => self.quit = true,
             _ if crate::download::is_magnet(line) => out.push(Command::AddMagnet(line.to_owned())),
             _ => {
                 self.message = Some(format!(
-                    "unknown command `{}`: try :file PATH or :magnet LINK",
+                    "unknown command `{}`: try :file PATH, :magnet LINK or :limit down|up RATE",
                     crate::safe::escape(line)
                 ))
             }
         }
+    }
+
+    /// `:limit [torrent] down|up RATE`: one direction's limit of the session or of the selected
+    /// torrent. A bad line only explains itself.
+    fn limit(&mut self, arg: &str, items: &[Item], out: &mut Vec<Command>) {
+        const USAGE: &str =
+            "usage: :limit [torrent] down|up RATE (e.g. 500KiB, 1.5MB; 0 = unlimited)";
+        let words: Vec<&str> = arg.split_whitespace().collect();
+        let (scope, rest) = match words.split_first() {
+            Some((&"torrent", rest)) => (true, rest),
+            _ => (false, &words[..]),
+        };
+        let (direction, rate) = match rest {
+            [d, rate] => match *d {
+                "down" | "d" => (Direction::Down, *rate),
+                "up" | "u" => (Direction::Up, *rate),
+                _ => {
+                    self.message = Some(USAGE.into());
+                    return;
+                }
+            },
+            _ => {
+                self.message = Some(USAGE.into());
+                return;
+            }
+        };
+        let rate = match crate::units::parse_rate(rate) {
+            Ok(r) => r,
+            Err(e) => {
+                self.message = Some(format!("limit not changed: {}", crate::safe::escape(&e)));
+                return;
+            }
+        };
+        let torrent = if scope {
+            match self.selected_index(items) {
+                Some(i) => Some(&items[i]),
+                None => {
+                    self.message = Some("limit not changed: no torrent selected".into());
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let shown = if rate == 0 {
+            "unlimited".to_owned()
+        } else {
+            format!("{}/s", crate::units::bytes(rate))
+        };
+        self.message = Some(match torrent {
+            Some(it) => format!(
+                "{} limit of {}: {shown}",
+                direction.name(),
+                crate::safe::escape(&it.name)
+            ),
+            None => format!("session {} limit: {shown}", direction.name()),
+        });
+        out.push(Command::SetRateLimit {
+            torrent: torrent.map(|it| it.info_hash),
+            direction,
+            rate,
+        });
     }
 
     fn normal_key(&mut self, key: KeyEvent, items: &[Item], out: &mut Vec<Command>) {
@@ -452,6 +515,7 @@ impl App {
             KeyCode::Char('?') | KeyCode::F(1) => self.mode = Mode::Help,
             KeyCode::Char(':') => self.mode = Mode::Command(String::new()),
             KeyCode::Char('a') => self.mode = Mode::Command("file ".into()),
+            KeyCode::Char('L') => self.mode = Mode::Command("limit ".into()),
             KeyCode::Char('/') => self.mode = Mode::Filter(self.filter.clone()),
             KeyCode::Esc if self.focus == Focus::Pane => self.focus = Focus::List,
             KeyCode::Esc => self.filter.clear(),

@@ -21,7 +21,7 @@ use hyperblow_core::InfoHash;
 use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
 use hyperblow_driver::{
     AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, EventStream, Pending,
-    RecvError, SessionEvent, SessionHandle, StartKind,
+    RateLimits, RecvError, SessionEvent, SessionHandle, StartKind,
 };
 
 use super::model::{Command, Details, Item, Session, Status};
@@ -50,6 +50,8 @@ struct Entry {
     start: Option<StartKind>,
     /// A command waits for its answer (no other is started for it meanwhile).
     busy: bool,
+    /// Its own rate limits (set from the UI; applied again whenever it is added to the engine).
+    limits: RateLimits,
 }
 
 /// A command whose answer has not come yet.
@@ -62,6 +64,8 @@ enum Op {
     Remove(InfoHash, Pending<()>, bool),
     TorrentFile(InfoHash, Pending<Option<Vec<u8>>>),
     Simple(InfoHash, &'static str, Pending<()>),
+    /// A change of the session-wide rate limits.
+    Limit(Pending<()>),
 }
 
 /// The live session.
@@ -86,6 +90,9 @@ pub struct Live {
     pub peers: Vec<SocketAddr>,
     /// Most torrents downloading at once; the rest wait, queued.
     pub max_active: usize,
+    /// The session-wide rate limits in force (the session is started with them, see
+    /// `--max-download-rate`; the UI changes them).
+    pub session_limits: RateLimits,
 }
 
 fn poll_now<T>(p: &mut Pending<T>) -> Poll<Result<T, hyperblow_driver::SessionError>> {
@@ -121,6 +128,7 @@ impl Live {
             output_dir,
             peers: Vec::new(),
             max_active: max_active.max(1),
+            session_limits: RateLimits::default(),
         }
     }
 
@@ -258,6 +266,7 @@ impl Live {
             error: None,
             start: None,
             busy: false,
+            limits: RateLimits::default(),
         };
         if save {
             self.save(&e);
@@ -408,6 +417,10 @@ impl Live {
                         e.id = Some(a.id);
                         e.start = Some(a.start);
                         self.by_id.insert(a.id, ih);
+                        if e.limits != RateLimits::default() {
+                            let p = self.handle.set_rate_limits(Some(a.id), e.limits);
+                            self.ops.push(Op::Simple(ih, "rate limit", p));
+                        }
                         let how = match a.start {
                             StartKind::Fresh => "new download".to_owned(),
                             StartKind::Resumed => format!(
@@ -449,6 +462,10 @@ impl Live {
                     Ok(a) => {
                         e.id = Some(a.id);
                         self.by_id.insert(a.id, ih);
+                        if e.limits != RateLimits::default() {
+                            let p = self.handle.set_rate_limits(Some(a.id), e.limits);
+                            self.ops.push(Op::Simple(ih, "rate limit", p));
+                        }
                     }
                     Err(err) => e.error = Some(err.to_string()),
                 }
@@ -530,6 +547,15 @@ impl Live {
                 if let Err(err) = r {
                     self.messages
                         .push(format!("{what}: {}", safe::escape(&err.to_string())));
+                }
+            }
+            Op::Limit(p) => {
+                let Poll::Ready(r) = poll_now(p) else {
+                    return false;
+                };
+                if let Err(err) = r {
+                    self.messages
+                        .push(format!("rate limit: {}", safe::escape(&err.to_string())));
                 }
             }
         }
@@ -614,6 +640,7 @@ impl Live {
                     stats,
                     details: e.details.clone(),
                     start: e.start,
+                    limits: e.limits,
                 }
             })
             .collect();
@@ -697,12 +724,26 @@ impl Session for Live {
     fn command(&mut self, command: Command) {
         self.dirty = true;
         let ih = match &command {
+            Command::SetRateLimit {
+                torrent: None,
+                direction,
+                rate,
+            } => {
+                let limits = direction.apply(self.session_limits, *rate);
+                self.session_limits = limits;
+                let p = self.handle.set_rate_limits(None, limits);
+                self.ops.push(Op::Limit(p));
+                return;
+            }
             Command::AddFile(p) => return self.add_file(&p.clone(), false),
             Command::AddMagnet(l) => return self.add_magnet(&l.clone(), false),
             Command::Pause(ih)
             | Command::Resume(ih)
             | Command::Recheck(ih)
             | Command::SetWanted(ih, _)
+            | Command::SetRateLimit {
+                torrent: Some(ih), ..
+            }
             | Command::Remove { info_hash: ih, .. } => *ih,
         };
         let Some(k) = self.entry(&ih) else { return };
@@ -789,12 +830,27 @@ impl Session for Live {
                     ));
                 }
             }
+            Command::SetRateLimit {
+                direction, rate, ..
+            } => {
+                let e = &mut self.entries[k];
+                e.limits = direction.apply(e.limits, rate);
+                // Not added yet: the limits are applied when it is.
+                if let Some(id) = id {
+                    let p = self.handle.set_rate_limits(Some(id), e.limits);
+                    self.ops.push(Op::Simple(ih, "rate limit", p));
+                }
+            }
             Command::AddFile(_) | Command::AddMagnet(_) => {}
         }
     }
 
     fn take_messages(&mut self) -> Vec<String> {
         std::mem::take(&mut self.messages)
+    }
+
+    fn rate_limits(&self) -> RateLimits {
+        self.session_limits
     }
 }
 
@@ -809,6 +865,52 @@ mod tests {
             complete,
             failed: false,
         }
+    }
+
+    #[test]
+    fn limit_commands_reach_a_real_session() {
+        use super::super::model::Direction;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = hyperblow_driver::SessionConfig {
+            listen_port: 0,
+            bind_addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            ..hyperblow_driver::SessionConfig::default()
+        };
+        let handle = hyperblow_tokio::start(config).expect("session");
+        let store = StateDir::open(&dir.path().join("state")).expect("state dir");
+        let mut live = Live::new(handle, StdInstant::now(), store, dir.path().to_owned(), 3);
+        live.session_limits = RateLimits {
+            download: 0,
+            upload: 4096,
+        };
+        live.command(Command::SetRateLimit {
+            torrent: None,
+            direction: Direction::Down,
+            rate: 500 * 1024,
+        });
+        // Only the named direction changes.
+        assert_eq!(
+            live.rate_limits(),
+            RateLimits {
+                download: 500 * 1024,
+                upload: 4096,
+            }
+        );
+        // A torrent the session does not have is ignored.
+        live.command(Command::SetRateLimit {
+            torrent: Some(InfoHash([7; 20])),
+            direction: Direction::Up,
+            rate: 1,
+        });
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        while live.busy() && StdInstant::now() < deadline {
+            live.refresh();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!live.busy(), "the session never answered");
+        let messages = live.take_messages();
+        assert!(messages.is_empty(), "{messages:?}");
+        live.shutdown(Duration::from_secs(10)).expect("shutdown");
     }
 
     #[test]

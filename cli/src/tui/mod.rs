@@ -91,6 +91,10 @@ pub fn run(args: &TuiArgs, stop: &StopFlag) -> Result<(), CliError> {
     let handle = args.net.runtime.start(args.net.session_config())?;
     let mut live = Live::new(handle, origin, store, output, args.max_active);
     live.peers = peers;
+    live.session_limits = hyperblow_driver::RateLimits {
+        download: args.net.max_download_rate,
+        upload: args.net.max_upload_rate,
+    };
     live.restore();
     for s in &args.sources {
         if crate::download::is_magnet(s) {
@@ -141,6 +145,7 @@ fn ui_loop(
                     now: live.now(),
                     theme,
                     max_active,
+                    limits: live.rate_limits(),
                 };
                 let items = live.items();
                 terminal.draw(|f| view::draw(f, &mut app, items, &cx))?;

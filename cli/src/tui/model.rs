@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_core::InfoHash;
 use hyperblow_driver::engine::{TorrentState, TorrentStats};
-use hyperblow_driver::StartKind;
+use hyperblow_driver::{RateLimits, StartKind};
 
 /// What a torrent is doing, as the list shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,8 @@ pub struct Item {
     pub details: Option<Details>,
     /// How its existing data was accounted for when it was added (resume data, a check, none).
     pub start: Option<StartKind>,
+    /// Its own rate limits (bytes per second, 0: none besides the session's).
+    pub limits: RateLimits,
 }
 
 impl Item {
@@ -169,6 +171,49 @@ pub enum Command {
     Recheck(InfoHash),
     /// Change which files are downloaded (one flag per file).
     SetWanted(InfoHash, Vec<bool>),
+    /// Set one direction's rate limit of the whole session (`torrent: None`) or of one torrent;
+    /// the other direction keeps its limit.
+    SetRateLimit {
+        /// The torrent, or `None` for the session.
+        torrent: Option<InfoHash>,
+        /// Which direction.
+        direction: Direction,
+        /// Bytes per second, 0: unlimited.
+        rate: u64,
+    },
+}
+
+/// A transfer direction, for rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Downloading (payload received).
+    Down,
+    /// Uploading (payload sent).
+    Up,
+}
+
+impl Direction {
+    /// The limits with this direction's rate replaced by `rate`.
+    pub fn apply(self, limits: RateLimits, rate: u64) -> RateLimits {
+        match self {
+            Direction::Down => RateLimits {
+                download: rate,
+                ..limits
+            },
+            Direction::Up => RateLimits {
+                upload: rate,
+                ..limits
+            },
+        }
+    }
+
+    /// `download` or `upload`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Down => "download",
+            Direction::Up => "upload",
+        }
+    }
 }
 
 /// The session as the UI sees it: torrents out, commands in. Nothing here blocks for long: a
@@ -184,4 +229,6 @@ pub trait Session {
     fn command(&mut self, command: Command);
     /// Messages for the status line (outcomes of commands, problems found), oldest first.
     fn take_messages(&mut self) -> Vec<String>;
+    /// The session-wide rate limits now in force (bytes per second, 0: unlimited).
+    fn rate_limits(&self) -> RateLimits;
 }

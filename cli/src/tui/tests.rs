@@ -10,7 +10,7 @@ use hyperblow_core::time::Instant;
 use hyperblow_core::tracker::announce::{TrackerHandle, TrackerState, TrackerStatus};
 use hyperblow_core::{InfoHash, PeerId};
 use hyperblow_driver::engine::{FileStats, PeerStats, TorrentId, TorrentState, TorrentStats};
-use hyperblow_driver::StartKind;
+use hyperblow_driver::{RateLimits, StartKind};
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -18,7 +18,7 @@ use ratatui::style::Color;
 use ratatui::Terminal;
 
 use super::app::{App, Focus, Mode, SortKey, Tab};
-use super::model::{Command, Details, Item, Session, Status};
+use super::model::{Command, Details, Direction, Item, Session, Status};
 use super::view::{self, Context, Theme};
 
 /// A session that answers from a fixed list and records the commands it gets.
@@ -27,6 +27,7 @@ struct Fake {
     items: Vec<Item>,
     commands: Vec<Command>,
     messages: Vec<String>,
+    limits: RateLimits,
 }
 
 impl Session for Fake {
@@ -41,6 +42,9 @@ impl Session for Fake {
     }
     fn take_messages(&mut self) -> Vec<String> {
         std::mem::take(&mut self.messages)
+    }
+    fn rate_limits(&self) -> RateLimits {
+        self.limits
     }
 }
 
@@ -219,6 +223,7 @@ fn sample() -> Vec<Item> {
             private,
         }),
         start: Some(StartKind::Resumed),
+        limits: RateLimits::default(),
         stats: Some(s),
     };
     vec![
@@ -233,14 +238,18 @@ fn cx(color: bool) -> Context {
         now: Instant::from_secs(100),
         theme: Theme { color },
         max_active: 3,
+        limits: RateLimits::default(),
     }
 }
 
 fn draw(app: &mut App, items: &[Item], w: u16, h: u16, color: bool) -> Buffer {
+    draw_cx(app, items, w, h, &cx(color))
+}
+
+fn draw_cx(app: &mut App, items: &[Item], w: u16, h: u16, cx: &Context) -> Buffer {
     app.sync(items, false);
     let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
-    t.draw(|f| view::draw(f, app, items, &cx(color)))
-        .expect("draw");
+    t.draw(|f| view::draw(f, app, items, cx)).expect("draw");
     t.backend().buffer().clone()
 }
 
@@ -334,6 +343,147 @@ fn tab_bandwidth() {
         app.sync(&items, true);
     }
     insta::assert_snapshot!(text(&draw(&mut app, &items, 80, 24, true)));
+}
+
+#[test]
+fn limits_show_in_the_title_and_the_bandwidth_tab() {
+    let mut items = sample();
+    items[0].limits = RateLimits {
+        download: 2 << 20,
+        upload: 0,
+    };
+    let mut app = App {
+        tab: Tab::Bandwidth,
+        ..App::default()
+    };
+    for k in 1..=10u64 {
+        if let Some(s) = items[0].stats.as_mut() {
+            s.download_rate = (k % 3) << 20;
+            s.upload_rate = k << 10;
+        }
+        app.sync(&items, true);
+    }
+    let s = Fake {
+        limits: RateLimits {
+            download: 500 * 1024,
+            upload: 0,
+        },
+        ..Fake::default()
+    };
+    let cx = Context {
+        limits: s.rate_limits(),
+        ..cx(true)
+    };
+    let shown = text(&draw_cx(&mut app, &items, 80, 24, &cx));
+    assert!(shown.contains("↓1.0M/s≤500K ↑10.0K/s "), "{shown}");
+    assert!(shown.contains("torrent limit 2.0M/s"), "{shown}");
+    insta::assert_snapshot!(shown);
+    // No limit at all: nothing about limits is shown.
+    items[0].limits = RateLimits::default();
+    let shown = text(&draw(&mut app, &items, 80, 24, true));
+    assert!(!shown.contains("limit") && !shown.contains('≤'), "{shown}");
+}
+
+#[test]
+fn limit_commands_set_session_and_torrent_rates() {
+    let items = sample();
+    let mut s = Fake::default();
+    s.items.clone_from(&items);
+    let mut app = App::default();
+    // L opens the prompt with `limit ` typed.
+    press(&mut app, &mut s, &[KeyCode::Char('L')]);
+    assert_eq!(app.mode, Mode::Command("limit ".into()));
+    typed(&mut app, &mut s, "down 500KiB");
+    press(&mut app, &mut s, &[KeyCode::Enter]);
+    assert_eq!(app.mode, Mode::Normal);
+    assert_eq!(
+        s.commands,
+        vec![Command::SetRateLimit {
+            torrent: None,
+            direction: Direction::Down,
+            rate: 500 * 1024,
+        }]
+    );
+    assert_eq!(
+        app.message.as_deref(),
+        Some("session download limit: 500.00 KiB/s")
+    );
+    s.commands.clear();
+    press(&mut app, &mut s, &[KeyCode::Char(':')]);
+    typed(&mut app, &mut s, "limit up 1.5MB");
+    press(&mut app, &mut s, &[KeyCode::Enter]);
+    press(&mut app, &mut s, &[KeyCode::Char(':')]);
+    typed(&mut app, &mut s, "limit down 0");
+    press(&mut app, &mut s, &[KeyCode::Enter]);
+    assert_eq!(
+        app.message.as_deref(),
+        Some("session download limit: unlimited")
+    );
+    // The selected torrent (the second one after a step down).
+    press(&mut app, &mut s, &[KeyCode::Down, KeyCode::Char('L')]);
+    typed(&mut app, &mut s, "torrent up 20MiB");
+    press(&mut app, &mut s, &[KeyCode::Enter]);
+    assert_eq!(
+        s.commands,
+        vec![
+            Command::SetRateLimit {
+                torrent: None,
+                direction: Direction::Up,
+                rate: 1_500_000,
+            },
+            Command::SetRateLimit {
+                torrent: None,
+                direction: Direction::Down,
+                rate: 0,
+            },
+            Command::SetRateLimit {
+                torrent: Some(items[1].info_hash),
+                direction: Direction::Up,
+                rate: 20 << 20,
+            },
+        ]
+    );
+    assert_eq!(
+        app.message.as_deref(),
+        Some("upload limit of big-buck-bunny: 20.00 MiB/s")
+    );
+}
+
+#[test]
+fn a_bad_limit_line_explains_itself_and_changes_nothing() {
+    let mut s = Fake {
+        items: sample(),
+        ..Fake::default()
+    };
+    let mut app = App::default();
+    for (line, expect) in [
+        ("limit down 5XB", "limit not changed: unknown unit"),
+        ("limit up fast", "limit not changed:"),
+        ("limit down 1..5MB", "limit not changed:"),
+        (
+            "limit sideways 5KiB",
+            "usage: :limit [torrent] down|up RATE",
+        ),
+        ("limit down", "usage: :limit [torrent] down|up RATE"),
+        ("limit torrent 5KiB", "usage: :limit [torrent] down|up RATE"),
+        ("limit", "usage: :limit [torrent] down|up RATE"),
+    ] {
+        press(&mut app, &mut s, &[KeyCode::Char(':')]);
+        typed(&mut app, &mut s, line);
+        press(&mut app, &mut s, &[KeyCode::Enter]);
+        let msg = app.message.clone().unwrap_or_default();
+        assert!(msg.starts_with(expect), "{line}: {msg}");
+    }
+    // A torrent limit with no torrent to apply it to.
+    let mut empty = Fake::default();
+    press(&mut app, &mut empty, &[KeyCode::Char('L')]);
+    typed(&mut app, &mut empty, "torrent down 1MiB");
+    press(&mut app, &mut empty, &[KeyCode::Enter]);
+    assert_eq!(
+        app.message.as_deref(),
+        Some("limit not changed: no torrent selected")
+    );
+    assert!(s.commands.is_empty() && empty.commands.is_empty());
 }
 
 #[test]
@@ -643,6 +793,7 @@ fn many_files(n: usize) -> Item {
         stats: Some(s),
         details: None,
         start: None,
+        limits: RateLimits::default(),
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use hyperblow_core::time::Instant;
 use hyperblow_core::tracker::announce::{TrackerState, TrackerStatus};
 use hyperblow_driver::engine::PeerStats;
+use hyperblow_driver::RateLimits;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -75,6 +76,8 @@ pub struct Context {
     pub theme: Theme,
     /// Most torrents downloading at once.
     pub max_active: usize,
+    /// The session-wide rate limits (the title bar shows a limited direction's limit after `≤`).
+    pub limits: RateLimits,
 }
 
 /// Draws the whole screen.
@@ -149,11 +152,13 @@ fn draw_title(f: &mut Frame<'_>, area: Rect, app: &App, items: &[Item], cx: &Con
     let mut spans = vec![
         Span::styled(" hyperblow ", cx.theme.header()),
         Span::raw(format!(
-            " {} torrents  {active}/{} active  ↓{}/s ↑{}/s  sort:{}{}  show:{}",
+            " {} torrents  {active}/{} active  ↓{}/s{} ↑{}/s{}  sort:{}{}  show:{}",
             items.len(),
             cx.max_active,
             size(down),
+            cap(cx.limits.download),
             size(up),
+            cap(cx.limits.upload),
             app.sort.label(),
             if app.sort_desc { "▼" } else { "▲" },
             app.state_filter.label()
@@ -680,12 +685,19 @@ fn draw_bandwidth(f: &mut Frame<'_>, area: Rect, app: &App, it: &Item, cx: &Cont
         let tail = &data[data.len().saturating_sub(w)..];
         let peak = tail.iter().copied().max().unwrap_or(0);
         let now = tail.last().copied().unwrap_or(0);
-        let title = format!(
+        let mut title = format!(
             "{name}: {}/s now, peak {}/s over the last {}",
             size(now),
             size(peak),
             eta(Duration::from_secs(tail.len() as u64))
         );
+        let own = match name {
+            "Download" => it.limits.download,
+            _ => it.limits.upload,
+        };
+        if own > 0 {
+            title.push_str(&format!(", torrent limit {}", limit(own)));
+        }
         let spark = Sparkline::default()
             .block(Block::new().borders(Borders::TOP).title(title))
             .data(tail)
@@ -731,6 +743,14 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("d / D", "remove (asks) / remove and delete its data (asks)"),
     ("r", "re-check: hash every piece on disk again"),
+    (
+        ":limit down|up",
+        "RATE: session limit (e.g. 500KiB, 1.5MB; 0 = unlimited)",
+    ),
+    (
+        ":limit torrent",
+        "down|up RATE: the selected torrent's limit (L opens :limit)",
+    ),
     ("s / S", "sort by the next column / reverse the order"),
     (
         "/ f",
@@ -768,6 +788,24 @@ fn draw_dialog(f: &mut Frame<'_>, area: Rect, title: &str, lines: &[String], cx:
             .block(Block::bordered().title(Span::styled(title, cx.theme.header()))),
         r,
     );
+}
+
+/// A session limit as the title bar shows it after the rate: `≤500K`, nothing for none.
+fn cap(rate: u64) -> String {
+    if rate == 0 {
+        String::new()
+    } else {
+        format!("≤{}", size(rate))
+    }
+}
+
+/// A rate limit as shown: `500K/s`, or `∞` for none.
+fn limit(rate: u64) -> String {
+    if rate == 0 {
+        "∞".into()
+    } else {
+        format!("{}/s", size(rate))
+    }
 }
 
 /// A size or rate in at most 6 columns: `0`, `999B`, `12.3K`, `1.5M`, `20.0G`.
