@@ -437,12 +437,13 @@ impl Storage {
     pub fn flush(&self) -> Result<(), StorageError> {
         let (open, closed) = self.cache.take_dirty();
         let mut first_error = None;
-        for (i, handle) in open {
+        for (i, handle) in &open {
             if let Err(e) = handle.sync_all() {
-                self.cache.mark_dirty(i);
-                first_error.get_or_insert(StorageError::io(StorageOp::Sync, self.path_of(i), e));
+                self.cache.mark_dirty(*i);
+                first_error.get_or_insert(StorageError::io(StorageOp::Sync, self.path_of(*i), e));
             }
         }
+        self.cache.return_synced(open);
         for i in closed {
             let path = self.path_of(i);
             let result = File::open(path).and_then(|f| f.sync_all());
