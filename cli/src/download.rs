@@ -120,6 +120,8 @@ pub fn run(args: &DownloadArgs, stop: &StopFlag) -> Result<(), CliError> {
         (Source::Torrent(meta), wanted, FileFilter::default())
     };
     std::fs::create_dir_all(&args.output).map_err(|e| CliError::disk(&args.output, e))?;
+    // Before any network work: a read-only output (or state) directory is exit 4 at once.
+    transfer::check_writable(&args.output)?;
     let goal = if args.seed {
         Goal::Seed(SeedGoal {
             ratio: args.ratio,

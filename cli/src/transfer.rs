@@ -2,8 +2,10 @@
 //! torrent (showing the check of existing data), show progress until the goal is met, then shut down
 //! cleanly (trackers told `stopped`, files flushed, resume state saved) and report what happened.
 
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -235,23 +237,177 @@ fn add_error(e: SessionError) -> CliError {
     }
 }
 
+/// The directory, inside the output directory, where the session keeps its state (resume files; see
+/// `hyperblow_storage::resume_path`).
+pub const STATE_DIR: &str = ".hyperblow";
+
+/// With `--timeout`, how long the shutdown may wait for trackers to acknowledge `stopped` (instead of
+/// the engine's default 5 s), so that the command ends close to the time the user gave.
+pub const TIMEOUT_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Checks, before any network work, that the output directory and the state directory in it (when it
+/// exists already; otherwise it is created inside the output directory) accept new files: a
+/// read-only mount would otherwise only show once peers sent data, and no resume state could be
+/// saved. The error (exit 4) names the directory.
+pub fn check_writable(output: &Path) -> Result<(), CliError> {
+    let state = output.join(STATE_DIR);
+    let dirs: Vec<&Path> = if state.is_dir() {
+        vec![output, &state]
+    } else {
+        vec![output]
+    };
+    for dir in dirs {
+        let probe = tempfile::Builder::new()
+            .prefix(".hyperblow-write-check")
+            .tempfile_in(dir)
+            .and_then(|mut f| {
+                f.write_all(b"x")?;
+                f.as_file().sync_all()
+            });
+        if let Err(e) = probe {
+            return Err(CliError::Disk(format!(
+                "{}: the directory is not writable ({e})",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What the command saw of the swarm, from the session's events: enough to say why a `--timeout`
+/// ran out (no peers at all, peers that could not be reached, peers that were no use, or peers that
+/// were all banned).
+#[derive(Debug, Default, Clone)]
+pub struct SwarmSeen {
+    /// Peer addresses offered: `--peer` ones plus every tracker reply's count.
+    pub offered: usize,
+    /// Peers that completed a handshake with us.
+    pub connected: BTreeSet<SocketAddr>,
+    /// Peers banned (bad data).
+    pub banned: BTreeSet<SocketAddr>,
+    /// The torrent's storage is set up (for a magnet link: the metadata arrived), so there is resume
+    /// state to save at the end.
+    pub has_storage: bool,
+}
+
+impl SwarmSeen {
+    /// Counts what `ev` says about torrent `id` (`None`: any torrent, while the command's one
+    /// torrent is being added and has no id yet).
+    pub fn observe(&mut self, ev: &SessionEvent, id: impl Into<Option<TorrentId>>) {
+        let id = id.into();
+        let ours = |t: &TorrentId| id.is_none_or(|id| id == *t);
+        match ev {
+            SessionEvent::Engine(Event::TrackerReply { torrent, peers, .. }) if ours(torrent) => {
+                self.offered += peers;
+            }
+            SessionEvent::Engine(Event::PeerConnected { torrent, addr }) if ours(torrent) => {
+                self.connected.insert(*addr);
+            }
+            SessionEvent::Engine(Event::PeerBanned { torrent, addr, .. }) if ours(torrent) => {
+                self.banned.insert(*addr);
+            }
+            _ => {}
+        }
+    }
+
+    /// Why nothing happened for `limit`, with `connected_now` peers connected at the end.
+    pub fn reason(&self, connected_now: u32, limit: Duration) -> String {
+        let limit = crate::progress::duration(limit);
+        let unbanned = self.connected.difference(&self.banned).count();
+        if !self.banned.is_empty() && unbanned == 0 && connected_now == 0 {
+            format!(
+                "all {} peers that connected were banned (they sent data that failed the hash check); \
+                 no progress in {limit}",
+                self.banned.len()
+            )
+        } else if self.connected.is_empty() && self.offered == 0 {
+            format!("no peers found in {limit}")
+        } else if self.connected.is_empty() {
+            format!(
+                "{} peers found, but none could be connected in {limit}",
+                self.offered
+            )
+        } else {
+            format!(
+                "peers found but none useful: no progress in {limit} ({} peers offered, {} connected, \
+                 {connected_now} connected now, {} banned)",
+                self.offered,
+                self.connected.len(),
+                self.banned.len()
+            )
+        }
+    }
+}
+
 /// Runs `plan` to its end. Ctrl-C gives [`CliError::Interrupted`] after a clean shutdown.
 pub fn run(plan: Plan, stop: &StopFlag) -> Result<Outcome, CliError> {
     let started = Instant::now();
     let peers = plan.net.peer_addrs()?;
-    let session = plan.net.runtime.start(plan.net.session_config())?;
+    let mut config = plan.net.session_config();
+    if plan.timeout.is_some() {
+        config.engine.shutdown_timeout = config.engine.shutdown_timeout.min(TIMEOUT_SHUTDOWN);
+    }
+    let session = plan.net.runtime.start(config)?;
+    let mut events = session.events();
     let label = plan.label.clone().unwrap_or_else(|| plan.source.label());
     let mut display = Display::new(plan.mode, &label);
-    let result = drive(&session, &plan, peers, stop, &mut display);
+    let mut seen = SwarmSeen {
+        offered: peers.len(),
+        ..SwarmSeen::default()
+    };
+    let result = drive(
+        &session,
+        &plan,
+        peers,
+        stop,
+        &mut display,
+        &mut events,
+        &mut seen,
+    );
     display.finish();
-    // Always end cleanly: `stopped` to trackers, files flushed, resume data saved.
-    if let Err(e) = session.shutdown().wait_timeout(Duration::from_secs(20)) {
-        tracing::warn!("session shutdown: {e}");
+    // Always end cleanly: `stopped` to trackers, files flushed, resume data saved. Whether the save
+    // worked is told by the session's storage errors during the shutdown.
+    let mut save_error = match session.shutdown().wait_timeout(Duration::from_secs(20)) {
+        Ok(()) => None,
+        Err(e) => Some(format!("the session did not shut down: {e}")),
+    };
+    if let Some(e) = shutdown_storage_error(&mut events) {
+        save_error.get_or_insert(e);
     }
-    result.map(|mut o| {
-        o.elapsed = started.elapsed();
-        o
-    })
+    match (result, save_error) {
+        (Err(CliError::NoPeers(msg)), _) if !seen.has_storage => Err(CliError::NoPeers(msg)),
+        (Err(CliError::NoPeers(msg)), None) => {
+            Err(CliError::NoPeers(format!("{msg} (resume state saved)")))
+        }
+        (Err(CliError::NoPeers(msg)), Some(e)) => Err(CliError::NoPeers(format!(
+            "{msg} (resume state NOT saved: {e})"
+        ))),
+        (Ok(_), Some(e)) => Err(CliError::Disk(format!(
+            "saving the resume state at shutdown failed: {e}"
+        ))),
+        (Ok(mut o), None) => {
+            o.elapsed = started.elapsed();
+            Ok(o)
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Reads the session's last events (it closes the stream after its shutdown) and returns the first
+/// storage error, such as a resume file that could not be written.
+fn shutdown_storage_error(events: &mut EventStream) -> Option<String> {
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut first = None;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(SessionEvent::StorageError { message, .. }) => {
+                first.get_or_insert(message);
+            }
+            Ok(SessionEvent::ShutDown) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    first
 }
 
 fn drive(
@@ -260,14 +416,18 @@ fn drive(
     peers: Vec<SocketAddr>,
     stop: &StopFlag,
     display: &mut Display,
+    events: &mut EventStream,
+    seen: &mut SwarmSeen,
 ) -> Result<Outcome, CliError> {
-    let mut events = session.events();
     let added = match &plan.source {
         Source::Torrent(meta) => {
-            add_torrent(session, plan, meta, peers, stop, display, &mut events)?
+            add_torrent(session, plan, meta, peers, stop, display, events, seen)?
         }
-        Source::Magnet(link) => add_magnet(session, plan, link, peers, stop, display, &mut events)?,
+        Source::Magnet(link) => {
+            add_magnet(session, plan, link, peers, stop, display, events, seen)?
+        }
     };
+    seen.has_storage = true;
     let id = added.id;
     match added.start {
         StartKind::Resumed | StartKind::Checked => display.note(&format!(
@@ -314,6 +474,7 @@ fn drive(
         match events.recv_timeout(wait.min(Duration::from_millis(100))) {
             Ok(ev) => {
                 display.event(&ev);
+                seen.observe(&ev, id);
                 match &ev {
                     SessionEvent::StorageError {
                         torrent, message, ..
@@ -385,19 +546,12 @@ fn drive(
             }
         } else if let Some(limit) = plan.timeout {
             if now.duration_since(last_progress) >= limit {
-                let why = if st.peers == 0 {
-                    format!("no peers found in {}", crate::progress::duration(limit))
-                } else {
-                    format!(
-                        "no progress in {} ({} peers connected, {} seeds)",
-                        crate::progress::duration(limit),
-                        st.peers,
-                        st.seeds
-                    )
-                };
+                // `run` adds whether the resume state could be saved.
                 return Err(CliError::NoPeers(format!(
-                    "{why}; {} of {} bytes downloaded (resume state saved)",
-                    st.have_bytes, st.wanted_bytes
+                    "{}; {} of {} bytes downloaded",
+                    seen.reason(st.peers, limit),
+                    st.have_bytes,
+                    st.wanted_bytes
                 )));
             }
         }
@@ -405,6 +559,7 @@ fn drive(
 }
 
 /// Adds a `.torrent`, showing the check of existing data meanwhile.
+#[allow(clippy::too_many_arguments)]
 fn add_torrent(
     session: &SessionHandle,
     plan: &Plan,
@@ -413,6 +568,7 @@ fn add_torrent(
     stop: &StopFlag,
     display: &mut Display,
     events: &mut EventStream,
+    seen: &mut SwarmSeen,
 ) -> Result<AddedTorrent, CliError> {
     let mut request = AddTorrentRequest::new(meta.clone(), plan.output_dir.clone()).peers(peers);
     if let Some(w) = &plan.wanted {
@@ -438,7 +594,11 @@ fn add_torrent(
         }
         match events.recv_timeout(Duration::from_millis(50)) {
             Ok(SessionEvent::Checking { checked, total, .. }) => display.checking(checked, total),
-            Ok(ev) => display.event(&ev),
+            Ok(ev) => {
+                // The session runs this one torrent: its peers may connect before `added` is back.
+                seen.observe(&ev, None);
+                display.event(&ev);
+            }
             Err(RecvError::Empty) => {}
             Err(RecvError::Closed) => {
                 return Err(CliError::Internal("the session ended while adding".into()))
@@ -452,6 +612,7 @@ fn add_torrent(
         "start": format!("{:?}", added.start).to_lowercase(),
         "have_pieces": added.have_pieces,
         "total_pieces": added.total_pieces,
+        "rehashed_pieces": added.rehashed_pieces,
         "listen": session.listen_addr().to_string(),
         "runtime": plan.net.runtime.name(),
     }));
@@ -479,6 +640,7 @@ fn save_torrent(
 /// up (existing files checked). `--only` goes into the link as its `so=` (exact from the first
 /// request); `--exclude` is applied as soon as the file list is known, and both are checked against
 /// it then.
+#[allow(clippy::too_many_arguments)]
 fn add_magnet(
     session: &SessionHandle,
     plan: &Plan,
@@ -487,6 +649,7 @@ fn add_magnet(
     stop: &StopFlag,
     display: &mut Display,
     events: &mut EventStream,
+    seen: &mut SwarmSeen,
 ) -> Result<AddedTorrent, CliError> {
     let mut link = link.clone();
     if let Some(only) = &plan.filter.only {
@@ -527,6 +690,7 @@ fn add_magnet(
         }
         match events.recv_timeout(Duration::from_millis(100)) {
             Ok(ev) => {
+                seen.observe(&ev, id);
                 match &ev {
                     SessionEvent::Engine(Event::MetadataReceived { torrent, .. })
                         if *torrent == id =>
@@ -578,10 +742,10 @@ fn add_magnet(
                 return Err(CliError::NoPeers(format!(
                     "no metadata after {}: {}",
                     crate::progress::duration(started.elapsed()),
-                    if peers == 0 {
-                        "no peers found".to_owned()
-                    } else {
+                    if peers > 0 {
                         format!("{peers} peers connected, none sent it")
+                    } else {
+                        seen.reason(0, limit)
                     }
                 )));
             }
@@ -653,5 +817,83 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, n], 6881))
+    }
+
+    /// Finding 5 of the hostile-peer review: the `--timeout` message said "no peers found" when peers
+    /// had been found and were banned or were no use.
+    #[test]
+    fn timeout_reason_says_what_happened() {
+        let id = TorrentId(1);
+        let limit = Duration::from_secs(60);
+        let mut seen = SwarmSeen::default();
+        assert!(seen.reason(0, limit).starts_with("no peers found"));
+
+        let reply = |peers| {
+            SessionEvent::Engine(Event::TrackerReply {
+                torrent: id,
+                url: "udp://t".into(),
+                peers,
+            })
+        };
+        seen.observe(&reply(3), id);
+        seen.observe(&reply(4), TorrentId(2)); // another torrent: not counted
+        let r = seen.reason(0, limit);
+        assert!(
+            r.starts_with("3 peers found, but none could be connected"),
+            "{r}"
+        );
+
+        for n in [1, 2] {
+            seen.observe(
+                &SessionEvent::Engine(Event::PeerConnected {
+                    torrent: id,
+                    addr: addr(n),
+                }),
+                id,
+            );
+        }
+        let r = seen.reason(2, limit);
+        assert!(r.starts_with("peers found but none useful"), "{r}");
+        assert!(
+            r.contains("3 peers offered, 2 connected, 2 connected now, 0 banned"),
+            "{r}"
+        );
+
+        let ban = |n| {
+            SessionEvent::Engine(Event::PeerBanned {
+                torrent: id,
+                addr: addr(n),
+                reason: "bad data".into(),
+            })
+        };
+        seen.observe(&ban(1), id);
+        let r = seen.reason(1, limit);
+        assert!(
+            r.starts_with("peers found but none useful"),
+            "one is not banned: {r}"
+        );
+        seen.observe(&ban(2), id);
+        let r = seen.reason(0, limit);
+        assert!(
+            r.starts_with("all 2 peers that connected were banned"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_writable_directory_passes_the_check_and_keeps_no_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        check_writable(dir.path()).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the state directory: {left:?}");
+        let missing = dir.path().join("not-there");
+        let e = check_writable(&missing).unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.to_string().contains("not-there"), "{e}");
     }
 }

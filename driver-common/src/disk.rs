@@ -20,6 +20,11 @@ use hyperblow_storage::{
 
 use crate::handle::{AddTorrentRequest, StartKind};
 
+/// A resume checkpoint is written once this share of a torrent's pieces (1/20) was written since the
+/// last one, besides the time interval: a restart after `kill -9` then hashes at most about that
+/// share (the pieces written after the last checkpoint).
+pub(crate) const CHECKPOINT_SHARE: u32 = 20;
+
 /// One torrent's disk state as the event loop keeps it.
 #[derive(Debug)]
 pub(crate) struct Disk {
@@ -28,10 +33,11 @@ pub(crate) struct Disk {
     pub resume_path: PathBuf,
     /// Pieces were written since the last resume save.
     pub dirty: bool,
+    /// How many: a checkpoint is due once they reach [`CHECKPOINT_SHARE`] of the torrent, however
+    /// soon after the last one, so that a restart after a crash hashes little.
+    pub written_since_save: u32,
     /// A resume save is running on the pool.
     pub saving: bool,
-    /// Flush the files before the next save (the torrent completed).
-    pub flush_next: bool,
     /// When the last save started.
     pub last_save: Option<StdInstant>,
     /// A queued write of this torrent is running on the pool (see [`verify_and_write`]).
@@ -64,8 +70,8 @@ impl Disk {
             info_hash,
             resume_path,
             dirty: false,
+            written_since_save: 0,
             saving: false,
-            flush_next: false,
             last_save: None,
             writing: false,
             write_queue: VecDeque::new(),
@@ -156,6 +162,8 @@ pub(crate) struct Prepared {
     pub storage: Arc<Storage>,
     pub have: Option<Bitfield>,
     pub start: StartKind,
+    /// Pieces whose data was read and hashed to find `have`.
+    pub rehashed: u32,
 }
 
 /// Sets up the storage of `req` and finds which pieces are already on disk (see [`account`]).
@@ -174,11 +182,12 @@ pub(crate) fn prepare(
     if let Some(w) = &req.wanted_files {
         storage.set_wanted(w);
     }
-    let (have, start) = account(&storage, info, resume, req.force_check, progress)?;
+    let (have, start, rehashed) = account(&storage, info, resume, req.force_check, progress)?;
     Ok(Prepared {
         storage,
         have,
         start,
+        rehashed,
     })
 }
 
@@ -189,30 +198,61 @@ pub(crate) fn anything_on_disk(storage: &Storage, resume: &Path) -> bool {
             .any(|i| storage.file_path(i).is_some_and(Path::exists))
 }
 
-/// Finds which pieces of `info` are already in `storage`: from a trustworthy resume file (unless
-/// `force_check`), else by re-hashing everything if any file exists (reporting
-/// `progress(checked, total)`). Creates the wanted zero-length files when nothing is left to
-/// download.
+/// Finds which pieces of `info` are already in `storage`: from a trustworthy resume file; else from
+/// a crash checkpoint (a resume file whose files kept their sizes but were written to since), plus
+/// a hash check of just the pieces outside it that hold data (those written after it); else by
+/// re-hashing everything if any file exists (reporting `progress(checked, total)`). `force_check`
+/// skips both records and hashes everything. Creates the wanted zero-length files when nothing is
+/// left to download. Also returns how many pieces were hashed.
 pub(crate) fn account(
     storage: &Storage,
     info: &Info,
     resume: &Path,
     force_check: bool,
     progress: impl Fn(u32, u32) + Sync,
-) -> Result<(Option<Bitfield>, StartKind), StorageError> {
+) -> Result<(Option<Bitfield>, StartKind, u32), StorageError> {
     let files = storage.layout().files().len();
     let info_hash = info.info_hash();
     let any_file = (0..files).any(|i| storage.file_path(i).is_some_and(Path::exists));
     let resumed = (!force_check)
         .then(|| storage.load_resume(resume, &info_hash))
         .flatten();
-    let (have, start) = if let Some(have) = resumed {
-        (Some(have), StartKind::Resumed)
+    let checkpoint = || {
+        (!force_check)
+            .then(|| storage.load_resume_checkpoint(resume, &info_hash))
+            .flatten()
+    };
+    let (have, start, rehashed) = if let Some(have) = resumed {
+        (Some(have), StartKind::Resumed, 0)
+    } else if let Some(mut have) = checkpoint() {
+        let hashed = std::sync::atomic::AtomicU32::new(0);
+        let written = check_pieces(
+            storage,
+            |i| {
+                if have.get(i) || storage.piece_is_blank(i).unwrap_or(false) {
+                    return None;
+                }
+                hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info.piece_hash(i)
+            },
+            default_threads(),
+            progress,
+        )?;
+        for i in 0..written.len() {
+            if written.get(i) {
+                have.set(i);
+            }
+        }
+        (Some(have), StartKind::Resumed, hashed.into_inner())
     } else if any_file {
         let have = check_pieces(storage, |i| info.piece_hash(i), default_threads(), progress)?;
-        (Some(have), StartKind::Checked)
+        (
+            Some(have),
+            StartKind::Checked,
+            storage.layout().piece_count(),
+        )
     } else {
-        (None, StartKind::Fresh)
+        (None, StartKind::Fresh, 0)
     };
     // Nothing left to download: the zero-length files would otherwise never be created.
     let wanted = storage.wanted_pieces();
@@ -223,7 +263,7 @@ pub(crate) fn account(
     if complete {
         storage.create_empty_files()?;
     }
-    Ok((have, start))
+    Ok((have, start, rehashed))
 }
 
 /// Runs one engine job to the end on the calling thread, without the write gate (the caller
@@ -561,12 +601,12 @@ mod tests {
             true,
         )
         .unwrap();
-        let (have, start) = account(&storage, &meta.info, &resume, false, |_, _| {}).unwrap();
+        let (have, start, _) = account(&storage, &meta.info, &resume, false, |_, _| {}).unwrap();
         assert_eq!(
             (have.map(|h| h.count_ones()), start),
             (Some(0), StartKind::Resumed)
         );
-        let (have, start) = account(&storage, &meta.info, &resume, true, |_, _| {}).unwrap();
+        let (have, start, _) = account(&storage, &meta.info, &resume, true, |_, _| {}).unwrap();
         assert_eq!(
             (have.map(|h| h.count_ones()), start),
             (Some(1), StartKind::Checked)

@@ -203,6 +203,9 @@ pub struct AddedTorrent {
     pub have_pieces: u32,
     /// Pieces in the torrent.
     pub total_pieces: u32,
+    /// Pieces whose data was read and hashed when the torrent was added: none after a clean exit,
+    /// only those written after the last checkpoint after a crash, all of them without a resume file.
+    pub rehashed_pieces: u32,
 }
 
 /// How a torrent's existing data was accounted for when it was added.

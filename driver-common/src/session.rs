@@ -93,7 +93,7 @@ pub(crate) enum Ctl {
     /// The files of a magnet torrent that got its metadata were checked.
     MagnetChecked(
         TorrentId,
-        Result<(Option<Bitfield>, StartKind), StorageError>,
+        Result<(Option<Bitfield>, StartKind, u32), StorageError>,
     ),
 }
 
@@ -438,9 +438,8 @@ impl<R: Runtime> Session<R> {
             }
             if let Event::TorrentCompleted(id) = &ev {
                 if let Some(d) = self.disks.get_mut(id) {
-                    // Make the resume file valid right away: flush, then save without waiting.
+                    // Make the resume file valid right away: save (after a flush) without waiting.
                     d.dirty = true;
-                    d.flush_next = true;
                     d.last_save = None;
                 }
             }
@@ -735,6 +734,7 @@ impl<R: Runtime> Session<R> {
                     if let Some(d) = self.disks.get_mut(&torrent) {
                         if result == JobResult::Written {
                             d.dirty = true;
+                            d.written_since_save = d.written_since_save.saturating_add(1);
                         }
                         if queued {
                             next = d.write_queue.pop_front();
@@ -1012,6 +1012,7 @@ impl<R: Runtime> Session<R> {
                 start: StartKind::Fresh,
                 have_pieces: 0,
                 total_pieces,
+                rehashed_pieces: 0,
             }));
             return;
         }
@@ -1041,7 +1042,7 @@ impl<R: Runtime> Session<R> {
     fn magnet_checked(
         &mut self,
         id: TorrentId,
-        result: Result<(Option<Bitfield>, StartKind), StorageError>,
+        result: Result<(Option<Bitfield>, StartKind, u32), StorageError>,
     ) {
         // Removed meanwhile: nothing to do.
         let Some(m) = self.magnets.remove(&id) else {
@@ -1060,7 +1061,7 @@ impl<R: Runtime> Session<R> {
         self.disks
             .insert(id, Disk::new(storage, m.info_hash, resume_path));
         match result {
-            Ok((have, start)) => {
+            Ok((have, start, rehashed_pieces)) => {
                 let have_pieces = match &have {
                     Some(h) => self.engine.set_have(now, id, h).unwrap_or(0),
                     None => 0,
@@ -1071,6 +1072,7 @@ impl<R: Runtime> Session<R> {
                     start,
                     have_pieces,
                     total_pieces,
+                    rehashed_pieces,
                 }));
                 if !m.want_paused {
                     self.engine.resume(now, id);
@@ -1131,6 +1133,7 @@ impl<R: Runtime> Session<R> {
                     start: prepared.start,
                     have_pieces,
                     total_pieces,
+                    rehashed_pieces: prepared.rehashed,
                 })
             }
             Err(e) => Err(e.into()),
@@ -1211,16 +1214,21 @@ impl<R: Runtime> Session<R> {
             ..
         } = self;
         for (id, d) in disks.iter_mut() {
-            if !d.dirty || d.saving || d.last_save.is_some_and(|t| real_now < t + interval) {
+            let share = (d.storage.layout().piece_count() / disk::CHECKPOINT_SHARE).max(1);
+            let recent = d.last_save.is_some_and(|t| real_now < t + interval);
+            if !d.dirty || d.saving || (recent && d.written_since_save < share) {
                 continue;
             }
             let Some(have) = engine.torrent_stats(now, *id).map(|s| s.have) else {
                 continue;
             };
             d.dirty = false;
+            d.written_since_save = 0;
             d.saving = true;
             d.last_save = Some(real_now);
-            let flush = std::mem::take(&mut d.flush_next);
+            // Always flush first: the checkpoint is trusted after a crash or power loss (see
+            // `Storage::load_resume_checkpoint`), so every piece it records must be durable.
+            let flush = true;
             let (storage, path, hash, id) = (
                 Arc::clone(&d.storage),
                 d.resume_path.clone(),

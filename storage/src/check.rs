@@ -26,6 +26,44 @@ pub fn hash_piece<B: AsRef<[u8]>>(blocks: &[B]) -> [u8; 20] {
 }
 
 impl Storage {
+    /// Whether piece `index` holds no data: every byte zero, or its files missing. Files are sparse
+    /// and a piece is written whole once verified, so after a crash the pieces outside the last
+    /// checkpoint that need a hash check are exactly the ones that are not blank. Stops at the first
+    /// non-zero byte.
+    pub fn piece_is_blank(&self, index: u32) -> Result<bool, StorageError> {
+        let slices = self.layout().piece_ranges(index).ok_or_else(|| {
+            StorageError::new(
+                crate::error::StorageOp::Read,
+                self.root(),
+                StorageErrorKind::InvalidRequest,
+                format!("piece {index} is out of range"),
+            )
+        })?;
+        let mut buf = vec![0u8; CHUNK.min(u64::from(self.layout().piece_length())) as usize];
+        for s in slices {
+            let mut done = 0;
+            while done < s.length {
+                let n = (s.length - done).min(buf.len() as u64);
+                let chunk = FileSlice {
+                    file_index: s.file_index,
+                    offset: s.offset + done,
+                    length: n,
+                };
+                let Some(dest) = buf.get_mut(..n as usize) else {
+                    return Ok(false);
+                };
+                match self.read_slices(iter::once(chunk), dest) {
+                    Ok(()) if dest.iter().any(|&b| b != 0) => return Ok(false),
+                    Ok(()) => {}
+                    Err(e) if e.kind == StorageErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                done += n;
+            }
+        }
+        Ok(true)
+    }
+
     /// Reads piece `index` from disk and compares its SHA-1 with `expected`.
     ///
     /// `Ok(false)` if the data differs or is not (all) on disk (a missing or short file); `Err` for other

@@ -178,6 +178,33 @@ impl Storage {
     /// info-hash, same piece and file counts, and every file's size and modification time exactly as
     /// recorded. `None` otherwise, including for a missing, truncated or corrupt file (never panics).
     pub fn load_resume(&self, path: &Path, info_hash: &InfoHash) -> Option<Bitfield> {
+        let (have, recorded) = self.read_resume(path, info_hash)?;
+        let current = self.file_states().ok()?;
+        (recorded == current).then_some(have)
+    }
+
+    /// The resume file at `path` as a crash checkpoint: like [`Storage::load_resume`], but a file's
+    /// modification time may have moved on, as it does when pieces were written after the checkpoint
+    /// and the process was killed before the next one. Every file recorded must still have its
+    /// recorded size (files are created at full length, so a truncated or replaced-by-another-size
+    /// file fails); a file recorded missing may exist now. The pieces recorded were durable when the
+    /// checkpoint was written (the files are flushed first); pieces written after it are not in the
+    /// bitfield, so the caller checks the pieces outside it that hold data (see
+    /// `Storage::piece_is_blank`).
+    pub fn load_resume_checkpoint(&self, path: &Path, info_hash: &InfoHash) -> Option<Bitfield> {
+        let (have, recorded) = self.read_resume(path, info_hash)?;
+        let current = self.file_states().ok()?;
+        let sizes_match = recorded.len() == current.len()
+            && recorded.iter().zip(&current).all(|(r, c)| match (r, c) {
+                (FileState::Missing, _) => true,
+                (FileState::Present { size: a, .. }, FileState::Present { size: b, .. }) => a == b,
+                (FileState::Present { .. }, FileState::Missing) => false,
+            });
+        sizes_match.then_some(have)
+    }
+
+    /// The have-bitfield and file states of a well-formed resume file for this torrent.
+    fn read_resume(&self, path: &Path, info_hash: &InfoHash) -> Option<(Bitfield, Vec<FileState>)> {
         let file = File::open(path).ok()?;
         let mut raw = Vec::new();
         file.take(MAX_RESUME_FILE_LEN + 1)
@@ -212,8 +239,7 @@ impl Storage {
             .iter()
             .map(FileState::from_value)
             .collect::<Option<Vec<_>>>()?;
-        let current = self.file_states().ok()?;
-        (recorded == current).then_some(have)
+        Some((have, recorded))
     }
 }
 

@@ -135,3 +135,42 @@ fn truncated_or_corrupt_files_are_never_trusted() {
     fs::remove_file(&path).unwrap();
     assert_eq!(s.load_resume(&path, &HASH), None);
 }
+
+/// Finding 6 (crash recovery): pieces written after the last save move the files' modification
+/// times, so the strict load refuses the file; as a checkpoint it is still trusted while every file
+/// keeps its size, and exactly the pieces written after it are the non-blank ones outside it.
+#[test]
+fn a_checkpoint_survives_later_writes_but_not_a_size_change() {
+    let (dir, s, path, have) = saved();
+    let data = content(s.layout(), 1);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("t/a"))
+        .unwrap();
+    f.set_modified(SystemTime::UNIX_EPOCH + Duration::new(2_000_000, 7))
+        .unwrap();
+    drop(f);
+    write_pieces(&s, &data, &[1], 3);
+    assert_eq!(s.load_resume(&path, &HASH), None, "strict: mtimes moved");
+    let again = storage(dir.path(), s.layout());
+    assert_eq!(
+        again.load_resume_checkpoint(&path, &HASH),
+        Some(have.clone())
+    );
+    let blank: Vec<u32> = (0..s.layout().piece_count())
+        .filter(|&i| !have.get(i) && !again.piece_is_blank(i).unwrap())
+        .collect();
+    assert_eq!(
+        blank,
+        vec![1],
+        "only the piece written after the checkpoint holds data"
+    );
+    // A file that changed size is not the file the checkpoint describes.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("t/b"))
+        .unwrap();
+    f.set_len(49).unwrap();
+    drop(f);
+    assert_eq!(again.load_resume_checkpoint(&path, &HASH), None);
+}

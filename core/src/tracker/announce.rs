@@ -58,7 +58,8 @@ pub struct AnnounceConfig {
     pub backoff_cap: Duration,
     /// Announce to one tracker per tier at the same time instead of one tracker overall.
     pub announce_to_all_tiers: bool,
-    /// Cap on peers waiting to be drained with [`AnnouncePolicy::take_peers`]; extra ones are dropped.
+    /// Cap on peers waiting to be drained with [`AnnouncePolicy::take_peers`]; past it the waiting peers
+    /// are a uniform random sample of those offered (not the first ones).
     pub max_pending_peers: usize,
     /// Cap on the set used to de-duplicate peers; it is cleared when full.
     pub max_known_peers: usize,
@@ -257,6 +258,8 @@ pub struct AnnouncePolicy {
     complete: bool,
     pending_peers: VecDeque<SocketAddr>,
     known_peers: HashSet<SocketAddr>,
+    /// New peers offered since the pending list was last drained (the reservoir sample's population).
+    offered: u64,
 }
 
 impl AnnouncePolicy {
@@ -333,6 +336,7 @@ impl AnnouncePolicy {
             complete: false,
             pending_peers: VecDeque::new(),
             known_peers: HashSet::new(),
+            offered: 0,
         }
     }
 
@@ -521,6 +525,7 @@ impl AnnouncePolicy {
 
     /// Peers learned from any tracker since the last call, each reported once.
     pub fn take_peers(&mut self) -> Vec<SocketAddr> {
+        self.offered = 0;
         self.pending_peers.drain(..).collect()
     }
 
@@ -681,6 +686,17 @@ impl AnnouncePolicy {
         t.leechers = resp.leechers;
         t.peers_returned = Some(resp.peers.len());
         t.warning = resp.warning.clone();
+        if resp.stray_bytes > 0 {
+            // Not fatal (the whole entries were used), but worth showing: a broken or hostile tracker.
+            let note = format!(
+                "{} stray bytes after the last whole compact peer entry (ignored)",
+                resp.stray_bytes
+            );
+            t.warning = Some(match t.warning.take() {
+                Some(w) => format!("{w}; {note}"),
+                None => note,
+            });
+        }
         if let Some(id) = resp.tracker_id.clone() {
             t.tracker_id = Some(id);
         }
@@ -797,7 +813,12 @@ impl AnnouncePolicy {
         Duration::from_nanos(self.rng.random_range(low..=nanos))
     }
 
+    /// Adds a reply's peers to the pending list. Up to the cap every new peer is kept; past it, the
+    /// pending list is a uniform random sample (reservoir sampling) of everything offered since it was
+    /// last drained, so a good peer late in a list of 100 000 has the same chance as the first one. A
+    /// peer pushed out of the sample is forgotten, so a later reply may offer it again.
     fn merge_peers(&mut self, peers: &[SocketAddr]) {
+        let cap = self.config.max_pending_peers;
         for p in peers {
             let p = SocketAddr::new(p.ip().to_canonical(), p.port());
             if p.port() == 0 || p.ip().is_unspecified() {
@@ -806,10 +827,23 @@ impl AnnouncePolicy {
             if self.known_peers.len() >= self.config.max_known_peers {
                 self.known_peers.clear();
             }
-            if self.known_peers.insert(p)
-                && self.pending_peers.len() < self.config.max_pending_peers
-            {
+            if !self.known_peers.insert(p) {
+                continue;
+            }
+            self.offered = self.offered.saturating_add(1);
+            if self.pending_peers.len() < cap {
                 self.pending_peers.push_back(p);
+                continue;
+            }
+            let slot = self.rng.random_range(0..self.offered);
+            if let Some(old) = usize::try_from(slot)
+                .ok()
+                .and_then(|i| self.pending_peers.get_mut(i))
+            {
+                let old = std::mem::replace(old, p);
+                self.known_peers.remove(&old);
+            } else {
+                self.known_peers.remove(&p);
             }
         }
     }
@@ -1256,6 +1290,67 @@ mod tests {
             .all(|(_, e)| *e == AnnounceEvent::None));
         assert_eq!(p.take_peers().len(), 2);
         assert_eq!(now, t(360), "interval 120 s at 0, 120, 240; next at 360");
+    }
+
+    /// Finding 4 of the hostile-tracker review: a reply with 100 000 peers used to keep only the first
+    /// 2 000 (`max_pending_peers`), so a good peer late in the list was never tried. The pending list is
+    /// now a uniform sample: about as many peers from the second half as from the first, and peers not
+    /// sampled are not remembered as known, so the next reply can offer them again.
+    #[test]
+    fn a_huge_peer_list_is_sampled_not_cut_to_its_prefix() {
+        let mut p = policy(&[&["a"]], AnnounceConfig::default(), 5);
+        p.start(t(0));
+        let order = all(&mut p, t(0), LEECH);
+        let list: Vec<SocketAddr> = (0..100_000u32)
+            .map(|n| SocketAddr::from(((0x0a00_0000 + n).to_be_bytes(), 6881)))
+            .collect();
+        let index = |a: &SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(v4) => u32::from(v4) - 0x0a00_0000,
+            std::net::IpAddr::V6(_) => unreachable!(),
+        };
+        let resp = AnnounceResponse {
+            interval: Duration::from_secs(60),
+            peers: list.clone(),
+            ..AnnounceResponse::default()
+        };
+        p.handle_response(t(1), order[0].tracker, Ok(resp.clone()));
+        let peers = p.take_peers();
+        assert_eq!(peers.len(), 2_000);
+        assert_eq!(peers.iter().collect::<HashSet<_>>().len(), 2_000);
+        // Uniform: the expected count per half is 1 000 with a standard deviation near 22; the seeded
+        // RNG makes this exact, and the bounds are wide enough for any seed.
+        let late = peers.iter().filter(|a| index(a) >= 50_000).count();
+        assert!(
+            (850..=1150).contains(&late),
+            "{late} of 2000 from the second half"
+        );
+        let last_tenth = peers.iter().filter(|a| index(a) >= 90_000).count();
+        assert!(last_tenth >= 120, "{last_tenth} from the last tenth");
+        // The same list again yields peers not handed out before.
+        let next = all(&mut p, t(61), LEECH);
+        p.handle_response(t(62), next[0].tracker, Ok(resp));
+        let again = p.take_peers();
+        assert_eq!(again.len(), 2_000);
+        let first: HashSet<_> = peers.into_iter().collect();
+        assert!(again.iter().all(|a| !first.contains(a)));
+    }
+
+    #[test]
+    fn stray_compact_bytes_show_as_a_tracker_warning() {
+        let mut p = policy(&[&["a"]], AnnounceConfig::default(), 5);
+        p.start(t(0));
+        let order = all(&mut p, t(0), LEECH);
+        let resp = AnnounceResponse {
+            interval: Duration::from_secs(60),
+            peers: vec!["10.0.0.1:6881".parse().unwrap()],
+            stray_bytes: 3,
+            ..AnnounceResponse::default()
+        };
+        p.handle_response(t(1), order[0].tracker, Ok(resp));
+        assert_eq!(p.take_peers().len(), 1);
+        let status = p.tracker_status(t(1));
+        let w = status[0].warning.clone().unwrap();
+        assert!(w.contains("3 stray bytes"), "{w}");
     }
 
     #[test]

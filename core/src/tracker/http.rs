@@ -510,25 +510,11 @@ fn seconds(n: Option<i64>) -> Option<Duration> {
 }
 
 /// Appends the peers of a compact string: `stride` bytes each, the address then a big-endian port (BEP 23
-/// with 6-byte IPv4 entries, BEP 7 with 18-byte IPv6 entries). Entries with port 0 are skipped.
-fn compact_peers(
-    field: &str,
-    value: &Value<'_>,
-    bytes: &[u8],
-    stride: usize,
-    out: &mut Vec<SocketAddr>,
-) -> Result<(), ResponseError> {
+/// with 6-byte IPv4 entries, BEP 7 with 18-byte IPv6 entries). Entries with port 0 are skipped. A tail
+/// shorter than one entry is ignored (the whole entries before it are good) and its length returned.
+fn compact_peers(bytes: &[u8], stride: usize, out: &mut Vec<SocketAddr>) -> usize {
     let entries = bytes.chunks_exact(stride);
-    if !entries.remainder().is_empty() {
-        return Err(bad(
-            field,
-            value,
-            format!(
-                "compact peer list of {} bytes is not a multiple of {stride}",
-                bytes.len()
-            ),
-        ));
-    }
+    let stray = entries.remainder().len();
     for entry in entries {
         let (addr, port) = entry.split_at(stride - 2);
         let Ok(port) = <[u8; 2]>::try_from(port).map(u16::from_be_bytes) else {
@@ -545,7 +531,7 @@ fn compact_peers(
             out.push(SocketAddr::new(ip, port));
         }
     }
-    Ok(())
+    stray
 }
 
 /// Appends the peers of a BEP 3 dictionary list. Entries that cannot be used are skipped, not fatal: an
@@ -572,13 +558,16 @@ fn dict_peers(list: &[Value<'_>], out: &mut Vec<SocketAddr>) {
 ///
 /// `failure reason` becomes [`ResponseError::Failure`]. `interval` defaults to [`DEFAULT_INTERVAL`] when
 /// missing or not positive; `min interval` is kept only when positive. Peers come from `peers` (compact
-/// string or list of dictionaries) then `peers6`, in the tracker's order, with duplicates removed.
+/// string or list of dictionaries) then `peers6`, in the tracker's order, with duplicates removed. A
+/// compact list whose length is not a multiple of its entry size keeps its whole entries and counts the
+/// tail in [`AnnounceResponse::stray_bytes`] (one stray byte must not cost every good peer).
 pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, ResponseError> {
     let root = decode_reply(body)?;
     let mut peers = Vec::new();
+    let mut stray_bytes = 0;
     if let Some(v) = root.get(b"peers") {
         match (v.as_bytes(), v.as_list()) {
-            (Some(bytes), _) => compact_peers("peers", v, bytes, 6, &mut peers)?,
+            (Some(bytes), _) => stray_bytes += compact_peers(bytes, 6, &mut peers),
             (_, Some(list)) => dict_peers(list, &mut peers),
             _ => {
                 return Err(bad(
@@ -597,7 +586,7 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, Response
                 format!("expected a string, found a {}", v.type_name()),
             )
         })?;
-        compact_peers("peers6", v, bytes, 18, &mut peers)?;
+        stray_bytes += compact_peers(bytes, 18, &mut peers);
     }
     let mut seen = HashSet::with_capacity(peers.len());
     peers.retain(|p| seen.insert(*p));
@@ -624,6 +613,7 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, Response
         leechers: count_field(&root, "incomplete", "")?,
         tracker_id,
         warning,
+        stray_bytes,
     })
 }
 
@@ -992,13 +982,37 @@ mod tests {
                 leechers: Some(3),
                 tracker_id: Some(b"tid-1".to_vec()),
                 warning: None,
+                stray_bytes: 0,
             }
         );
-        let body = reply(vec![("peers", vec![1u8; 7].into())]);
-        assert!(matches!(
-            parse_announce_response(&body),
-            Err(ResponseError::BadField { field, .. }) if field == "peers"
-        ));
+    }
+
+    /// Finding 4 of the hostile-tracker review: a 9-byte compact list (one whole entry and a 3-byte
+    /// tail) used to reject the whole reply; the whole entry is kept and the tail counted.
+    #[test]
+    fn compact_list_with_a_stray_tail_keeps_its_whole_entries() {
+        let body = reply(vec![(
+            "peers",
+            vec![10, 0, 0, 1, 0x1a, 0xe1, 9, 9, 9].into(),
+        )]);
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!((r.peers, r.stray_bytes), (vec![addr("10.0.0.1:6881")], 3));
+        let body = reply(vec![("peers", vec![1u8; 5].into())]);
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!((r.peers.len(), r.stray_bytes), (0, 5));
+        let mut v6 = Ipv6Addr::LOCALHOST.octets().to_vec();
+        v6.extend_from_slice(&[
+            0x1a, 0xe1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+        ]);
+        let body = reply(vec![
+            ("peers", vec![10, 0, 0, 2, 0, 80, 7].into()),
+            ("peers6", v6.into()),
+        ]);
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!(
+            (r.peers, r.stray_bytes),
+            (vec![addr("10.0.0.2:80"), addr("[::1]:6881")], 1 + 15)
+        );
     }
 
     #[test]
@@ -1051,10 +1065,8 @@ mod tests {
             ]
         );
         let body = reply(vec![("peers6", vec![0u8; 17].into())]);
-        assert!(matches!(
-            parse_announce_response(&body),
-            Err(ResponseError::BadField { field, .. }) if field == "peers6"
-        ));
+        let r = parse_announce_response(&body).unwrap();
+        assert_eq!((r.peers.len(), r.stray_bytes), (0, 17));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct AnnounceResponse {
     pub tracker_id: Option<Vec<u8>>,
     /// A non-fatal `warning message` from an HTTP tracker.
     pub warning: Option<String>,
+    /// Bytes at the end of a compact peer list (`peers`, `peers6`, or a UDP reply's list) that made no
+    /// whole 6- or 18-byte entry. They are ignored and the whole entries kept; non-zero means a sloppy or
+    /// hostile tracker, and the announce policy reports it as the tracker's warning.
+    pub stray_bytes: usize,
 }
 
 /// The per-torrent counters a scrape returns.

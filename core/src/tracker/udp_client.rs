@@ -25,8 +25,8 @@ use std::time::Duration;
 use crate::rng::{CoreRng, RngExt};
 use crate::time::Instant;
 use crate::tracker::udp::{
-    Action, AddressFamily, AnnounceRequest, ConnectRequest, Request, Response, ScrapeRequest,
-    MAX_DATAGRAM, MAX_SCRAPE_HASHES,
+    Action, AddressFamily, AnnounceRequest, ConnectRequest, DecodeError, Request, Response,
+    ScrapeRequest, MAX_DATAGRAM, MAX_SCRAPE_HASHES,
 };
 use crate::tracker::{AnnounceParams, AnnounceResponse, ScrapeStats};
 use crate::types::InfoHash;
@@ -305,8 +305,12 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// Turns a wire announce reply into the transport-independent response (peers de-duplicated).
-fn announce_response(reply: crate::tracker::udp::AnnounceReply) -> AnnounceResponse {
+/// Turns a wire announce reply into the transport-independent response (peers de-duplicated);
+/// `stray_bytes` is the length of a tail after the peer list's last whole entry.
+fn announce_response(
+    reply: crate::tracker::udp::AnnounceReply,
+    stray_bytes: usize,
+) -> AnnounceResponse {
     let mut seen = HashSet::with_capacity(reply.peers.len());
     let peers = reply
         .peers
@@ -321,6 +325,7 @@ fn announce_response(reply: crate::tracker::udp::AnnounceReply) -> AnnounceRespo
         leechers: Some(reply.leechers),
         tracker_id: None,
         warning: None,
+        stray_bytes,
     }
 }
 
@@ -398,7 +403,22 @@ impl UdpTrackerRouter {
             }
             return;
         };
-        let response = match Response::decode(bytes, AddressFamily::of(&key)) {
+        let family = AddressFamily::of(&key);
+        // A peer list with a stray tail keeps its whole entries (the tail is counted in the reply).
+        let mut stray = 0;
+        let decoded = match Response::decode(bytes, family) {
+            Err(DecodeError::ListLength {
+                what: "peer list",
+                len,
+                entry,
+                ..
+            }) if entry > 0 => {
+                stray = len % entry;
+                Response::decode(&bytes[..bytes.len() - stray], family)
+            }
+            other => other,
+        };
+        let response = match decoded {
             Ok(r) => r,
             Err(_) if self.is_bare_refusal(txn, bytes) => {
                 // Routed by address and transaction id to exactly one of our announces: it ends
@@ -422,7 +442,7 @@ impl UdpTrackerRouter {
         };
         let accepted = match txn {
             Txn::Connect(addr) => self.on_connect_reply(now, addr, response),
-            Txn::Request(id) => self.on_request_reply(id, response),
+            Txn::Request(id) => self.on_request_reply(id, response, stray),
         };
         if let Some(t) = self.trackers.get_mut(&key) {
             if accepted {
@@ -792,14 +812,14 @@ impl UdpTrackerRouter {
         }
     }
 
-    fn on_request_reply(&mut self, id: RequestId, response: Response) -> bool {
+    fn on_request_reply(&mut self, id: RequestId, response: Response, stray: usize) -> bool {
         let Some(req) = self.requests.get(&id) else {
             return false;
         };
         let key = req.tracker;
         match (&req.payload, response) {
             (Payload::Announce(_), Response::Announce(a)) => {
-                self.complete(id, Ok(Answer::Announce(announce_response(a))));
+                self.complete(id, Ok(Answer::Announce(announce_response(a, stray))));
                 true
             }
             (Payload::Scrape(hashes), Response::Scrape(s)) => {
@@ -956,6 +976,37 @@ mod tests {
             }
             other => panic!("expected the announce, got {other:?}"),
         }
+    }
+
+    /// Finding 4 of the hostile-tracker review: an announce reply whose peer list ends in a partial
+    /// entry keeps its whole entries (it used to be dropped as malformed and retransmitted).
+    #[test]
+    fn announce_reply_with_a_stray_tail_keeps_whole_entries() {
+        let mut r = router();
+        let id = r.announce(Instant::ZERO, addr(A), params(1)).unwrap();
+        let a = connect(&mut r, Instant::ZERO, addr(A), 5);
+        let mut reply = announce_reply(
+            a.transaction_id,
+            &["10.0.0.1:6881", "10.0.0.2:6882"],
+            AddressFamily::V4,
+        );
+        reply.extend_from_slice(&[1, 2, 3]);
+        r.handle_datagram(Instant::ZERO, addr(A), &reply);
+        match r.poll_event() {
+            Some(Event::Announce {
+                id: got,
+                result: Ok(resp),
+            }) => {
+                assert_eq!(got, id);
+                assert_eq!(
+                    resp.peers,
+                    vec![addr("10.0.0.1:6881"), addr("10.0.0.2:6882")]
+                );
+                assert_eq!(resp.stray_bytes, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.stats().dropped_malformed, 0);
     }
 
     #[test]
@@ -1189,9 +1240,10 @@ mod tests {
         );
         // Right address and id, wrong action (a connect reply to an announce).
         r.handle_datagram(now, addr(A), &connect_reply(a.transaction_id, 5));
-        // Too short; malformed peer list.
+        // Too short for a header; too short for an announce reply (a peer list with a stray tail is
+        // not malformed: see `announce_reply_with_a_stray_tail_keeps_whole_entries`).
         r.handle_datagram(now, addr(A), &good[..5]);
-        r.handle_datagram(now, addr(A), &good[..good.len() - 1]);
+        r.handle_datagram(now, addr(A), &good[..12]);
         let s = r.stats();
         assert_eq!(s.dropped_unknown_source, 1);
         assert_eq!(s.dropped_unknown_transaction, 1);

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Writes the hand-made part of the fuzz seed corpora (the .torrent seeds were made by mktorrent).
+
+Run from fuzz/seeds/: python3 make_seeds.py. Every seed is a small, valid example of its format,
+following BEP 3, 6, 9, 10, 11, 15 and 23, so that the fuzzer starts from well-formed inputs.
+"""
+import os
+import struct
+
+def put(target, name, data):
+    os.makedirs(target, exist_ok=True)
+    with open(os.path.join(target, name), "wb") as f:
+        f.write(data)
+
+IH = bytes(range(1, 21))
+PID = b"-TR3000-abcdefghijkl"
+
+def hs(reserved=b"\x00\x00\x00\x00\x00\x10\x00\x04"):
+    return b"\x13BitTorrent protocol" + reserved + IH + PID
+
+def msg(mid, payload=b""):
+    return struct.pack(">IB", 1 + len(payload), mid) + payload
+
+stream = (hs() + msg(20, b"\x00d1:md11:ut_metadatai1e6:ut_pexi2ee13:metadata_sizei300e1:v6:Tr 3.0e")
+          + msg(5, b"\xaa\xc0") + msg(1) + msg(2) + msg(4, struct.pack(">I", 3))
+          + msg(6, struct.pack(">III", 1, 0, 16384)) + msg(8, struct.pack(">III", 1, 0, 16384))
+          + msg(7, struct.pack(">II", 2, 0) + b"x" * 64) + msg(0) + struct.pack(">I", 0)
+          + msg(9, struct.pack(">H", 6881)))
+fast = (hs() + msg(14) + msg(17, struct.pack(">I", 4)) + msg(13, struct.pack(">I", 2))
+        + msg(1) + msg(16, struct.pack(">III", 0, 0, 16384)) + msg(15))
+put("wire_decoder", "stream", b"\x07" + stream)
+put("wire_decoder", "fast", b"\x40" + fast)
+put("wire_decoder", "after_handshake", b"\x81" + stream[68:])
+
+def script(ctl, data, ops_between=b""):
+    # Feed in 64-byte chunks (op 0x3f), with the given ops after each chunk.
+    out = bytes([ctl])
+    for i in range(0, len(data), 64):
+        c = data[i:i + 64]
+        out += bytes([len(c) - 1]) + c + ops_between
+    return out
+
+# The session's info-hash is [7; 20]; its handshakes name it.
+IH7 = bytes([7]) * 20
+def hs7(reserved=b"\x00\x00\x00\x00\x00\x10\x00\x04"):
+    return b"\x13BitTorrent protocol" + reserved + IH7 + PID
+put("peer_session", "incoming_leecher", script(0x06 | 0x08, hs7() + msg(2) + msg(6, struct.pack(">III", 1, 0, 16384)), b"\xd9"))
+put("peer_session", "outgoing_fast", script(0x07, hs7() + msg(14) + msg(1), b"\xd0\xc0\xc1") + bytes([0x0b]) + msg(16, struct.pack(">III", 0, 0, 16384)) + b"\xf0\xff")
+put("peer_session", "outgoing_blocks", script(0x03, hs7() + msg(5, b"\xff\xc0") + msg(1), b"\xd0\xc0") + bytes([0x3f]) + msg(7, struct.pack(">II", 0, 0) + b"y" * 50))
+put("peer_session", "magnet", script(0x25, hs7() + msg(20, b"\x00d1:md11:ut_metadatai3ee13:metadata_sizei1234ee") + msg(14), b"\xe0"))
+
+# UDP tracker replies (BEP 15): connect, announce (v4), scrape, error.
+tx = 0x11223344
+put("tracker_udp", "connect", struct.pack(">IIQ", 0, tx, 0x0102030405060708))
+put("tracker_udp", "announce", struct.pack(">IIIII", 1, tx, 1800, 2, 5) + bytes([127, 0, 0, 2, 0x1a, 0xe1, 10, 0, 0, 1, 0x1a, 0xe2]))
+put("tracker_udp", "connect_then_announce", struct.pack(">IIQ", 0, tx, 7) + b"\xfe" + struct.pack(">IIIII", 1, tx, 900, 0, 1) + bytes([127, 0, 0, 3, 0, 80]))
+put("tracker_udp", "scrape", struct.pack(">IIIII", 2, tx, 4, 10, 3))
+put("tracker_udp", "error", struct.pack(">II", 3, tx) + b"unregistered torrent")
+put("tracker_udp", "refusal", struct.pack(">II", 1, tx))
+
+# HTTP tracker replies.
+def http(body, extra=b""):
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + extra + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+compact = b"d8:completei3e10:incompletei1e8:intervali1800e12:min intervali60e5:peers12:" + bytes([127, 0, 0, 2, 0x1a, 0xe1, 10, 0, 0, 1, 0x1a, 0xe2]) + b"6:peers618:" + bytes(15) + b"\x01\x1a\xe1" + b"e"
+dictp = b"d8:intervali900e5:peersld2:ip9:127.0.0.57:peer id20:" + PID + b"4:porti6881eeee"
+fail = b"d14:failure reason17:torrent not founde"
+scrape = b"d5:filesd20:" + IH + b"d8:completei5e10:downloadedi50e10:incompletei10eeee"
+put("tracker_http", "compact", b"\x3f" + http(compact))
+put("tracker_http", "dict_peers", b"\x05" + http(dictp))
+put("tracker_http", "failure", b"\x3f" + http(fail))
+put("tracker_http", "scrape", b"\x3f" + http(scrape))
+put("tracker_http", "chunked", b"\x07" + b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + hex(len(compact))[2:].encode() + b"\r\n" + compact + b"\r\n0\r\n\r\n")
+put("tracker_http", "eof_framed", b"\x7f" + b"HTTP/1.0 200 OK\r\n\r\n" + compact)
+put("tracker_http", "redirect", b"\x3f" + b"HTTP/1.1 302 Found\r\nLocation: /other?x=2\r\nContent-Length: 0\r\n\r\n")
+
+# ut_metadata (BEP 9): the first two bytes are the fuzz target's size selector, then `!`-separated
+# messages, each with a peer selector byte first. Plain messages are seeds too.
+put("ut_metadata", "request", b"d8:msg_typei0e5:piecei0ee")
+put("ut_metadata", "reject", b"d8:msg_typei2e5:piecei1ee")
+put("ut_metadata", "data", b"d8:msg_typei1e5:piecei0e10:total_sizei8ee" + b"d1:ai1ee")
+put("ut_metadata", "session", b"\x02\x00" + b"\x00d8:msg_typei1e5:piecei0e10:total_sizei15ee" + b"d4:name1:xe" + b"?" + b"\x01d8:msg_typei2e5:piecei0ee")
+
+# ut_pex (BEP 11).
+added = bytes([10, 0, 0, 1, 0x1a, 0xe1, 192, 168, 1, 9, 0x1a, 0xe2])
+put("ut_pex", "added", b"d5:added12:" + added + b"7:added.f2:\x01\x10e")
+put("ut_pex", "added6_dropped", b"d6:added618:" + bytes([0x20, 1, 0x0d, 0xb8]) + bytes(11) + b"\x05\x1a\xe1" + b"8:added6.f1:\x027:dropped6:" + bytes([10, 0, 0, 7, 0, 80]) + b"e")
+put("ut_pex", "two", b"d5:added6:" + added[:6] + b"e!d7:dropped6:" + added[:6] + b"e")
+
+# Magnet links (BEP 9, BEP 53).
+put("magnet", "hex", b"magnet:?xt=urn:btih:0102030405060708090a0b0c0d0e0f1011121314&dn=a%20file&tr=udp%3A%2F%2F127.0.0.1%3A6969%2Fannounce&tr=http://127.0.0.1:8000/announce")
+put("magnet", "base32", b"magnet:?xt=urn:btih:AEBAGBAFAYDQQCIKBMGA2DQPCAIREEYU&x.pe=127.0.0.1:6881&x.pe=[::1]:51413&so=0,2,4-6")
+put("magnet", "so", b"0,2,4-6")
+
+# Bencode: a tracker reply and an extension handshake (the torrents are copied in too).
+put("bencode", "reply", compact)
+put("bencode", "ext_handshake", b"d1:md11:ut_metadatai1e6:ut_pexi2ee13:metadata_sizei300e1:pi6881e4:reqqi250e1:v6:Tr 3.0e")
+put("bencode", "nested", b"ld1:ai-12e1:bli0ei1ee0:e3:xyze")
