@@ -1263,7 +1263,12 @@ impl<R: Runtime> Session<R> {
         let Some(s) = &self.shutdown else {
             return false;
         };
-        let done = self.engine.is_shut_down() && self.writes_in_flight == 0;
+        // A periodic resume save still running on the pool would finish after the final one below
+        // and put back its older record of verified pieces (with the files' final sizes and times,
+        // so it would be trusted): wait for it too.
+        let done = self.engine.is_shut_down()
+            && self.writes_in_flight == 0
+            && !self.disks.values().any(|d| d.saving);
         if !done && StdInstant::now() < s.deadline {
             return false;
         }
