@@ -272,6 +272,9 @@ impl Display {
             SessionEvent::Engine(Event::PeerBanned { addr, reason, .. }) => {
                 tracing::warn!("peer {addr} banned: {reason}")
             }
+            SessionEvent::Engine(Event::PeerRefused { addr, reason, .. }) => {
+                tracing::debug!("peer {addr} refused: {reason}")
+            }
             SessionEvent::Engine(Event::PieceFailed { piece, .. }) => {
                 tracing::info!("piece {piece} failed its hash check; fetching it again")
             }

@@ -9,6 +9,7 @@ use crate::picker::PeerKey;
 use crate::time::Instant;
 use crate::types::PeerId;
 
+use super::admission::Conduct;
 use super::ext::ConnExt;
 use super::io::{ConnId, TorrentId};
 
@@ -48,6 +49,8 @@ pub(crate) struct Conn {
     pub unflushed: usize,
     /// BEP 10 extension state (the peer's ids, PEX).
     pub ext: ConnExt,
+    /// How the peer behaves (rejects, silence, usefulness): see `admission.rs`.
+    pub conduct: Conduct,
 }
 
 impl Conn {

@@ -51,6 +51,13 @@ impl Engine {
             self.on_incoming_handshake(now, id, info_hash, peer_id);
             return;
         }
+        // Anything the peer said after its handshake (keep-alives and our own timers are not it).
+        if !matches!(
+            ev,
+            E::Established { .. } | E::Closed { .. } | E::RequestsTimedOut { .. } | E::Snubbed
+        ) {
+            c.conduct.heard = true;
+        }
         let Some(tid) = c.torrent else {
             return;
         };
@@ -146,7 +153,11 @@ impl Engine {
                 }
                 t.refill = true;
             }
-            E::Unchoked => {}
+            E::Unchoked | E::AllowedFast(_) => {
+                // Something changed: blocks it rejected may be asked again.
+                c.conduct.changed();
+                t.refill = true;
+            }
             E::Interested => {
                 // A free slot (or the optimistic one) may go to this peer now rather than at the
                 // next 10 s round: rechoke soon.
@@ -162,11 +173,16 @@ impl Engine {
                     t.choke_dirty = true;
                 }
             }
-            E::BlockReceived { block, data } => self.on_block(now, id, block, data),
+            E::BlockReceived { block, data } => {
+                c.conduct.block_received();
+                self.on_block(now, id, block, data)
+            }
             E::Rejected { block } => {
                 if let Some(picker) = t.picker.as_mut() {
                     picker.request_cancelled(key, block);
                 }
+                // Not asked of this peer again until something changes (see `admission.rs`).
+                c.conduct.rejected(now, block.piece);
                 t.refill = true;
             }
             E::RequestsTimedOut { blocks } => {
@@ -183,6 +199,7 @@ impl Engine {
             E::ReadRequest { block } => {
                 let have = t.picker.as_ref().is_some_and(|p| p.have().get(block.piece));
                 if t.is_running() && have {
+                    c.conduct.useful = true;
                     c.read_queue.push_back(block);
                 } else {
                     c.session.reject_request(now, block);
@@ -193,7 +210,7 @@ impl Engine {
                 id: ext_id,
                 payload,
             } => self.on_extended(now, id, ext_id, payload),
-            E::AllowedFast(_) | E::Suggest(_) | E::Port(_) | E::Closed { .. } => {}
+            E::Suggest(_) | E::Port(_) | E::Closed { .. } => {}
         }
     }
 
@@ -230,22 +247,42 @@ impl Engine {
                 && !Self::keep_dialled_by_us(self.peer_id, peer_id)
         });
         let duplicate = existing.is_some() && replace.is_none();
+        // At the cap, a newcomer takes the slot of the least useful connection, if there is one.
+        let full =
+            t.conns.len() >= self.config.max_peers_per_torrent + usize::from(replace.is_some());
+        let turnover = if full && replace.is_none() {
+            Self::least_useful(&self.conns, t.conns.iter().copied(), now)
+        } else {
+            None
+        };
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        let addr = c.addr;
         if peer_id == self.peer_id
             || duplicate
             || t.banned_ids.contains(&peer_id)
-            || t.banned.contains(&c.addr)
-            || t.conns.len() >= self.config.max_peers_per_torrent + usize::from(replace.is_some())
+            || t.banned.contains(&addr)
+            || (full && turnover.is_none())
             || self.shutdown_deadline.is_some()
         {
             let _ = c.session.reject();
+            if full && turnover.is_none() {
+                self.refused(found, addr, "the torrent is at its connection cap");
+            }
             return;
         }
         let tid = found.unwrap_or(TorrentId(0));
         if let Some(other) = replace {
             self.drop_conn(now, other, "duplicate connection to the same peer", true);
+        }
+        if let Some(other) = turnover {
+            self.drop_conn(
+                now,
+                other,
+                "replaced by a new peer (no data either way)",
+                true,
+            );
         }
         let (Some(c), Some(t)) = (self.conns.get_mut(&id), self.torrents.get_mut(&tid)) else {
             return;
@@ -390,10 +427,17 @@ impl Engine {
         // Over the memory cap, only pieces already started are continued (finishing them frees
         // memory); no new piece is begun.
         let over = self.pending_bytes >= self.pending_cap();
-        let (avoid, first) = self.retry_plan(id);
+        let (mut avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        // Pieces the peer rejected are not asked of it again until something changes, and a run of
+        // rejects with no block stops the asking (see `admission.rs`).
+        c.conduct.expire(now);
+        if c.conduct.snubbed() {
+            return;
+        }
+        avoid.extend(c.conduct.rejected.iter().copied());
         let Some(t) = c.torrent.and_then(|tid| self.torrents.get_mut(&tid)) else {
             return;
         };
@@ -614,7 +658,7 @@ impl Engine {
             }
             t.pex_dirty = true;
             if c.established_at.is_some() {
-                t.book.disconnected(now, &c.addr);
+                t.book.disconnected(now, &c.addr, c.conduct.useful);
                 self.events.push_back(Event::PeerDisconnected {
                     torrent: tid,
                     addr: c.addr,
@@ -941,6 +985,7 @@ impl Engine {
 
     /// Runs the choker of a torrent and applies its answer.
     fn run_choker(&mut self, now: Instant, tid: TorrentId) {
+        self.drop_silent(now, tid);
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
@@ -1071,6 +1116,7 @@ impl Engine {
                         reading_bytes: 0,
                         unflushed: 0,
                         ext: Default::default(),
+                        conduct: Default::default(),
                     },
                 );
                 self.addrs.insert((addr, Some(tid)), id);

@@ -245,6 +245,17 @@ pub enum Event {
         /// Why, in one line.
         reason: String,
     },
+    /// A peer was turned away (a connection cap, the per-address cap, a full torrent with no
+    /// connection to give up for it). Front ends log it at debug level: without it a refused honest
+    /// peer leaves no trace.
+    PeerRefused {
+        /// The torrent it asked for, when its handshake named one we run.
+        torrent: Option<TorrentId>,
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why, in one line.
+        reason: String,
+    },
     /// A peer was banned for this session (e.g. repeatedly sent data that failed the hash check).
     PeerBanned {
         /// The torrent.

@@ -18,6 +18,7 @@
 
 pub mod io;
 
+mod admission;
 mod conn;
 mod ext;
 mod flow;
@@ -72,6 +73,9 @@ pub struct EngineConfig {
     pub max_peers_per_torrent: usize,
     /// Most outgoing connections still dialling at once (default 25).
     pub max_half_open: usize,
+    /// Most incoming connections from one IP address (default 8), so that one host cannot take every
+    /// slot.
+    pub max_incoming_per_ip: usize,
     /// Per-connection protocol tunables.
     pub session: SessionConfig,
     /// Regular unchoke slots per torrent (default 4; the optimistic unchoke comes on top).
@@ -103,6 +107,7 @@ impl Default for EngineConfig {
             max_connections: 200,
             max_peers_per_torrent: 60,
             max_half_open: 25,
+            max_incoming_per_ip: 8,
             session: SessionConfig::default(),
             unchoke_slots: 4,
             peer_id: None,
@@ -533,8 +538,16 @@ impl Engine {
     /// A peer connected to our listening socket. Returns the connection's id, or `None` to refuse it
     /// (connection caps, shutting down, or already connected to that address).
     pub fn handle_incoming(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
+        let from_ip = self
+            .conns
+            .values()
+            .filter(|c| !c.outgoing && c.addr.ip() == remote.ip())
+            .count();
+        if from_ip >= self.config.max_incoming_per_ip {
+            self.refused(None, remote, "too many connections from this address");
+            return None;
+        }
         if self.shutdown_deadline.is_some()
-            || self.conns.len() >= self.config.max_connections
             || self
                 .addrs
                 .range((remote, None)..)
@@ -545,6 +558,20 @@ impl Engine {
         }
         if self.torrents.values().any(|t| t.banned.contains(&remote)) {
             return None;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            // Full: the newcomer takes the slot of the least useful connection, if any.
+            let Some(victim) = Self::least_useful(&self.conns, self.conns.keys().copied(), now)
+            else {
+                self.refused(None, remote, "the session is at its connection cap");
+                return None;
+            };
+            self.drop_conn(
+                now,
+                victim,
+                "replaced by a new peer (no data either way)",
+                true,
+            );
         }
         let id = self.ids.mint_peer();
         let session = PeerSession::incoming(self.session_config(), self.peer_id, now);
@@ -563,6 +590,7 @@ impl Engine {
                 reading_bytes: 0,
                 unflushed: 0,
                 ext: Default::default(),
+                conduct: Default::default(),
             },
         );
         self.addrs.insert((remote, None), id);
@@ -816,7 +844,7 @@ impl Engine {
             }
         };
         for c in self.conns.values() {
-            consider(c.session.poll_timeout());
+            consider(c.deadline());
         }
         for id in self.torrents.keys() {
             for key in TimerKey::of_torrent(*id) {
@@ -872,7 +900,7 @@ impl Engine {
     /// every input, so the table never lags behind a component.
     pub(super) fn refile_timers(&mut self, torrents: &[TorrentId]) {
         for id in self.conns.take_touched() {
-            let at = self.conns.get(&id).and_then(|c| c.session.poll_timeout());
+            let at = self.conns.get(&id).and_then(Conn::deadline);
             self.timers.set(TimerKey::Conn(id), at);
         }
         for tid in torrents {

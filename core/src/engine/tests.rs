@@ -1658,6 +1658,7 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
         .any(|r| r.starts_with("GET /scrape?info_hash=")));
 }
 
+mod hostile;
 mod magnet;
 
 #[test]

@@ -20,7 +20,8 @@ use crate::types::{InfoHash, PeerId};
 use super::ext::MagnetFetch;
 use super::io::{ConnId, FileStats};
 
-/// The most addresses remembered per torrent; new ones beyond it are dropped.
+/// The most addresses remembered per torrent; beyond it a new one replaces the address that failed
+/// most often (if any failed), else it is dropped.
 pub(crate) const MAX_BOOK: usize = 2000;
 
 /// The first back-off after a failed connect; it doubles per failure.
@@ -76,6 +77,8 @@ pub(crate) struct BookEntry {
     pub next_try: Instant,
     /// Consecutive failed connects.
     pub failures: u32,
+    /// Established connections that ended (each doubles the wait before the next dial).
+    pub drops: u32,
     /// A connection to this address exists.
     pub connected: bool,
     /// Never connect again (banned, or it was ourselves).
@@ -91,17 +94,32 @@ pub(crate) struct AddressBook {
 impl AddressBook {
     /// Adds `addr` (if new and there is room); returns whether it was added.
     pub fn add(&mut self, now: Instant, addr: SocketAddr) -> bool {
-        if self.entries.contains_key(&addr) || self.entries.len() >= MAX_BOOK {
+        if self.entries.contains_key(&addr)
+            || addr.port() == 0
+            || addr.ip().is_unspecified()
+            || addr.ip().is_multicast()
+        {
             return false;
         }
-        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
-            return false;
+        if self.entries.len() >= MAX_BOOK {
+            // Full: a fresh address is worth more than one that keeps failing.
+            let worst = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.connected && !e.banned && e.failures > 0)
+                .max_by_key(|(_, e)| e.failures)
+                .map(|(a, _)| *a);
+            match worst {
+                Some(a) => self.entries.remove(&a),
+                None => return false,
+            };
         }
         self.entries.insert(
             addr,
             BookEntry {
                 next_try: now,
                 failures: 0,
+                drops: 0,
                 connected: false,
                 banned: false,
             },
@@ -144,12 +162,15 @@ impl AddressBook {
         }
     }
 
-    /// An established connection to `addr` ended: it may be tried again after a while.
-    pub fn disconnected(&mut self, now: Instant, addr: &SocketAddr) {
+    /// An established connection to `addr` ended: it may be tried again soon, sooner if it was
+    /// `useful` (moved data), and later with each further drop (`admission::reconnect_delay`).
+    pub fn disconnected(&mut self, now: Instant, addr: &SocketAddr, useful: bool) {
         if let Some(e) = self.entries.get_mut(addr) {
             e.connected = false;
             e.failures = 0;
-            e.next_try = now + Duration::from_secs(60);
+            e.drops = e.drops.saturating_add(1);
+            e.next_try =
+                now + super::admission::reconnect_delay(e.drops, useful, CONNECT_BACKOFF_CAP);
         }
     }
 
