@@ -481,6 +481,12 @@ pub fn event_json(ev: &SessionEvent) -> Option<Value> {
                 reason,
             } => json!({"event": "peer_banned", "torrent": torrent.0,
                 "addr": addr.to_string(), "reason": reason}),
+            Event::PeerRefused {
+                torrent,
+                addr,
+                reason,
+            } => json!({"event": "peer_refused", "torrent": torrent.map(|t| t.0),
+                "addr": addr.to_string(), "reason": reason}),
             #[allow(unreachable_patterns)]
             _ => return None,
         },

@@ -408,3 +408,120 @@ fn a_restart_after_sigkill_on_1_gib_rehashes_at_most_a_tenth() {
     eprintln!("1 GiB: {verified_first} verified before kill -9, {rehashed} of {total} re-hashed");
     assert!(rehashed * 10 <= total);
 }
+
+/// Opens a TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all loopback, so
+/// each silent peer can have its own address and the per-IP cap does not apply), sends `handshake`
+/// and returns the connection once the other side answered with its own (`None` if it refused).
+fn handshake_from(
+    rt: &tokio::runtime::Runtime,
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddr,
+    handshake: &[u8; 68],
+) -> Option<TcpStream> {
+    let stream = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        sock.bind(std::net::SocketAddr::from((from, 0))).ok()?;
+        sock.connect(to).await.ok()?.into_std().ok()
+    })?;
+    stream.set_nonblocking(false).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut conn = stream;
+    conn.write_all(handshake).ok()?;
+    let mut theirs = [0u8; 68];
+    conn.read_exact(&mut theirs).ok()?;
+    Some(conn)
+}
+
+/// Whether the other side still holds `conn` open (reads and drops whatever it sent).
+fn still_open(conn: &mut TcpStream) -> bool {
+    if conn.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut sink = [0u8; 4096];
+    loop {
+        match conn.read(&mut sink) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Finding 1, end to end with the binary: 200 connections from 200 loopback addresses send a valid
+/// handshake to a seeder and then nothing. The seeder keeps at most its per-torrent cap (60) of
+/// them, each newcomer taking the slot of a silent one; an honest leecher is then accepted and
+/// completes well inside the 60 s a silent connection may hold its slot, so no timeout freed the
+/// slot: the seeder's log shows no connection ended by a timeout or for silence before it finished.
+#[test]
+fn an_honest_leecher_completes_past_200_silent_connections() {
+    let fx = fx("silent200", &[]);
+    let (seeder, added) = common::start_seeder(&fx, "tokio", None);
+    let port: u16 = added["listen"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("listen port");
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let hs = handshake_for(&fx);
+    let mut silent: Vec<TcpStream> = (0..200u32)
+        .filter_map(|i| {
+            let from = std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8);
+            // A peer id of its own too (a second connection of one peer id is a duplicate).
+            let mut hs = hs;
+            hs[56..68].copy_from_slice(format!("{i:012}").as_bytes());
+            handshake_from(&rt, from, to, &hs)
+        })
+        .collect();
+    // Each of them was answered: a newcomer replaces a silent connection instead of being refused.
+    assert_eq!(silent.len(), 200, "silent peers accepted");
+    // The replaced ones are closed by the seeder; the torrent's cap of them stays open.
+    hyperblow_tests::interop::wait_for(
+        "the seeder to close the replaced connections",
+        Duration::from_secs(30),
+        &[&seeder],
+        || {
+            silent.retain_mut(still_open);
+            Ok((silent.len() <= 60).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        silent.len() >= 50,
+        "{} silent connections kept",
+        silent.len()
+    );
+
+    let out = fx.dir.path().join("honest");
+    let o = download(
+        &fx.torrent,
+        &out,
+        &["--peer", &to.to_string(), "--timeout", "50s"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for (name, _) in FILES {
+        let copy = std::fs::read(out.join("silent200").join(name)).expect("read the copy");
+        let orig = std::fs::read(fx.payload.join(name)).expect("read the original");
+        assert!(copy == orig, "{name} differs");
+    }
+    let reasons: Vec<String> = seeder
+        .json_lines()
+        .iter()
+        .filter(|v| v["event"] == "peer_disconnected")
+        .filter_map(|v| v["reason"].as_str().map(str::to_owned))
+        .collect();
+    let replaced = reasons.iter().filter(|r| r.starts_with("replaced")).count();
+    assert!(replaced >= 140, "{replaced} replaced: {reasons:?}");
+    assert!(
+        !reasons.iter().any(|r| r.contains("nothing received")
+            || r.contains("did not complete")
+            || r.contains("silent")),
+        "{reasons:?}"
+    );
+}
