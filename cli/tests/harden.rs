@@ -298,7 +298,24 @@ fn throttled_relay(to: std::net::SocketAddr, rate: usize) -> u16 {
 fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::Value, usize) {
     let fx = fixture(name, &[("data.bin", size)], piece, &[], 6);
     let total = size.div_ceil(piece as usize);
-    let (seeder, added) = common::start_seeder(&fx, "tokio", None);
+    // Every bound grows with the torrent (1 for 64 MiB, 16 for the 1 GiB run, which hashes a GiB
+    // three times in a debug build).
+    let scale = u32::try_from(size / (64 << 20)).unwrap_or(u32::MAX).max(1);
+    let (seeder, added) = if scale == 1 {
+        common::start_seeder(&fx, "tokio", None)
+    } else {
+        let args = [
+            "seed",
+            s(&fx.torrent),
+            s(&fx.payload),
+            "--bind",
+            "127.0.0.1",
+            "--json",
+        ];
+        let child = common::spawn_hyperblow("seed-1g", &args, fx.dir.path(), common::BOUND * scale);
+        let added = wait_json_event(&child, "added", Duration::from_secs(30) * scale);
+        (child, added)
+    };
     let seed_port: u16 = added["listen"]
         .as_str()
         .and_then(|a| a.rsplit(':').next())
@@ -314,6 +331,7 @@ fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::
     let out = fx.dir.path().join("out");
     let peer = format!("127.0.0.1:{relay}");
     let direct = format!("127.0.0.1:{seed_port}");
+    let timeout = format!("{}s", 60 * scale);
     let args = |peer: &str| -> Vec<String> {
         [
             "download",
@@ -324,7 +342,7 @@ fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::
             "127.0.0.1",
             "--json",
             "--timeout",
-            "60s",
+            &timeout,
             "--peer",
             peer,
         ]
@@ -340,13 +358,18 @@ fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::
     };
     let first_args = args(&peer);
     let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
-    let first = spawn(&format!("{name}-first"), &first_args, fx.dir.path());
+    let first = common::spawn_hyperblow(
+        &format!("{name}-first"),
+        &first_args,
+        fx.dir.path(),
+        common::BOUND * scale,
+    );
     let resume = out
         .join(".hyperblow")
         .join(format!("{}.resume", fx.meta.info_hash().to_hex()));
     hyperblow_tests::interop::wait_for(
         "a third of the pieces",
-        Duration::from_secs(120),
+        Duration::from_secs(120) * scale,
         &[&first],
         || Ok((resume.exists() && verified(&first) >= total / 3).then_some(())),
     )
@@ -362,10 +385,15 @@ fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::
 
     let second_args = args(&direct);
     let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
-    let second = spawn(&format!("{name}-restart"), &second_args, fx.dir.path());
-    let added = wait_json_event(&second, "added", Duration::from_secs(120));
+    let second = common::spawn_hyperblow(
+        &format!("{name}-restart"),
+        &second_args,
+        fx.dir.path(),
+        common::BOUND * scale,
+    );
+    let added = wait_json_event(&second, "added", Duration::from_secs(120) * scale);
     assert_eq!(
-        exit_code(&second, Duration::from_secs(180)),
+        exit_code(&second, Duration::from_secs(180) * scale),
         0,
         "{}",
         second.log_tail(20)
