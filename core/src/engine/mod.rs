@@ -544,7 +544,8 @@ impl Engine {
     // ===== network ===============================================================================
 
     /// A peer connected to our listening socket. Returns the connection's id, or `None` to refuse it
-    /// (connection caps, shutting down, or already connected to that address).
+    /// (the per-IP cap, shutting down, already connected to that address, or the session at its cap
+    /// with no connection to give up for it; see `admission.rs`).
     pub fn handle_incoming(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
         let from_ip = self
             .conns
