@@ -98,6 +98,9 @@ pub(super) struct DhtGlue {
     /// Bootstrap host names being resolved.
     resolves: BTreeSet<ResolveId>,
     torrents: BTreeMap<TorrentId, DhtTorrent>,
+    /// `(next, torrent)` of every torrent without a lookup running: a datagram costs the same however
+    /// many torrents wait.
+    schedule: BTreeSet<(Instant, TorrentId)>,
     lookups: BTreeMap<LookupId, TorrentId>,
     /// Peers found, for the engine to put into address books.
     found: VecDeque<(TorrentId, Vec<SocketAddr>)>,
@@ -120,6 +123,7 @@ impl DhtGlue {
             port,
             resolves: BTreeSet::new(),
             torrents: BTreeMap::new(),
+            schedule: BTreeSet::new(),
             lookups: BTreeMap::new(),
             found: VecDeque::new(),
         }
@@ -186,19 +190,21 @@ impl DhtGlue {
     pub fn track(&mut self, now: Instant, torrent: TorrentId, eligible: Option<(InfoHash, bool)>) {
         match eligible {
             Some((info_hash, seeding)) => {
-                self.torrents
-                    .entry(torrent)
-                    .or_insert(DhtTorrent {
+                let t = self.torrents.entry(torrent).or_insert_with(|| {
+                    self.schedule.insert((now, torrent));
+                    DhtTorrent {
                         info_hash,
                         seeding,
                         lookup: None,
                         next: now,
                         misses: 0,
-                    })
-                    .seeding = seeding;
+                    }
+                });
+                t.seeding = seeding;
             }
             None => {
                 if let Some(t) = self.torrents.remove(&torrent) {
+                    self.schedule.remove(&(t.next, torrent));
                     if let Some(l) = t.lookup {
                         self.lookups.remove(&l);
                     }
@@ -209,17 +215,35 @@ impl DhtGlue {
 
     /// Starts an announce lookup for every torrent whose time has come.
     fn start_due(&mut self, now: Instant) {
-        for (&tid, t) in self.torrents.iter_mut() {
-            if t.lookup.is_some() || t.next > now {
-                continue;
+        while let Some(&(at, tid)) = self.schedule.first() {
+            if at > now {
+                break;
             }
+            self.schedule.pop_first();
+            let Some(t) = self.torrents.get_mut(&tid) else {
+                continue;
+            };
             match self.node.announce(now, t.info_hash, Some(self.port)) {
                 Ok(l) => {
                     t.lookup = Some(l);
                     self.lookups.insert(l, tid);
                 }
                 // The node is busy: try again a little later.
-                Err(_) => t.next = now + self.settings.retry,
+                Err(_) => {
+                    t.next = now + self.settings.retry;
+                    self.schedule.insert((t.next, tid));
+                }
+            }
+        }
+    }
+
+    /// Files the next lookup of a torrent that has none running.
+    fn reschedule(&mut self, tid: TorrentId, next: Instant) {
+        if let Some(t) = self.torrents.get_mut(&tid) {
+            self.schedule.remove(&(t.next, tid));
+            t.next = next;
+            if t.lookup.is_none() {
+                self.schedule.insert((next, tid));
             }
         }
     }
@@ -262,9 +286,9 @@ impl DhtGlue {
                     return;
                 };
                 t.lookup = None;
-                if s.peers_found > 0 || (t.seeding && s.announced > 0) {
+                let next = if s.peers_found > 0 || (t.seeding && s.announced > 0) {
                     t.misses = 0;
-                    t.next = now + self.settings.reannounce;
+                    now + self.settings.reannounce
                 } else {
                     let wait = self
                         .settings
@@ -273,15 +297,20 @@ impl DhtGlue {
                         .min(MAX_RETRY)
                         .min(self.settings.reannounce);
                     t.misses += 1;
-                    t.next = now + wait;
-                }
+                    now + wait
+                };
+                self.reschedule(tid, next);
             }
             DhtEvent::Bootstrapped { .. } => {
                 // The table has nodes now: torrents that found nothing so far look again at once.
-                for t in self.torrents.values_mut() {
-                    if t.lookup.is_none() && t.misses > 0 {
-                        t.next = now;
-                    }
+                let waiting: Vec<TorrentId> = self
+                    .torrents
+                    .iter()
+                    .filter(|(_, t)| t.lookup.is_none() && t.misses > 0)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for tid in waiting {
+                    self.reschedule(tid, now);
                 }
             }
         }
@@ -294,12 +323,7 @@ impl DhtGlue {
 
     /// The node's next deadline, or the next torrent lookup, whichever is first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let lookups = self
-            .torrents
-            .values()
-            .filter(|t| t.lookup.is_none())
-            .map(|t| t.next)
-            .min();
+        let lookups = self.schedule.first().map(|(at, _)| *at);
         match (self.node.poll_timeout(), lookups) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
