@@ -3,6 +3,10 @@
 //! queries. Prints the CPU time the node spent, the cost per datagram, how many datagrams per second
 //! one core could absorb at that cost, and the process's memory high-water mark before and after.
 //!
+//! Then the same flood through an `Engine` running the node on its shared UDP socket (one magnet
+//! torrent using the DHT): what a session's event loop pays per junk datagram (sorting it, the node,
+//! the upkeep after the input).
+//!
 //! Run: `cargo bench --bench dht`
 
 use std::net::SocketAddr;
@@ -13,6 +17,8 @@ use hyperblow_core::dht::krpc::{
     encode_nodes, Body, Message, NodeInfo, Query, QueryKind, Response, Want,
 };
 use hyperblow_core::dht::{Dht, DhtConfig, NodeId};
+use hyperblow_core::engine::{AddMagnet, DhtSettings, Engine, EngineConfig, Output};
+use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::rng::{seeded, CoreRng, RngExt};
 use hyperblow_core::{InfoHash, Instant};
 
@@ -165,6 +171,75 @@ fn main() {
         s.rate_limiter_entries,
         s.stored_peers,
         rss_before,
+        peak_rss_kib()
+    );
+    engine_flood(&packets, &state, per_sec, secs);
+}
+
+/// The flood through an engine whose DHT node starts from `state`.
+fn engine_flood(packets: &[(SocketAddr, Vec<u8>)], state: &[u8], per_sec: u64, secs: u64) {
+    let config = EngineConfig {
+        dht: Some(DhtSettings {
+            bootstrap: Vec::new(),
+            saved_state: Some(state.to_vec()),
+            ..DhtSettings::default()
+        }),
+        ..EngineConfig::default()
+    };
+    let mut now = Instant::from_secs(1);
+    let mut engine = Engine::new(config, 5, now);
+    engine
+        .add_magnet(
+            now,
+            AddMagnet {
+                link: MagnetLink::new(InfoHash([7; 20])),
+                wanted_files: None,
+                paused: false,
+                peers: Vec::new(),
+            },
+        )
+        .expect("magnet added");
+    let mut datagrams = 0u64;
+    let mut other = 0u64;
+    let mut drain = |engine: &mut Engine| {
+        while let Some(o) = engine.poll_output() {
+            match o {
+                Output::SendDatagram { .. } => datagrams += 1,
+                _ => other += 1,
+            }
+        }
+        while engine.poll_event().is_some() {}
+    };
+    drain(&mut engine);
+    let mut runs = Vec::new();
+    for round in 0..3 {
+        let cpu = std::time::Instant::now();
+        for (k, (from, b)) in packets.iter().enumerate() {
+            now = Instant::from_secs(10 + round * 10)
+                + Duration::from_nanos(k as u64 * 1_000_000_000 / per_sec);
+            engine.handle_datagram(now, *from, b);
+            if engine.poll_timeout().is_some_and(|t| t <= now) {
+                engine.handle_timeout(now);
+            }
+            drain(&mut engine);
+        }
+        runs.push(cpu.elapsed());
+    }
+    runs.sort();
+    let median = runs[1];
+    let n = packets.len() as f64;
+    let s = engine.dht_stats(now).expect("DHT on");
+    println!(
+        "engine flood: median {:.1} ms per run = {:.2} us per datagram = {:.1}% of one core at {per_sec}/s; \
+         {datagrams} datagrams and {other} other outputs over 3 runs; node: {} nodes, {} outstanding, {} lookups, \
+         {} limiter entries; peak RSS {} KiB",
+        median.as_secs_f64() * 1e3,
+        median.as_secs_f64() * 1e6 / n,
+        median.as_secs_f64() / secs as f64 * 100.0,
+        s.nodes,
+        s.outstanding,
+        s.lookups,
+        s.rate_limiter_entries,
         peak_rss_kib()
     );
 }

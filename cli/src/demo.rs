@@ -192,12 +192,16 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
             save_torrent: None,
             net: NetArgs {
                 runtime: RuntimeKind::AsyncStd,
-                port: 0,
+                port: Some(0),
                 bind: loopback,
                 peers: vec![seed_addr.to_string()],
                 max_peers: None,
                 max_download_rate: 0,
                 max_upload_rate: 0,
+                // The demo stays offline: no DHT, no public routers.
+                no_dht: true,
+                dht_bootstrap: Vec::new(),
+                state_dir: None,
             },
             goal: Goal::Complete,
             timeout: Some(Duration::from_secs(30)),

@@ -6,6 +6,7 @@
 
 mod create;
 mod demo;
+mod dht;
 mod download;
 mod error;
 mod info;
@@ -56,6 +57,9 @@ enum Command {
     /// 127.0.0.1, then check the copy byte for byte.
     #[command(after_help = EXIT_CODES)]
     Demo(demo::DemoArgs),
+    /// The DHT on its own: `dht peers <info-hash | magnet>` prints who has a torrent.
+    #[command(after_help = EXIT_CODES)]
+    Dht(dht::DhtArgs),
     /// Full-screen terminal UI on a session that remembers its torrents (keys: press ?).
     #[command(after_help = EXIT_CODES)]
     Tui(tui::TuiArgs),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Seed(args) => seed::run(&args, &signals::install()),
         Command::Demo(args) => demo::run(&args, &signals::install()),
         Command::Tui(args) => tui::run(&args, &signals::install()),
+        Command::Dht(args) => dht::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -115,6 +115,8 @@ pub struct Display {
     last_plain: Option<Instant>,
     started: Instant,
     label: String,
+    /// Nodes in the DHT's routing table (`None`: no DHT), shown after the progress.
+    dht_nodes: Option<usize>,
 }
 
 impl Display {
@@ -138,6 +140,7 @@ impl Display {
             last_plain: None,
             started: Instant::now(),
             label: label.to_owned(),
+            dht_nodes: None,
         }
     }
 
@@ -162,16 +165,28 @@ impl Display {
         }
     }
 
+    /// Records how many nodes the DHT's routing table holds (`None`: the session has no DHT).
+    pub fn set_dht_nodes(&mut self, nodes: Option<usize>) {
+        self.dht_nodes = nodes;
+    }
+
+    /// `  dht N` when the session runs a DHT, else nothing.
+    fn dht_suffix(&self) -> String {
+        self.dht_nodes
+            .map_or_else(String::new, |n| format!("  dht {n}"))
+    }
+
     /// While a magnet link's metadata is being fetched: the peers connected so far.
     pub fn fetching_metadata(&mut self, peers: u32) {
+        let dht = self.dht_suffix();
         match self.mode {
             Mode::Bar => {
-                self.draw(0.0, &format!("fetching metadata...  peers {peers}"));
+                self.draw(0.0, &format!("fetching metadata...  peers {peers}{dht}"));
             }
             Mode::Plain => {
                 if self.plain_due() {
                     stderr_line(&format!(
-                        "{}: fetching metadata... peers {peers}",
+                        "{}: fetching metadata... peers {peers}{dht}",
                         self.label
                     ));
                 }
@@ -179,6 +194,7 @@ impl Display {
             Mode::Json => self.json(&json!({
                 "event": "fetching_metadata",
                 "peers": peers,
+                "dht_nodes": self.dht_nodes,
                 "elapsed_secs": self.started.elapsed().as_secs_f64(),
             })),
             Mode::Quiet => {}
@@ -234,19 +250,27 @@ impl Display {
     pub fn update(&mut self, st: &TorrentStats) {
         match self.mode {
             Mode::Bar => {
-                self.draw(st.progress(), &summary_line(st));
+                let line = summary_line(st) + &self.dht_suffix();
+                self.draw(st.progress(), &line);
             }
             Mode::Plain => {
                 if self.plain_due() {
                     stderr_line(&format!(
-                        "{}: {:.1}% {}",
+                        "{}: {:.1}% {}{}",
                         self.label,
                         st.progress() * 100.0,
-                        summary_line(st)
+                        summary_line(st),
+                        self.dht_suffix()
                     ));
                 }
             }
-            Mode::Json => self.json(&progress_json(st, self.started.elapsed())),
+            Mode::Json => {
+                let mut v = progress_json(st, self.started.elapsed());
+                if let (Some(n), Some(obj)) = (self.dht_nodes, v.as_object_mut()) {
+                    obj.insert("dht_nodes".into(), json!(n));
+                }
+                self.json(&v);
+            }
             Mode::Quiet => {}
         }
     }

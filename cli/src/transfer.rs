@@ -15,7 +15,7 @@ use hyperblow_core::metainfo::Metainfo;
 use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
 use hyperblow_driver::{
     AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, RecvError, SessionConfig,
-    SessionError, SessionEvent, SessionHandle, StartKind,
+    SessionError, SessionEvent, SessionHandle, StartError, StartKind,
 };
 
 use crate::error::CliError;
@@ -42,11 +42,15 @@ impl RuntimeKind {
 
     /// Starts a session on this runtime.
     pub fn start(self, config: SessionConfig) -> Result<SessionHandle, CliError> {
-        let started = match self {
+        self.try_start(config)
+            .map_err(|e| CliError::Internal(format!("cannot start the session: {e}")))
+    }
+
+    fn try_start(self, config: SessionConfig) -> Result<SessionHandle, StartError> {
+        match self {
             RuntimeKind::Tokio => hyperblow_tokio::start(config),
             RuntimeKind::AsyncStd => hyperblow_async_std::start(config),
-        };
-        started.map_err(|e| CliError::Internal(format!("cannot start the session: {e}")))
+        }
     }
 }
 
@@ -56,9 +60,11 @@ pub struct NetArgs {
     /// Which async runtime runs the session.
     #[arg(long, value_enum, default_value = "tokio")]
     pub runtime: RuntimeKind,
-    /// TCP port to accept peers on (0: any free port).
-    #[arg(long, default_value_t = 0)]
-    pub port: u16,
+    /// TCP port to accept peers on, and UDP port of the trackers and the DHT (the same number; 0:
+    /// any free port). Default: with the DHT on, the port of the last run (kept in the state
+    /// directory, so that the DHT knows us again; another one if it is taken), else any free port.
+    #[arg(long)]
+    pub port: Option<u16>,
     /// Local address to listen and send from. The default `::` listens on every address of both
     /// IPv4 and IPv6 (same port); `0.0.0.0` is IPv4 only.
     #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V6(Ipv6Addr::UNSPECIFIED))]
@@ -76,7 +82,38 @@ pub struct NetArgs {
     /// Session-wide upload limit, same units as --max-download-rate; 0 is unlimited.
     #[arg(long, value_name = "RATE", default_value = "0", value_parser = crate::units::parse_rate)]
     pub max_upload_rate: u64,
+    /// Do not use the DHT (trackerless magnet links then find peers only through `x.pe` and
+    /// `--peer`). Private torrents never use it anyway.
+    #[arg(long)]
+    pub no_dht: bool,
+    /// A DHT node to start from instead of the public routers (HOST:PORT); repeat for more.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub dht_bootstrap: Vec<(String, u16)>,
+    /// The state directory (default `$XDG_DATA_HOME/hyperblow`, else `~/.local/share/hyperblow`):
+    /// the DHT's node id and routing table and the last port (`dht.state`, `port`), and for `tui`
+    /// the session's torrents and its log.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
+
+/// `HOST:PORT` (`[v6]:PORT` for an IPv6 literal) into its parts.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got {s:?}"))?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port in {s:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!(
+            "expected HOST:PORT with a non-zero port, got {s:?}"
+        ));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// The state file of the DHT and the saved port, inside the state directory.
+const DHT_STATE_FILE: &str = "dht.state";
+const PORT_FILE: &str = "port";
 
 impl NetArgs {
     /// Resolves the `--peer` addresses.
@@ -91,13 +128,35 @@ impl NetArgs {
         Ok(out)
     }
 
+    /// The state directory these options name (`--state-dir`, else the default; `None` if there is
+    /// no home directory).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        self.state_dir
+            .clone()
+            .or_else(crate::tui::state::default_dir)
+    }
+
     /// The session configuration these options ask for.
     pub fn session_config(&self) -> SessionConfig {
         let mut config = SessionConfig {
-            listen_port: self.port,
+            listen_port: self.port.unwrap_or(0),
             bind_addr: self.bind,
             ..SessionConfig::default()
         };
+        if !self.no_dht {
+            let mut dht = hyperblow_driver::engine::DhtSettings::default();
+            if !self.dht_bootstrap.is_empty() {
+                dht.bootstrap = self.dht_bootstrap.clone();
+            }
+            config.engine.dht = Some(dht);
+            if let Some(dir) = self.state_dir() {
+                config.state_file = Some(dir.join(DHT_STATE_FILE));
+                if self.port.is_none() {
+                    let saved = std::fs::read_to_string(dir.join(PORT_FILE)).ok();
+                    config.listen_port = saved.and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+                }
+            }
+        }
         if let Some(n) = self.max_peers {
             config.engine.max_peers_per_torrent = n.max(1);
         }
@@ -106,6 +165,47 @@ impl NetArgs {
             upload: self.max_upload_rate,
         };
         config
+    }
+
+    /// Starts the session `config` describes (from [`NetArgs::session_config`]). A port remembered
+    /// from the last run that is taken now is replaced by a free one, and the user told (`note`);
+    /// with the DHT on, the port bound is remembered for the next run.
+    pub fn start(
+        &self,
+        config: SessionConfig,
+        note: &dyn Fn(&str),
+    ) -> Result<SessionHandle, CliError> {
+        let saved_port =
+            (self.port.is_none() && config.listen_port != 0).then_some(config.listen_port);
+        let state_dir = config
+            .state_file
+            .as_ref()
+            .and_then(|f| f.parent().map(Path::to_path_buf));
+        let handle = match (self.runtime.try_start(config.clone()), saved_port) {
+            (Ok(h), _) => h,
+            (Err(StartError::Listen { .. } | StartError::Udp { .. }), Some(port)) => {
+                let h = self.runtime.start(SessionConfig {
+                    listen_port: 0,
+                    ..config
+                })?;
+                note(&format!(
+                    "the port of the last run ({port}) is taken: listening on {} instead (the DHT \
+                     will take a little longer to know us)",
+                    h.listen_addr().port()
+                ));
+                h
+            }
+            (Err(e), _) => {
+                return Err(CliError::Internal(format!("cannot start the session: {e}")))
+            }
+        };
+        if let Some(dir) = state_dir {
+            // Best effort: without it the next run picks another port.
+            let _ = std::fs::create_dir_all(&dir).and_then(|()| {
+                std::fs::write(dir.join(PORT_FILE), handle.listen_addr().port().to_string())
+            });
+        }
+        Ok(handle)
     }
 }
 
@@ -347,10 +447,10 @@ pub fn run(plan: Plan, stop: &StopFlag) -> Result<Outcome, CliError> {
     if plan.timeout.is_some() {
         config.engine.shutdown_timeout = config.engine.shutdown_timeout.min(TIMEOUT_SHUTDOWN);
     }
-    let session = plan.net.runtime.start(config)?;
-    let mut events = session.events();
     let label = plan.label.clone().unwrap_or_else(|| plan.source.label());
     let mut display = Display::new(plan.mode, &label);
+    let session = plan.net.start(config, &|m| display.note(m))?;
+    let mut events = session.events();
     let mut seen = SwarmSeen {
         offered: peers.len(),
         ..SwarmSeen::default()
@@ -391,6 +491,16 @@ pub fn run(plan: Plan, stop: &StopFlag) -> Result<Outcome, CliError> {
         }
         (Err(e), _) => Err(e),
     }
+}
+
+/// Nodes in the session's DHT routing table, if it runs a DHT (and answers in time).
+fn dht_nodes(session: &SessionHandle) -> Option<usize> {
+    session
+        .dht_stats()
+        .wait_timeout(Duration::from_secs(10))
+        .ok()
+        .flatten()
+        .map(|s| s.nodes)
 }
 
 /// Reads the session's last events (it closes the stream after its shutdown) and returns the first
@@ -512,6 +622,7 @@ fn drive(
         let Some(st) = stats.into_iter().find(|s| s.id == id) else {
             return Err(CliError::Internal("the torrent disappeared".into()));
         };
+        display.set_dht_nodes(dht_nodes(session));
         display.update(&st);
         if let TorrentState::Error(m) = &st.state {
             return Err(CliError::Disk(disk_error.unwrap_or_else(|| m.clone())));
@@ -733,6 +844,7 @@ fn add_magnet(
             .wait_timeout(Duration::from_secs(10))
             .map_err(|e| CliError::Internal(format!("stats: {e}")))?;
         let peers = stats.iter().find(|s| s.id == id).map_or(0, |s| s.peers);
+        display.set_dht_nodes(dht_nodes(session));
         display.fetching_metadata(peers);
         if peers > 0 {
             last_peer = Instant::now();

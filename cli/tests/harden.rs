@@ -101,7 +101,15 @@ fn handshake_for(fx: &Fixture) -> [u8; 68] {
 
 fn download(torrent: &Path, out: &Path, extra: &[&str]) -> Output {
     Command::new(bin())
-        .args(["download", s(torrent), "-o", s(out), "--bind", "127.0.0.1"])
+        .args([
+            "download",
+            "--no-dht",
+            s(torrent),
+            "-o",
+            s(out),
+            "--bind",
+            "127.0.0.1",
+        ])
         .args(extra)
         .output()
         .expect("run hyperblow")
@@ -178,6 +186,7 @@ fn a_failed_resume_save_is_not_reported_as_saved() {
         "unsaved",
         &[
             "download",
+            "--no-dht",
             s(&fx.torrent),
             "-o",
             s(&out),
@@ -335,6 +344,7 @@ fn kill_and_restart(name: &str, size: usize, piece: u32) -> (usize, serde_json::
     let args = |peer: &str| -> Vec<String> {
         [
             "download",
+            "--no-dht",
             s(&fx.torrent),
             "-o",
             s(&out),

@@ -168,6 +168,7 @@ fn download_from_libtorrent(kind: &str, seed: u64) {
             &format!("hyperblow-download-{kind}-{rt}"),
             &[
                 "download",
+                "--no-dht",
                 &link,
                 "-o",
                 s(&out),
@@ -262,6 +263,7 @@ fn seed_to_libtorrent(kind: &str, rt: &str, magnet: bool, seed: u64) {
         &format!("hyperblow-seed-{kind}-{rt}"),
         &[
             "seed",
+            "--no-dht",
             s(&fx.torrent.path),
             s(&fx.seed_dir()),
             "--runtime",
@@ -438,6 +440,7 @@ fn dual_stack_by_default_with_libtorrent_on_ipv6_loopback() {
         "hyperblow-leech-v6",
         &[
             "download",
+            "--no-dht",
             s(&fx.torrent.path),
             "-o",
             s(&out),
@@ -464,6 +467,7 @@ fn dual_stack_by_default_with_libtorrent_on_ipv6_loopback() {
         "hyperblow-seed-v6",
         &[
             "seed",
+            "--no-dht",
             s(&fx.torrent.path),
             s(&fx.seed_dir()),
             "--runtime",

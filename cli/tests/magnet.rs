@@ -61,6 +61,7 @@ fn magnet_x_pe(seed_rt: &str, leech_rt: &str) {
         &format!("leech-{leech_rt}"),
         &[
             "download",
+            "--no-dht",
             &link,
             "-o",
             s(&out),
@@ -139,6 +140,7 @@ fn magnet_via_tracker_with_only_then_rerun_over_existing_files() {
     let link = magnet(&fx, &tr);
     let args = [
         "download",
+        "--no-dht",
         &link,
         "-o",
         s(&out),
@@ -183,6 +185,7 @@ fn magnet_via_tracker_with_only_then_rerun_over_existing_files() {
     let bad = Command::new(bin())
         .args([
             "download",
+            "--no-dht",
             &link,
             "-o",
             s(&fx.dir.path().join("bad")),

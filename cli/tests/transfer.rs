@@ -62,6 +62,7 @@ fn throttled_seeder(fx: &Fixture, runtime: &str) -> ChildGuard {
 fn leech_args<'a>(fx: &'a Fixture, out: &'a Path, runtime: &'a str) -> Vec<&'a str> {
     vec![
         "download",
+        "--no-dht",
         s(&fx.torrent),
         "-o",
         s(out),
@@ -191,7 +192,7 @@ fn partial_download_with_only_writes_only_selected_files() {
     // 100,000 bytes in 32 KiB pieces: exactly pieces 0..=3 were fetched.
     assert_eq!(count_events(&lines, "piece_verified"), 4);
     let bad = Command::new(bin())
-        .args(["download", s(&fx.torrent), "--only", "9"])
+        .args(["download", "--no-dht", s(&fx.torrent), "--only", "9"])
         .output()
         .expect("run");
     assert_eq!(bad.status.code(), Some(3));
@@ -443,7 +444,7 @@ fn exit_codes_for_bad_torrent_no_peers_and_magnet() {
     let bad = dir.path().join("bad.torrent");
     std::fs::write(&bad, b"d4:infoi3ee").expect("write");
     let out = Command::new(bin())
-        .args(["download", s(&bad), "-o", s(dir.path())])
+        .args(["download", "--no-dht", s(&bad), "-o", s(dir.path())])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(3));
@@ -458,6 +459,7 @@ fn exit_codes_for_bad_torrent_no_peers_and_magnet() {
     let out = Command::new(bin())
         .args([
             "download",
+            "--no-dht",
             magnet,
             "-o",
             s(dir.path()),
@@ -483,6 +485,7 @@ fn exit_codes_for_bad_torrent_no_peers_and_magnet() {
     let out = Command::new(bin())
         .args([
             "download",
+            "--no-dht",
             s(&fx.torrent),
             "-o",
             s(&fx.dir.path().join("out")),

@@ -141,6 +141,7 @@ fn end_to_end(runtime: &str) {
     let tui = Tmux::start(
         &[
             "tui",
+            "--no-dht",
             s(&fx.torrent),
             "-o",
             s(&out),
@@ -203,6 +204,7 @@ fn end_to_end(runtime: &str) {
     let tui = Tmux::start(
         &[
             "tui",
+            "--no-dht",
             "--state-dir",
             s(&state),
             "--runtime",

@@ -65,6 +65,47 @@ pub(crate) fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     })
 }
 
+/// How often [`tcp_and_udp`] tries again when the port the kernel picked for TCP is taken for UDP.
+const PAIR_ATTEMPTS: usize = 16;
+
+/// Which of the two sockets [`tcp_and_udp`] could not bind.
+#[derive(Debug)]
+pub(crate) enum PairError {
+    /// The TCP listener, at this address.
+    Tcp(SocketAddr, io::Error),
+    /// The UDP socket, at this address.
+    Udp(SocketAddr, io::Error),
+}
+
+/// The TCP listener and the UDP socket on the same port number, as other clients do: UDP trackers,
+/// the DHT (and later uTP) answer on the port peers know. Port 0 picks a port free for both (a port
+/// the kernel gave TCP may be taken for UDP: then another is tried).
+pub(crate) fn tcp_and_udp(
+    ip: IpAddr,
+    port: u16,
+) -> Result<(std::net::TcpListener, std::net::UdpSocket), PairError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tcp_addr = SocketAddr::new(ip, port);
+        let tcp = tcp_listener(tcp_addr).map_err(|e| PairError::Tcp(tcp_addr, e))?;
+        let bound = tcp
+            .local_addr()
+            .map_err(|e| PairError::Tcp(tcp_addr, e))?
+            .port();
+        let udp_addr = SocketAddr::new(ip, bound);
+        match udp_socket(udp_addr) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e)
+                if port == 0 && attempt < PAIR_ATTEMPTS && e.kind() == io::ErrorKind::AddrInUse =>
+            {
+                continue
+            }
+            Err(e) => return Err(PairError::Udp(udp_addr, e)),
+        }
+    }
+}
+
 /// `addr` with an IPv4-mapped IPv6 address turned back into IPv4 (what a dual-stack socket reports
 /// for an IPv4 peer), so that the engine sees one address per peer whichever socket met it.
 pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -138,6 +179,24 @@ mod tests {
             assert_eq!(&buf[..n], b"pong");
             assert_eq!(canonical(from), to);
         }
+    }
+
+    #[test]
+    fn tcp_and_udp_share_one_port_number() {
+        let (tcp, udp) = tcp_and_udp("127.0.0.1".parse().unwrap(), 0).unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert_eq!(udp.local_addr().unwrap().port(), port);
+        // A port taken for UDP by someone else is an error when asked for explicitly.
+        drop(tcp);
+        match tcp_and_udp("127.0.0.1".parse().unwrap(), port) {
+            Err(PairError::Udp(addr, e)) => {
+                assert_eq!(addr.port(), port);
+                assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+            }
+            other => panic!("expected a UDP error, got {other:?}"),
+        }
+        drop(udp);
     }
 
     #[test]

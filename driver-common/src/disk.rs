@@ -527,6 +527,24 @@ pub(crate) fn delete_data(storage: &Storage, resume: &Path) -> Result<(), (PathB
     }
 }
 
+/// Writes a small file whole or not at all: a temporary file next to it, then a rename. Creates the
+/// directory if needed.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use hyperblow_core::metainfo::Layout;

@@ -53,6 +53,9 @@ pub struct SessionConfig {
     /// roots. `None`: the bundle named by `SSL_CERT_FILE` if set, else the system's store (see
     /// [`crate::tls`]).
     pub tls_roots: Option<PathBuf>,
+    /// Where the engine's state between runs is kept (the DHT's node id and routing table): read at
+    /// start, written at shutdown. `None`: nothing is kept.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for SessionConfig {
@@ -69,6 +72,7 @@ impl Default for SessionConfig {
             storage: StorageConfig::default(),
             rate_limits: RateLimits::default(),
             tls_roots: None,
+            state_file: None,
         }
     }
 }
@@ -325,6 +329,7 @@ pub(crate) enum Command {
     AddPeer(TorrentId, SocketAddr, Reply<()>),
     SetRateLimits(Option<TorrentId>, RateLimits, Reply<()>),
     Stats(Reply<Vec<TorrentStats>>),
+    DhtStats(Reply<Option<hyperblow_core::dht::DhtStats>>),
     Scrape(TorrentId, Reply<Vec<ScrapeAnswer>>),
     Subscribe(mpsc::Sender<SessionEvent>),
     Shutdown(Reply<()>),
@@ -539,6 +544,12 @@ impl SessionHandle {
     /// A fresh snapshot of every torrent (progress, rates, peers, trackers, files), in id order.
     pub fn stats(&self) -> Pending<Vec<TorrentStats>> {
         self.ask(Command::Stats)
+    }
+
+    /// The DHT node's counters (nodes in its routing table, queries, drops); `None` when the session
+    /// runs without a DHT (`EngineConfig::dht`).
+    pub fn dht_stats(&self) -> Pending<Option<hyperblow_core::dht::DhtStats>> {
+        self.ask(Command::DhtStats)
     }
 
     /// Scrapes every tracker of a torrent: seeders, leechers and completed downloads per tracker URL,

@@ -2,7 +2,8 @@
 //!
 //! Everything the tokio and async-std drivers share, written once: the event loop that owns the
 //! sans-IO [`Engine`](hyperblow_core::engine::Engine), the per-connection reader and writer tasks, the
-//! acceptor, the UDP tracker socket, the one timer, the disk and hash jobs on a
+//! acceptor, the one UDP socket (bound to the TCP listener's port number; the engine tells UDP
+//! trackers and the DHT apart), the one timer, the disk and hash jobs on a
 //! [`WorkerPool`](hyperblow_storage::WorkerPool), per-torrent [`Storage`](hyperblow_storage::Storage)
 //! with resume files, and the [`SessionHandle`] front ends talk to.
 //!
@@ -98,8 +99,10 @@ pub use session::{prepare_session, spawn_session, SessionTask};
 /// The engine types the handle's API uses (ids, stats, events, configuration), re-exported so front
 /// ends need not name `hyperblow_core::engine` themselves.
 pub mod engine {
+    pub use hyperblow_core::dht::DhtStats;
     pub use hyperblow_core::engine::{
-        AddError, EngineConfig, Event, FileStats, PeerStats, TorrentId, TorrentState, TorrentStats,
+        AddError, DhtSettings, EngineConfig, Event, FileStats, PeerStats, TorrentId, TorrentState,
+        TorrentStats, DEFAULT_BOOTSTRAP,
     };
 }
 

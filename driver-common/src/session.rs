@@ -202,22 +202,30 @@ pub fn prepare_session<R: Runtime>(
     rt: R,
     mut config: SessionConfig,
 ) -> Result<(SessionHandle, SessionTask), StartError> {
+    let (std_listener, std_udp) = crate::bind::tcp_and_udp(config.bind_addr, config.listen_port)
+        .map_err(|e| match e {
+            crate::bind::PairError::Tcp(addr, source) => StartError::Listen { addr, source },
+            crate::bind::PairError::Udp(addr, source) => StartError::Udp { addr, source },
+        })?;
     let tcp_addr = SocketAddr::new(config.bind_addr, config.listen_port);
     let listen_err = |source| StartError::Listen {
         addr: tcp_addr,
         source,
     };
-    let std_listener = crate::bind::tcp_listener(tcp_addr).map_err(listen_err)?;
     let listen_addr = std_listener.local_addr().map_err(listen_err)?;
     let listener = rt.tcp_listener(std_listener).map_err(listen_err)?;
-    let udp_addr = SocketAddr::new(config.bind_addr, 0);
     let udp_err = |source| StartError::Udp {
-        addr: udp_addr,
+        addr: listen_addr,
         source,
     };
-    let std_udp = crate::bind::udp_socket(udp_addr).map_err(udp_err)?;
     let udp_local = std_udp.local_addr().map_err(udp_err)?;
     let udp = rt.udp_socket(std_udp).map_err(udp_err)?;
+    // What the engine kept from the last run (its DHT node id and routing table), if asked for.
+    if let (Some(path), Some(dht)) = (&config.state_file, config.engine.dht.as_mut()) {
+        if dht.saved_state.is_none() {
+            dht.saved_state = std::fs::read(path).ok();
+        }
+    }
     let threads = match config.worker_threads {
         0 => hyperblow_storage::default_threads(),
         n => n,
@@ -848,6 +856,9 @@ impl<R: Runtime> Session<R> {
             Command::Stats(reply) => {
                 let _ = reply.send(Ok(self.engine.stats(now)));
             }
+            Command::DhtStats(reply) => {
+                let _ = reply.send(Ok(self.engine.dht_stats(now)));
+            }
             Command::Scrape(id, reply) => match self.engine.scrape(now, id) {
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
@@ -1286,8 +1297,13 @@ impl<R: Runtime> Session<R> {
                 )
             })
             .collect();
+        let state = self.config.state_file.clone().zip(self.engine.save_state());
         let job = self.pool.submit(move || {
             let mut errors = Vec::new();
+            if let Some((path, bytes)) = state {
+                // Best effort: a state that cannot be saved costs the next run a fresh bootstrap.
+                let _ = disk::write_atomically(&path, &bytes);
+            }
             for (id, storage, path, hash, have) in targets {
                 let r = match have {
                     Some(have) => disk::save(&storage, &path, &hash, &have, true),

@@ -95,3 +95,19 @@ put("magnet", "so", b"0,2,4-6")
 put("bencode", "reply", compact)
 put("bencode", "ext_handshake", b"d1:md11:ut_metadatai1e6:ut_pexi2ee13:metadata_sizei300e1:pi6881e4:reqqi250e1:v6:Tr 3.0e")
 put("bencode", "nested", b"ld1:ai-12e1:bli0ei1ee0:e3:xyze")
+
+# KRPC (BEP 5, 32, 43): a query of each kind, responses with nodes and peers, an error. The first
+# byte of each datagram also picks its sender in the target (0: the node it bootstrapped from).
+NID = bytes(range(101, 121))
+def bstr(b):
+    return str(len(b)).encode() + b":" + b
+node4 = NID + bytes([127, 0, 0, 2, 0x1a, 0xe1])
+node6 = NID + bytes(15) + b"\x01" + b"\x1a\xe1"
+put("krpc", "ping", b"d1:ad2:id" + bstr(NID) + b"e1:q4:ping1:t2:aa1:y1:qe")
+put("krpc", "find_node", b"d1:ad2:id" + bstr(NID) + b"6:target" + bstr(IH) + b"4:wantl2:n42:n6ee1:q9:find_node1:t2:ab1:y1:qe")
+put("krpc", "get_peers", b"d1:ad2:id" + bstr(NID) + b"9:info_hash" + bstr(IH) + b"e1:q9:get_peers1:t2:ac1:y1:q2:roi1ee")
+put("krpc", "announce_peer", b"d1:ad2:id" + bstr(NID) + b"12:implied_porti1e9:info_hash" + bstr(IH) + b"4:porti6881e5:token8:abcdefghe1:q13:announce_peer1:t2:ad1:y1:qe")
+put("krpc", "response_nodes", b"d2:ip6:" + bytes([127, 0, 0, 1, 0x1a, 0xe1]) + b"1:rd2:id" + bstr(NID) + b"5:nodes" + bstr(node4) + b"6:nodes6" + bstr(node6) + b"e1:t4:\x00\x00\x00\x011:v4:LT\x02\x001:y1:re")
+put("krpc", "response_values", b"d1:rd2:id" + bstr(NID) + b"5:token8:abcdefgh6:valuesl6:" + bytes([127, 0, 0, 3, 0x1a, 0xe1]) + b"18:" + bytes(15) + b"\x01\x1a\xe2ee1:t4:\x00\x00\x00\x021:y1:re")
+put("krpc", "error", b"d1:eli203e14:Protocol Errore1:t2:aa1:y1:ee")
+put("krpc", "sequence", b"d1:ad2:id" + bstr(NID) + b"e1:q4:ping1:t2:aa1:y1:qe" + b"\xfe" + b"d1:eli201e7:Generice1:t2:zz1:y1:ee")

@@ -2,7 +2,8 @@
 """A scriptable libtorrent peer for Hyperblow's interop tests (run it with Debian's /usr/bin/python3).
 
 Seeds or downloads one torrent (a .torrent file or a magnet link) on 127.0.0.1 only, with DHT, local
-peer discovery, UPnP, NAT-PMP and uTP switched off, and prints one JSON object per line on stdout:
+peer discovery, UPnP, NAT-PMP and uTP switched off (the DHT only with --dht-bootstrap, and then
+bootstrapped from the given loopback nodes only), and prints one JSON object per line on stdout:
 
   {"kind": "status", "t": 1.0, "state": "downloading", "progress": 0.5, "peers": 1, ...}   every --interval s
   {"kind": "event", "t": 0.2, "event": "tracker_reply", "url": "...", "peers": 1}          as alerts arrive
@@ -156,6 +157,10 @@ def main():
     ap.add_argument("--encryption", choices=["default", "forced", "enabled", "disabled"], default="default",
                     help="MSE/PE both ways: forced = RC4 only in and out, enabled = MSE offered and accepted "
                          "(plaintext or RC4), disabled = plain BitTorrent only; default = plain out, both in")
+    ap.add_argument("--dht-bootstrap", type=parse_addr, action="append", default=[],
+                    help="HOST:PORT of a DHT node: turns libtorrent's DHT on, bootstrapped from these "
+                         "nodes only (never the public routers), with its same-IP and loopback "
+                         "restrictions off; repeatable")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -169,6 +174,20 @@ def main():
         pack["in_enc_policy"] = int(policy)
         pack["allowed_enc_level"] = int(lt.enc_level.rc4 if args.encryption == "forced" else lt.enc_level.both)
         pack["prefer_rc4"] = args.encryption == "forced"
+    if args.dht_bootstrap:
+        pack["enable_dht"] = True
+        pack["dht_bootstrap_nodes"] = ",".join(
+            ("[%s]:%d" if ":" in h else "%s:%d") % (h, p) for h, p in args.dht_bootstrap)
+        # Every node of a loopback DHT shares 127.0.0.0/24 (one node per /24 otherwise).
+        pack["dht_restrict_routing_ips"] = False
+        pack["dht_restrict_search_ips"] = False
+        pack["dht_prefer_verified_node_ids"] = False
+        pack["dht_enforce_node_id"] = False
+        # A bootstrap burst from one address is not an attack here (default: 5 messages/s).
+        pack["dht_block_ratelimit"] = 1000
+        # Announce new torrents at once and again every few seconds.
+        pack["dht_announce_interval"] = 3
+        pack["alert_mask"] = pack["alert_mask"] | lt.alert.category_t.dht_notification
     if args.upload_limit > 0:
         # Loopback peers are exempt from rate limits unless this is off.
         pack["ignore_limits_on_local_network"] = False
@@ -196,6 +215,7 @@ def main():
     next_status = 0.0
     next_connect = 0.0
     next_reannounce = time.monotonic() + args.reannounce
+    next_dht = time.monotonic() + 2.0
     finished_at = None
     choke_phase = "before" if args.choke_after > 0 else "done"
     unchoke_at = None
@@ -245,6 +265,12 @@ def main():
                 emit({"kind": "event", "event": "peer_disconnected", "message": alert.message()})
             elif name == "listen_succeeded_alert":
                 emit({"kind": "event", "event": "listening", "message": alert.message()})
+            elif name == "dht_reply_alert":
+                emit({"kind": "event", "event": "dht_reply", "peers": alert.num_peers})
+            elif name == "dht_announce_alert":
+                emit({"kind": "event", "event": "dht_announce", "message": alert.message()})
+            elif name == "dht_bootstrap_alert":
+                emit({"kind": "event", "event": "dht_bootstrap"})
             elif name == "torrent_finished_alert" and args.role == "leech" and finished_at is None:
                 finished_at = time.monotonic()
                 emit({"kind": "finished", "seconds": round(finished_at - START, 3)})
@@ -260,6 +286,9 @@ def main():
         if args.reannounce > 0 and t >= next_reannounce and st.num_peers == 0:
             handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
             next_reannounce = t + args.reannounce
+        if args.dht_bootstrap and t >= next_dht and st.num_peers == 0:
+            handle.force_dht_announce()
+            next_dht = t + 2.0
         if choke_phase == "before" and st.total_payload_upload >= args.choke_after:
             # No unchoke slots: libtorrent chokes every peer at once, and a peer that speaks the
             # fast extension (BEP 6) gets a reject for each request it still had queued here.

@@ -40,10 +40,6 @@ pub struct TuiArgs {
     /// Where newly added torrents are saved (the torrents already in the session keep theirs).
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub output: PathBuf,
-    /// The state directory: the session's torrents, their settings and the log
-    /// (default `$XDG_DATA_HOME/hyperblow`, else `~/.local/share/hyperblow`).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
     /// Most torrents downloading at once; the others wait in a queue (seeding takes no slot).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub max_active: usize,
@@ -74,8 +70,8 @@ fn init_file_logging(dir: &std::path::Path) {
 
 /// Runs `hyperblow tui` until the user quits (or SIGTERM).
 pub fn run(args: &TuiArgs, stop: &StopFlag) -> Result<(), CliError> {
-    let state_dir = match &args.state_dir {
-        Some(d) => d.clone(),
+    let state_dir = match args.net.state_dir() {
+        Some(d) => d,
         None => state::default_dir().ok_or_else(|| {
             CliError::Input(
                 "no state directory: set XDG_DATA_HOME or HOME, or pass --state-dir".into(),
@@ -88,7 +84,12 @@ pub fn run(args: &TuiArgs, stop: &StopFlag) -> Result<(), CliError> {
     let output = std::path::absolute(&args.output).map_err(|e| CliError::disk(&args.output, e))?;
     let peers = args.net.peer_addrs()?;
     let origin = StdInstant::now();
-    let handle = args.net.runtime.start(args.net.session_config())?;
+    let mut config = args.net.session_config();
+    // The TUI's state directory holds the DHT's state too.
+    if config.engine.dht.is_some() {
+        config.state_file = Some(state_dir.join("dht.state"));
+    }
+    let handle = args.net.start(config, &|m| tracing::warn!("{m}"))?;
     let mut live = Live::new(handle, origin, store, output, args.max_active);
     live.peers = peers;
     live.session_limits = hyperblow_driver::RateLimits {

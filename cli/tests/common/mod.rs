@@ -125,6 +125,7 @@ pub fn start_seeder_with(
 ) -> (ChildGuard, Value) {
     let mut args = vec![
         "seed",
+        "--no-dht",
         s(&fx.torrent),
         s(&fx.payload),
         "--runtime",

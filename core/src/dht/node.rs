@@ -518,6 +518,7 @@ impl Dht {
         info_hash: InfoHash,
     ) -> Result<LookupId, LookupError> {
         let l = self.start_lookup(now, LookupKind::GetPeers, info_hash.into(), None, true, &[])?;
+        self.local_peers(l.0, info_hash);
         self.step(now, l.0);
         Ok(l)
     }
@@ -531,8 +532,33 @@ impl Dht {
         port: Option<u16>,
     ) -> Result<LookupId, LookupError> {
         let l = self.start_lookup(now, LookupKind::Announce, info_hash.into(), port, true, &[])?;
+        self.local_peers(l.0, info_hash);
         self.step(now, l.0);
         Ok(l)
+    }
+
+    /// Reports the peers our own store holds for the torrent (others announced them to us: in a small
+    /// network we are one of the closest nodes ourselves) as the lookup's first [`DhtEvent::Peers`].
+    /// They count in `peers_found` but not in `queries_to_first_peer`, which counts queries.
+    fn local_peers(&mut self, l: u64, info_hash: InfoHash) {
+        let mut found = self
+            .store
+            .get(&info_hash, MAX_LOOKUP_PEERS, false, &mut self.rng);
+        found.extend(
+            self.store
+                .get(&info_hash, MAX_LOOKUP_PEERS, true, &mut self.rng),
+        );
+        let Some(lk) = self.lookups.get_mut(&l) else {
+            return;
+        };
+        found.retain(|p| lk.peers.insert(*p));
+        if !found.is_empty() {
+            self.events.push_back(DhtEvent::Peers {
+                lookup: LookupId(l),
+                info_hash,
+                peers: found,
+            });
+        }
     }
 
     /// Starts a `find_node` lookup; the closest nodes are in its [`DhtEvent::LookupDone`].

@@ -1163,6 +1163,7 @@ impl Engine {
         }
         self.add_late(&mut work);
         self.drive_extensions(now, &work);
+        self.drive_dht(now, &work);
         self.dial(now);
         self.drive_trackers(now, &mut work);
         if let Some(deadline) = self.shutdown_deadline {

@@ -20,6 +20,7 @@ pub mod io;
 
 mod admission;
 mod conn;
+mod dht;
 mod ext;
 mod flow;
 mod limits;
@@ -28,6 +29,7 @@ mod scrape;
 mod table;
 mod torrent;
 mod trackers;
+mod udp;
 
 #[cfg(test)]
 mod tests;
@@ -56,8 +58,10 @@ use torrent::{
 };
 use trackers::TrackerGlue;
 
+pub use dht::{DhtSettings, DEFAULT_BOOTSTRAP};
 pub use ext::AddMagnet;
 pub use io::*;
+pub use udp::{classify as classify_datagram, DatagramKind};
 
 /// The pending-piece cap is never below this many pieces of the torrent with the longest pieces: one
 /// being assembled while the previous one is verified and written.
@@ -99,6 +103,8 @@ pub struct EngineConfig {
     pub dns_ttl: Duration,
     /// How long `shutdown` waits for `stopped` announces before giving up (default 5 s).
     pub shutdown_timeout: Duration,
+    /// The mainline DHT (`dht.rs`); `None` (the default) runs without one.
+    pub dht: Option<DhtSettings>,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +124,7 @@ impl Default for EngineConfig {
             udp: UdpConfig::default(),
             dns_ttl: Duration::from_secs(15 * 60),
             shutdown_timeout: Duration::from_secs(5),
+            dht: None,
         }
     }
 }
@@ -240,6 +247,8 @@ pub struct Engine {
     peer_resolves: BTreeMap<ResolveId, TorrentId>,
     /// Download and upload rate limits (`limits.rs`).
     limits: limits::EngineLimits,
+    /// The DHT node, if the engine runs one (`dht.rs`).
+    dht: Option<dht::DhtGlue>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -263,7 +272,10 @@ impl Engine {
         let peer_id = config.peer_id.unwrap_or_else(|| PeerId::generate(&mut rng));
         let router = UdpTrackerRouter::new(config.udp.clone(), seeded(rng.random()));
         let key = rng.random();
-        Engine {
+        let dht = config.dht.clone().map(|settings| {
+            dht::DhtGlue::new(settings, config.listen_port, now, seeded(rng.random()))
+        });
+        let mut engine = Engine {
             trackers: TrackerGlue::new(router, key, config.dns_ttl),
             config,
             rng,
@@ -288,7 +300,10 @@ impl Engine {
             dial_due: None,
             peer_resolves: BTreeMap::new(),
             limits: limits::EngineLimits::new(now),
-        }
+            dht,
+        };
+        engine.start_dht(now);
+        engine
     }
 
     /// Our peer id for this session.
@@ -705,8 +720,20 @@ impl Engine {
     }
 
     /// A datagram arrived on the engine's UDP socket.
+    /// KRPC goes to the DHT node, the rest to the UDP trackers (`udp.rs`).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        self.trackers.router.handle_datagram(now, from, data);
+        match udp::classify(data) {
+            DatagramKind::Krpc => {
+                if let Some(d) = self.dht.as_mut() {
+                    d.handle_datagram(now, from, data);
+                }
+                self.maintain(now);
+                return;
+            }
+            // The hook for uTP (BEP 29): not spoken yet.
+            DatagramKind::Utp => return,
+            DatagramKind::Tracker => self.trackers.router.handle_datagram(now, from, data),
+        }
         self.after_trackers(now);
     }
 
@@ -717,6 +744,14 @@ impl Engine {
         id: ResolveId,
         result: Result<Vec<SocketAddr>, String>,
     ) {
+        if self
+            .dht
+            .as_mut()
+            .is_some_and(|d| d.resolved(now, id, &result))
+        {
+            self.maintain(now);
+            return;
+        }
         if let Some(tid) = self.peer_resolves.remove(&id) {
             self.peer_hint_resolved(now, tid, result);
             self.maintain(now);
@@ -822,6 +857,11 @@ impl Engine {
                     let _ = self.torrents.get_mut(&tid);
                 }
                 TimerKey::RateLimits => self.wake_limited(now),
+                TimerKey::Dht => {
+                    if let Some(d) = self.dht.as_mut() {
+                        d.handle_timeout(now);
+                    }
+                }
                 TimerKey::Conn(_) | TimerKey::Trackers | TimerKey::Dial | TimerKey::Shutdown => {}
             }
         }
@@ -899,6 +939,7 @@ impl Engine {
             TimerKey::Dial if self.shutdown_deadline.is_none() => self.dial_due,
             TimerKey::Shutdown if !self.shut_down => self.shutdown_deadline,
             TimerKey::RateLimits => self.limits.poll_timeout(),
+            TimerKey::Dht => self.dht.as_ref().and_then(dht::DhtGlue::poll_timeout),
             _ => None,
         }
     }

@@ -141,15 +141,18 @@ pub(crate) enum TimerKey {
     Shutdown,
     /// Connections waiting for rate-limit tokens may try again (`limits.rs`).
     RateLimits,
+    /// The DHT node's next deadline or a torrent's next DHT lookup (`dht.rs`).
+    Dht,
 }
 
 impl TimerKey {
     /// The engine-wide keys.
-    pub const GLOBAL: [TimerKey; 4] = [
+    pub const GLOBAL: [TimerKey; 5] = [
         TimerKey::Trackers,
         TimerKey::Dial,
         TimerKey::Shutdown,
         TimerKey::RateLimits,
+        TimerKey::Dht,
     ];
 
     /// The torrent-level keys of one torrent.

@@ -291,13 +291,19 @@ impl Net {
                 let from = self.nodes[i].addr;
                 if let Some(fake) = self.udp.get_mut(&to) {
                     if let Some(reply) = fake.answer(&data) {
-                        let _ = from;
                         self.queue.push_back(Action::Datagram {
                             node: i,
                             from: to,
                             data: reply,
                         });
                     }
+                } else if let Some(j) = self.node_at(to) {
+                    // Node to node (the DHT): the UDP socket shares the TCP listener's address.
+                    self.queue.push_back(Action::Datagram {
+                        node: j,
+                        from,
+                        data: data.to_vec(),
+                    });
                 }
             }
             Output::Resolve { id, host, port } => {
@@ -1658,6 +1664,7 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
         .any(|r| r.starts_with("GET /scrape?info_hash=")));
 }
 
+mod dht;
 mod hostile;
 mod magnet;
 
