@@ -8,30 +8,44 @@
 //! - [`TimerTable`]: every deadline of the engine under a name ([`TimerKey`]), ordered by instant, so
 //!   `poll_timeout` is the first entry and `handle_timeout` takes the due ones off the front.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
+
+use foldhash::fast::FixedState;
 
 use crate::time::Instant;
 
 use super::io::{ConnId, TorrentId};
 
-/// A `BTreeMap` that remembers which keys were touched (inserted, removed, or borrowed mutably).
+/// A map that remembers which keys were touched (inserted, removed, or borrowed mutably).
 /// A flag per entry keeps the record free of duplicates without a lookup per access.
-#[derive(Debug)]
-pub(crate) struct Tracked<K: Ord + Copy, V> {
-    map: BTreeMap<K, (V, bool)>,
+///
+/// Lookups go through a hash map, so they cost the same with 1 or 10,000 entries (the engine looks
+/// torrents and connections up many times per input); an ordered key set gives iteration in key
+/// order, which keeps the engine deterministic.
+pub(crate) struct Tracked<K: Ord + Copy + Hash, V> {
+    map: HashMap<K, (V, bool), FixedState>,
+    order: BTreeSet<K>,
     touched: Vec<K>,
 }
 
-impl<K: Ord + Copy, V> Default for Tracked<K, V> {
+impl<K: Ord + Copy + Hash + std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Tracked<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Ord + Copy + Hash, V> Default for Tracked<K, V> {
     fn default() -> Self {
         Tracked {
-            map: BTreeMap::new(),
+            map: HashMap::with_hasher(FixedState::default()),
+            order: BTreeSet::new(),
             touched: Vec::new(),
         }
     }
 }
 
-impl<K: Ord + Copy, V> Tracked<K, V> {
+impl<K: Ord + Copy + Hash, V> Tracked<K, V> {
     /// The entry, for reading (not recorded).
     pub fn get(&self, k: &K) -> Option<&V> {
         self.map.get(k).map(|(v, _)| v)
@@ -49,6 +63,7 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
 
     /// Inserts an entry (recorded as touched).
     pub fn insert(&mut self, k: K, v: V) {
+        self.order.insert(k);
         if let Some((_, true)) = self.map.insert(k, (v, true)) {
             return;
         }
@@ -58,6 +73,7 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
     /// Removes an entry (recorded as touched, so its deadlines are cleared).
     pub fn remove(&mut self, k: &K) -> Option<V> {
         let (v, touched) = self.map.remove(k)?;
+        self.order.remove(k);
         if !touched {
             self.touched.push(*k);
         }
@@ -81,17 +97,19 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
 
     /// Keys in order.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.map.keys()
+        self.order.iter()
     }
 
     /// Values in key order, for reading.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.map.values().map(|(v, _)| v)
+        self.iter().map(|(_, v)| v)
     }
 
     /// Entries in key order, for reading.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.map.iter().map(|(k, (v, _))| (k, v))
+        self.order
+            .iter()
+            .filter_map(|k| self.map.get(k).map(|(v, _)| (k, v)))
     }
 
     /// The keys touched since the last take, in key order (removed ones included), and forgets them.
