@@ -129,10 +129,6 @@ impl Engine {
         });
         let id = TorrentId(self.next_torrent);
         self.next_torrent = self.next_torrent.wrapping_add(1);
-        let name = link
-            .display_name
-            .clone()
-            .unwrap_or_else(|| info_hash.to_hex());
         let fetch = MagnetFetch {
             fetcher: MetadataFetcher::new(info_hash, FetcherConfig::default()),
             select_only: link.select_only.clone(),
@@ -140,14 +136,16 @@ impl Engine {
         };
         let mut t = Torrent::new(
             info_hash,
-            Meta::Fetching(fetch),
-            name,
+            Meta::Fetching(Box::new(fetch)),
             trackers,
             policy,
             choker,
             self.config.session.rate_window,
             add.paused,
         );
+        if let Some(dn) = &link.display_name {
+            t.name = dn.clone();
+        }
         for addr in add.peers {
             t.book.add(now, addr);
         }

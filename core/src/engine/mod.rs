@@ -375,7 +375,6 @@ impl Engine {
         let id = TorrentId(self.next_torrent);
         self.next_torrent = self.next_torrent.wrapping_add(1);
         let complete = picker.is_complete();
-        let name = info.name().to_owned();
         let meta = Meta::Known(Box::new(Known {
             info,
             geometry,
@@ -384,7 +383,6 @@ impl Engine {
         let mut t = Torrent::new(
             info_hash,
             meta,
-            name,
             add.metainfo.trackers.clone(),
             policy,
             choker,

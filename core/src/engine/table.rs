@@ -8,30 +8,44 @@
 //! - [`TimerTable`]: every deadline of the engine under a name ([`TimerKey`]), ordered by instant, so
 //!   `poll_timeout` is the first entry and `handle_timeout` takes the due ones off the front.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+
+use foldhash::fast::FixedState;
 
 use crate::time::Instant;
 
 use super::io::{ConnId, TorrentId};
 
-/// A `BTreeMap` that remembers which keys were touched (inserted, removed, or borrowed mutably).
+/// A map that remembers which keys were touched (inserted, removed, or borrowed mutably).
 /// A flag per entry keeps the record free of duplicates without a lookup per access.
-#[derive(Debug)]
-pub(crate) struct Tracked<K: Ord + Copy, V> {
-    map: BTreeMap<K, (V, bool)>,
+///
+/// Lookups go through a hash map, so they cost the same with 1 or 10,000 entries (the engine looks
+/// torrents and connections up many times per input); an ordered key set gives iteration in key
+/// order, which keeps the engine deterministic.
+pub(crate) struct Tracked<K: Ord + Copy + Hash, V> {
+    map: HashMap<K, (V, bool), FixedState>,
+    order: BTreeSet<K>,
     touched: Vec<K>,
 }
 
-impl<K: Ord + Copy, V> Default for Tracked<K, V> {
+impl<K: Ord + Copy + Hash + std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Tracked<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Ord + Copy + Hash, V> Default for Tracked<K, V> {
     fn default() -> Self {
         Tracked {
-            map: BTreeMap::new(),
+            map: HashMap::with_hasher(FixedState::default()),
+            order: BTreeSet::new(),
             touched: Vec::new(),
         }
     }
 }
 
-impl<K: Ord + Copy, V> Tracked<K, V> {
+impl<K: Ord + Copy + Hash, V> Tracked<K, V> {
     /// The entry, for reading (not recorded).
     pub fn get(&self, k: &K) -> Option<&V> {
         self.map.get(k).map(|(v, _)| v)
@@ -49,6 +63,7 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
 
     /// Inserts an entry (recorded as touched).
     pub fn insert(&mut self, k: K, v: V) {
+        self.order.insert(k);
         if let Some((_, true)) = self.map.insert(k, (v, true)) {
             return;
         }
@@ -58,6 +73,7 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
     /// Removes an entry (recorded as touched, so its deadlines are cleared).
     pub fn remove(&mut self, k: &K) -> Option<V> {
         let (v, touched) = self.map.remove(k)?;
+        self.order.remove(k);
         if !touched {
             self.touched.push(*k);
         }
@@ -81,17 +97,19 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
 
     /// Keys in order.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.map.keys()
+        self.order.iter()
     }
 
     /// Values in key order, for reading.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.map.values().map(|(v, _)| v)
+        self.iter().map(|(_, v)| v)
     }
 
     /// Entries in key order, for reading.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.map.iter().map(|(k, (v, _))| (k, v))
+        self.order
+            .iter()
+            .filter_map(|k| self.map.get(k).map(|(v, _)| (k, v)))
     }
 
     /// The keys touched since the last take, in key order (removed ones included), and forgets them.
@@ -121,7 +139,7 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
 
 /// The name of one deadline. Each component files its own: a connection's session, a torrent's
 /// choker, announce policy, PEX sender and metadata fetch, and the engine-wide ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum TimerKey {
     /// A peer session's next timeout (request timeouts, snubbing, keep-alives, handshake limit).
     Conn(ConnId),
@@ -167,29 +185,99 @@ impl TimerKey {
 }
 
 /// Every deadline, by name and by instant.
-#[derive(Debug, Default)]
+///
+/// A deadline that moves later (the common case: a connection's keep-alive or request timeout moves
+/// with every message) is not refiled at once: its entry in the ordered set stays at the earlier
+/// instant until it reaches the front, and only then moves. So most changes cost one hash lookup;
+/// the front entry is always exact, and [`TimerTable::due`] answers by the exact deadlines.
+#[derive(Debug)]
 pub(crate) struct TimerTable {
+    /// Filed instants: per key at most one entry, never later than its deadline.
     by_time: BTreeSet<(Instant, TimerKey)>,
-    by_key: BTreeMap<TimerKey, Instant>,
+    by_key: HashMap<TimerKey, Slot, FixedState>,
+    /// The engine-wide deadlines as last set: refiled after every input, mostly unchanged, so they
+    /// are compared here before any lookup.
+    globals: [Option<Instant>; 4],
+}
+
+/// One key's deadline and where it is filed in `by_time`.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// The deadline as its component last stated it.
+    exact: Option<Instant>,
+    /// Its entry in `by_time` (at or before `exact`; stale when it differs).
+    filed: Option<Instant>,
+}
+
+impl Default for TimerTable {
+    fn default() -> Self {
+        TimerTable {
+            by_time: BTreeSet::new(),
+            by_key: HashMap::with_hasher(FixedState::default()),
+            globals: [None; 4],
+        }
+    }
 }
 
 impl TimerTable {
     /// Sets (or with `None`, clears) the deadline named `key`.
     pub fn set(&mut self, key: TimerKey, at: Option<Instant>) {
-        let old = self.by_key.get(&key).copied();
-        if old == at {
+        if let Some(i) = TimerKey::GLOBAL.iter().position(|g| *g == key) {
+            if self.globals[i] == at {
+                return;
+            }
+            self.globals[i] = at;
+        }
+        let slot = self.by_key.entry(key).or_insert(Slot {
+            exact: None,
+            filed: None,
+        });
+        if slot.exact == at {
             return;
         }
-        if let Some(old) = old {
-            self.by_time.remove(&(old, key));
-        }
-        match at {
-            Some(at) => {
-                self.by_key.insert(key, at);
+        slot.exact = at;
+        match (slot.filed, at) {
+            // Earlier than filed (or not filed): file it now.
+            (None, Some(at)) => {
+                slot.filed = Some(at);
                 self.by_time.insert((at, key));
             }
-            None => {
+            (Some(filed), Some(at)) if at < filed => {
+                slot.filed = Some(at);
+                self.by_time.remove(&(filed, key));
+                self.by_time.insert((at, key));
+            }
+            // Later or cleared: the entry stays early, unless it is the front.
+            (Some(filed), _) => {
+                if self.by_time.first() == Some(&(filed, key)) {
+                    self.fix_front();
+                }
+            }
+            (None, None) => {
                 self.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Refiles stale entries at the front until the front one is exact.
+    fn fix_front(&mut self) {
+        while let Some(&(filed, key)) = self.by_time.first() {
+            let Some(slot) = self.by_key.get_mut(&key) else {
+                self.by_time.pop_first();
+                continue;
+            };
+            if slot.exact == Some(filed) {
+                return;
+            }
+            self.by_time.pop_first();
+            slot.filed = slot.exact;
+            match slot.exact {
+                Some(at) => {
+                    self.by_time.insert((at, key));
+                }
+                None => {
+                    self.by_key.remove(&key);
+                }
             }
         }
     }
@@ -197,10 +285,10 @@ impl TimerTable {
     /// The deadline named `key`.
     #[cfg(test)]
     pub fn get(&self, key: TimerKey) -> Option<Instant> {
-        self.by_key.get(&key).copied()
+        self.by_key.get(&key).and_then(|s| s.exact)
     }
 
-    /// The earliest deadline.
+    /// The earliest deadline (the front entry is always exact).
     pub fn next(&self) -> Option<Instant> {
         self.by_time.first().map(|(t, _)| *t)
     }
@@ -208,17 +296,23 @@ impl TimerTable {
     /// The keys whose deadline is at or before `now`, earliest first (they stay filed: whoever
     /// handles them refiles them).
     pub fn due(&self, now: Instant) -> Vec<TimerKey> {
-        self.by_time
+        let mut due: Vec<(Instant, TimerKey)> = self
+            .by_time
             .iter()
             .take_while(|(t, _)| *t <= now)
-            .map(|(_, k)| *k)
-            .collect()
+            .filter_map(|(_, k)| {
+                let exact = self.by_key.get(k)?.exact?;
+                (exact <= now).then_some((exact, *k))
+            })
+            .collect();
+        due.sort_unstable();
+        due.into_iter().map(|(_, k)| k).collect()
     }
 
-    /// Number of deadlines filed.
+    /// Number of deadlines set.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_key.values().filter(|s| s.exact.is_some()).count()
     }
 }
 
@@ -250,6 +344,37 @@ mod tests {
         assert_eq!(tt.next(), Some(t0 + Duration::from_secs(9)));
         assert_eq!(tt.len(), 1);
         assert_eq!(tt.get(TimerKey::Dial), None);
+    }
+
+    #[test]
+    fn deadlines_moved_later_are_answered_exactly() {
+        let t0 = Instant::from_secs(10);
+        let at = |s| Some(t0 + Duration::from_secs(s));
+        let (a, b, c) = (
+            TimerKey::Conn(ConnId(1)),
+            TimerKey::Conn(ConnId(2)),
+            TimerKey::Dial,
+        );
+        let mut tt = TimerTable::default();
+        tt.set(a, at(1));
+        tt.set(b, at(2));
+        tt.set(c, at(3));
+        // `b` moves later while not at the front, then `a` (the front) moves past it.
+        tt.set(b, at(8));
+        tt.set(a, at(6));
+        assert_eq!(tt.next(), at(3));
+        assert_eq!(tt.due(t0 + Duration::from_secs(5)), vec![c]);
+        assert_eq!(tt.due(t0 + Duration::from_secs(9)), vec![c, a, b]);
+        tt.set(c, None);
+        assert_eq!(tt.next(), at(6));
+        tt.set(a, None);
+        assert_eq!(tt.next(), at(8));
+        tt.set(b, at(4));
+        assert_eq!(tt.next(), at(4));
+        tt.set(b, None);
+        assert_eq!(tt.next(), None);
+        assert_eq!(tt.len(), 0);
+        assert!(tt.by_time.is_empty());
     }
 
     #[test]

@@ -200,7 +200,7 @@ pub(crate) enum PieceStage {
 #[derive(Debug)]
 pub(crate) enum Meta {
     /// Added from a magnet link; the info dictionary is being fetched from peers.
-    Fetching(MagnetFetch),
+    Fetching(Box<MagnetFetch>),
     /// The info dictionary is known (from the start, or once a magnet link's fetch completed).
     Known(Box<Known>),
 }
@@ -252,7 +252,7 @@ impl Meta {
     /// The metadata fetch, while the metadata is not known.
     pub fn fetch(&self) -> Option<&MagnetFetch> {
         match self {
-            Meta::Fetching(m) => Some(m),
+            Meta::Fetching(m) => Some(m.as_ref()),
             Meta::Known(_) => None,
         }
     }
@@ -260,7 +260,7 @@ impl Meta {
     /// The metadata fetch, for changing, while the metadata is not known.
     pub fn fetch_mut(&mut self) -> Option<&mut MagnetFetch> {
         match self {
-            Meta::Fetching(m) => Some(m),
+            Meta::Fetching(m) => Some(m.as_mut()),
             Meta::Known(_) => None,
         }
     }
@@ -339,11 +339,10 @@ pub(crate) struct Torrent {
 
 impl Torrent {
     /// A torrent with no peers and nothing downloaded yet: `meta` is the metadata (`add_torrent`) or
-    /// its fetch (`add_magnet`).
+    /// its fetch (`add_magnet`); it is named by the info dictionary, else by its info-hash.
     pub fn new(
         info_hash: InfoHash,
         meta: Meta,
-        name: String,
         trackers: Vec<Vec<String>>,
         policy: AnnouncePolicy,
         choker: Choker<ConnId>,
@@ -351,6 +350,10 @@ impl Torrent {
         paused: bool,
     ) -> Torrent {
         let private = meta.info().is_some_and(Info::is_private);
+        // The info dictionary's name; a magnet link's `dn` replaces the info-hash until it is known.
+        let name = meta
+            .info()
+            .map_or_else(|| info_hash.to_hex(), |i| i.name().to_owned());
         let metadata = MetadataServer::new(meta.info().map(|i| i.raw().clone()));
         Torrent {
             info_hash,
