@@ -26,6 +26,7 @@ mod scrape;
 mod table;
 mod torrent;
 mod trackers;
+mod webseed;
 
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,7 @@ use trackers::TrackerGlue;
 
 pub use ext::AddMagnet;
 pub use io::*;
+pub use webseed::{WebSeedConfig, WebSeedStats};
 
 /// The pending-piece cap is never below this many pieces of the torrent with the longest pieces: one
 /// being assembled while the previous one is verified and written.
@@ -94,6 +96,8 @@ pub struct EngineConfig {
     pub dns_ttl: Duration,
     /// How long `shutdown` waits for `stopped` announces before giving up (default 5 s).
     pub shutdown_timeout: Duration,
+    /// Web seeds (BEP 19).
+    pub webseed: WebSeedConfig,
 }
 
 impl Default for EngineConfig {
@@ -112,6 +116,7 @@ impl Default for EngineConfig {
             udp: UdpConfig::default(),
             dns_ttl: Duration::from_secs(15 * 60),
             shutdown_timeout: Duration::from_secs(5),
+            webseed: WebSeedConfig::default(),
         }
     }
 }
@@ -231,6 +236,8 @@ pub struct Engine {
     peer_resolves: BTreeMap<ResolveId, TorrentId>,
     /// Download and upload rate limits (`limits.rs`).
     limits: limits::EngineLimits,
+    /// Web seeds and their connections (`webseed.rs`).
+    webseeds: webseed::WebSeeds,
 }
 
 impl std::fmt::Debug for Engine {
@@ -254,7 +261,9 @@ impl Engine {
         let peer_id = config.peer_id.unwrap_or_else(|| PeerId::generate(&mut rng));
         let router = UdpTrackerRouter::new(config.udp.clone(), seeded(rng.random()));
         let key = rng.random();
+        let webseeds = webseed::WebSeeds::new(config.webseed.clone());
         Engine {
+            webseeds,
             trackers: TrackerGlue::new(router, key, config.dns_ttl),
             config,
             rng,
@@ -376,6 +385,7 @@ impl Engine {
             t.policy.start(now);
         }
         self.torrents.insert(id, t);
+        self.webseeds_add(id, &add.metainfo.url_list);
         self.update_longest_piece();
         self.dial_dirty = true;
         self.events.push_back(Event::TorrentAdded(id));
@@ -579,6 +589,7 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => return self.webseed_connected(now, w),
             Some(Classified::Peer(id)) => id,
         };
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -598,6 +609,7 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => return self.webseed_connect_failed(now, w, reason),
             Some(Classified::Peer(id)) => id,
         };
         self.drop_conn(now, conn, reason, false);
@@ -614,6 +626,9 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => {
+                return self.webseed_read(now, w, bytes::Bytes::copy_from_slice(data))
+            }
             Some(Classified::Peer(id)) => id,
         };
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -628,9 +643,10 @@ impl Engine {
     /// it over without copying (piece payloads stay slices of it until they are written). Otherwise the
     /// same as [`Engine::handle_read`].
     pub fn handle_read_owned(&mut self, now: Instant, conn: ConnId, data: bytes::BytesMut) {
-        if !matches!(self.ids.classify(conn), Some(Classified::Peer(_))) {
-            self.handle_read(now, conn, &data);
-            return;
+        match self.ids.classify(conn) {
+            Some(Classified::Peer(_)) => {}
+            Some(Classified::WebSeed(w)) => return self.webseed_read(now, w, data.freeze()),
+            _ => return self.handle_read(now, conn, &data),
         }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -650,6 +666,7 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => return self.webseed_closed(now, w),
             Some(Classified::Peer(id)) => id,
         };
         self.drop_conn(now, conn, "connection closed by peer", false);
@@ -680,6 +697,10 @@ impl Engine {
         id: ResolveId,
         result: Result<Vec<SocketAddr>, String>,
     ) {
+        let result = match self.webseed_resolved(now, id, result) {
+            Ok(()) => return,
+            Err(result) => result,
+        };
         if let Some(tid) = self.peer_resolves.remove(&id) {
             self.peer_hint_resolved(now, tid, result);
             self.maintain(now);
@@ -785,6 +806,7 @@ impl Engine {
                     let _ = self.torrents.get_mut(&tid);
                 }
                 TimerKey::RateLimits => self.wake_limited(now),
+                TimerKey::WebSeeds => self.webseed_timeout(now),
                 TimerKey::Conn(_) | TimerKey::Trackers | TimerKey::Dial | TimerKey::Shutdown => {}
             }
         }
@@ -864,6 +886,7 @@ impl Engine {
             TimerKey::Dial if self.shutdown_deadline.is_none() => self.dial_due,
             TimerKey::Shutdown if !self.shut_down => self.shutdown_deadline,
             TimerKey::RateLimits => self.limits.poll_timeout(),
+            TimerKey::WebSeeds => self.webseeds.poll_timeout(),
             _ => None,
         }
     }
@@ -995,6 +1018,7 @@ impl Engine {
             }),
             peer_list,
             trackers: t.policy.tracker_status(now),
+            web_seeds: self.webseeds.stats(torrent, now),
             files,
         })
     }

@@ -141,15 +141,18 @@ pub(crate) enum TimerKey {
     Shutdown,
     /// Connections waiting for rate-limit tokens may try again (`limits.rs`).
     RateLimits,
+    /// A web-seed connection's idle timeout or a web seed's back-off ends (`webseed.rs`).
+    WebSeeds,
 }
 
 impl TimerKey {
     /// The engine-wide keys.
-    pub const GLOBAL: [TimerKey; 4] = [
+    pub const GLOBAL: [TimerKey; 5] = [
         TimerKey::Trackers,
         TimerKey::Dial,
         TimerKey::Shutdown,
         TimerKey::RateLimits,
+        TimerKey::WebSeeds,
     ];
 
     /// The torrent-level keys of one torrent.
