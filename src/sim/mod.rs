@@ -1463,5 +1463,6 @@ fn event_tag(e: &Event) -> u64 {
         Event::PeerBanned { addr, .. } => 12 << 32 | u64::from(addr.port()),
         Event::MetadataReceived { torrent, .. } => 13 << 32 | u64::from(torrent.0),
         Event::ScrapeResult { url, .. } => 14 << 32 | url.len() as u64,
+        Event::WebSeedError { url, .. } => 15 << 32 | url.len() as u64,
     }
 }

@@ -160,13 +160,15 @@ impl Harness {
                 self.silenced = true;
                 return (Vec::new(), false);
             }
-            Mode::Redirect if !target.starts_with("/moved") => return (
-                format!(
+            Mode::Redirect if !target.starts_with("/moved") => {
+                return (
+                    format!(
                     "HTTP/1.1 302 Found\r\nLocation: /moved{target}\r\nContent-Length: 0\r\n\r\n"
                 )
-                .into_bytes(),
-                false,
-            ),
+                    .into_bytes(),
+                    false,
+                )
+            }
             _ => {}
         }
         let path = target.strip_prefix("/moved").unwrap_or(&target).to_owned();
