@@ -95,3 +95,13 @@ put("magnet", "so", b"0,2,4-6")
 put("bencode", "reply", compact)
 put("bencode", "ext_handshake", b"d1:md11:ut_metadatai1e6:ut_pexi2ee13:metadata_sizei300e1:pi6881e4:reqqi250e1:v6:Tr 3.0e")
 put("bencode", "nested", b"ld1:ai-12e1:bli0ei1ee0:e3:xyze")
+
+# Web-seed answers to a ranged GET of bytes 0-999 (control byte 0x00: range from 0, 1-byte chunks;
+# 0xf0: 106-byte chunks).
+body = bytes(range(256)) * 3 + bytes(232)
+put("webseed_http", "partial", b"\xf0" + b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/10000\r\nContent-Length: 1000\r\n\r\n" + body)
+put("webseed_http", "chunked", b"\x30" + b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/*\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1f4;x=y\r\n" + body[:500] + b"\r\n1f4\r\n" + body[500:] + b"\r\n0\r\nT: 1\r\n\r\n")
+put("webseed_http", "close", b"\x70" + b"HTTP/1.0 206 Partial Content\r\nContent-Range: bytes 0-999/10000\r\n\r\n" + body)
+put("webseed_http", "busy", b"\xf0" + b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n")
+put("webseed_http", "redirect", b"\xf0" + b"HTTP/1.1 302 Found\r\nLocation: /mirror/file.bin\r\nContent-Length: 0\r\n\r\n")
+put("webseed_http", "ignored_range", b"\xf1" + b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n" + body)

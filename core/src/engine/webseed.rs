@@ -79,6 +79,9 @@ enum Claim {
     NoMemory,
 }
 
+/// Connections in a row that may close before answering before the seed backs off.
+const MAX_QUIET_CLOSES: u8 = 2;
+
 /// Shortest back-off, even for `Retry-After: 0`.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -145,6 +148,9 @@ struct WsConn {
     parts: VecDeque<Part>,
     current: Option<Part>,
     redirects: u8,
+    /// Connections in a row closed before answering (retried on a new connection up to
+    /// [`MAX_QUIET_CLOSES`] times).
+    quiet_closes: u8,
     /// Torrent offset of the next body byte, and the block being assembled there.
     pos: u64,
     pending: BytesMut,
@@ -392,6 +398,7 @@ impl Engine {
                     parts: VecDeque::new(),
                     current: None,
                     redirects: 0,
+                    quiet_closes: 0,
                     pos: 0,
                     pending: BytesMut::new(),
                 },
@@ -638,6 +645,7 @@ impl Engine {
                 blocks.push((block, c.pending.split().freeze()));
             }
         }
+        c.quiet_closes = 0;
         let (key, addr, idx) = (c.key, c.addr, c.seed);
         let mut got = 0u64;
         for (block, bytes) in blocks {
@@ -686,6 +694,18 @@ impl Engine {
                 ClientEvent::Answer(Verdict::Data { .. }) => {}
                 ClientEvent::Failed(HttpError::Refused(e)) => {
                     self.ws_disable(now, id, e.to_string())
+                }
+                ClientEvent::Failed(HttpError::ClosedBeforeAnswer)
+                    if self
+                        .webseeds
+                        .conns
+                        .get(&id)
+                        .is_some_and(|c| c.quiet_closes < MAX_QUIET_CLOSES) =>
+                {
+                    if let Some(c) = self.webseeds.conns.get_mut(&id) {
+                        c.quiet_closes += 1;
+                    }
+                    self.ws_reconnect(now, id, None);
                 }
                 ClientEvent::Failed(e) => self.ws_failed(now, id, e.to_string()),
             }

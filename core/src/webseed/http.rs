@@ -65,6 +65,10 @@ pub enum HttpError {
     /// The connection closed before the head was complete.
     #[error("connection closed before the end of the HTTP response head")]
     ClosedDuringHead,
+    /// The connection closed before any byte of the answer (a server closing an idle keep-alive
+    /// connection as the request went out: worth one retry on a new connection).
+    #[error("connection closed before the server answered")]
+    ClosedBeforeAnswer,
     /// The connection closed before the body was complete.
     #[error("connection closed after {received} of {expected} body bytes")]
     Truncated {
@@ -668,6 +672,8 @@ impl RangeClient {
                 let (expect, left) = (asked.len(), expected.unwrap_or(asked.len()));
                 if left == 0 && self.parser.eof().is_ok() {
                     self.finish(out);
+                } else if expected.is_none() && self.parser.is_idle() {
+                    self.fail(HttpError::ClosedBeforeAnswer, out);
                 } else {
                     let e = match self.parser.eof() {
                         Err(HttpError::ClosedDuringHead) => HttpError::ClosedDuringHead,

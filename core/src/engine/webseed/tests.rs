@@ -28,6 +28,9 @@ enum Mode {
     SilentOnce,
     /// Redirects every request to `/moved/...` once.
     Redirect,
+    /// Closes the connection without answering the second request on it (an idle keep-alive
+    /// connection timed out by the server as the request went out).
+    DropSecond,
 }
 
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 8080);
@@ -47,6 +50,7 @@ struct Harness {
     events: Vec<Event>,
     silenced: bool,
     max_open: usize,
+    per_conn: BTreeMap<ConnId, u32>,
 }
 
 fn build(
@@ -129,10 +133,12 @@ impl Harness {
             events: Vec::new(),
             silenced: false,
             max_open: 0,
+            per_conn: BTreeMap::new(),
         }
     }
 
-    fn answer(&mut self, req: &[u8]) -> (Vec<u8>, bool) {
+    fn answer(&mut self, conn: ConnId, req: &[u8]) -> (Vec<u8>, bool) {
+        *self.per_conn.entry(conn).or_insert(0) += 1;
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut r = httparse::Request::new(&mut headers);
         assert!(
@@ -160,6 +166,7 @@ impl Harness {
                 self.silenced = true;
                 return (Vec::new(), false);
             }
+            Mode::DropSecond if self.per_conn.get(&conn) == Some(&2) => return (Vec::new(), true),
             Mode::Redirect if !target.starts_with("/moved") => {
                 return (
                     format!(
@@ -234,7 +241,7 @@ impl Harness {
                     }
                     Output::Send { conn, data } => {
                         assert!(self.open.contains(&conn));
-                        let (resp, close) = self.answer(&data);
+                        let (resp, close) = self.answer(conn, &data);
                         for c in resp.chunks(7001) {
                             self.queue
                                 .push_back((conn, Some(Bytes::copy_from_slice(c))));
@@ -500,4 +507,17 @@ fn runs_respect_the_pending_memory_cap() {
     let mut h = Harness::with(&[("x", 2 * 1024 * 1024)], 32 * 1024, Mode::Honest, config);
     assert!(h.run(100_000), "{:?}", h.events);
     h.assert_exact();
+}
+
+#[test]
+fn a_connection_closed_before_the_answer_is_retried_at_once() {
+    let mut config = EngineConfig::default();
+    config.webseed.run_bytes = 64 * 1024;
+    let mut h = Harness::with(&[("x", 600_000)], 16 * 1024, Mode::DropSecond, config);
+    let start = h.now;
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.errors().is_empty(), "{:?}", h.errors());
+    assert_eq!(h.now, start, "no back-off");
+    assert!(h.requests.len() >= 12, "{:?}", h.requests);
 }
