@@ -9,7 +9,7 @@
 # process serves the files as the user that runs this, and stopping its PID stops it), a test CA and
 # server certificate made with openssl (trusted through SSL_CERT_FILE), the torrent made by
 # `hyperblow create --web-seed`, and each run's download directory (removed after the run).
-# Needs: nginx (Debian's /usr/sbin/nginx), openssl, cargo.
+# Needs: nginx (Debian's /usr/sbin/nginx), openssl, bc, cargo; curl (optional) gives a baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,6 +98,21 @@ bench() { # name url
     rates+=("$(echo "$SIZE_MIB * 1048576 / ($t1 - $t0) / 1000000" | bc -l)")
     printf '%s run %d: %.0f MB/s\n' "$name" "$i" "${rates[-1]}"
   done
+  # The same file with curl (no hashing, one connection), interleaved: the ceiling under this load.
+  if command -v curl >/dev/null 2>&1; then
+    local base=()
+    for i in $(seq "$RUNS"); do
+      rm -rf "$dir/out"
+      mkdir -p "$dir/out"
+      local b0 b1
+      b0=$(date +%s.%N)
+      curl -s --cacert "$dir/ca.pem" -o "$dir/out/bench.bin" "${url}bench.bin"
+      b1=$(date +%s.%N)
+      base+=("$(echo "$SIZE_MIB * 1048576 / ($b1 - $b0) / 1000000" | bc -l)")
+    done
+    printf '%s\n' "${base[@]}" | sort -g | awk -v n="$name" \
+      '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%s: curl baseline median %.0f MB/s\n", n, m}'
+  fi
   printf '%s\n' "${rates[@]}" | sort -g | awk -v n="$name" -v s="$SIZE_MIB" \
     '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%s: median %.0f MB/s over %d runs (%d MiB)\n", n, m, NR, s}'
 }
