@@ -37,7 +37,7 @@ use crate::webseed::{file_url, FileRange, Verdict};
 
 use super::conn::WebSeedConn;
 use super::io::{ConnId, Event, Output, ResolveId, TorrentId};
-use super::torrent::{PieceBuf, PieceStage};
+use super::torrent::{Known, Meta};
 use super::Engine;
 
 /// Tunables of web seeds.
@@ -184,11 +184,6 @@ impl WebSeeds {
         conns.chain(seeds).min()
     }
 
-    /// The torrents with usable web seeds.
-    pub fn torrents(&self) -> Vec<TorrentId> {
-        self.seeds.keys().copied().collect()
-    }
-
     fn seed_of_addr(&self, tid: TorrentId, addr: SocketAddr) -> Option<usize> {
         self.seeds
             .get(&tid)?
@@ -293,10 +288,9 @@ impl Engine {
             let gone = !self.torrents.contains_key(&tid);
             let active = !gone
                 && self.shutdown_deadline.is_none()
-                && self
-                    .torrents
-                    .get(&tid)
-                    .is_some_and(|t| t.is_running() && t.picker.is_some() && !t.is_complete());
+                && self.torrents.get(&tid).is_some_and(|t| {
+                    t.is_running() && t.meta.picker().is_some() && !t.is_complete()
+                });
             if !active {
                 let ids: Vec<ConnId> = self
                     .webseeds
@@ -427,7 +421,11 @@ impl Engine {
     /// Claims a run of blocks for connection `id` and plans its requests; `false` if there is
     /// nothing to fetch (or no memory for it).
     fn ws_claim(&mut self, _now: Instant, id: ConnId) -> Claim {
-        if self.pending_bytes >= self.pending_cap() {
+        if self.pieces.bytes() >= self.pending_cap() {
+            // Woken by `wake_held_back` once memory is freed.
+            if let Some(c) = self.webseeds.conns.get(&id) {
+                self.held_back.insert(c.torrent);
+            }
             return Claim::NoMemory;
         }
         let run_bytes = self.webseeds.config.run_bytes;
@@ -441,9 +439,10 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return Claim::Nothing;
         };
-        let (Some(info), Some(picker)) = (t.info.as_ref(), t.picker.as_mut()) else {
+        let Meta::Known(known) = &mut t.meta else {
             return Claim::Nothing;
         };
+        let Known { info, picker, .. } = &mut **known;
         // No endgame duplicates: a web seed's connections would only race each other (and a
         // peer's blocks) for the same bytes.
         if picker.in_endgame() {
@@ -485,15 +484,7 @@ impl Engine {
         blocks.dedup();
         // Memory: the pieces enter the pending count as a peer's would.
         for b in &blocks {
-            if let std::collections::btree_map::Entry::Vacant(slot) = t.pieces.entry(b.piece) {
-                let size = picker.piece_size(b.piece);
-                self.pending_bytes += u64::from(size);
-                slot.insert(PieceBuf {
-                    size,
-                    blocks: Default::default(),
-                    stage: PieceStage::Assembling,
-                });
-            }
+            self.pieces.start(tid, b.piece, picker.piece_size(b.piece));
         }
         // Contiguous stretches of the torrent, then the file ranges of each.
         let layout = info.layout();
@@ -958,7 +949,7 @@ impl Engine {
         }
         let mut released = 0;
         if let Some(t) = self.torrents.get_mut(&c.torrent) {
-            if let Some(p) = t.picker.as_mut() {
+            if let Some(p) = t.meta.picker_mut() {
                 released = p.release_peer(c.key);
             }
             if released > 0 {
