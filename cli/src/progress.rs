@@ -298,6 +298,8 @@ impl Display {
             }
             SessionEvent::Engine(Event::PeerRefused { addr, reason, .. }) => {
                 tracing::debug!("peer {addr} refused: {reason}")
+            SessionEvent::Engine(Event::WebSeedError { url, message, .. }) => {
+                tracing::warn!("web seed {url}: {message}")
             }
             SessionEvent::Engine(Event::PieceFailed { piece, .. }) => {
                 tracing::info!("piece {piece} failed its hash check; fetching it again")
@@ -377,8 +379,15 @@ pub fn summary_line(st: &TorrentStats) -> String {
         (_, Some(d)) => format!("ETA {}", duration(d)),
         (_, None) => "ETA -".to_owned(),
     };
+    // Web seeds show only when the torrent has some: `web 1/2` (usable of listed).
+    let web = if st.web_seeds.is_empty() {
+        String::new()
+    } else {
+        let usable = st.web_seeds.iter().filter(|w| w.status.is_none()).count();
+        format!("  web {usable}/{}", st.web_seeds.len())
+    };
     format!(
-        "{} / {}  down {}/s  up {}/s  peers {} ({} seeds)  {eta}",
+        "{} / {}  down {}/s  up {}/s  peers {} ({} seeds){web}  {eta}",
         units::bytes(st.have_bytes),
         units::bytes(st.wanted_bytes),
         units::bytes(st.download_rate),
@@ -430,6 +439,12 @@ pub fn progress_json(st: &TorrentStats, elapsed: Duration) -> Value {
         "seeds": st.seeds,
         "eta_secs": st.eta.map(|d| d.as_secs()),
         "elapsed_secs": elapsed.as_secs_f64(),
+        "web_seeds": st.web_seeds.iter().map(|w| json!({
+            "url": w.url,
+            "connections": w.connections,
+            "downloaded": w.downloaded,
+            "status": w.status,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -511,6 +526,12 @@ pub fn event_json(ev: &SessionEvent) -> Option<Value> {
                 reason,
             } => json!({"event": "peer_refused", "torrent": torrent.map(|t| t.0),
                 "addr": addr.to_string(), "reason": reason}),
+            Event::WebSeedError {
+                torrent,
+                url,
+                message,
+            } => json!({"event": "web_seed_error", "torrent": torrent.0,
+                "url": url, "message": message}),
             #[allow(unreachable_patterns)]
             _ => return None,
         },

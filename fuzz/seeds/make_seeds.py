@@ -111,3 +111,12 @@ put("krpc", "response_nodes", b"d2:ip6:" + bytes([127, 0, 0, 1, 0x1a, 0xe1]) + b
 put("krpc", "response_values", b"d1:rd2:id" + bstr(NID) + b"5:token8:abcdefgh6:valuesl6:" + bytes([127, 0, 0, 3, 0x1a, 0xe1]) + b"18:" + bytes(15) + b"\x01\x1a\xe2ee1:t4:\x00\x00\x00\x021:y1:re")
 put("krpc", "error", b"d1:eli203e14:Protocol Errore1:t2:aa1:y1:ee")
 put("krpc", "sequence", b"d1:ad2:id" + bstr(NID) + b"e1:q4:ping1:t2:aa1:y1:qe" + b"\xfe" + b"d1:eli201e7:Generice1:t2:zz1:y1:ee")
+# Web-seed answers to a ranged GET of bytes 0-999 (control byte 0x00: range from 0, 1-byte chunks;
+# 0xf0: 106-byte chunks).
+body = bytes(range(256)) * 3 + bytes(232)
+put("webseed_http", "partial", b"\xf0" + b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/10000\r\nContent-Length: 1000\r\n\r\n" + body)
+put("webseed_http", "chunked", b"\x30" + b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/*\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1f4;x=y\r\n" + body[:500] + b"\r\n1f4\r\n" + body[500:] + b"\r\n0\r\nT: 1\r\n\r\n")
+put("webseed_http", "close", b"\x70" + b"HTTP/1.0 206 Partial Content\r\nContent-Range: bytes 0-999/10000\r\n\r\n" + body)
+put("webseed_http", "busy", b"\xf0" + b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n")
+put("webseed_http", "redirect", b"\xf0" + b"HTTP/1.1 302 Found\r\nLocation: /mirror/file.bin\r\nContent-Length: 0\r\n\r\n")
+put("webseed_http", "ignored_range", b"\xf1" + b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n" + body)

@@ -1,6 +1,6 @@
 //! A real web server for tests: Debian's `nginx` on a free loopback port, run from its own prefix and
 //! configuration in a temp dir, as a TLS front (a reverse proxy) for a plain HTTP server such as
-//! opentracker; plus [`TestPki`], a throwaway CA and server certificate made with `rcgen`.
+//! opentracker, or as a web seed serving a directory ([`Nginx::files`]); plus [`TestPki`], a throwaway CA and server certificate made with `rcgen`.
 //!
 //! How it runs (all facts of `nginx -h` / the nginx docs):
 //! - `-p DIR/ -c DIR/nginx.conf -e DIR/error.log`: every path it uses is in the temp dir (the pid
@@ -97,6 +97,23 @@ impl Nginx {
              proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n"
         );
         Nginx::start(Some(pki), &server, bound)
+    }
+
+    /// Starts nginx serving the files under `root` (a web seed), over HTTPS when `pki` is given.
+    /// `extra` goes inside the `location` before `root` (e.g. an `if` that answers `503`). With
+    /// `sendfile` and long keep-alive, as a download mirror would run.
+    pub fn files(
+        root: &Path,
+        pki: Option<&TestPki>,
+        extra: &str,
+        bound: Duration,
+    ) -> Result<Nginx> {
+        let server = format!(
+            "        sendfile on;\n        tcp_nopush on;\n        keepalive_requests 100000;\n        \
+             location / {{\n{extra}            root {};\n        }}\n",
+            root.display()
+        );
+        Nginx::start(pki, &server, bound)
     }
 
     /// Starts nginx with `locations` (the inside of a `server { }` block, after `listen`) and TLS

@@ -125,6 +125,7 @@ fn stats(
         have,
         peer_list: Vec::new(),
         trackers: Vec::new(),
+        web_seeds: Vec::new(),
         files,
     }
 }

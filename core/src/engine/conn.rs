@@ -69,6 +69,19 @@ pub(crate) enum ConnKind {
     Peer,
     /// An HTTP tracker exchange (in the tracker glue).
     HttpTracker,
+    /// A web seed's HTTP(S) connection (in `webseed.rs`).
+    WebSeed,
+}
+
+/// A connection id known to be a web seed's (see [`HttpConn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WebSeedConn(ConnId);
+
+impl WebSeedConn {
+    /// The id the driver knows it by.
+    pub fn id(self) -> ConnId {
+        self.0
+    }
 }
 
 /// A connection id known to be an HTTP tracker's: only [`ConnIds`] makes one, so the tracker
@@ -90,6 +103,8 @@ pub(crate) enum Classified {
     Peer(ConnId),
     /// An HTTP tracker connection.
     HttpTracker(HttpConn),
+    /// A web seed's connection.
+    WebSeed(WebSeedConn),
 }
 
 /// The one place connection ids are minted: never reused, each with its kind until released.
@@ -110,6 +125,11 @@ impl ConnIds {
         HttpConn(self.mint(ConnKind::HttpTracker))
     }
 
+    /// A new web-seed connection id.
+    pub fn mint_web_seed(&mut self) -> WebSeedConn {
+        WebSeedConn(self.mint(ConnKind::WebSeed))
+    }
+
     fn mint(&mut self, kind: ConnKind) -> ConnId {
         let id = ConnId(self.next);
         self.next += 1;
@@ -122,6 +142,7 @@ impl ConnIds {
         match self.kinds.get(&id)? {
             ConnKind::Peer => Some(Classified::Peer(id)),
             ConnKind::HttpTracker => Some(Classified::HttpTracker(HttpConn(id))),
+            ConnKind::WebSeed => Some(Classified::WebSeed(WebSeedConn(id))),
         }
     }
 
@@ -149,6 +170,9 @@ mod tests {
         assert_ne!(p, h.id());
         assert!(matches!(ids.classify(p), Some(Classified::Peer(x)) if x == p));
         assert!(matches!(ids.classify(h.id()), Some(Classified::HttpTracker(x)) if x == h));
+        let w = ids.mint_web_seed();
+        assert!(matches!(ids.classify(w.id()), Some(Classified::WebSeed(x)) if x == w));
+        ids.release(w.id());
         ids.release(p);
         assert!(ids.classify(p).is_none());
         assert_eq!(ids.open(), 1);

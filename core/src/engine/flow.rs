@@ -314,6 +314,20 @@ impl Engine {
         let Some(tid) = c.torrent else {
             return;
         };
+        self.accept_block(now, tid, key, addr, block, data);
+    }
+
+    /// A block from picker peer `key` at `addr` (a peer connection or a web seed): stored in its
+    /// piece, which is verified and written once complete.
+    pub(super) fn accept_block(
+        &mut self,
+        now: Instant,
+        tid: TorrentId,
+        key: PeerKey,
+        addr: SocketAddr,
+        block: BlockRequest,
+        data: Bytes,
+    ) {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
@@ -750,6 +764,13 @@ impl Engine {
         } else {
             strike.extend(contributors);
         }
+        // A web seed that alone sent a bad piece is disabled at once (it would send it again).
+        let seeds: Vec<SocketAddr> = strike
+            .iter()
+            .copied()
+            .filter(|a| self.webseeds.is_seed_addr(tid, *a))
+            .collect();
+        strike.retain(|a| !seeds.contains(a));
         let mut to_ban = Vec::new();
         for addr in strike {
             if t.strikes.len() >= MAX_STRIKE_ENTRIES && !t.strikes.contains_key(&addr) {
@@ -760,6 +781,9 @@ impl Engine {
             if *n >= MAX_STRIKES {
                 to_ban.push((addr, *n));
             }
+        }
+        for addr in seeds {
+            self.webseed_bad_data(now, tid, addr, "sent a piece that failed the hash check");
         }
         for (addr, n) in to_ban {
             let reason = format!("sent data for {n} pieces that failed the hash check");
@@ -876,6 +900,9 @@ impl Engine {
 
     /// Bans an address for this torrent: disconnect, never reconnect.
     pub(super) fn ban(&mut self, now: Instant, tid: TorrentId, addr: SocketAddr, reason: &str) {
+        if self.webseed_bad_data(now, tid, addr, reason) {
+            return;
+        }
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
@@ -1114,6 +1141,7 @@ impl Engine {
             return;
         }
         for tid in std::mem::take(&mut self.held_back) {
+            // Touching the torrent also wakes its web seeds (their upkeep runs for it).
             if let Some(t) = self.torrents.get_mut(&tid) {
                 t.refill = true;
             }
@@ -1161,6 +1189,8 @@ impl Engine {
                 self.run_choker(now, tid);
             }
         }
+        self.add_late(&mut work);
+        self.drive_webseeds(now, &work);
         self.add_late(&mut work);
         self.drive_extensions(now, &work);
         self.drive_dht(now, &work);

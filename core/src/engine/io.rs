@@ -255,6 +255,15 @@ pub enum Event {
         addr: SocketAddr,
         /// Why, in one line.
         reason: String,
+    /// A web seed failed, backs off, lacks a file, or was disabled (e.g. it sent data that failed
+    /// the hash check, or ignores `Range`).
+    WebSeedError {
+        /// The torrent.
+        torrent: TorrentId,
+        /// The web seed's `url-list` entry.
+        url: String,
+        /// What happened, in one line.
+        message: String,
     },
     /// A peer was banned for this session (e.g. repeatedly sent data that failed the hash check).
     PeerBanned {
@@ -373,6 +382,8 @@ pub struct TorrentStats {
     pub peer_list: Vec<PeerStats>,
     /// Per tracker.
     pub trackers: Vec<TrackerStatus>,
+    /// Per web seed (BEP 19 `url-list`).
+    pub web_seeds: Vec<super::WebSeedStats>,
     /// Per file.
     pub files: Vec<FileStats>,
 }

@@ -30,6 +30,7 @@ mod table;
 mod torrent;
 mod trackers;
 mod udp;
+mod webseed;
 
 #[cfg(test)]
 mod tests;
@@ -62,6 +63,7 @@ pub use dht::{DhtSettings, DEFAULT_BOOTSTRAP};
 pub use ext::AddMagnet;
 pub use io::*;
 pub use udp::{classify as classify_datagram, DatagramKind};
+pub use webseed::{WebSeedConfig, WebSeedStats};
 
 /// The pending-piece cap is never below this many pieces of the torrent with the longest pieces: one
 /// being assembled while the previous one is verified and written.
@@ -105,6 +107,8 @@ pub struct EngineConfig {
     pub shutdown_timeout: Duration,
     /// The mainline DHT (`dht.rs`); `None` (the default) runs without one.
     pub dht: Option<DhtSettings>,
+    /// Web seeds (BEP 19).
+    pub webseed: WebSeedConfig,
 }
 
 impl Default for EngineConfig {
@@ -125,6 +129,7 @@ impl Default for EngineConfig {
             dns_ttl: Duration::from_secs(15 * 60),
             shutdown_timeout: Duration::from_secs(5),
             dht: None,
+            webseed: WebSeedConfig::default(),
         }
     }
 }
@@ -249,6 +254,8 @@ pub struct Engine {
     limits: limits::EngineLimits,
     /// The DHT node, if the engine runs one (`dht.rs`).
     dht: Option<dht::DhtGlue>,
+    /// Web seeds and their connections (`webseed.rs`).
+    webseeds: webseed::WebSeeds,
 }
 
 impl std::fmt::Debug for Engine {
@@ -275,7 +282,9 @@ impl Engine {
         let dht = config.dht.clone().map(|settings| {
             dht::DhtGlue::new(settings, config.listen_port, now, seeded(rng.random()))
         });
+        let webseeds = webseed::WebSeeds::new(config.webseed.clone());
         let mut engine = Engine {
+            webseeds,
             trackers: TrackerGlue::new(router, key, config.dns_ttl),
             config,
             rng,
@@ -401,6 +410,7 @@ impl Engine {
             t.policy.start(now);
         }
         self.torrents.insert(id, t);
+        self.webseeds_add(id, &add.metainfo.url_list);
         self.update_longest_piece();
         self.dial_dirty = true;
         self.events.push_back(Event::TorrentAdded(id));
@@ -629,6 +639,7 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => return self.webseed_connected(now, w),
             Some(Classified::Peer(id)) => id,
         };
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -648,6 +659,7 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => return self.webseed_connect_failed(now, w, reason),
             Some(Classified::Peer(id)) => id,
         };
         self.drop_conn(now, conn, reason, false);
@@ -664,6 +676,9 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => {
+                return self.webseed_read(now, w, bytes::Bytes::copy_from_slice(data))
+            }
             Some(Classified::Peer(id)) => id,
         };
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -678,9 +693,10 @@ impl Engine {
     /// it over without copying (piece payloads stay slices of it until they are written). Otherwise the
     /// same as [`Engine::handle_read`].
     pub fn handle_read_owned(&mut self, now: Instant, conn: ConnId, data: bytes::BytesMut) {
-        if !matches!(self.ids.classify(conn), Some(Classified::Peer(_))) {
-            self.handle_read(now, conn, &data);
-            return;
+        match self.ids.classify(conn) {
+            Some(Classified::Peer(_)) => {}
+            Some(Classified::WebSeed(w)) => return self.webseed_read(now, w, data.freeze()),
+            _ => return self.handle_read(now, conn, &data),
         }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -700,6 +716,7 @@ impl Engine {
                 self.after_trackers(now);
                 return;
             }
+            Some(Classified::WebSeed(w)) => return self.webseed_closed(now, w),
             Some(Classified::Peer(id)) => id,
         };
         self.drop_conn(now, conn, "connection closed by peer", false);
@@ -750,6 +767,10 @@ impl Engine {
             self.maintain(now);
             return;
         }
+        let result = match self.webseed_resolved(now, id, result) {
+            Ok(()) => return,
+            Err(result) => result,
+        };
         if let Some(tid) = self.peer_resolves.remove(&id) {
             self.peer_hint_resolved(now, tid, result);
             self.maintain(now);
@@ -860,6 +881,7 @@ impl Engine {
                         d.handle_timeout(now);
                     }
                 }
+                TimerKey::WebSeeds => self.webseed_timeout(now),
                 TimerKey::Conn(_) | TimerKey::Trackers | TimerKey::Dial | TimerKey::Shutdown => {}
             }
         }
@@ -938,6 +960,7 @@ impl Engine {
             TimerKey::Shutdown if !self.shut_down => self.shutdown_deadline,
             TimerKey::RateLimits => self.limits.poll_timeout(),
             TimerKey::Dht => self.dht.as_ref().and_then(dht::DhtGlue::poll_timeout),
+            TimerKey::WebSeeds => self.webseeds.poll_timeout(),
             _ => None,
         }
     }
@@ -1071,6 +1094,7 @@ impl Engine {
             }),
             peer_list,
             trackers: t.policy.tracker_status(now),
+            web_seeds: self.webseeds.stats(torrent, now),
             files,
         })
     }

@@ -161,6 +161,8 @@ pub(crate) enum TimerKey {
     RateLimits,
     /// The DHT node's next deadline or a torrent's next DHT lookup (`dht.rs`).
     Dht,
+    /// A web-seed connection's idle timeout or a web seed's back-off ends (`webseed.rs`).
+    WebSeeds,
 }
 
 impl TimerKey {
@@ -171,6 +173,7 @@ impl TimerKey {
         TimerKey::Shutdown,
         TimerKey::RateLimits,
         TimerKey::Dht,
+        TimerKey::WebSeeds,
     ];
 
     /// The torrent-level keys of one torrent.

@@ -1,7 +1,7 @@
 //! Web seeds (BEP 19, `url-list`): where a torrent's bytes live on a plain HTTP(S) server, and which
 //! byte ranges of which files to ask for to get a run of pieces.
 //!
-//! This is the sans-IO arithmetic only (the engine does not use web seeds yet):
+//! The sans-IO arithmetic (the HTTP exchange is in [`http`], the engine's use in `engine/webseed.rs`):
 //! - [`file_url`]: the URL of one file. A multi-file torrent's URL is a directory holding the torrent's
 //!   top directory: `url/name/path/to/file`, each component percent-encoded. A single-file torrent's URL
 //!   names the file itself, unless it ends in `/`, which gets the torrent's name appended.
@@ -14,6 +14,8 @@
 //!   exact `Content-Range` asked for is data; a `200` (a server that ignored `Range`) is refused unless
 //!   the range was the whole file, so a whole large file is never read into memory; `404`/`410` drop the
 //!   seed for that file; `5xx`/`429` back off (honouring `Retry-After` in seconds); `3xx` redirect.
+
+pub mod http;
 
 use std::ops::Range;
 use std::time::Duration;

@@ -1,0 +1,523 @@
+//! Web seeds in the engine against an in-memory HTTP server on a virtual clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use sha1::{Digest, Sha1};
+
+use super::*;
+use crate::engine::{AddTorrent, EngineConfig, Job, JobId, JobResult};
+use crate::metainfo::{Metainfo, TorrentBuilder};
+use crate::rng::{seeded, RngExt};
+
+/// How the fake server misbehaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Honest,
+    /// Flips a byte in every answer for this path.
+    Corrupt(String),
+    /// `503 Retry-After: 2` for the first N requests.
+    Busy(u32),
+    /// `404` for this path.
+    Missing(String),
+    /// `200` with the whole file.
+    IgnoreRange,
+    /// Chunked bodies, and `Connection: close` after each answer.
+    ChunkedClose,
+    /// Answers nothing to the first request.
+    SilentOnce,
+    /// Redirects every request to `/moved/...` once.
+    Redirect,
+    /// Closes the connection without answering the second request on it (an idle keep-alive
+    /// connection timed out by the server as the request went out).
+    DropSecond,
+}
+
+const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 8080);
+
+struct Harness {
+    now: Instant,
+    engine: Engine,
+    tid: TorrentId,
+    files: BTreeMap<String, Vec<u8>>,
+    content: Vec<u8>,
+    piece_length: u32,
+    mode: Mode,
+    requests: Vec<String>,
+    open: BTreeSet<ConnId>,
+    queue: VecDeque<(ConnId, Option<Bytes>)>,
+    written: BTreeMap<u32, Bytes>,
+    events: Vec<Event>,
+    silenced: bool,
+    max_open: usize,
+    per_conn: BTreeMap<ConnId, u32>,
+}
+
+fn build(
+    name: &str,
+    files: &[(&str, u64)],
+    piece: u32,
+    url: &str,
+) -> (Metainfo, Vec<u8>, BTreeMap<String, Vec<u8>>) {
+    let list: Vec<(Vec<String>, u64)> = files
+        .iter()
+        .map(|(p, l)| (vec![(*p).to_owned()], *l))
+        .collect();
+    let builder = if files.len() == 1 {
+        TorrentBuilder::single_file(name, files[0].1)
+    } else {
+        TorrentBuilder::multi_file(name, list)
+    };
+    let mut hasher = builder
+        .piece_length(piece)
+        .url_list(vec![url.to_owned()])
+        .start()
+        .unwrap();
+    let total: u64 = files.iter().map(|(_, l)| l).sum();
+    let mut rng = seeded(total);
+    let content: Vec<u8> = (0..total).map(|_| rng.random::<u8>()).collect();
+    hasher.update(&content).unwrap();
+    let built = hasher.finish().unwrap();
+    let meta = Metainfo::from_bytes(&built.bytes).unwrap();
+    let mut by_path = BTreeMap::new();
+    let mut at = 0usize;
+    for (p, l) in files {
+        let path = if files.len() == 1 {
+            "/seed/".to_owned() + &crate::tracker::http::percent_encode(name.as_bytes())
+        } else {
+            format!(
+                "/seed/{}/{}",
+                crate::tracker::http::percent_encode(name.as_bytes()),
+                crate::tracker::http::percent_encode(p.as_bytes())
+            )
+        };
+        by_path.insert(path, content[at..at + *l as usize].to_vec());
+        at += *l as usize;
+    }
+    (meta, content, by_path)
+}
+
+impl Harness {
+    fn new(files: &[(&str, u64)], piece: u32, mode: Mode) -> Harness {
+        Harness::with(files, piece, mode, EngineConfig::default())
+    }
+
+    fn with(files: &[(&str, u64)], piece: u32, mode: Mode, config: EngineConfig) -> Harness {
+        let (meta, content, by_path) = build("my data", files, piece, "http://10.0.0.9:8080/seed/");
+        let now = Instant::from_secs(100);
+        let mut engine = Engine::new(config, 7, now);
+        let tid = engine
+            .add_torrent(
+                now,
+                AddTorrent {
+                    metainfo: meta,
+                    have: None,
+                    wanted_files: None,
+                    paused: false,
+                    peers: Vec::new(),
+                },
+            )
+            .unwrap();
+        Harness {
+            now,
+            engine,
+            tid,
+            files: by_path,
+            content,
+            piece_length: piece,
+            mode,
+            requests: Vec::new(),
+            open: BTreeSet::new(),
+            queue: VecDeque::new(),
+            written: BTreeMap::new(),
+            events: Vec::new(),
+            silenced: false,
+            max_open: 0,
+            per_conn: BTreeMap::new(),
+        }
+    }
+
+    fn answer(&mut self, conn: ConnId, req: &[u8]) -> (Vec<u8>, bool) {
+        *self.per_conn.entry(conn).or_insert(0) += 1;
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Request::new(&mut headers);
+        assert!(
+            matches!(r.parse(req), Ok(httparse::Status::Complete(_))),
+            "{req:?}"
+        );
+        let target = r.path.unwrap().to_owned();
+        let range = r
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("range"))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .unwrap();
+        self.requests.push(format!("{target} {range}"));
+        let n = self.requests.len() as u32;
+        match &self.mode {
+            Mode::Busy(k) if n <= *k => {
+                return (
+                    b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\nContent-Length: 4\r\n\r\nbusy"
+                        .to_vec(),
+                    false,
+                )
+            }
+            Mode::SilentOnce if !self.silenced => {
+                self.silenced = true;
+                return (Vec::new(), false);
+            }
+            Mode::DropSecond if self.per_conn.get(&conn) == Some(&2) => return (Vec::new(), true),
+            Mode::Redirect if !target.starts_with("/moved") => {
+                return (
+                    format!(
+                    "HTTP/1.1 302 Found\r\nLocation: /moved{target}\r\nContent-Length: 0\r\n\r\n"
+                )
+                    .into_bytes(),
+                    false,
+                )
+            }
+            _ => {}
+        }
+        let path = target.strip_prefix("/moved").unwrap_or(&target).to_owned();
+        if self.mode == Mode::Missing(path.clone()) {
+            return (
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                false,
+            );
+        }
+        let file = self
+            .files
+            .get(&path)
+            .unwrap_or_else(|| panic!("no file {path}"))
+            .clone();
+        let (a, b) = range
+            .strip_prefix("bytes=")
+            .unwrap()
+            .split_once('-')
+            .unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        let mut body = file[a..=b].to_vec();
+        if self.mode == Mode::Corrupt(path.clone()) {
+            body[0] ^= 0xff;
+        }
+        if self.mode == Mode::IgnoreRange {
+            let mut w =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", file.len()).into_bytes();
+            w.extend_from_slice(&file);
+            return (w, false);
+        }
+        let cr = format!("Content-Range: bytes {a}-{b}/{}\r\n", file.len());
+        if self.mode == Mode::ChunkedClose {
+            let mut w = format!("HTTP/1.1 206 Partial\r\n{cr}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").into_bytes();
+            for c in body.chunks(5000) {
+                w.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                w.extend_from_slice(c);
+                w.extend_from_slice(b"\r\n");
+            }
+            w.extend_from_slice(b"0\r\n\r\n");
+            return (w, true);
+        }
+        let mut w = format!(
+            "HTTP/1.1 206 Partial\r\n{cr}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        w.extend_from_slice(&body);
+        (w, false)
+    }
+
+    /// Performs outputs and delivers answers until the torrent completes or nothing is left to do
+    /// (then time moves to the next deadline); gives up after `limit` steps.
+    fn run(&mut self, limit: usize) -> bool {
+        for _ in 0..limit {
+            while let Some(o) = self.engine.poll_output() {
+                match o {
+                    Output::Connect { conn, addr, tls } => {
+                        assert_eq!(addr, SERVER);
+                        assert_eq!(tls, None);
+                        self.open.insert(conn);
+                        self.max_open = self.max_open.max(self.open.len());
+                        self.queue.push_back((conn, None));
+                    }
+                    Output::Send { conn, data } => {
+                        assert!(self.open.contains(&conn));
+                        let (resp, close) = self.answer(conn, &data);
+                        for c in resp.chunks(7001) {
+                            self.queue
+                                .push_back((conn, Some(Bytes::copy_from_slice(c))));
+                        }
+                        if close {
+                            self.queue.push_back((conn, Some(Bytes::new())));
+                        }
+                    }
+                    Output::Close { conn } => {
+                        self.open.remove(&conn);
+                    }
+                    Output::Job { id, job } => self.job(id, job),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            while let Some(e) = self.engine.poll_event() {
+                self.events.push(e);
+            }
+            if self.events.contains(&Event::TorrentCompleted(self.tid)) {
+                return true;
+            }
+            match self.queue.pop_front() {
+                Some((conn, _)) if !self.open.contains(&conn) => {}
+                Some((conn, None)) => self.engine.handle_connected(self.now, conn),
+                Some((conn, Some(b))) if b.is_empty() => {
+                    self.open.remove(&conn);
+                    self.engine.handle_closed(self.now, conn);
+                }
+                Some((conn, Some(b))) => {
+                    self.engine
+                        .handle_read_owned(self.now, conn, BytesMut::from(&b[..]))
+                }
+                None => match self.engine.poll_timeout() {
+                    Some(t) => {
+                        self.now = t.max(self.now);
+                        self.engine.handle_timeout(self.now);
+                    }
+                    None => return false,
+                },
+            }
+        }
+        false
+    }
+
+    fn job(&mut self, id: JobId, job: Job) {
+        let Job::VerifyWrite {
+            piece,
+            blocks,
+            expected,
+            ..
+        } = job
+        else {
+            panic!("unexpected job");
+        };
+        let mut h = Sha1::new();
+        for b in &blocks {
+            h.update(b);
+        }
+        let ok: [u8; 20] = h.finalize().into();
+        let result = if ok == expected {
+            let all: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+            self.written.insert(piece, Bytes::from(all));
+            JobResult::Written
+        } else {
+            JobResult::Mismatch
+        };
+        self.engine.handle_job_done(self.now, id, result);
+    }
+
+    fn assert_exact(&self) {
+        let mut got = Vec::new();
+        for (p, b) in &self.written {
+            assert_eq!(*p as usize, got.len() / self.piece_length as usize);
+            got.extend_from_slice(b);
+        }
+        assert!(got == self.content, "content differs");
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::WebSeedError { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> Vec<WebSeedStats> {
+        self.engine
+            .torrent_stats(self.now, self.tid)
+            .unwrap()
+            .web_seeds
+    }
+}
+
+#[test]
+fn a_web_seed_alone_completes_a_single_file_torrent_in_runs() {
+    let mut h = Harness::new(&[("x", 3 * 1024 * 1024 + 12345)], 64 * 1024, Mode::Honest);
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    let pieces = (3 * 1024 * 1024 + 12345u64).div_ceil(64 * 1024);
+    assert!(
+        (h.requests.len() as u64) < pieces / 4,
+        "{} requests for {pieces} pieces: runs of adjacent pieces expected",
+        h.requests.len()
+    );
+    assert!(
+        h.requests[0].starts_with("/seed/my%20data bytes="),
+        "{:?}",
+        h.requests
+    );
+    assert!(h.max_open <= 4);
+    assert!(h.errors().is_empty(), "{:?}", h.errors());
+    let s = h.stats();
+    assert_eq!(s[0].downloaded, h.content.len() as u64);
+    assert_eq!(s[0].status, None);
+    // Complete: the connections are closed.
+    h.run(100);
+    assert!(h.open.is_empty());
+    assert_eq!(h.engine.ids.open(), 0);
+}
+
+#[test]
+fn multi_file_torrents_map_to_per_file_urls_with_chunked_answers_and_closes() {
+    let files = [
+        ("a b.bin", 100_000),
+        ("empty", 0),
+        ("c", 5),
+        ("d.dat", 200_000),
+    ];
+    let mut h = Harness::new(&files, 16 * 1024, Mode::ChunkedClose);
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h
+        .requests
+        .iter()
+        .any(|r| r.starts_with("/seed/my%20data/a%20b.bin ")));
+    assert!(h
+        .requests
+        .iter()
+        .any(|r| r.starts_with("/seed/my%20data/c bytes=0-4")));
+    assert!(!h.requests.iter().any(|r| r.contains("/empty")));
+}
+
+#[test]
+fn a_seed_serving_bad_data_is_disabled_and_nothing_bad_is_written() {
+    let files = [("good", 64 * 1024), ("bad", 64 * 1024)];
+    let mut h = Harness::new(
+        &files,
+        16 * 1024,
+        Mode::Corrupt("/seed/my%20data/bad".into()),
+    );
+    assert!(!h.run(100_000));
+    // Only verified pieces were written; the bad file's pieces are not among them.
+    for p in 4..8 {
+        assert!(!h.written.contains_key(&p));
+    }
+    let errors = h.errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("disabled") && e.contains("hash check")),
+        "{errors:?}"
+    );
+    assert!(h.stats()[0]
+        .status
+        .as_deref()
+        .unwrap()
+        .starts_with("disabled"));
+    assert!(h.open.is_empty());
+    let before = h.requests.len();
+    h.run(1000);
+    assert_eq!(
+        h.requests.len(),
+        before,
+        "a disabled seed is not asked again"
+    );
+}
+
+#[test]
+fn busy_answers_back_off_then_the_seed_recovers() {
+    let mut h = Harness::new(&[("x", 300_000)], 16 * 1024, Mode::Busy(2));
+    let start = h.now;
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(
+        h.errors().iter().any(|e| e.contains("retrying in 2s")),
+        "{:?}",
+        h.errors()
+    );
+    assert!(
+        h.now >= start + Duration::from_secs(2),
+        "it waited for Retry-After"
+    );
+}
+
+#[test]
+fn a_missing_file_is_dropped_for_that_seed_only() {
+    let files = [("a", 64 * 1024), ("b", 64 * 1024), ("c", 64 * 1024)];
+    let mut h = Harness::new(&files, 16 * 1024, Mode::Missing("/seed/my%20data/b".into()));
+    assert!(!h.run(100_000));
+    let have: Vec<u32> = h.written.keys().copied().collect();
+    assert_eq!(
+        have,
+        vec![0, 1, 2, 3, 8, 9, 10, 11],
+        "every piece outside b"
+    );
+    let asked_b = h.requests.iter().filter(|r| r.contains("/b ")).count();
+    assert!(
+        (1..=4).contains(&asked_b),
+        "at most the connections in flight: {:?}",
+        h.requests
+    );
+    assert!(h.errors().iter().any(|e| e.contains("does not have")));
+    assert_eq!(h.stats()[0].status, None, "the seed stays usable");
+}
+
+#[test]
+fn a_server_that_ignores_range_is_refused() {
+    let mut h = Harness::new(&[("x", 300_000)], 16 * 1024, Mode::IgnoreRange);
+    assert!(!h.run(10_000));
+    assert!(h.written.is_empty());
+    assert!(
+        h.errors()
+            .iter()
+            .any(|e| e.contains("ignored the Range header")),
+        "{:?}",
+        h.errors()
+    );
+}
+
+#[test]
+fn a_silent_server_times_out_and_is_retried() {
+    let mut h = Harness::new(&[("x", 100_000)], 16 * 1024, Mode::SilentOnce);
+    let start = h.now;
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(
+        h.errors()
+            .iter()
+            .any(|e| e.contains("no data from the server")),
+        "{:?}",
+        h.errors()
+    );
+    assert!(h.now >= start + Duration::from_secs(30));
+}
+
+#[test]
+fn redirects_are_followed() {
+    let mut h = Harness::new(&[("x", 100_000)], 16 * 1024, Mode::Redirect);
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.requests.iter().any(|r| r.starts_with("/moved/seed/")));
+}
+
+#[test]
+fn runs_respect_the_pending_memory_cap() {
+    let config = EngineConfig {
+        max_pending_piece_bytes: 256 * 1024,
+        ..EngineConfig::default()
+    };
+    let mut h = Harness::with(&[("x", 2 * 1024 * 1024)], 32 * 1024, Mode::Honest, config);
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+}
+
+#[test]
+fn a_connection_closed_before_the_answer_is_retried_at_once() {
+    let mut config = EngineConfig::default();
+    config.webseed.run_bytes = 64 * 1024;
+    let mut h = Harness::with(&[("x", 600_000)], 16 * 1024, Mode::DropSecond, config);
+    let start = h.now;
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.errors().is_empty(), "{:?}", h.errors());
+    assert_eq!(h.now, start, "no back-off");
+    assert!(h.requests.len() >= 12, "{:?}", h.requests);
+}
