@@ -298,6 +298,7 @@ impl Display {
             }
             SessionEvent::Engine(Event::PeerRefused { addr, reason, .. }) => {
                 tracing::debug!("peer {addr} refused: {reason}")
+            }
             SessionEvent::Engine(Event::WebSeedError { url, message, .. }) => {
                 tracing::warn!("web seed {url}: {message}")
             }

@@ -255,6 +255,7 @@ pub enum Event {
         addr: SocketAddr,
         /// Why, in one line.
         reason: String,
+    },
     /// A web seed failed, backs off, lacks a file, or was disabled (e.g. it sent data that failed
     /// the hash check, or ignores `Range`).
     WebSeedError {

@@ -167,7 +167,7 @@ pub(crate) enum TimerKey {
 
 impl TimerKey {
     /// The engine-wide keys.
-    pub const GLOBAL: [TimerKey; 5] = [
+    pub const GLOBAL: [TimerKey; 6] = [
         TimerKey::Trackers,
         TimerKey::Dial,
         TimerKey::Shutdown,
