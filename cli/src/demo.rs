@@ -198,6 +198,7 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
                 max_peers: None,
                 max_download_rate: 0,
                 max_upload_rate: 0,
+                encryption: hyperblow_core::mse::Policy::default(),
             },
             goal: Goal::Complete,
             timeout: Some(Duration::from_secs(30)),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use hyperblow_core::magnet::{FileSelection, MagnetLink};
 use hyperblow_core::metainfo::Metainfo;
+use hyperblow_core::mse::{ParsePolicyError, Policy};
 use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
 use hyperblow_driver::{
     AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, RecvError, SessionConfig,
@@ -76,6 +77,12 @@ pub struct NetArgs {
     /// Session-wide upload limit, same units as --max-download-rate; 0 is unlimited.
     #[arg(long, value_name = "RATE", default_value = "0", value_parser = crate::units::parse_rate)]
     pub max_upload_rate: u64,
+    /// Protocol encryption (MSE/PE) with peers: `prefer` dials encrypted handshakes but keeps the
+    /// payload plain when the peer allows it, accepts both kinds and falls back to plain for peers
+    /// without encryption; `require` talks only RC4-encrypted streams, both ways; `disable` never
+    /// encrypts and refuses encrypted peers.
+    #[arg(long, value_name = "POLICY", default_value = "prefer", value_parser = parse_encryption)]
+    pub encryption: Policy,
 }
 
 impl NetArgs {
@@ -101,12 +108,18 @@ impl NetArgs {
         if let Some(n) = self.max_peers {
             config.engine.max_peers_per_torrent = n.max(1);
         }
+        config.engine.encryption = self.encryption;
         config.rate_limits = hyperblow_driver::RateLimits {
             download: self.max_download_rate,
             upload: self.max_upload_rate,
         };
         config
     }
+}
+
+/// `--encryption prefer|require|disable`.
+fn parse_encryption(s: &str) -> Result<Policy, ParsePolicyError> {
+    s.parse()
 }
 
 /// When seeding ends (besides Ctrl-C).

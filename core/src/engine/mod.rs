@@ -22,6 +22,7 @@ mod conn;
 mod ext;
 mod flow;
 mod limits;
+mod mse;
 mod scrape;
 mod table;
 mod torrent;
@@ -94,6 +95,9 @@ pub struct EngineConfig {
     pub dns_ttl: Duration,
     /// How long `shutdown` waits for `stopped` announces before giving up (default 5 s).
     pub shutdown_timeout: Duration,
+    /// Protocol encryption (MSE/PE) for peer connections both ways (default `prefer`; see
+    /// `engine/mse.rs`).
+    pub encryption: crate::mse::Policy,
 }
 
 impl Default for EngineConfig {
@@ -112,6 +116,7 @@ impl Default for EngineConfig {
             udp: UdpConfig::default(),
             dns_ttl: Duration::from_secs(15 * 60),
             shutdown_timeout: Duration::from_secs(5),
+            encryption: crate::mse::Policy::default(),
         }
     }
 }
@@ -231,6 +236,8 @@ pub struct Engine {
     peer_resolves: BTreeMap<ResolveId, TorrentId>,
     /// Download and upload rate limits (`limits.rs`).
     limits: limits::EngineLimits,
+    /// Protocol encryption: the policy and each connection's byte layer (`mse.rs`).
+    mse: mse::MseConns,
 }
 
 impl std::fmt::Debug for Engine {
@@ -254,6 +261,7 @@ impl Engine {
         let peer_id = config.peer_id.unwrap_or_else(|| PeerId::generate(&mut rng));
         let router = UdpTrackerRouter::new(config.udp.clone(), seeded(rng.random()));
         let key = rng.random();
+        let config_encryption = config.encryption;
         Engine {
             trackers: TrackerGlue::new(router, key, config.dns_ttl),
             config,
@@ -278,6 +286,7 @@ impl Engine {
             dial_due: None,
             peer_resolves: BTreeMap::new(),
             limits: limits::EngineLimits::new(now),
+            mse: mse::MseConns::new(config_encryption),
         }
     }
 
@@ -566,6 +575,7 @@ impl Engine {
             },
         );
         self.addrs.insert((remote, None), id);
+        self.mse_accepted(id);
         self.refile_timers(&[]);
         Some(id)
     }
@@ -585,6 +595,7 @@ impl Engine {
             c.connected = true;
             self.dial_dirty = true;
         }
+        self.mse_connected(now, conn);
         self.flush(conn);
         self.maintain(now);
     }
@@ -616,6 +627,10 @@ impl Engine {
             }
             Some(Classified::Peer(id)) => id,
         };
+        if self.mse.has_layer(conn) {
+            self.handle_read_owned(now, conn, bytes::BytesMut::from(data));
+            return;
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -632,6 +647,14 @@ impl Engine {
             self.handle_read(now, conn, &data);
             return;
         }
+        let data = match self.mse_read(now, conn, data) {
+            mse::ReadOutcome::Payload(d) => d,
+            mse::ReadOutcome::Nothing => {
+                self.flush(conn);
+                self.maintain(now);
+                return;
+            }
+        };
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1006,6 +1029,7 @@ impl Engine {
         if c.listen_port.is_none() {
             c.listen_port = Some(self.config.listen_port);
         }
+        c.advertise_encryption = self.mse.policy().advertises();
         c
     }
 
