@@ -12,6 +12,13 @@
 //! 3. `prefer_falls_back_to_plain`: under `prefer` Hyperblow dials a libtorrent seeder with
 //!    encryption disabled; libtorrent hangs up on the MSE handshake, Hyperblow redials at once with a
 //!    plain handshake and downloads.
+//! 4. `transmission_required_leeches_from_require`: Transmission 3.00 with `encryption` required
+//!    (`transmission-remote --encryption-required`) downloads from Hyperblow under `require`
+//!    (Hyperblow dials it: Transmission ignores loopback peers from trackers).
+//! 5. `require_downloads_from_transmission_required`: the other way round, Transmission seeding.
+//!
+//! aria2 (which opens every connection with MSE) downloading from Hyperblow under `require`, with
+//! aria2's log showing the RC4 selection, is in `tests/interop_aria2.rs`.
 //!
 //! Under `require` a finished transfer proves the stream was RC4: the engine refuses plaintext in both
 //! directions (no plain handshake accepted, `crypto_provide` and `crypto_select` RC4 only).
@@ -26,12 +33,14 @@ use std::time::Instant;
 use common::{assert_same, lt_seeder, tools_present, Hb, Rt, SingleFile, WAIT};
 use hyperblow_core::mse::Policy;
 use hyperblow_driver::AddTorrentRequest;
-use hyperblow_tests::interop::{free_port, LtConfig, LtPeer, LtRole, LtSource};
+use hyperblow_tests::interop::{free_port, LtConfig, LtPeer, LtRole, LtSource, Transmission};
 
 on_both_runtimes!(
     require_downloads_from_forced_seeder,
     forced_leecher_downloads_from_require,
     prefer_falls_back_to_plain,
+    transmission_required_leeches_from_require,
+    require_downloads_from_transmission_required,
 );
 
 /// A distinct payload seed per scenario and runtime, so that no two tests share an info-hash.
@@ -142,6 +151,95 @@ fn forced_leecher_downloads_from_require(rt: Rt) {
     );
     eprintln!(
         "[timing] {} libtorrent forced leeches from Hyperblow require: its own {own:.2} s (test {:.2?})",
+        rt.name(),
+        t0.elapsed()
+    );
+}
+
+/// Transmission 3.00 with encryption required (its `encryption` = 2), or `None` when it is missing.
+fn transmission_required(rt: Rt, role: &str) -> Option<Transmission> {
+    let tr = Transmission::start(
+        &format!("transmission-{role}-{}", rt.name()),
+        common::PROGRAM_BOUND,
+    )
+    .expect("start transmission-daemon")?;
+    tr.remote(&["--encryption-required"])
+        .expect("require encryption in transmission");
+    Some(tr)
+}
+
+/// Scenario 4.
+fn transmission_required_leeches_from_require(rt: Rt) {
+    if !tools_present() {
+        return;
+    }
+    let t0 = Instant::now();
+    let fx = fixture(rt, 4);
+    let Some(tr) = transmission_required(rt, "leech") else {
+        return;
+    };
+    let hb = hb(rt, Policy::Require);
+    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.seed_dir()));
+    assert_eq!(added.have_pieces, added.total_pieces, "the seed has it all");
+    let id = tr
+        .add_torrent(&fx.torrent.path)
+        .expect("add to transmission");
+    hb.session
+        .add_peer(added.id, tr.peer_addr())
+        .wait_timeout(WAIT)
+        .expect("add_peer");
+    let took = tr.wait_complete(id, WAIT, &[]).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            tr.info(id).unwrap_or_default(),
+            hb.diagnostics()
+        )
+    });
+    assert_same(&tr.download_dir().join(&fx.name), &fx.data, "Transmission");
+    let _ = tr.stop_torrent(id);
+    eprintln!(
+        "[timing] {} Transmission (encryption required) leeches from Hyperblow require: {took:.2?} (test {:.2?})",
+        rt.name(),
+        t0.elapsed()
+    );
+}
+
+/// Scenario 5.
+fn require_downloads_from_transmission_required(rt: Rt) {
+    if !tools_present() {
+        return;
+    }
+    let t0 = Instant::now();
+    let fx = fixture(rt, 5);
+    let Some(tr) = transmission_required(rt, "seed") else {
+        return;
+    };
+    std::fs::copy(
+        fx.seed_dir().join(&fx.name),
+        tr.download_dir().join(&fx.name),
+    )
+    .expect("give transmission the data");
+    let id = tr
+        .add_torrent(&fx.torrent.path)
+        .expect("add to transmission");
+    // It checks the data it finds and then seeds.
+    tr.wait_complete(id, WAIT, &[])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tr.info(id).unwrap_or_default()));
+    let hb = hb(rt, Policy::Require);
+    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.leech_dir("hb")));
+    hb.session
+        .add_peer(added.id, tr.peer_addr())
+        .wait_timeout(WAIT)
+        .expect("add_peer");
+    let took = hb.wait_complete(added.id, WAIT, &[tr.process()]);
+    assert_same(
+        &fx.dir.path().join("hb").join(&fx.name),
+        &fx.data,
+        "Hyperblow",
+    );
+    let _ = tr.stop_torrent(id);
+    eprintln!(
+        "[timing] {} Hyperblow require from Transmission (encryption required): {took:.2?} (test {:.2?})",
         rt.name(),
         t0.elapsed()
     );
