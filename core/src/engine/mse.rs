@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::mse::{self, Detection, Handshake, MseError, NoSkeys, Policy, Stage, Transform};
+use crate::mse::{self, Crypto, Detection, Handshake, MseError, NoSkeys, Policy, Stage, Transform};
 use crate::time::Instant;
 use crate::types::InfoHash;
 
@@ -93,11 +93,6 @@ impl MseConns {
     /// Whether the connection's handshake was MSE (PEX flag 0x01, "supports encryption").
     pub(super) fn via_mse(&self, id: ConnId) -> bool {
         self.via_mse.contains(&id)
-    }
-
-    /// Whether the connection's payload stream is RC4.
-    pub(super) fn is_rc4(&self, id: ConnId) -> bool {
-        self.rc4.contains(&id)
     }
 
     /// Bytes the session sends on `id`, through its transform (encrypted into a new send buffer for
@@ -356,6 +351,19 @@ impl Engine {
     /// Whether connection `id`'s payload stream is RC4 (tests).
     #[cfg(test)]
     pub(super) fn mse_is_rc4(&self, id: ConnId) -> bool {
-        self.mse.is_rc4(id)
+        self.peer_encryption(id) == Some(Crypto::Rc4)
+    }
+
+    /// How peer connection `conn` is protected: `None` for a plain BitTorrent handshake (or a
+    /// connection whose handshake has not finished), `Some(Crypto::Plaintext)` for an MSE handshake that
+    /// selected a plaintext payload, `Some(Crypto::Rc4)` for an RC4 stream.
+    pub fn peer_encryption(&self, conn: ConnId) -> Option<Crypto> {
+        if self.mse.rc4.contains(&conn) {
+            Some(Crypto::Rc4)
+        } else if self.mse.via_mse.contains(&conn) {
+            Some(Crypto::Plaintext)
+        } else {
+            None
+        }
     }
 }
