@@ -95,15 +95,22 @@ impl MseConns {
         self.via_mse.contains(&id)
     }
 
-    /// Bytes the session sends on `id`, through its transform (encrypted into a new send buffer for
-    /// RC4; untouched otherwise).
+    /// Bytes the session sends on `id`, through its transform; untouched unless the stream is RC4.
+    /// A buffer nobody else holds (a block just read from disk, a message just encoded) is encrypted
+    /// in place; a shared one is encrypted into a new send buffer.
     pub(super) fn encrypt(&mut self, id: ConnId, data: Bytes) -> Bytes {
         match self.layers.get_mut(&id) {
-            Some(Layer::Stream(t)) if t.encrypts() => {
-                let mut out = BytesMut::with_capacity(data.len());
-                t.encrypt_into(&data, &mut out);
-                out.freeze()
-            }
+            Some(Layer::Stream(t)) if t.encrypts() => match data.try_into_mut() {
+                Ok(mut own) => {
+                    t.encrypt_in_place(&mut own);
+                    own.freeze()
+                }
+                Err(shared) => {
+                    let mut out = BytesMut::with_capacity(shared.len());
+                    t.encrypt_into(&shared, &mut out);
+                    out.freeze()
+                }
+            },
             _ => data,
         }
     }
