@@ -45,8 +45,8 @@ enum Layer {
     Detect(BytesMut),
     /// The MSE handshake runs; `held` is what the session queued meanwhile (sent once it is done).
     Handshake { hs: Box<Handshake>, held: BytesMut },
-    /// An RC4 stream.
-    Stream(Transform),
+    /// An RC4 stream (boxed: two RC4 states are half a kilobyte).
+    Stream(Box<Transform>),
 }
 
 /// The engine's encryption state: the policy, every connection's layer, and the peers that only speak
@@ -300,7 +300,9 @@ impl Engine {
         data.advance(used);
         transform.decrypt_in_place(&mut data);
         if transform.decrypts() || transform.encrypts() {
-            self.mse.layers.insert(id, Layer::Stream(transform));
+            self.mse
+                .layers
+                .insert(id, Layer::Stream(Box::new(transform)));
         }
         ReadOutcome::Payload(data)
     }
