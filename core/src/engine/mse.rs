@@ -6,8 +6,9 @@
 //!   handshake (refused under `require`), anything else starts an accepting [`Handshake`] that finds the
 //!   torrent by `HASH('req2', info_hash)` among all of ours. Under `disable` no layer is made at all,
 //!   so an MSE handshake fails the session's own handshake check.
-//! - **Outgoing**: under `prefer` and `require` the dial opens with MSE, carrying our 68-byte
-//!   BitTorrent handshake as the initial payload; under `prefer` a peer that closes or goes quiet before
+//! - **Outgoing**: under `prefer` and `require` the dial opens with MSE with an empty initial payload
+//!   (our BitTorrent handshake follows the handshake through the transform: Transmission 3.00 selecting
+//!   plaintext does not read a handshake carried as `IA`); under `prefer` a peer that closes or goes quiet before
 //!   sending a whole public key (a client without MSE) is remembered and redialled at once with a plain
 //!   handshake.
 //! - **Established**: RC4 connections keep a [`Transform`]: received bytes are decrypted in place in
@@ -30,9 +31,6 @@ use crate::types::InfoHash;
 
 use super::io::{ConnId, Output};
 use super::Engine;
-
-/// Length of a plain BitTorrent handshake (what an outgoing MSE handshake carries as `IA`).
-const BT_HANDSHAKE_LEN: usize = 68;
 
 /// Most addresses remembered as "answers only plain handshakes" (oldest forgotten first is not
 /// needed: a full set just stops remembering, and such a peer then costs one failed MSE dial per try).
@@ -133,8 +131,8 @@ impl Engine {
     }
 
     /// Hook: an outgoing peer connection is up. Under `prefer` (unless the peer is known to speak only
-    /// plain) and `require`, starts the MSE handshake with the session's BitTorrent handshake as the
-    /// initial payload.
+    /// plain) and `require`, starts the MSE handshake (empty initial payload; everything the session
+    /// queued, its BitTorrent handshake first, is held until the handshake is done).
     pub(super) fn mse_connected(&mut self, now: Instant, id: ConnId) {
         let policy = self.mse.policy;
         if !policy.dials_encrypted() {
@@ -157,12 +155,8 @@ impl Engine {
         while let Some(b) = c.session.poll_transmit() {
             held.extend_from_slice(&b);
         }
-        let ia = if held.len() >= BT_HANDSHAKE_LEN && held[0] == 19 {
-            held.split_to(BT_HANDSHAKE_LEN)
-        } else {
-            BytesMut::new()
-        };
-        match Handshake::outgoing(now, &mut self.rng, info_hash, policy, &ia) {
+        let ia: &[u8] = &[];
+        match Handshake::outgoing(now, &mut self.rng, info_hash, policy, ia) {
             Ok(mut hs) => {
                 if let Some(out) = hs.poll_transmit() {
                     c.unflushed += out.len();
