@@ -26,7 +26,10 @@
 //! Environment knobs: `HB_BENCH_SIZES` (MiB, comma-separated, default `256,1024`), `HB_BENCH_RUNTIMES`
 //! (default `tokio,async-std`), `HB_BENCH_PIECE_KIB` (default 1024), `HB_BENCH_TIMEOUT` (seconds per
 //! download, default 300), `HB_BENCH_REPEAT` (runs per size and runtime, default 1; with more, a
-//! `med` row gives each column's median). For experiments only (reported numbers use the defaults):
+//! `med` row gives each column's median), `HB_BENCH_ENCRYPTION` (the `--encryption` policies to run,
+//! set the same on both ends, default `disable,prefer,require`: `disable` is the plain BitTorrent
+//! handshake, `prefer` between two Hyperblows is an MSE handshake that selects a plaintext payload,
+//! `require` an RC4 payload both ways). For experiments only (reported numbers use the defaults):
 //! `HB_BENCH_PENDING_MIB` overrides the engine's `max_pending_piece_bytes` in both processes.
 
 use std::fs::{self, File};
@@ -104,6 +107,10 @@ fn orchestrate() -> Result<(), Error> {
         })
         .collect::<Result<_, _>>()?;
     let runtimes = env_list("HB_BENCH_RUNTIMES", "tokio,async-std");
+    let policies = env_list("HB_BENCH_ENCRYPTION", "disable,prefer,require");
+    for p in &policies {
+        p.parse::<hyperblow_core::mse::Policy>()?;
+    }
     for rt in &runtimes {
         if rt != "tokio" && rt != "async-std" {
             return Err(format!("HB_BENCH_RUNTIMES: unknown runtime {rt:?}").into());
@@ -124,8 +131,8 @@ fn orchestrate() -> Result<(), Error> {
             .join(" ")
     );
     println!(
-        "{:<14} {:>6} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10}",
-        "runtime",
+        "{:<22} {:>6} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10}",
+        "runtime/encryption",
         "MiB",
         "wall s",
         "MB/s",
@@ -141,7 +148,7 @@ fn orchestrate() -> Result<(), Error> {
         let bytes = (size * MIB) as f64;
         let row = |label: &str, r: &LeechReport, seeder_cpu: f64| {
             println!(
-                "{:<14} {:>6} {:>8.2} {:>9.0} {:>11.2} {:>11.2} {:>7.1} MiB {:>8.2} s {:>8.2} s",
+                "{:<22} {:>6} {:>8.2} {:>9.0} {:>11.2} {:>11.2} {:>7.1} MiB {:>8.2} s {:>8.2} s",
                 label,
                 size,
                 r.wall,
@@ -153,11 +160,15 @@ fn orchestrate() -> Result<(), Error> {
                 seeder_cpu,
             );
         };
-        for rt in &runtimes {
+        for (rt, enc) in runtimes
+            .iter()
+            .flat_map(|rt| policies.iter().map(move |p| (rt, p)))
+        {
+            let label = format!("{rt}/{enc}");
             let mut runs = Vec::new();
             for _ in 0..repeat {
-                let (r, seeder_cpu) = run_once(&exe, &target, &data, rt, timeout)?;
-                row(rt, &r, seeder_cpu);
+                let (r, seeder_cpu) = run_once(&exe, &target, &data, rt, enc, timeout)?;
+                row(&label, &r, seeder_cpu);
                 runs.push((r, seeder_cpu));
             }
             if runs.len() > 1 {
@@ -174,7 +185,7 @@ fn orchestrate() -> Result<(), Error> {
                     shutdown: median(&|r| r.0.shutdown),
                     hwm_kib: median(&|r| r.0.hwm_kib as f64) as u64,
                 };
-                row(&format!("{rt} med"), &m, median(&|r| r.1));
+                row(&format!("{label} med"), &m, median(&|r| r.1));
             }
         }
     }
@@ -309,11 +320,13 @@ fn run_once(
     target: &Path,
     data: &Payload,
     rt: &str,
+    enc: &str,
     timeout: Duration,
 ) -> Result<(LeechReport, f64), Error> {
     let spawn = |role: &str, args: &[&Path]| -> io::Result<Child> {
         Command::new(exe)
             .env("HB_BENCH_ROLE", role)
+            .env("HB_BENCH_ENC", enc)
             .arg(rt)
             .args(args)
             .stdin(Stdio::piped())
@@ -407,6 +420,9 @@ fn start_session(rt: &str) -> Result<SessionHandle, Error> {
         bind_addr: "127.0.0.1".parse()?,
         ..SessionConfig::default()
     };
+    if let Ok(v) = std::env::var("HB_BENCH_ENC") {
+        config.engine.encryption = v.parse()?;
+    }
     // For experiments only: the numbers reported should come from the defaults.
     if let Ok(v) = std::env::var("HB_BENCH_PENDING_MIB") {
         config.engine.max_pending_piece_bytes = v.parse::<u64>()? * MIB;

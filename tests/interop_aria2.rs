@@ -4,10 +4,11 @@
 //! with DHT, LSD and PEX off and is stopped by its PID (`src/interop/aria2.rs`).
 //!
 //! - `aria2_leeches_from_hyperblow`: aria2 finds Hyperblow through the tracker and downloads from
-//!   it. aria2 sends its `have`s batched into mid-connection `bitfield`s, which Hyperblow used to
+//!   it, with Hyperblow under `--encryption require` (aria2 opens every connection with MSE; we accept
+//!   only an RC4 stream, so the finished download was encrypted, and aria2's log says so). aria2 sends its `have`s batched into mid-connection `bitfield`s, which Hyperblow used to
 //!   answer by closing the connection (aria2 then stalled after one piece).
 //! - `hyperblow_leeches_from_aria2`: Hyperblow finds an aria2 seeder through the tracker only.
-//!   aria2 opens with an MSE handshake and falls back to plain BitTorrent.
+//!   Hyperblow dials it under the default `prefer` (MSE handshake, plaintext payload).
 
 #[macro_use]
 #[path = "interop/common.rs"]
@@ -16,6 +17,7 @@ mod common;
 use std::time::Instant;
 
 use common::{assert_same, tools_present, Hb, Rt, SingleFile, WAIT};
+use hyperblow_core::mse::Policy;
 use hyperblow_driver::engine::Event;
 use hyperblow_driver::AddTorrentRequest;
 use hyperblow_tests::interop::aria2::wait_for_seeder;
@@ -46,7 +48,7 @@ fn aria2_leeches_from_hyperblow(rt: Rt) {
     }
     let t0 = Instant::now();
     let (tracker, fx, _) = tracker_and_fixture("to-aria2.bin", 900 + rt as u64);
-    let hb = Hb::start(rt, |_| {});
+    let hb = Hb::start(rt, |c| c.engine.encryption = Policy::Require);
     let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.seed_dir()));
     assert_eq!(added.have_pieces, added.total_pieces, "the seed has it all");
     hb.wait_event(
@@ -56,7 +58,8 @@ fn aria2_leeches_from_hyperblow(rt: Rt) {
         |e| matches!(e, Event::TrackerReply { torrent, .. } if *torrent == added.id),
     );
     let out = fx.leech_dir("aria2");
-    let Some(aria2) = Aria2::spawn(
+    // aria2 requires RC4 too, and logs its MSE steps at debug level.
+    let Some(aria2) = Aria2::spawn_with(
         &format!("aria2-leech-{}", rt.name()),
         Aria2Role::Leech,
         &fx.torrent.path,
@@ -64,6 +67,11 @@ fn aria2_leeches_from_hyperblow(rt: Rt) {
         free_port().expect("free port"),
         fx.dir.path(),
         common::PROGRAM_BOUND,
+        &[
+            "--bt-require-crypto=true",
+            "--bt-min-crypto-level=arc4",
+            "--log-level=debug",
+        ],
     )
     .expect("spawn aria2c") else {
         return;
@@ -80,6 +88,18 @@ fn aria2_leeches_from_hyperblow(rt: Rt) {
         hb.diagnostics()
     );
     assert_same(&out.join(&fx.name), &fx.data, "aria2");
+    let log = aria2.log();
+    let mse: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("MSEHandshake") || l.contains("ARC4"))
+        .collect();
+    eprintln!("[aria2 log, MSE lines]\n{}", mse.join("\n"));
+    // aria2's dial: its MSE handshake found our encrypted VC and read our crypto_select (RC4).
+    assert!(
+        mse.iter().any(|l| l.contains("peer prefers ARC4")),
+        "aria2's log shows no RC4 connection:\n{}",
+        mse.join("\n")
+    );
     // Nobody else had the data: it all came from Hyperblow, over one connection that was never
     // dropped for aria2's late bitfields.
     let stats = hb.stats(added.id);

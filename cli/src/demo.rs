@@ -202,6 +202,7 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
                 no_dht: true,
                 dht_bootstrap: Vec::new(),
                 state_dir: None,
+                encryption: hyperblow_core::mse::Policy::default(),
             },
             goal: Goal::Complete,
             timeout: Some(Duration::from_secs(30)),

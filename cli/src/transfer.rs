@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use hyperblow_core::magnet::{FileSelection, MagnetLink};
 use hyperblow_core::metainfo::Metainfo;
+use hyperblow_core::mse::{ParsePolicyError, Policy};
 use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
 use hyperblow_driver::{
     AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, RecvError, SessionConfig,
@@ -94,6 +95,12 @@ pub struct NetArgs {
     /// the session's torrents and its log.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Protocol encryption (MSE/PE) with peers: `prefer` dials encrypted handshakes but keeps the
+    /// payload plain when the peer allows it, accepts both kinds and falls back to plain for peers
+    /// without encryption; `require` talks only RC4-encrypted streams, both ways; `disable` never
+    /// encrypts and refuses encrypted peers.
+    #[arg(long, value_name = "POLICY", default_value = "prefer", value_parser = parse_encryption)]
+    pub encryption: Policy,
 }
 
 /// `HOST:PORT` (`[v6]:PORT` for an IPv6 literal) into its parts.
@@ -160,6 +167,7 @@ impl NetArgs {
         if let Some(n) = self.max_peers {
             config.engine.max_peers_per_torrent = n.max(1);
         }
+        config.engine.encryption = self.encryption;
         config.rate_limits = hyperblow_driver::RateLimits {
             download: self.max_download_rate,
             upload: self.max_upload_rate,
@@ -207,6 +215,11 @@ impl NetArgs {
         }
         Ok(handle)
     }
+}
+
+/// `--encryption prefer|require|disable`.
+fn parse_encryption(s: &str) -> Result<Policy, ParsePolicyError> {
+    s.parse()
 }
 
 /// When seeding ends (besides Ctrl-C).

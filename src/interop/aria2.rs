@@ -46,6 +46,22 @@ impl Aria2 {
         log_dir: &Path,
         bound: Duration,
     ) -> Result<Option<Aria2>> {
+        Aria2::spawn_with(name, role, torrent, dir, port, log_dir, bound, &[])
+    }
+
+    /// [`Aria2::spawn`] with more `aria2c` options after ours (a later option wins, e.g.
+    /// `--log-level=debug`, `--bt-require-crypto=true`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_with(
+        name: &str,
+        role: Aria2Role,
+        torrent: &Path,
+        dir: &Path,
+        port: u16,
+        log_dir: &Path,
+        bound: Duration,
+        extra: &[&str],
+    ) -> Result<Option<Aria2>> {
         let Some(aria2c) = require_tool("aria2c") else {
             return Ok(None);
         };
@@ -81,6 +97,7 @@ impl Aria2 {
             Aria2Role::Seed => cmd.args(["--seed-ratio=0.0"]),
             Aria2Role::Leech => cmd.args(["--seed-time=0"]),
         };
+        cmd.args(extra);
         cmd.arg(torrent);
         let proc = ChildGuard::spawn(name, &cmd, log_dir, bound)?;
         Ok(Some(Aria2 { proc, port, log }))
@@ -94,6 +111,11 @@ impl Aria2 {
     /// `127.0.0.1:port`, where it accepts peers.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// aria2's own log, whole.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last `lines` lines of aria2's own log (for failure messages).

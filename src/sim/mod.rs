@@ -454,8 +454,11 @@ impl Sim {
     // ===== setup =================================================================================
 
     /// Adds a node running an engine with `config` and `seed`; it listens at
-    /// `127.0.0.1 + index : config.listen_port`.
-    pub fn add_node(&mut self, config: EngineConfig, seed: u64) -> NodeId {
+    /// `127.0.0.1 + index : config.listen_port`. Its encryption policy is forced to `disable`: the
+    /// simulator's taps decode plain peer wire bytes (MSE between engines is tested in
+    /// `core/src/engine/tests/mse.rs` and against real clients in `tests/interop_mse.rs`).
+    pub fn add_node(&mut self, mut config: EngineConfig, seed: u64) -> NodeId {
+        config.encryption = hyperblow_core::mse::Policy::Disable;
         let id = self.nodes.len();
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + id as u32);
         let addr = SocketAddr::new(IpAddr::V4(ip), config.listen_port);

@@ -618,6 +618,9 @@ impl Engine {
             if seed {
                 flags |= PexFlags::SEED;
             }
+            if self.mse.via_mse(*id) {
+                flags |= PexFlags::PREFERS_ENCRYPTION;
+            }
             connected.insert(listen, flags);
         }
         for id in due {

@@ -567,13 +567,14 @@ impl Engine {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if !c.connected {
+        if !c.connected || self.mse.holds(id) {
             return;
         }
         while c.unflushed < SEND_WINDOW {
             let Some(data) = c.session.poll_transmit() else {
                 break;
             };
+            let data = self.mse.encrypt(id, data);
             c.unflushed += data.len();
             self.outputs.push_back(Output::Send { conn: id, data });
         }
@@ -638,6 +639,7 @@ impl Engine {
             self.outputs.push_back(Output::Close { conn: id });
         }
         let Some(tid) = c.torrent else {
+            self.mse_dropped(now, id, c.addr, None);
             if matches!(
                 c.session.error(),
                 Some(peer::SessionError::ConnectedToSelf(_))
@@ -677,6 +679,7 @@ impl Engine {
             t.refill = true;
         }
         self.sync_pieces(tid);
+        self.mse_dropped(now, id, c.addr, Some(tid));
     }
 
     /// An incoming connection carried our own peer id: one of our dials reached ourselves. If exactly

@@ -24,6 +24,7 @@ mod dht;
 mod ext;
 mod flow;
 mod limits;
+mod mse;
 mod pieces;
 mod scrape;
 mod table;
@@ -109,6 +110,9 @@ pub struct EngineConfig {
     pub dht: Option<DhtSettings>,
     /// Web seeds (BEP 19).
     pub webseed: WebSeedConfig,
+    /// Protocol encryption (MSE/PE) for peer connections both ways (default `prefer`; see
+    /// `engine/mse.rs`).
+    pub encryption: crate::mse::Policy,
 }
 
 impl Default for EngineConfig {
@@ -130,6 +134,7 @@ impl Default for EngineConfig {
             shutdown_timeout: Duration::from_secs(5),
             dht: None,
             webseed: WebSeedConfig::default(),
+            encryption: crate::mse::Policy::default(),
         }
     }
 }
@@ -256,6 +261,8 @@ pub struct Engine {
     dht: Option<dht::DhtGlue>,
     /// Web seeds and their connections (`webseed.rs`).
     webseeds: webseed::WebSeeds,
+    /// Protocol encryption: the policy and each connection's byte layer (`mse.rs`).
+    mse: mse::MseConns,
 }
 
 impl std::fmt::Debug for Engine {
@@ -283,6 +290,7 @@ impl Engine {
             dht::DhtGlue::new(settings, config.listen_port, now, seeded(rng.random()))
         });
         let webseeds = webseed::WebSeeds::new(config.webseed.clone());
+        let config_encryption = config.encryption;
         let mut engine = Engine {
             webseeds,
             trackers: TrackerGlue::new(router, key, config.dns_ttl),
@@ -310,6 +318,7 @@ impl Engine {
             peer_resolves: BTreeMap::new(),
             limits: limits::EngineLimits::new(now),
             dht,
+            mse: mse::MseConns::new(config_encryption),
         };
         engine.start_dht(now);
         engine
@@ -626,6 +635,7 @@ impl Engine {
             },
         );
         self.addrs.insert((remote, None), id);
+        self.mse_accepted(id);
         self.refile_timers(&[]);
         Some(id)
     }
@@ -646,6 +656,7 @@ impl Engine {
             c.connected = true;
             self.dial_dirty = true;
         }
+        self.mse_connected(now, conn);
         self.flush(conn);
         self.maintain(now);
     }
@@ -681,6 +692,10 @@ impl Engine {
             }
             Some(Classified::Peer(id)) => id,
         };
+        if self.mse.has_layer(conn) {
+            self.handle_read_owned(now, conn, bytes::BytesMut::from(data));
+            return;
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -698,6 +713,14 @@ impl Engine {
             Some(Classified::WebSeed(w)) => return self.webseed_read(now, w, data.freeze()),
             _ => return self.handle_read(now, conn, &data),
         }
+        let data = match self.mse_read(now, conn, data) {
+            mse::ReadOutcome::Payload(d) => d,
+            mse::ReadOutcome::Nothing => {
+                self.flush(conn);
+                self.maintain(now);
+                return;
+            }
+        };
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1106,6 +1129,7 @@ impl Engine {
         if c.listen_port.is_none() {
             c.listen_port = Some(self.config.listen_port);
         }
+        c.advertise_encryption = self.mse.policy().advertises();
         c
     }
 

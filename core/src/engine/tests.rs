@@ -767,7 +767,12 @@ fn swarm(seeders: usize, serve: &[Serve]) -> (Net, Vec<u8>, TorrentId, Vec<Socke
         net.nodes[s].serve = serve.get(k).copied().unwrap_or(Serve::Honest);
         addrs.push(net.nodes[s].addr);
     }
-    let l = net.add_node(EngineConfig::default(), 99);
+    // The leecher dials plain, so that a test can tap its messages (the seeders accept both kinds).
+    let leech_config = EngineConfig {
+        encryption: crate::mse::Policy::Disable,
+        ..EngineConfig::default()
+    };
+    let l = net.add_node(leech_config, 99);
     let tl = net.nodes[l]
         .engine
         .add_torrent(now, add(&meta, None, addrs.clone()))
@@ -1667,6 +1672,7 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
 mod dht;
 mod hostile;
 mod magnet;
+mod mse;
 
 #[test]
 fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {

@@ -124,6 +124,9 @@ pub struct SessionConfig {
     pub extensions: BTreeMap<String, u8>,
     /// Our TCP listen port, advertised as `p` in the BEP 10 handshake (default none).
     pub listen_port: Option<u16>,
+    /// Advertise `e: 1` (we accept MSE/PE encrypted connections) in the BEP 10 handshake (default
+    /// off; the engine turns it on unless its encryption policy is `disable`).
+    pub advertise_encryption: bool,
 }
 
 impl Default for SessionConfig {
@@ -147,6 +150,7 @@ impl Default for SessionConfig {
             max_allowed_fast: 64,
             extensions: BTreeMap::new(),
             listen_port: None,
+            advertise_encryption: false,
         }
     }
 }

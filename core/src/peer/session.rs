@@ -1057,6 +1057,9 @@ impl PeerSession {
         if let Some(p) = self.config.listen_port {
             d.insert("p", i64::from(p));
         }
+        if self.config.advertise_encryption {
+            d.insert("e", 1i64);
+        }
         match your_ip {
             Some(IpAddr::V4(v4)) => {
                 d.insert("yourip", v4.octets().to_vec());
