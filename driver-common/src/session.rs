@@ -218,8 +218,10 @@ pub fn prepare_session<R: Runtime>(
     let std_udp = crate::bind::udp_socket(udp_addr).map_err(udp_err)?;
     let udp_local = std_udp.local_addr().map_err(udp_err)?;
     let udp = rt.udp_socket(std_udp).map_err(udp_err)?;
+    // One per CPU, plus one: a piece write (direct I/O) blocks its worker until the device took the
+    // bytes, and the hashing of the next piece should not wait for that.
     let threads = match config.worker_threads {
-        0 => hyperblow_storage::default_threads(),
+        0 => hyperblow_storage::default_threads() + 1,
         n => n,
     };
     let pool = WorkerPool::new(threads).map_err(StartError::Workers)?;
