@@ -387,7 +387,10 @@ impl Storage {
     ) -> Result<u64, StorageError> {
         let align = DIRECT_ALIGN as u64;
         let aligned = len - len % align;
-        if !self.direct.enabled.load(Ordering::Relaxed) || offset % align != 0 || aligned == 0 {
+        if !self.direct.enabled.load(Ordering::Relaxed)
+            || !offset.is_multiple_of(align)
+            || aligned == 0
+        {
             return Ok(0);
         }
         let path = self.path_of(index);
