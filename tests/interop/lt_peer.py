@@ -25,6 +25,7 @@ flush.)
 """
 
 import argparse
+import faulthandler
 import json
 import os
 import select
@@ -127,6 +128,9 @@ def state_name(status):
 
 
 def main():
+    # A crash inside libtorrent (SIGSEGV, SIGABRT) prints the Python stack to stderr, which the test
+    # harness keeps in the peer's log: the script's last call names what libtorrent was doing.
+    faulthandler.enable()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--torrent", help="path of a .torrent file")

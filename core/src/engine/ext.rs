@@ -133,8 +133,14 @@ impl Engine {
             .display_name
             .clone()
             .unwrap_or_else(|| info_hash.to_hex());
+        let fetch = MagnetFetch {
+            fetcher: MetadataFetcher::new(info_hash, FetcherConfig::default()),
+            select_only: link.select_only.clone(),
+            wanted_files: add.wanted_files,
+        };
         let mut t = Torrent::new(
             info_hash,
+            Meta::Fetching(fetch),
             name,
             trackers,
             policy,
@@ -142,11 +148,6 @@ impl Engine {
             self.config.session.rate_window,
             add.paused,
         );
-        t.magnet = Some(MagnetFetch {
-            fetcher: MetadataFetcher::new(info_hash, FetcherConfig::default()),
-            select_only: link.select_only.clone(),
-            wanted_files: add.wanted_files,
-        });
         for addr in add.peers {
             t.book.add(now, addr);
         }
@@ -179,14 +180,14 @@ impl Engine {
     /// The torrent's info dictionary, once known (at once for `add_torrent`, after
     /// [`Event::MetadataReceived`] for a magnet link). [`Info::raw`] holds its exact bytes.
     pub fn torrent_info(&self, torrent: TorrentId) -> Option<&Info> {
-        self.torrents.get(&torrent)?.info.as_ref()
+        self.torrents.get(&torrent)?.meta.info()
     }
 
     /// The torrent as a [`Metainfo`] (its info dictionary and tracker tiers), once the info is known:
     /// `to_bytes()` gives a `.torrent` file with the same info-hash (e.g. `--save-torrent`).
     pub fn torrent_metainfo(&self, torrent: TorrentId) -> Option<Metainfo> {
         let t = self.torrents.get(&torrent)?;
-        let info = t.info.clone()?;
+        let info = t.meta.info()?.clone();
         Some(Metainfo::new(info, t.trackers.clone()))
     }
 
@@ -210,7 +211,7 @@ impl Engine {
         if t.run == RunState::Running {
             return Err(AddError::Running(torrent));
         }
-        let Some(picker) = t.picker.as_mut() else {
+        let Some(picker) = t.meta.picker_mut() else {
             return Err(AddError::MetadataPending(torrent));
         };
         let pieces = picker.num_pieces();
@@ -222,9 +223,9 @@ impl Engine {
         }
         let mut added = 0;
         for p in have.iter_ones() {
-            let busy = t
+            let busy = self
                 .pieces
-                .get(&p)
+                .get(torrent, p)
                 .is_some_and(|b| b.stage != PieceStage::Assembling);
             if !busy && picker.piece_verified(p) {
                 added += 1;
@@ -320,7 +321,7 @@ impl Engine {
             c.ext.pex_in = PexReceiver::new(config, t.private).ok();
             t.pex_dirty = true;
         }
-        if let Some(m) = t.magnet.as_mut() {
+        if let Some(m) = t.meta.fetch_mut() {
             // A refusal (no support, size over the cap or disagreeing) only means we will not ask it.
             let _ = m
                 .fetcher
@@ -357,7 +358,7 @@ impl Engine {
                     .send_extended(now, peer_id, Bytes::from(answer.encode()));
             }
             MetadataMessage::Reject { piece } => {
-                if let Some(m) = t.magnet.as_mut() {
+                if let Some(m) = t.meta.fetch_mut() {
                     m.fetcher.handle_reject(conn, piece, now);
                 }
             }
@@ -366,7 +367,7 @@ impl Engine {
                 total_size,
                 data,
             } => {
-                let Some(m) = t.magnet.as_mut() else {
+                let Some(m) = t.meta.fetch_mut() else {
                     return;
                 };
                 match m.fetcher.handle_data(conn, piece, total_size, data) {
@@ -435,18 +436,17 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        let Some(m) = t.magnet.take() else {
+        let Some(info) = t.meta.fetch().and_then(|m| m.fetcher.result().cloned()) else {
             return;
         };
-        let Some(info) = m.fetcher.result().cloned() else {
-            t.magnet = Some(m);
+        let Some(m) = t.meta.fetch() else {
             return;
         };
         let layout = info.layout();
         let files = layout.files().len();
         let mut selection_error = None;
-        let wanted_files = match m.wanted_files {
-            Some(w) if w.len() == files => w,
+        let wanted_files = match &m.wanted_files {
+            Some(w) if w.len() == files => w.clone(),
             Some(w) => {
                 selection_error = Some(format!(
                     "file selection has {} entries but the torrent has {files} files",
@@ -485,14 +485,16 @@ impl Engine {
         t.name = info.name().to_owned();
         t.private = info.is_private();
         t.metadata.set_metadata(info.raw().clone());
-        t.info = Some(info);
-        t.geometry = Some(geometry);
         t.wanted_files = wanted_files;
         t.complete_reported = false;
         t.choke_dirty = true;
         t.refill = true;
         let have = picker.have().clone();
-        t.picker = Some(picker);
+        t.meta = Meta::Known(Box::new(Known {
+            info,
+            geometry,
+            picker,
+        }));
         self.update_longest_piece();
         self.events.push_back(Event::MetadataReceived {
             torrent: tid,
@@ -544,7 +546,7 @@ impl Engine {
         if !t.is_running() {
             return;
         }
-        let Some(m) = t.magnet.as_mut() else {
+        let Some(m) = t.meta.fetch_mut() else {
             return;
         };
         let mut sent = Vec::new();
@@ -647,7 +649,7 @@ impl Engine {
 
     /// A magnet torrent's metadata request timed out.
     pub(super) fn ext_handle_timeout(&mut self, now: Instant, tid: TorrentId) {
-        if let Some(m) = self.torrents.get_mut(&tid).and_then(|t| t.magnet.as_mut()) {
+        if let Some(m) = self.torrents.get_mut(&tid).and_then(|t| t.meta.fetch_mut()) {
             if m.fetcher.poll_timeout().is_some_and(|d| d <= now) {
                 m.fetcher.handle_timeout(now);
             }

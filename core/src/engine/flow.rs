@@ -105,7 +105,7 @@ impl Engine {
                     .push_back(Event::PeerConnected { torrent: tid, addr });
             }
             E::Bitfield => {
-                let Some(picker) = t.picker.as_mut() else {
+                let Some(picker) = t.meta.picker_mut() else {
                     return;
                 };
                 let mut seed = false;
@@ -121,7 +121,7 @@ impl Engine {
                 self.update_interest(now, id);
             }
             E::HaveAll => {
-                let Some(picker) = t.picker.as_mut() else {
+                let Some(picker) = t.meta.picker_mut() else {
                     return;
                 };
                 picker.peer_has_all();
@@ -133,13 +133,13 @@ impl Engine {
             }
             E::HaveNone => self.update_interest(now, id),
             E::Have(piece) => {
-                if let Some(picker) = t.picker.as_mut() {
+                if let Some(picker) = t.meta.picker_mut() {
                     picker.peer_has(piece);
                 }
                 self.update_interest(now, id);
             }
             E::Choked { released_requests } => {
-                if let Some(picker) = t.picker.as_mut() {
+                if let Some(picker) = t.meta.picker_mut() {
                     for b in released_requests {
                         picker.request_cancelled(key, b);
                     }
@@ -164,13 +164,13 @@ impl Engine {
             }
             E::BlockReceived { block, data } => self.on_block(now, id, block, data),
             E::Rejected { block } => {
-                if let Some(picker) = t.picker.as_mut() {
+                if let Some(picker) = t.meta.picker_mut() {
                     picker.request_cancelled(key, block);
                 }
                 t.refill = true;
             }
             E::RequestsTimedOut { blocks } => {
-                if let Some(picker) = t.picker.as_mut() {
+                if let Some(picker) = t.meta.picker_mut() {
                     for b in blocks {
                         picker.request_cancelled(key, b);
                     }
@@ -181,7 +181,7 @@ impl Engine {
             // Only pieces we have (verified) are served, and only while running; anything else is
             // rejected so the peer does not wait for it.
             E::ReadRequest { block } => {
-                let have = t.picker.as_ref().is_some_and(|p| p.have().get(block.piece));
+                let have = t.meta.picker().is_some_and(|p| p.have().get(block.piece));
                 if t.is_running() && have {
                     c.read_queue.push_back(block);
                 } else {
@@ -252,7 +252,7 @@ impl Engine {
         };
         let ours = Self::our_extensions(t, c.addr);
         c.session.set_our_extensions(now, ours);
-        let accepted = match (t.geometry, t.picker.as_ref()) {
+        let accepted = match (t.meta.geometry(), t.meta.picker()) {
             (Some(geometry), Some(picker)) => c.session.accept(now, geometry, picker.have()),
             _ => c.session.accept_without_metadata(now),
         };
@@ -283,7 +283,7 @@ impl Engine {
         if !t.is_running() {
             return;
         }
-        let Some(picker) = t.picker.as_mut() else {
+        let Some(picker) = t.meta.picker_mut() else {
             return;
         };
         let len = u64::from(block.length);
@@ -297,20 +297,13 @@ impl Engine {
             return;
         };
         let size = picker.piece_size(block.piece);
-        let buf = t.pieces.entry(block.piece).or_insert_with(|| {
-            self.pending_bytes += u64::from(size);
-            PieceBuf {
-                size,
-                blocks: Default::default(),
-                stage: PieceStage::Assembling,
-            }
-        });
+        let buf = self.pieces.start(tid, block.piece, size);
         buf.blocks.insert(block.offset, (data, addr));
         let mut verify_job = None;
         if piece_complete {
             // The expected hash is always known here: blocks are only requested once the
             // metadata (and with it every piece's hash) is.
-            if let Some(expected) = t.info.as_ref().and_then(|i| i.piece_hash(block.piece)) {
+            if let Some(expected) = t.meta.info().and_then(|i| i.piece_hash(block.piece)) {
                 buf.stage = PieceStage::Verifying;
                 let blocks: Vec<Bytes> = buf.blocks.values().map(|(d, _)| d.clone()).collect();
                 verify_job = Some((blocks, expected));
@@ -357,7 +350,7 @@ impl Engine {
         let Some(t) = c.torrent.and_then(|tid| self.torrents.get(&tid)) else {
             return (avoid, first);
         };
-        let Some(picker) = t.picker.as_ref() else {
+        let Some(picker) = t.meta.picker() else {
             return (avoid, first);
         };
         for (&piece, kept) in &t.failed_blocks {
@@ -389,16 +382,23 @@ impl Engine {
     pub(super) fn fill_requests(&mut self, now: Instant, id: ConnId) {
         // Over the memory cap, only pieces already started are continued (finishing them frees
         // memory); no new piece is begun.
-        let over = self.pending_bytes >= self.pending_cap();
+        let over = self.pieces.bytes() >= self.pending_cap();
         let (avoid, first) = self.retry_plan(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let Some(t) = c.torrent.and_then(|tid| self.torrents.get_mut(&tid)) else {
+        let Some(tid) = c.torrent else {
             return;
         };
+        let Some(t) = self.torrents.get_mut(&tid) else {
+            return;
+        };
+        if over {
+            // Woken by `wake_held_back` once memory is freed.
+            self.held_back.insert(tid);
+        }
         let running = t.is_running();
-        let Some(picker) = t.picker.as_mut() else {
+        let Some(picker) = t.meta.picker_mut() else {
             return;
         };
         if !running || !c.session.is_established() || picker.is_complete() {
@@ -409,9 +409,6 @@ impl Engine {
             return;
         }
         // Rate limit: one block's tokens up front (or wait in the queue), more as the buckets hold.
-        let Some(tid) = c.torrent else {
-            return;
-        };
         let limited = self.limits.download.is_limited(tid);
         if limited {
             if !self
@@ -451,7 +448,7 @@ impl Engine {
                     .allowed_fast()
                     .iter()
                     .copied()
-                    .filter(|p| !over || t.pieces.contains_key(p))
+                    .filter(|p| !over || self.pieces.contains(tid, *p))
                     .collect()
             } else {
                 picker.partial_pieces().collect()
@@ -484,15 +481,7 @@ impl Engine {
                 picker.request_cancelled(key, b);
                 continue;
             }
-            if let std::collections::btree_map::Entry::Vacant(slot) = t.pieces.entry(b.piece) {
-                let size = picker.piece_size(b.piece);
-                self.pending_bytes += u64::from(size);
-                slot.insert(PieceBuf {
-                    size,
-                    blocks: Default::default(),
-                    stage: PieceStage::Assembling,
-                });
-            }
+            self.pieces.start(tid, b.piece, picker.piece_size(b.piece));
         }
         if prepaid {
             // Nothing to request after all.
@@ -509,8 +498,8 @@ impl Engine {
             return;
         };
         let interested = t.is_running()
-            && t.picker
-                .as_ref()
+            && t.meta
+                .picker()
                 .is_some_and(|p| p.is_interesting(c.session.peer_pieces()));
         c.session.set_interested(now, interested);
     }
@@ -605,11 +594,11 @@ impl Engine {
             // Its availability leaves the picker and its outstanding requests become free again
             // (a session without geometry never counted in the picker).
             if c.session.has_geometry() {
-                if let Some(picker) = t.picker.as_mut() {
+                if let Some(picker) = t.meta.picker_mut() {
                     picker.peer_disconnected(c.key, c.session.peer_pieces());
                 }
             }
-            if let Some(m) = t.magnet.as_mut() {
+            if let Some(m) = t.meta.fetch_mut() {
                 m.fetcher.remove_peer(id);
             }
             t.pex_dirty = true;
@@ -674,19 +663,13 @@ impl Engine {
             return;
         };
         let partial: BTreeSet<u32> = t
-            .picker
-            .as_ref()
+            .meta
+            .picker()
             .map(|p| p.partial_pieces().collect())
             .unwrap_or_default();
-        let mut freed = 0u64;
-        t.pieces.retain(|p, b| {
-            let keep = b.stage != PieceStage::Assembling || partial.contains(p);
-            if !keep {
-                freed += u64::from(b.size);
-            }
-            keep
+        self.pieces.retain(tid, |p, b| {
+            b.stage != PieceStage::Assembling || partial.contains(&p)
         });
-        self.release_pending(freed);
     }
 
     /// A piece did not match its hash (nothing was written): throw it away, fetch it again, and
@@ -697,14 +680,13 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
+        if self.pieces.get(tid, piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
             return;
         }
-        let Some(buf) = t.pieces.remove(&piece) else {
+        let Some(buf) = self.pieces.remove(tid, piece) else {
             return;
         };
-        let freed = u64::from(buf.size);
-        if let Some(picker) = t.picker.as_mut() {
+        if let Some(picker) = t.meta.picker_mut() {
             picker.piece_failed(piece);
         }
         t.refill = true;
@@ -735,7 +717,6 @@ impl Engine {
                 to_ban.push((addr, *n));
             }
         }
-        self.release_pending(freed);
         for (addr, n) in to_ban {
             let reason = format!("sent data for {n} pieces that failed the hash check");
             self.ban(now, tid, addr, &reason);
@@ -748,16 +729,15 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
+        if self.pieces.get(tid, piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
             return;
         }
-        let Some(buf) = t.pieces.remove(&piece) else {
+        if self.pieces.remove(tid, piece).is_none() {
             return;
-        };
-        if let Some(picker) = t.picker.as_mut() {
+        }
+        if let Some(picker) = t.meta.picker_mut() {
             picker.piece_failed(piece);
         }
-        self.release_pending(u64::from(buf.size));
     }
 
     /// A verify-and-write job found the piece right and wrote it: the piece is verified.
@@ -765,14 +745,13 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&tid) else {
             return;
         };
-        if t.pieces.get(&piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
+        if self.pieces.get(tid, piece).map(|b| b.stage) != Some(PieceStage::Verifying) {
             return;
         }
-        let Some(buf) = t.pieces.remove(&piece) else {
+        let Some(buf) = self.pieces.remove(tid, piece) else {
             return;
         };
-        let fresh = t.picker.as_mut().is_some_and(|p| p.piece_verified(piece));
-        self.release_pending(u64::from(buf.size));
+        let fresh = t.meta.picker_mut().is_some_and(|p| p.piece_verified(piece));
         if !fresh {
             return;
         }
@@ -894,25 +873,14 @@ impl Engine {
         // Pieces still being assembled are thrown away and become missing again. Pieces whose
         // verify-and-write job is out stay until its answer settles them (written, or missing
         // again), so the engine always knows which writes are in flight.
-        let dropped: Vec<u32> = t
-            .pieces
-            .iter()
-            .filter(|(_, b)| b.stage == PieceStage::Assembling)
-            .map(|(p, _)| *p)
-            .collect();
-        let mut freed = 0u64;
-        for p in dropped {
-            if let Some(b) = t.pieces.remove(&p) {
-                freed += u64::from(b.size);
-            }
-        }
-        self.release_pending(freed);
+        self.pieces
+            .retain(tid, |_, b| b.stage != PieceStage::Assembling);
         self.close_torrent_conns(now, tid, "torrent stopped by a disk error");
         if let Some(t) = self.torrents.get_mut(&tid) {
-            if let Some(picker) = t.picker.as_mut() {
+            if let Some(picker) = t.meta.picker_mut() {
                 let partial: Vec<u32> = picker.partial_pieces().collect();
                 for p in partial {
-                    if !t.pieces.contains_key(&p) {
+                    if !self.pieces.contains(tid, p) {
                         picker.piece_failed(p);
                     }
                 }
@@ -1029,7 +997,7 @@ impl Engine {
                     }
                     break;
                 };
-                let mut session = match (t.geometry, t.picker.as_ref()) {
+                let mut session = match (t.meta.geometry(), t.meta.picker()) {
                     (Some(geometry), Some(picker)) => match PeerSession::outgoing(
                         session_config.clone(),
                         geometry,
@@ -1093,23 +1061,15 @@ impl Engine {
             .max(self.longest_piece.saturating_mul(MIN_PENDING_PIECES))
     }
 
-    /// Pieces left memory: if that brings us back under the cap, every torrent with peers may start
-    /// pieces again.
-    pub(super) fn release_pending(&mut self, bytes: u64) {
-        let cap = self.pending_cap();
-        let was_over = self.pending_bytes >= cap;
-        self.pending_bytes = self.pending_bytes.saturating_sub(bytes);
-        if was_over && self.pending_bytes < cap {
-            let with_peers: Vec<TorrentId> = self
-                .torrents
-                .iter()
-                .filter(|(_, t)| !t.conns.is_empty())
-                .map(|(id, _)| *id)
-                .collect();
-            for tid in with_peers {
-                if let Some(t) = self.torrents.get_mut(&tid) {
-                    t.refill = true;
-                }
+    /// Torrents that left pieces unstarted at the memory cap get their requests refilled once the
+    /// bytes held are under it again (pieces verified, failed or dropped since).
+    fn wake_held_back(&mut self) {
+        if self.held_back.is_empty() || self.pieces.bytes() >= self.pending_cap() {
+            return;
+        }
+        for tid in std::mem::take(&mut self.held_back) {
+            if let Some(t) = self.torrents.get_mut(&tid) {
+                t.refill = true;
             }
         }
     }
@@ -1134,6 +1094,7 @@ impl Engine {
         if now > self.last_now {
             self.last_now = now;
         }
+        self.wake_held_back();
         let mut work = self.torrents.take_touched();
         self.add_late(&mut work);
         for &tid in &work {
@@ -1198,7 +1159,7 @@ impl Engine {
                 let progress = Progress {
                     uploaded: t.uploaded,
                     downloaded: t.downloaded,
-                    left: t.picker.as_ref().map_or(UNKNOWN_LEFT, Picker::left),
+                    left: t.meta.picker().map_or(UNKNOWN_LEFT, Picker::left),
                 };
                 while let Some(order) = t.policy.poll_announce(now, progress) {
                     orders.push((tid, order));

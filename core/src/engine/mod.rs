@@ -22,6 +22,7 @@ mod conn;
 mod ext;
 mod flow;
 mod limits;
+mod pieces;
 mod scrape;
 mod table;
 mod torrent;
@@ -30,13 +31,12 @@ mod trackers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::bitfield::Bitfield;
 use crate::choker::{ChokeMode, ChokePeer, Choker, ChokerConfig};
-use crate::ext::metadata::MetadataServer;
 use crate::metainfo::{Layout, Metainfo};
 use crate::peer::{self, BlockRequest, Geometry, PeerSession, SessionConfig};
 use crate::picker::{BlockReceived, PeerKey, PeerPieces, Picker, PickerConfig};
@@ -47,9 +47,10 @@ use crate::tracker::udp_client::{UdpConfig, UdpTrackerRouter};
 use crate::types::{InfoHash, PeerId};
 
 use conn::{Classified, Conn, ConnIds, READ_AHEAD, SEND_WINDOW};
+use pieces::PieceStore;
 use table::{TimerKey, TimerTable, Tracked};
 use torrent::{
-    insert_capped, PieceBuf, PieceStage, RunState, Torrent, MAX_BANNED, MAX_FAILED_KEEP,
+    insert_capped, Known, Meta, PieceStage, RunState, Torrent, MAX_BANNED, MAX_FAILED_KEEP,
     MAX_STRIKES, MAX_STRIKE_ENTRIES,
 };
 use trackers::TrackerGlue;
@@ -216,8 +217,11 @@ pub struct Engine {
     /// Mints every connection id and knows each open one's kind.
     ids: ConnIds,
     next_job: u64,
-    /// Bytes of pieces held in memory, across torrents.
-    pending_bytes: u64,
+    /// Pieces held in memory, across torrents, and their bytes.
+    pieces: PieceStore,
+    /// Torrents that left pieces unstarted because the memory cap was reached: they get their
+    /// requests refilled once the bytes held are under the cap again.
+    held_back: BTreeSet<TorrentId>,
     /// When shutdown gives up waiting, once `shutdown` was called.
     shutdown_deadline: Option<Instant>,
     shut_down: bool,
@@ -240,7 +244,7 @@ impl std::fmt::Debug for Engine {
             .field("torrents", &self.torrents.len())
             .field("connections", &self.conns.len())
             .field("jobs", &self.jobs.len())
-            .field("pending_bytes", &self.pending_bytes)
+            .field("pending_bytes", &self.pieces.bytes())
             .field("shut_down", &self.shut_down)
             .finish()
     }
@@ -270,7 +274,8 @@ impl Engine {
             next_torrent: 0,
             ids: ConnIds::default(),
             next_job: 0,
-            pending_bytes: 0,
+            pieces: PieceStore::default(),
+            held_back: BTreeSet::new(),
             shutdown_deadline: None,
             shut_down: false,
             last_now: now,
@@ -350,20 +355,22 @@ impl Engine {
         let id = TorrentId(self.next_torrent);
         self.next_torrent = self.next_torrent.wrapping_add(1);
         let complete = picker.is_complete();
+        let name = info.name().to_owned();
+        let meta = Meta::Known(Box::new(Known {
+            info,
+            geometry,
+            picker,
+        }));
         let mut t = Torrent::new(
             info_hash,
-            info.name().to_owned(),
+            meta,
+            name,
             add.metainfo.trackers.clone(),
             policy,
             choker,
             self.config.session.rate_window,
             add.paused,
         );
-        t.private = info.is_private();
-        t.metadata = MetadataServer::new(Some(info.raw().clone()));
-        t.info = Some(info);
-        t.geometry = Some(geometry);
-        t.picker = Some(picker);
         t.wanted_files = wanted_files;
         t.complete_reported = complete;
         for addr in add.peers {
@@ -447,7 +454,8 @@ impl Engine {
         self.limits.forget_torrent(torrent);
         if let Some(mut t) = self.torrents.remove(&torrent) {
             t.policy.stop(now);
-            self.release_pending(t.pending_bytes());
+            self.pieces.remove_torrent(torrent);
+            self.held_back.remove(&torrent);
             self.trackers.retire(torrent, t.policy);
         }
         self.update_longest_piece();
@@ -469,10 +477,10 @@ impl Engine {
         let Some(t) = self.torrents.get_mut(&torrent) else {
             return Err(AddError::UnknownTorrent(torrent));
         };
-        let (Some(layout), Some(picker)) = (t.info.as_ref().map(|i| i.layout()), t.picker.as_mut())
-        else {
+        let Meta::Known(known) = &mut t.meta else {
             return Err(AddError::MetadataPending(torrent));
         };
+        let (layout, picker) = (known.info.layout(), &mut known.picker);
         let files = layout.files().len();
         if wanted.len() != files {
             return Err(AddError::SelectionLength {
@@ -850,9 +858,7 @@ impl Engine {
                 t.policy.poll_timeout()
             }
             TimerKey::Pex(_) if t.is_running() && !t.private => t.pex_next,
-            TimerKey::MetadataFetch(_) if t.is_running() => {
-                t.magnet.as_ref()?.fetcher.poll_timeout()
-            }
+            TimerKey::MetadataFetch(_) if t.is_running() => t.meta.fetch()?.fetcher.poll_timeout(),
             _ => None,
         }
     }
@@ -915,7 +921,7 @@ impl Engine {
         let have_bytes: u64 = files.iter().filter(|f| f.wanted).map(|f| f.have).sum();
         let mut peer_list = Vec::new();
         let mut seeds = 0;
-        let pieces = t.picker.as_ref().map(Picker::num_pieces);
+        let pieces = t.meta.picker().map(Picker::num_pieces);
         for id in &t.conns {
             let Some(c) = self.conns.get(id) else {
                 continue;
@@ -960,7 +966,9 @@ impl Engine {
         let state = match &t.run {
             RunState::Paused => TorrentState::Paused,
             RunState::Error(m) => TorrentState::Error(m.clone()),
-            RunState::Running if t.picker.is_none() => TorrentState::FetchingMetadata,
+            RunState::Running if matches!(t.meta, Meta::Fetching(_)) => {
+                TorrentState::FetchingMetadata
+            }
             RunState::Running if t.is_complete() => TorrentState::Seeding,
             RunState::Running => TorrentState::Downloading,
         };
@@ -980,15 +988,15 @@ impl Engine {
             seeds,
             eta,
             have: t
-                .picker
-                .as_ref()
+                .meta
+                .picker()
                 .map_or_else(|| Bitfield::new(0), |p| p.have().clone()),
-            in_flight: t.picker.as_ref().map_or_else(Vec::new, |p| {
+            in_flight: t.meta.picker().map_or_else(Vec::new, |p| {
                 let mut v: Vec<u32> = p.partial_pieces().collect();
                 v.sort_unstable();
                 v
             }),
-            availability: t.picker.as_ref().map_or_else(Vec::new, |p| {
+            availability: t.meta.picker().map_or_else(Vec::new, |p| {
                 (0..p.have().len())
                     .map(|i| u16::try_from(p.availability(i)).unwrap_or(u16::MAX))
                     .collect()
@@ -1015,7 +1023,7 @@ impl Engine {
         self.longest_piece = self
             .torrents
             .values()
-            .filter_map(|t| t.info.as_ref())
+            .filter_map(|t| t.meta.info())
             .map(|info| u64::from(info.layout().piece_length()))
             .max()
             .unwrap_or(0);

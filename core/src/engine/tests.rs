@@ -1687,7 +1687,7 @@ fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
             .map(|s| s.have)
     );
     assert_eq!(disk_content(&net.nodes[1], tl), content);
-    assert_eq!(net.nodes[1].engine.pending_bytes, 0);
+    assert_eq!(net.nodes[1].engine.pieces.bytes(), 0);
 }
 
 #[test]
@@ -1737,7 +1737,7 @@ fn a_verify_job_out_at_a_disk_error_still_settles_its_piece_after_resume() {
     });
     assert!(net.run_until(Duration::from_secs(120), |n| n.completed(1, tl)));
     assert_eq!(disk_content(&net.nodes[1], tl), content);
-    assert_eq!(net.nodes[1].engine.pending_bytes, 0);
+    assert_eq!(net.nodes[1].engine.pieces.bytes(), 0);
     let verified = net.nodes[1]
         .events
         .iter()

@@ -19,6 +19,8 @@ use crate::types::{InfoHash, PeerId};
 
 use super::ext::MagnetFetch;
 use super::io::{ConnId, FileStats};
+#[cfg(doc)]
+use super::pieces::PieceStore;
 
 /// The most addresses remembered per torrent; new ones beyond it are dropped.
 pub(crate) const MAX_BOOK: usize = 2000;
@@ -172,10 +174,81 @@ pub(crate) enum PieceStage {
     Verifying,
 }
 
+/// What a torrent knows of its content: either it is still fetching its metadata (a magnet link) or
+/// it knows its info dictionary, and with it the piece geometry and the picker, all at once.
+#[derive(Debug)]
+pub(crate) enum Meta {
+    /// Added from a magnet link; the info dictionary is being fetched from peers.
+    Fetching(MagnetFetch),
+    /// The info dictionary is known (from the start, or once a magnet link's fetch completed).
+    Known(Box<Known>),
+}
+
+/// The parts of a torrent that exist only once its info dictionary is known.
+#[derive(Debug)]
+pub(crate) struct Known {
+    /// The `info` dictionary.
+    pub info: Info,
+    /// The piece geometry, for peer sessions.
+    pub geometry: Geometry,
+    /// Pieces: had, wanted, requested.
+    pub picker: Picker,
+}
+
+impl Meta {
+    /// The info dictionary, once known.
+    pub fn info(&self) -> Option<&Info> {
+        match self {
+            Meta::Known(k) => Some(&k.info),
+            Meta::Fetching(_) => None,
+        }
+    }
+
+    /// The piece geometry, once known.
+    pub fn geometry(&self) -> Option<Geometry> {
+        match self {
+            Meta::Known(k) => Some(k.geometry),
+            Meta::Fetching(_) => None,
+        }
+    }
+
+    /// The picker, once the metadata is known.
+    pub fn picker(&self) -> Option<&Picker> {
+        match self {
+            Meta::Known(k) => Some(&k.picker),
+            Meta::Fetching(_) => None,
+        }
+    }
+
+    /// The picker, for changing, once the metadata is known.
+    pub fn picker_mut(&mut self) -> Option<&mut Picker> {
+        match self {
+            Meta::Known(k) => Some(&mut k.picker),
+            Meta::Fetching(_) => None,
+        }
+    }
+
+    /// The metadata fetch, while the metadata is not known.
+    pub fn fetch(&self) -> Option<&MagnetFetch> {
+        match self {
+            Meta::Fetching(m) => Some(m),
+            Meta::Known(_) => None,
+        }
+    }
+
+    /// The metadata fetch, for changing, while the metadata is not known.
+    pub fn fetch_mut(&mut self) -> Option<&mut MagnetFetch> {
+        match self {
+            Meta::Fetching(m) => Some(m),
+            Meta::Known(_) => None,
+        }
+    }
+}
+
 /// A piece being assembled, hashed or written.
 #[derive(Debug)]
 pub(crate) struct PieceBuf {
-    /// Its size in bytes (what it counts against the pending-bytes cap).
+    /// Its size in bytes (what it counts against the pending-bytes cap; see [`PieceStore`]).
     pub size: u32,
     /// Blocks by offset: the data and who sent it.
     pub blocks: BTreeMap<u32, (Bytes, SocketAddr)>,
@@ -183,29 +256,21 @@ pub(crate) struct PieceBuf {
     pub stage: PieceStage,
 }
 
-/// One torrent.
-///
-/// A torrent added from a magnet link starts without `info`, `geometry` and `picker` (all three are
-/// `None` until the metadata is fetched, then all three are `Some`); `magnet` holds the fetch.
+/// One torrent. A torrent added from a magnet link starts in [`Meta::Fetching`] and becomes
+/// [`Meta::Known`] when the metadata arrives; one added from a `.torrent` is `Known` from the start.
 pub(crate) struct Torrent {
     /// The info-hash (known from the start, also for a magnet link).
     pub info_hash: InfoHash,
     /// The name to show: the info dictionary's, else the magnet link's `dn`, else the info-hash.
     pub name: String,
-    /// The `info` dictionary, once known.
-    pub info: Option<Info>,
-    /// The piece geometry, for peer sessions, once known.
-    pub geometry: Option<Geometry>,
-    /// Pieces: had, wanted, requested; once the metadata is known.
-    pub picker: Option<Picker>,
+    /// The metadata fetch, or the info dictionary with its geometry and picker.
+    pub meta: Meta,
     /// Which files the user selected (empty until the metadata is known).
     pub wanted_files: Vec<bool>,
     /// Tracker tiers (for saving a `.torrent` of a magnet link).
     pub trackers: Vec<Vec<String>>,
     /// Private torrent (BEP 27): no PEX. Unknown (false) until a magnet link's metadata arrived.
     pub private: bool,
-    /// The metadata fetch of a magnet link; `None` once the metadata is known.
-    pub magnet: Option<MagnetFetch>,
     /// Answers `ut_metadata` requests (rejects them while we have no metadata).
     pub metadata: MetadataServer,
     /// The set of connected peers changed: PEX senders should look again.
@@ -227,8 +292,6 @@ pub(crate) struct Torrent {
     pub keys: BTreeMap<PeerKey, ConnId>,
     /// Addresses to dial.
     pub book: AddressBook,
-    /// Pieces with blocks in memory.
-    pub pieces: BTreeMap<u32, PieceBuf>,
     /// Blocks of pieces that failed their check, kept to find the liar once the piece passes.
     pub failed_blocks: BTreeMap<u32, Vec<(u32, Bytes, SocketAddr)>>,
     /// Bytes in `failed_blocks`.
@@ -254,10 +317,11 @@ pub(crate) struct Torrent {
 }
 
 impl Torrent {
-    /// A torrent that knows only its info-hash: no metadata, no peers, nothing had. `add_torrent`
-    /// fills in the metadata at once; a magnet link's fetch fills it in later.
+    /// A torrent with no peers and nothing downloaded yet: `meta` is the metadata (`add_torrent`) or
+    /// its fetch (`add_magnet`).
     pub fn new(
         info_hash: InfoHash,
+        meta: Meta,
         name: String,
         trackers: Vec<Vec<String>>,
         policy: AnnouncePolicy,
@@ -265,17 +329,16 @@ impl Torrent {
         rate_window: Duration,
         paused: bool,
     ) -> Torrent {
+        let private = meta.info().is_some_and(Info::is_private);
+        let metadata = MetadataServer::new(meta.info().map(|i| i.raw().clone()));
         Torrent {
             info_hash,
             name,
-            info: None,
-            geometry: None,
-            picker: None,
+            meta,
             wanted_files: Vec::new(),
             trackers,
-            private: false,
-            magnet: None,
-            metadata: MetadataServer::new(None),
+            private,
+            metadata,
             pex_dirty: false,
             pex_next: None,
             run: if paused {
@@ -289,7 +352,6 @@ impl Torrent {
             conns: Default::default(),
             keys: Default::default(),
             book: Default::default(),
-            pieces: Default::default(),
             failed_blocks: Default::default(),
             failed_bytes: 0,
             strikes: Default::default(),
@@ -306,17 +368,17 @@ impl Torrent {
 
     /// The layout (files and pieces), once the metadata is known.
     pub fn layout(&self) -> Option<&Layout> {
-        self.info.as_ref().map(Info::layout)
+        self.meta.info().map(Info::layout)
     }
 
     /// Whether every wanted piece is verified (never before the metadata is known).
     pub fn is_complete(&self) -> bool {
-        self.picker.as_ref().is_some_and(Picker::is_complete)
+        self.meta.picker().is_some_and(Picker::is_complete)
     }
 
     /// Whether we have every piece of the torrent (never before the metadata is known).
     pub fn has_all(&self) -> bool {
-        self.picker.as_ref().is_some_and(|p| p.have().all())
+        self.meta.picker().is_some_and(|p| p.have().all())
     }
 
     /// Whether the engine's upkeep has work for it: requests to refill, a rechoke, PEX to look at.
@@ -347,7 +409,7 @@ impl Torrent {
 
     /// Per-file statistics: bytes covered by verified pieces.
     pub fn file_stats(&self) -> Vec<FileStats> {
-        let (Some(layout), Some(picker)) = (self.layout(), self.picker.as_ref()) else {
+        let (Some(layout), Some(picker)) = (self.layout(), self.meta.picker()) else {
             return Vec::new();
         };
         let have = picker.have();
@@ -378,11 +440,6 @@ impl Torrent {
                 }
             })
             .collect()
-    }
-
-    /// Sum of the piece sizes held in memory (assembling, hashing or writing).
-    pub fn pending_bytes(&self) -> u64 {
-        self.pieces.values().map(|p| u64::from(p.size)).sum()
     }
 }
 
