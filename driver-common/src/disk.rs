@@ -10,7 +10,9 @@ use std::time::Instant as StdInstant;
 
 use bytes::Bytes;
 use hyperblow_core::bitfield::Bitfield;
-use hyperblow_core::engine::{Job, JobId, JobResult, StorageFailure, StorageFailureKind};
+use hyperblow_core::engine::{
+    Job, JobId, JobResult, StorageFailure, StorageFailureKind, TorrentId,
+};
 use hyperblow_core::metainfo::Info;
 use hyperblow_core::InfoHash;
 use hyperblow_storage::{
@@ -111,6 +113,58 @@ pub(crate) fn verify_and_write(
         return Verified::Done(JobResult::Failed(storage_gone()), None);
     }
     write_result(storage.write_piece(piece, &blocks))
+}
+
+/// Most piece bytes in one batch of small pieces (see [`verify_and_write_batch`]).
+pub(crate) const SMALL_BATCH_BYTES: usize = 256 * 1024;
+
+/// A small piece's `VerifyWrite` job, waiting to be batched with others of its torrent.
+#[derive(Debug)]
+pub(crate) struct SmallWrite {
+    /// The engine's job.
+    pub id: JobId,
+    /// Its torrent.
+    pub torrent: TorrentId,
+    /// The piece.
+    pub piece: u32,
+    /// Its bytes.
+    pub blocks: Vec<Bytes>,
+    /// The hash from the metainfo.
+    pub expected: [u8; 20],
+}
+
+/// Runs a batch of small pieces' `VerifyWrite` jobs of one torrent on one worker: hashes each piece,
+/// then writes the ones that matched, in order, under one hold of the torrent's write gate (nothing is
+/// written once the torrent is removed). Returns each job's answer.
+pub(crate) fn verify_and_write_batch(
+    storage: &Storage,
+    gate: &Mutex<bool>,
+    batch: Vec<SmallWrite>,
+) -> Vec<(JobId, JobResult, Option<StorageError>)> {
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut matched = Vec::with_capacity(batch.len());
+    for w in batch {
+        if hash_piece(&w.blocks) == w.expected {
+            matched.push(w);
+        } else {
+            answers.push((w.id, JobResult::Mismatch, None));
+        }
+    }
+    if matched.is_empty() {
+        return answers;
+    }
+    let removed = gate.lock().unwrap_or_else(PoisonError::into_inner);
+    for w in matched {
+        if *removed {
+            answers.push((w.id, JobResult::Failed(storage_gone()), None));
+            continue;
+        }
+        match write_result(storage.write_piece(w.piece, &w.blocks)) {
+            Verified::Done(r, e) => answers.push((w.id, r, e)),
+            Verified::Busy(_) => answers.push((w.id, JobResult::Failed(storage_gone()), None)),
+        }
+    }
+    answers
 }
 
 /// Writes a verified piece that waited in the write queue: waits for the gate, and writes nothing

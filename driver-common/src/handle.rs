@@ -36,7 +36,7 @@ pub struct SessionConfig {
     /// Where resume files go: `<dir>/<info-hash hex>.resume`. `None`: next to the data, in
     /// `<output dir>/.hyperblow/<info-hash hex>.resume`.
     pub resume_dir: Option<PathBuf>,
-    /// Disk and hash worker threads; 0 means one per CPU.
+    /// Disk and hash worker threads; 0 means one per CPU plus one (for a thread waiting on a write).
     pub worker_threads: usize,
     /// Seed for the engine's randomness (peer id, piece order); `None` draws one from the OS.
     pub seed: Option<u64>,

@@ -121,6 +121,10 @@ struct Session<R: Runtime> {
     writes_in_flight: usize,
     /// Block reads the engine asked for during the current drain, issued together at its end.
     reads: Vec<disk::BlockRead>,
+    /// Small pieces (under [`hyperblow_storage::DIRECT_MIN_PIECE`]) to verify and write, gathered
+    /// during the current drain and handed to the pool in batches at its end (see
+    /// [`Session::issue_small_writes`]).
+    small_writes: Vec<disk::SmallWrite>,
     /// Bytes the engine sent during the current drain, per connection, in order.
     sends: Vec<(ConnId, Vec<Bytes>)>,
     /// Reused buffers for those reads.
@@ -226,8 +230,10 @@ pub fn prepare_session<R: Runtime>(
             dht.saved_state = std::fs::read(path).ok();
         }
     }
+    // One per CPU, plus one: a piece write (direct I/O) blocks its worker until the device took the
+    // bytes, and the hashing of the next piece should not wait for that.
     let threads = match config.worker_threads {
-        0 => hyperblow_storage::default_threads(),
+        0 => hyperblow_storage::default_threads() + 1,
         n => n,
     };
     let pool = WorkerPool::new(threads).map_err(StartError::Workers)?;
@@ -284,6 +290,7 @@ pub fn prepare_session<R: Runtime>(
         background,
         writes_in_flight: 0,
         reads: Vec::new(),
+        small_writes: Vec::new(),
         sends: Vec::new(),
         read_pool: disk::ReadPool::default(),
         last_timeout_call: None,
@@ -455,6 +462,58 @@ impl<R: Runtime> Session<R> {
         }
         self.flush_sends();
         self.issue_reads();
+        self.issue_small_writes();
+    }
+
+    /// Hands the small pieces gathered during a drain to the pool, up to [`disk::SMALL_BATCH_BYTES`]
+    /// of one torrent per job: one wake-up of a worker, one pass over the torrent's write gate and one
+    /// answer burst per batch instead of per piece (with 16 KiB pieces the per-piece hand-offs, each
+    /// waking a thread, cost more CPU than the hashing).
+    fn issue_small_writes(&mut self) {
+        if self.small_writes.is_empty() {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.small_writes);
+        // Stable: the pieces of one torrent keep their order.
+        all.sort_by_key(|w| w.torrent);
+        let mut batch: Vec<disk::SmallWrite> = Vec::new();
+        let mut bytes = 0usize;
+        let mut rest = all.into_iter().peekable();
+        while let Some(w) = rest.next() {
+            bytes += w.blocks.iter().map(Bytes::len).sum::<usize>();
+            let torrent = w.torrent;
+            batch.push(w);
+            let next_other = rest.peek().is_none_or(|n| n.torrent != torrent);
+            if next_other || bytes >= disk::SMALL_BATCH_BYTES {
+                self.run_small_batch(torrent, std::mem::take(&mut batch));
+                bytes = 0;
+            }
+        }
+    }
+
+    /// Verifies and writes one batch of small pieces of `torrent` on a worker (see
+    /// [`disk::verify_and_write_batch`]); each piece is answered with its own [`Ctl::JobDone`].
+    fn run_small_batch(&self, torrent: TorrentId, batch: Vec<disk::SmallWrite>) {
+        let Some(d) = self.disks.get(&torrent) else {
+            for w in batch {
+                self.job_done_later(w.id, torrent, disk::storage_gone(), false);
+            }
+            return;
+        };
+        let (storage, gate) = (Arc::clone(&d.storage), Arc::clone(&d.gate));
+        let ctl = self.ctl_tx.clone();
+        self.pool.execute(move || {
+            for (id, result, error) in disk::verify_and_write_batch(&storage, &gate, batch) {
+                let _ = ctl.unbounded_send(Ctl::JobDone {
+                    id,
+                    torrent,
+                    write: true,
+                    result,
+                    error,
+                    queued: false,
+                });
+            }
+        });
     }
 
     /// Hands each connection's gathered sends to its writer, one message per connection.
@@ -598,6 +657,17 @@ impl<R: Runtime> Session<R> {
                     return;
                 };
                 self.writes_in_flight += 1;
+                let len: usize = blocks.iter().map(Bytes::len).sum();
+                if len < hyperblow_storage::DIRECT_MIN_PIECE as usize {
+                    self.small_writes.push(disk::SmallWrite {
+                        id,
+                        torrent,
+                        piece,
+                        blocks,
+                        expected,
+                    });
+                    return;
+                }
                 let Some(d) = self.disks.get(&torrent) else {
                     self.job_done_later(id, torrent, disk::storage_gone(), false);
                     return;

@@ -67,5 +67,5 @@ mod workers;
 pub use check::{check_pieces, hash_piece};
 pub use error::{StorageError, StorageErrorKind, StorageOp};
 pub use resume::{resume_path, MAX_RESUME_FILE_LEN};
-pub use storage::{PieceWrite, Storage, StorageConfig, DEFAULT_MAX_OPEN_FILES};
+pub use storage::{PieceWrite, Storage, StorageConfig, DEFAULT_MAX_OPEN_FILES, DIRECT_MIN_PIECE};
 pub use workers::{block_on, default_threads, JobCanceled, JobHandle, WorkerPool};

@@ -2,10 +2,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use hyperblow_core::metainfo::{check_component, FileSlice, Layout};
@@ -19,17 +19,38 @@ pub const DEFAULT_MAX_OPEN_FILES: usize = 64;
 /// Tunables of a [`Storage`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
-    /// At most this many files of the torrent are open at once (least recently used are closed first).
+    /// At most this many files of the torrent are open at once (least recently used are closed first;
+    /// a write with [`StorageConfig::direct_writes`] holds one more, for the file it writes).
     pub max_open_files: usize,
+    /// Write pieces of at least [`DIRECT_MIN_PIECE`] bytes with `O_DIRECT` (their 4 KiB-aligned parts),
+    /// bypassing the page cache. A buffered write of a large piece asks the kernel for large page-cache
+    /// folios, and on a machine whose memory is full of cache it gets them by reclaiming and compacting
+    /// (copying other pages) in the writer's own time: measured here, 0.7 to 1.8 system CPU-seconds per
+    /// GiB written instead of about 0.1 with direct writes, and the cause of the slow runs of a download.
+    /// A file system that refuses `O_DIRECT` switches the storage back to buffered writes by itself.
+    pub direct_writes: bool,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             max_open_files: DEFAULT_MAX_OPEN_FILES,
+            direct_writes: true,
         }
     }
 }
+
+/// Pieces at least this long are written with `O_DIRECT` when [`StorageConfig::direct_writes`] is on;
+/// shorter ones go through the page cache (one synchronous device write per small piece would cost more
+/// than the small folios a buffered write of them needs).
+pub const DIRECT_MIN_PIECE: u32 = 256 * 1024;
+
+/// Alignment of a direct write's memory, file offset and length: a multiple of every logical block size
+/// in use, so no `statx` query is needed.
+const DIRECT_ALIGN: usize = 4096;
+
+/// The most bytes one direct write carries: the size of each worker thread's aligned bounce buffer.
+const DIRECT_CHUNK: usize = 1024 * 1024;
 
 /// What [`Storage::write_piece`] did with a piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +77,9 @@ pub struct Storage {
     /// Whether the wanted zero-length files have been created since the last selection change.
     empties_done: AtomicBool,
     cache: HandleCache,
+    /// Direct (`O_DIRECT`) writes: still on (not refused by the file system), and the write-only handle
+    /// of the file written last.
+    direct: DirectWrites,
     /// Serializes resume saves (they share a temporary file name).
     pub(crate) resume_lock: Mutex<()>,
 }
@@ -110,6 +134,10 @@ impl Storage {
             wanted: RwLock::new(wanted),
             empties_done: AtomicBool::new(false),
             cache: HandleCache::new(config.max_open_files),
+            direct: DirectWrites {
+                enabled: AtomicBool::new(config.direct_writes),
+                handle: Mutex::new(None),
+            },
             resume_lock: Mutex::new(()),
             layout,
         })
@@ -301,6 +329,7 @@ impl Storage {
             self.create_empty_files()?;
         }
         let mut cursor = BlockCursor::new(blocks);
+        let direct = piece_len >= DIRECT_MIN_PIECE;
         for s in slices {
             let padding = files.get(s.file_index).is_some_and(|f| f.padding);
             if padding {
@@ -313,6 +342,11 @@ impl Storage {
                 .acquire(s.file_index, true, |_| self.open_for_write(s.file_index))?;
             let mut offset = s.offset;
             let mut left = s.length;
+            if direct {
+                let done = self.write_direct(s.file_index, &mut cursor, offset, left)?;
+                offset += done;
+                left -= done;
+            }
             while left > 0 {
                 // Up to MAX_IOV blocks per system call: one large write lets the kernel use large
                 // page-cache folios, which costs about half the CPU of the same bytes in 16 KiB writes.
@@ -338,6 +372,102 @@ impl Storage {
             lease.mark_written();
         }
         Ok(PieceWrite::Stored)
+    }
+
+    /// Writes the longest 4 KiB-aligned prefix of `len` bytes at `offset` of file `index` from `cursor`
+    /// with `O_DIRECT`, through this thread's aligned bounce buffer; returns how many bytes it wrote
+    /// (0 when direct writes are off, the offset is unaligned, or the file system refused them, which
+    /// turns them off for this storage). The caller writes the rest through the page cache.
+    fn write_direct(
+        &self,
+        index: usize,
+        cursor: &mut BlockCursor<'_>,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, StorageError> {
+        let align = DIRECT_ALIGN as u64;
+        let aligned = len - len % align;
+        if !self.direct.enabled.load(Ordering::Relaxed)
+            || !offset.is_multiple_of(align)
+            || aligned == 0
+        {
+            return Ok(0);
+        }
+        let path = self.path_of(index);
+        let Some(file) = self.direct_handle(index) else {
+            return Ok(0);
+        };
+        DIRECT_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let mut done = 0u64;
+            while done < aligned {
+                let n = usize::try_from(aligned - done)
+                    .unwrap_or(DIRECT_CHUNK)
+                    .min(DIRECT_CHUNK);
+                let chunk = aligned_slice(&mut buf, n);
+                let mut filled = 0;
+                while filled < n {
+                    let run = cursor.take((n - filled) as u64);
+                    if run.is_empty() {
+                        return Err(self.invalid("blocks ran out in a direct write".into()));
+                    }
+                    if let Some(dest) = chunk.get_mut(filled..filled + run.len()) {
+                        dest.copy_from_slice(run);
+                    }
+                    filled += run.len();
+                }
+                match write_all_at_direct(&file, chunk, offset + done) {
+                    Ok(()) => done += n as u64,
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                        // Refused (alignment or file system): these bytes and everything after go
+                        // through the page cache. The bytes taken from the cursor are put back.
+                        self.direct.enabled.store(false, Ordering::Relaxed);
+                        *self
+                            .direct
+                            .handle
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = None;
+                        cursor.unread(n);
+                        return Ok(done);
+                    }
+                    Err(e) => return Err(StorageError::io(StorageOp::Write, path, e)),
+                }
+            }
+            Ok(done)
+        })
+    }
+
+    /// The `O_DIRECT` write handle of file `index` (kept for the next piece), or `None` when the file
+    /// system refuses the flag (direct writes are then off for this storage). The file exists: the
+    /// caller holds a write lease of it.
+    fn direct_handle(&self, index: usize) -> Option<Arc<File>> {
+        let mut slot = self
+            .direct
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((i, f)) = slot.as_ref() {
+            if *i == index {
+                return Some(Arc::clone(f));
+            }
+        }
+        let flags = rustix::fs::OFlags::DIRECT.bits();
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(flags as i32)
+            .open(self.path_of(index))
+        {
+            Ok(f) => {
+                let f = Arc::new(f);
+                *slot = Some((index, Arc::clone(&f)));
+                Some(f)
+            }
+            Err(_) => {
+                self.direct.enabled.store(false, Ordering::Relaxed);
+                *slot = None;
+                None
+            }
+        }
     }
 
     /// Reads `length` bytes at `begin` inside piece `index` (a peer's `request`), across file boundaries.
@@ -463,7 +593,53 @@ impl Storage {
     /// Closes every file handle not in use right now (dirty files stay remembered for [`Storage::flush`]).
     pub fn close_files(&self) {
         self.cache.close_idle();
+        *self
+            .direct
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
+}
+
+/// The state of direct writes of one [`Storage`].
+#[derive(Debug)]
+struct DirectWrites {
+    enabled: AtomicBool,
+    handle: Mutex<Option<(usize, Arc<File>)>>,
+}
+
+thread_local! {
+    /// Each writing thread's bounce buffer for direct writes (one [`DIRECT_CHUNK`] plus alignment slack,
+    /// allocated on first use).
+    static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The first `n` bytes (at most [`DIRECT_CHUNK`]) of `buf` that start on a [`DIRECT_ALIGN`] boundary,
+/// growing `buf` on first use.
+fn aligned_slice(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < DIRECT_CHUNK + DIRECT_ALIGN {
+        buf.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
+    }
+    let skip = (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+    let n = n.min(DIRECT_CHUNK);
+    buf.get_mut(skip..skip + n).unwrap_or_default()
+}
+
+/// Writes all of `buf` at `offset` with positioned writes, resuming after short writes (which a direct
+/// write only makes at aligned boundaries, if ever).
+fn write_all_at_direct(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.write_at(buf, offset) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => {
+                buf = buf.get(n..).unwrap_or_default();
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Walks a list of blocks as one byte stream.
@@ -538,6 +714,23 @@ impl<'a> BlockCursor<'a> {
             return rest.get(..n).unwrap_or_default();
         }
         &[]
+    }
+
+    /// Steps back `n` bytes (that the last takes returned), so they are taken again.
+    fn unread(&mut self, mut n: usize) {
+        while n > 0 {
+            if self.offset == 0 {
+                if self.block == 0 {
+                    return;
+                }
+                self.block -= 1;
+                self.offset = self.blocks.get(self.block).map_or(0, Bytes::len);
+                continue;
+            }
+            let back = n.min(self.offset);
+            self.offset -= back;
+            n -= back;
+        }
     }
 
     /// Skips `n` bytes.

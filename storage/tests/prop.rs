@@ -29,7 +29,7 @@ proptest! {
         )
         .unwrap();
         let data = content(&l, seed);
-        let s = Storage::new(dir.path(), l.clone(), StorageConfig { max_open_files: max_open }).unwrap();
+        let s = Storage::new(dir.path(), l.clone(), StorageConfig { max_open_files: max_open, ..StorageConfig::default() }).unwrap();
         let mut g = Gen::new(seed ^ 1);
         for p in shuffled_pieces(&l, seed ^ 2) {
             let b: Vec<Bytes> = blocks(&l, &data, p, &mut g, block_max);
