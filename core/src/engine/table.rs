@@ -200,7 +200,7 @@ pub(crate) struct TimerTable {
     by_key: HashMap<TimerKey, Slot, FixedState>,
     /// The engine-wide deadlines as last set: refiled after every input, mostly unchanged, so they
     /// are compared here before any lookup.
-    globals: [Option<Instant>; 4],
+    globals: [Option<Instant>; TimerKey::GLOBAL.len()],
 }
 
 /// One key's deadline and where it is filed in `by_time`.
@@ -217,7 +217,7 @@ impl Default for TimerTable {
         TimerTable {
             by_time: BTreeSet::new(),
             by_key: HashMap::with_hasher(FixedState::default()),
-            globals: [None; 4],
+            globals: [None; TimerKey::GLOBAL.len()],
         }
     }
 }
