@@ -891,8 +891,14 @@ struct Raw {
 impl Raw {
     fn new() -> Raw {
         let now = Instant::from_secs(50);
+        // Raw peers speak plain BitTorrent (their bytes are decoded as wire messages), so the engine
+        // dials them without the MSE handshake; engine/tests/mse.rs covers encryption.
+        let config = EngineConfig {
+            encryption: crate::mse::Policy::Disable,
+            ..EngineConfig::default()
+        };
         Raw {
-            engine: Engine::new(EngineConfig::default(), 7, now),
+            engine: Engine::new(config, 7, now),
             now,
             disk: BTreeMap::new(),
             decoders: BTreeMap::new(),
