@@ -434,7 +434,10 @@ fn a_restart_after_sigkill_rehashes_at_most_a_tenth_of_the_pieces() {
     let (verified_first, added, total) = kill_and_restart("crash64", 64 << 20, 256 * 1024);
     let rehashed = added["rehashed_pieces"].as_u64().expect("rehashed_pieces") as usize;
     let have = added["have_pieces"].as_u64().expect("have_pieces") as usize;
-    eprintln!("64 MiB: {verified_first} verified before kill -9, {rehashed} of {total} re-hashed");
+    eprintln!(
+        "64 MiB: {verified_first} verified before kill -9, {have} found on restart, {rehashed} of \
+         {total} re-hashed"
+    );
     assert_eq!(added["start"], "resumed", "{added}");
     assert!(
         rehashed * 10 <= total,
@@ -442,7 +445,7 @@ fn a_restart_after_sigkill_rehashes_at_most_a_tenth_of_the_pieces() {
     );
     assert!(
         have >= verified_first,
-        "{have} pieces found, {verified_first} were verified before the kill"
+        "{have} pieces found, {verified_first} were verified before the kill: {added}"
     );
 }
 

@@ -280,14 +280,25 @@ pub(crate) fn account(
         (Some(have), StartKind::Resumed, 0)
     } else if let Some(mut have) = checkpoint() {
         let hashed = std::sync::atomic::AtomicU32::new(0);
+        let zeros = ZeroHashes::default();
         let written = check_pieces(
             storage,
             |i| {
-                if have.get(i) || storage.piece_is_blank(i).unwrap_or(false) {
+                if have.get(i) {
+                    return None;
+                }
+                let expected = info.piece_hash(i)?;
+                // A blank piece was not written since the checkpoint, unless its data is all zeros.
+                if storage.piece_is_blank(i).unwrap_or(false)
+                    && storage
+                        .layout()
+                        .piece_len(i)
+                        .is_none_or(|len| zeros.hash(len) != expected)
+                {
                     return None;
                 }
                 hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info.piece_hash(i)
+                Some(expected)
             },
             default_threads(),
             progress,
@@ -318,6 +329,23 @@ pub(crate) fn account(
         storage.create_empty_files()?;
     }
     Ok((have, start, rehashed))
+}
+
+/// The SHA-1 of an all-zero piece, by length (a torrent has at most two piece lengths), computed
+/// once each: a piece of zeros reads as blank, yet may have been verified and written.
+#[derive(Debug, Default)]
+struct ZeroHashes(Mutex<Vec<(u32, [u8; 20])>>);
+
+impl ZeroHashes {
+    fn hash(&self, len: u32) -> [u8; 20] {
+        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, h)) = known.iter().find(|(l, _)| *l == len) {
+            return *h;
+        }
+        let h = hash_piece(&[vec![0u8; len as usize]]);
+        known.push((len, h));
+        h
+    }
 }
 
 /// Runs one engine job to the end on the calling thread, without the write gate (the caller
@@ -528,18 +556,23 @@ pub(crate) fn failure(e: &StorageError) -> StorageFailure {
     }
 }
 
-/// Flushes (if asked) and saves the resume file.
+/// Flushes the files and saves the resume file: `clean` when no write of the torrent can run any
+/// more (shutdown, removal; trusted as it is on the next start), else as a crash checkpoint (pieces
+/// may be written between taking `have` and reading the files' times, so the next start hashes the
+/// pieces outside it that hold data; see [`Storage::save_checkpoint`]).
 pub(crate) fn save(
     storage: &Storage,
     path: &Path,
     info_hash: &InfoHash,
     have: &Bitfield,
-    flush: bool,
+    clean: bool,
 ) -> Result<(), StorageError> {
-    if flush {
-        storage.flush()?;
+    storage.flush()?;
+    if clean {
+        storage.save_resume(path, info_hash, have)
+    } else {
+        storage.save_checkpoint(path, info_hash, have)
     }
-    storage.save_resume(path, info_hash, have)
 }
 
 /// Deletes a removed torrent's files, the directories they leave empty (never the download
@@ -683,6 +716,71 @@ mod tests {
             (have.map(|h| h.count_ones()), start),
             (Some(1), StartKind::Checked)
         );
+    }
+
+    /// Issue 18: a periodic checkpoint takes the verified pieces, then (on a worker, while other
+    /// workers go on writing) reads the files' times. A piece written in between was in those times
+    /// but not in the record; trusted as a clean record, the restart after `kill -9` lost it. Saved as
+    /// a checkpoint, the restart hashes it. A verified piece of zeros reads as blank and is found too.
+    #[test]
+    fn a_piece_written_while_a_checkpoint_is_taken_is_found_after_a_crash() {
+        const PIECE: usize = 16384;
+        let mut data: Vec<u8> = (0..4 * PIECE).map(|i| (i % 251) as u8 + 1).collect();
+        data[2 * PIECE..3 * PIECE].fill(0);
+        let mut hasher =
+            hyperblow_core::metainfo::TorrentBuilder::single_file("x", data.len() as u64)
+                .piece_length(PIECE as u32)
+                .start()
+                .unwrap();
+        hasher.update(&data).unwrap();
+        let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&hasher.finish().unwrap().bytes)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(
+            dir.path(),
+            meta.info.layout().clone(),
+            StorageConfig::default(),
+        )
+        .unwrap();
+        let piece = |i: usize| [Bytes::copy_from_slice(&data[i * PIECE..(i + 1) * PIECE])];
+        assert_eq!(
+            storage.write_piece(0, &piece(0)).unwrap(),
+            hyperblow_storage::PieceWrite::Stored
+        );
+        let mut have = Bitfield::new(4);
+        have.set(0);
+        // Written after `have` was taken, before the save reads the files' times.
+        for i in [1, 2] {
+            assert_eq!(
+                storage.write_piece(i as u32, &piece(i)).unwrap(),
+                hyperblow_storage::PieceWrite::Stored
+            );
+        }
+        let resume = dir.path().join("x.resume");
+        save(&storage, &resume, &meta.info_hash(), &have, false).unwrap();
+        // Killed here; the restart.
+        let again = Storage::new(
+            dir.path(),
+            meta.info.layout().clone(),
+            StorageConfig::default(),
+        )
+        .unwrap();
+        let (found, start, rehashed) =
+            account(&again, &meta.info, &resume, false, |_, _| {}).unwrap();
+        let found = found.unwrap();
+        assert_eq!(start, StartKind::Resumed);
+        assert_eq!(
+            (0..4).map(|i| found.get(i)).collect::<Vec<_>>(),
+            vec![true, true, true, false]
+        );
+        // Piece 1, and piece 2 (zeros, so blank, but its hash is that of zeros); not blank piece 3.
+        assert_eq!(rehashed, 2);
+        // Saved clean (no write running), the same record is trusted as it is.
+        save(&again, &resume, &meta.info_hash(), &found, true).unwrap();
+        let (found, start, rehashed) =
+            account(&again, &meta.info, &resume, false, |_, _| {}).unwrap();
+        assert_eq!(found.map(|h| h.count_ones()), Some(3));
+        assert_eq!((start, rehashed), (StartKind::Resumed, 0));
     }
 
     #[test]

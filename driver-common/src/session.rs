@@ -1307,9 +1307,12 @@ impl<R: Runtime> Session<R> {
             d.written_since_save = 0;
             d.saving = true;
             d.last_save = Some(real_now);
-            // Always flush first: the checkpoint is trusted after a crash or power loss (see
-            // `Storage::load_resume_checkpoint`), so every piece it records must be durable.
-            let flush = true;
+            // `disk::save` flushes first: the checkpoint is trusted after a crash or power loss (see
+            // `Storage::load_resume_checkpoint`), so every piece it records must be durable. Writes
+            // go on while it is saved, so it is saved as a checkpoint, never as a clean record: a
+            // piece written between taking `have` and reading the files' times would be in those
+            // times but not in `have`, and lost on a restart after `kill -9` (issue 18).
+            let clean = false;
             let (storage, path, hash, id) = (
                 Arc::clone(&d.storage),
                 d.resume_path.clone(),
@@ -1318,7 +1321,7 @@ impl<R: Runtime> Session<R> {
             );
             let ctl = ctl_tx.clone();
             pool.execute(move || {
-                let r = disk::save(&storage, &path, &hash, &have, flush);
+                let r = disk::save(&storage, &path, &hash, &have, clean);
                 let _ = ctl.unbounded_send(Ctl::ResumeSaved(id, r));
             });
         }
@@ -1376,7 +1379,8 @@ impl<R: Runtime> Session<R> {
             }
             for (id, storage, path, hash, have) in targets {
                 let r = match have {
-                    Some(have) => disk::save(&storage, &path, &hash, &have, true),
+                    // Clean only if every write is done: past the deadline one may still run.
+                    Some(have) => disk::save(&storage, &path, &hash, &have, done),
                     None => storage.flush(),
                 };
                 if let Err(e) = r {

@@ -29,7 +29,8 @@
 //! # Resume and checking
 //! [`Storage::save_resume`] writes a small bencoded file (atomically: temporary file, `fsync`, rename)
 //! holding the have-bitfield and each file's size and modification time; [`Storage::load_resume`] trusts
-//! it only if all of these still match. Otherwise [`check_pieces`] (or [`Storage::verify_piece`] piece by
+//! it only if all of these still match. [`Storage::save_checkpoint`] saves one while pieces are still
+//! being written: [`Storage::load_resume_checkpoint`] takes it as a floor, never as the whole. Otherwise [`check_pieces`] (or [`Storage::verify_piece`] piece by
 //! piece, e.g. spread over a [`WorkerPool`]) re-hashes what is on disk without creating anything.
 //!
 //! # Example

@@ -4,9 +4,13 @@
 //! `version` (1), `info-hash` (20 bytes), `pieces` (piece count), `have` (the bitfield in wire form) and
 //! `files`, a list with one dictionary per file of the torrent: `size`, `mtime`, `mtime-ns` for a file
 //! that existed, or an empty dictionary for one that did not; and `sha1`, the SHA-1 of the canonical
-//! encoding of the dictionary without `sha1`, so that a damaged file is never half-trusted. It is trusted on load only when every one
-//! of these still matches, so a file changed, truncated, replaced or deleted in between forces a full
-//! check instead of a wrong claim to have pieces.
+//! encoding of the dictionary without `sha1`, so that a damaged file is never half-trusted. A file
+//! saved while no write could run (shutdown, removal) also has `clean` (1); only such a file is
+//! trusted as it is ([`Storage::load_resume`]), and only when every one of these still matches, so a
+//! file changed, truncated, replaced or deleted in between forces a full check instead of a wrong
+//! claim to have pieces. A checkpoint saved while pieces are being written has no `clean` key: its
+//! bitfield is older than the file times it records (see [`Storage::save_checkpoint`]), so it is only
+//! ever a starting point ([`Storage::load_resume_checkpoint`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -29,6 +33,9 @@ const VERSION: i64 = 1;
 
 /// The key of the SHA-1 of the canonical encoding of all the other keys.
 const CHECKSUM_KEY: &str = "sha1";
+
+/// The key set (to 1) in a resume file saved while no write could run.
+const CLEAN_KEY: &str = "clean";
 
 /// The suggested place for a torrent's resume file: `<root>/.hyperblow/<info-hash hex>.resume`.
 pub fn resume_path(root: &Path, info_hash: &InfoHash) -> PathBuf {
@@ -95,7 +102,14 @@ impl Storage {
     }
 
     /// Writes resume data for the verified pieces `have` to `path`, atomically (a temporary file in the
-    /// same directory, `fsync`, rename, `fsync` of the directory). Creates the directory if needed.
+    /// same directory, `fsync`, rename, `fsync` of the directory), marked clean: [`Storage::load_resume`]
+    /// trusts it as long as the files keep the sizes and modification times read here. Creates the
+    /// directory if needed.
+    ///
+    /// Only for a record taken while no write of the torrent runs or can start before the files'
+    /// times are read here (shutdown, removal): a piece written after `have` was taken but before
+    /// that read would be in the recorded times but not in `have`, and be lost on load. While
+    /// pieces are being written, use [`Storage::save_checkpoint`].
     ///
     /// Call it after [`Storage::flush`] if the pieces in `have` must survive a power loss (a crash or
     /// `kill -9` loses nothing either way: written data is in the page cache). Call it from one place at
@@ -105,6 +119,29 @@ impl Storage {
         path: &Path,
         info_hash: &InfoHash,
         have: &Bitfield,
+    ) -> Result<(), StorageError> {
+        self.write_resume(path, info_hash, have, true)
+    }
+
+    /// Like [`Storage::save_resume`], for a record of `have` taken while pieces may still be written
+    /// (a periodic crash checkpoint). It is never trusted as it is: [`Storage::load_resume`] refuses
+    /// it, and [`Storage::load_resume_checkpoint`] returns it as the pieces known to be there, the
+    /// others to be found by hashing those that hold data.
+    pub fn save_checkpoint(
+        &self,
+        path: &Path,
+        info_hash: &InfoHash,
+        have: &Bitfield,
+    ) -> Result<(), StorageError> {
+        self.write_resume(path, info_hash, have, false)
+    }
+
+    fn write_resume(
+        &self,
+        path: &Path,
+        info_hash: &InfoHash,
+        have: &Bitfield,
+        clean: bool,
     ) -> Result<(), StorageError> {
         let pieces = self.layout().piece_count();
         if have.len() != pieces {
@@ -135,6 +172,11 @@ impl Storage {
             .with("pieces", i64::from(pieces))
             .with("have", have.as_bytes())
             .with("files", files);
+        let body = if clean {
+            body.with(CLEAN_KEY, 1i64)
+        } else {
+            body
+        };
         let checksum = hash_piece(&[body.encode()]);
         let encoded = body.with(CHECKSUM_KEY, &checksum[..]).encode();
 
@@ -174,25 +216,31 @@ impl Storage {
             .map_err(|e| StorageError::io(StorageOp::Sync, dir, e))
     }
 
-    /// Reads the resume file at `path` and returns its have-bitfield if it is trustworthy: same
-    /// info-hash, same piece and file counts, and every file's size and modification time exactly as
-    /// recorded. `None` otherwise, including for a missing, truncated or corrupt file (never panics).
+    /// Reads the resume file at `path` and returns its have-bitfield if it is trustworthy: saved clean
+    /// (by [`Storage::save_resume`], not [`Storage::save_checkpoint`]), same info-hash, same piece and
+    /// file counts, and every file's size and modification time exactly as recorded. `None`
+    /// otherwise, including for a missing, truncated or corrupt file (never panics).
     pub fn load_resume(&self, path: &Path, info_hash: &InfoHash) -> Option<Bitfield> {
-        let (have, recorded) = self.read_resume(path, info_hash)?;
+        let (have, recorded, clean) = self.read_resume(path, info_hash)?;
+        if !clean {
+            return None;
+        }
         let current = self.file_states().ok()?;
         (recorded == current).then_some(have)
     }
 
-    /// The resume file at `path` as a crash checkpoint: like [`Storage::load_resume`], but a file's
-    /// modification time may have moved on, as it does when pieces were written after the checkpoint
-    /// and the process was killed before the next one. Every file recorded must still have its
+    /// The resume file at `path` (clean or a checkpoint) as a crash checkpoint: like
+    /// [`Storage::load_resume`], but a file's modification time may have moved on, as it does when
+    /// pieces were written after the checkpoint and the process was killed before the next one (or
+    /// not: a write in the same clock tick as the save, or between taking `have` and the save, leaves
+    /// the times as recorded). Every file recorded must still have its
     /// recorded size (files are created at full length, so a truncated or replaced-by-another-size
     /// file fails); a file recorded missing may exist now. The pieces recorded were durable when the
     /// checkpoint was written (the files are flushed first); pieces written after it are not in the
     /// bitfield, so the caller checks the pieces outside it that hold data (see
     /// `Storage::piece_is_blank`).
     pub fn load_resume_checkpoint(&self, path: &Path, info_hash: &InfoHash) -> Option<Bitfield> {
-        let (have, recorded) = self.read_resume(path, info_hash)?;
+        let (have, recorded, _) = self.read_resume(path, info_hash)?;
         let current = self.file_states().ok()?;
         let sizes_match = recorded.len() == current.len()
             && recorded.iter().zip(&current).all(|(r, c)| match (r, c) {
@@ -203,8 +251,12 @@ impl Storage {
         sizes_match.then_some(have)
     }
 
-    /// The have-bitfield and file states of a well-formed resume file for this torrent.
-    fn read_resume(&self, path: &Path, info_hash: &InfoHash) -> Option<(Bitfield, Vec<FileState>)> {
+    /// The have-bitfield, file states and clean mark of a well-formed resume file for this torrent.
+    fn read_resume(
+        &self,
+        path: &Path,
+        info_hash: &InfoHash,
+    ) -> Option<(Bitfield, Vec<FileState>, bool)> {
         let file = File::open(path).ok()?;
         let mut raw = Vec::new();
         file.take(MAX_RESUME_FILE_LEN + 1)
@@ -239,7 +291,8 @@ impl Storage {
             .iter()
             .map(FileState::from_value)
             .collect::<Option<Vec<_>>>()?;
-        Some((have, recorded))
+        let clean = top.get(CLEAN_KEY.as_bytes()).and_then(|v| v.as_int()) == Some(1);
+        Some((have, recorded, clean))
     }
 }
 
