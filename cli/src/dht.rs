@@ -6,7 +6,6 @@
 //! `get_peers` lookup of the core's [`Dht`] and prints each peer as it is found.
 
 use std::collections::BTreeSet;
-use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
@@ -81,16 +80,6 @@ fn info_hash_of(target: &str) -> Result<InfoHash, CliError> {
     })
 }
 
-fn os_seed() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
-}
-
 fn peers(args: &PeersArgs) -> Result<(), CliError> {
     let info_hash = info_hash_of(&args.target)?;
     let bootstrap: Vec<(String, u16)> = if args.dht_bootstrap.is_empty() {
@@ -118,7 +107,7 @@ fn peers(args: &PeersArgs) -> Result<(), CliError> {
     };
     let origin = StdInstant::now();
     let now = || Instant::from_origin(origin.elapsed());
-    let rng = seeded(os_seed());
+    let rng = seeded(hyperblow_driver::os_seed());
     let saved = args
         .state_dir
         .clone()

@@ -94,7 +94,7 @@ pub use handle::{
     StartKind, EVENT_BUFFER,
 };
 pub use runtime::Runtime;
-pub use session::{prepare_session, spawn_session, SessionTask};
+pub use session::{os_seed, prepare_session, spawn_session, SessionTask};
 
 /// The engine types the handle's API uses (ids, stats, events, configuration), re-exported so front
 /// ends need not name `hyperblow_core::engine` themselves.

@@ -188,8 +188,9 @@ impl Future for SessionTask {
     }
 }
 
-/// A seed from the OS (std's per-process random hash keys) mixed with the clock.
-fn os_seed() -> u64 {
+/// A seed from the OS (std's per-process random hash keys) mixed with the clock: the engine's RNG
+/// seed when the caller gives none, and for front ends that run a core state machine of their own.
+pub fn os_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()
