@@ -120,3 +120,13 @@ put("webseed_http", "close", b"\x70" + b"HTTP/1.0 206 Partial Content\r\nContent
 put("webseed_http", "busy", b"\xf0" + b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n")
 put("webseed_http", "redirect", b"\xf0" + b"HTTP/1.1 302 Found\r\nLocation: /mirror/file.bin\r\nContent-Length: 0\r\n\r\n")
 put("webseed_http", "ignored_range", b"\xf1" + b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n" + body)
+
+# MSE/PE handshakes (control byte: bits 0-5 chunk length - 1, bit 6 require, bit 7 we dial). A peer's
+# 96-byte public key (a fixed pattern, not a real key), then padding and what follows; a plain
+# BitTorrent handshake where a key was expected; a key with the longest padding.
+key = bytes((i * 37 + 11) % 256 for i in range(96))
+put("mse_handshake", "accept_key_pad", b"\x0f" + key + bytes(64) + bytes(range(40)))
+put("mse_handshake", "dial_key_pad", b"\x8f" + key + bytes(32) + b"\x00" * 8 + b"\x00\x00\x00\x02\x00\x00")
+put("mse_handshake", "require_accept", b"\x7f" + key + bytes(512))
+put("mse_handshake", "plain_instead_of_key", b"\x80" + hs())
+put("mse_handshake", "short_key", b"\x03" + key[:50])
