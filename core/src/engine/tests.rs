@@ -140,6 +140,23 @@ impl Net {
         }
     }
 
+    /// Adds `meta` to node `node` as a seed (every piece verified, the content on its disk).
+    fn add_seed(
+        &mut self,
+        node: usize,
+        meta: &Metainfo,
+        content: &[u8],
+        piece_length: u32,
+    ) -> TorrentId {
+        let pieces = meta.info.layout().piece_count();
+        let t = self.nodes[node]
+            .engine
+            .add_torrent(self.now, add(meta, Some(Bitfield::full(pieces)), vec![]))
+            .expect("add seed");
+        load_disk(&mut self.nodes[node], t, content, piece_length);
+        t
+    }
+
     fn add_node(&mut self, config: EngineConfig, seed: u64) -> usize {
         let i = self.nodes.len();
         let ip = 1 + i as u8;
@@ -579,13 +596,8 @@ fn seed_and_leech(trackers: Vec<Vec<String>>) -> (Net, Metainfo, Vec<u8>, Torren
     let mut net = Net::new();
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
-    let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    let ts = net.add_seed(s, &meta, &content, PL);
     let tl = net.nodes[l]
         .engine
         .add_torrent(now, add(&meta, None, vec![]))
@@ -754,16 +766,11 @@ fn unreachable_tracker_is_reported_and_does_not_stall_manual_peers() {
 fn swarm(seeders: usize, serve: &[Serve]) -> (Net, Vec<u8>, TorrentId, Vec<SocketAddr>) {
     let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
     let mut net = Net::new();
-    let pieces = meta.info.layout().piece_count();
     let now = net.now;
     let mut addrs = Vec::new();
     for k in 0..seeders {
         let s = net.add_node(EngineConfig::default(), 10 + k as u64);
-        let ts = net.nodes[s]
-            .engine
-            .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-            .expect("add seed");
-        load_disk(&mut net.nodes[s], ts, &content, PL);
+        net.add_seed(s, &meta, &content, PL);
         net.nodes[s].serve = serve.get(k).copied().unwrap_or(Serve::Honest);
         addrs.push(net.nodes[s].addr);
     }
@@ -1372,12 +1379,7 @@ fn file_selection_fetches_only_needed_pieces_and_can_change_while_running() {
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
     let now = net.now;
-    let pieces = layout.piece_count();
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    net.add_seed(s, &meta, &content, PL);
     // Only the first file (sorted by path: a.bin).
     let first_file = layout
         .files()
@@ -1451,12 +1453,7 @@ fn pieces_in_memory_are_capped() {
         2,
     );
     let now = net.now;
-    let pieces = meta.info.layout().piece_count();
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    net.add_seed(s, &meta, &content, PL);
     let seeder = net.nodes[s].addr;
     let tl = net.nodes[l]
         .engine

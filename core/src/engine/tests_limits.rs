@@ -15,12 +15,7 @@ fn big_swarm(leechers: usize) -> (Net, Vec<TorrentId>, TorrentId) {
     let mut net = Net::new();
     let now = net.now;
     let s = net.add_node(EngineConfig::default(), 1);
-    let pieces = meta.info.layout().piece_count();
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("seed");
-    load_disk(&mut net.nodes[s], ts, &content, BIG_PL);
+    let ts = net.add_seed(s, &meta, &content, BIG_PL);
     let seeder = net.nodes[s].addr;
     let tl = (0..leechers)
         .map(|i| {

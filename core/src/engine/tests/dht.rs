@@ -51,12 +51,7 @@ fn a_trackerless_magnet_link_completes_through_the_dht_alone() {
     let s = net.add_node(dht_config(&[router]), 2);
     let l = net.add_node(dht_config(&[router]), 3);
     let now = net.now;
-    let pieces = meta.info.layout().piece_count();
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    net.add_seed(s, &meta, &content, PL);
     let tl = net.nodes[l]
         .engine
         .add_magnet(now, magnet(&meta))
@@ -201,12 +196,7 @@ fn bootstrap_names_are_resolved_and_udp_trackers_share_the_socket() {
         },
     );
     let now = net.now;
-    let pieces = meta.info.layout().piece_count();
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    net.add_seed(s, &meta, &content, PL);
     let mut link = MagnetLink::new(meta.info_hash());
     link.trackers = vec![format!("udp://{tracker}/announce")];
     let tl = net.nodes[l]

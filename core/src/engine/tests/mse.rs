@@ -18,13 +18,8 @@ fn pair(seed_policy: Policy, leech_policy: Policy) -> (Net, Vec<u8>, TorrentId) 
     let mut net = Net::new();
     let s = net.add_node(config(seed_policy), 1);
     let l = net.add_node(config(leech_policy), 2);
-    let pieces = meta.info.layout().piece_count();
     let now = net.now;
-    let ts = net.nodes[s]
-        .engine
-        .add_torrent(now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add seed");
-    load_disk(&mut net.nodes[s], ts, &content, PL);
+    net.add_seed(s, &meta, &content, PL);
     let seeder = net.nodes[s].addr;
     let tl = net.nodes[l]
         .engine
