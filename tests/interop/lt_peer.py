@@ -23,6 +23,15 @@ session shutdown). So a leecher, before it exits, asks for the disk cache to be 
 and waits, bounded, for the cache_flushed_alert that libtorrent posts once that job has run. (The
 flush_disk_cache flag of save_resume_data does not do: its alert is posted without waiting for the
 flush.)
+
+The script never calls session.wait_for_alert. In libtorrent 2.0.x that call returns a pointer to the
+head of the alert queue after releasing the queue's lock, and the Python binding turns it into a Python
+object of the alert's class, which reads the alert's vtable. If libtorrent's network thread posts
+alerts at that moment and the queue has to grow, the queue's storage is moved and freed first, and the
+binding reads freed memory: an occasional SIGSEGV, most likely in a young session (whose queue is still
+small) during a burst of alerts, such as a magnet leecher's first connections. libtorrent fixed it in
+2.1.0 ("fix race in wait_for_alert()"). AlertWaiter waits instead on a pipe that libtorrent writes to
+when an alert arrives (session.set_alert_fd), and the alerts are read only with pop_alerts.
 """
 
 import argparse
@@ -105,7 +114,31 @@ def settings(listen_port, listen_ip="127.0.0.1"):
     }
 
 
-def flush_to_disk(ses, handle, timeout):
+class AlertWaiter:
+    """Waits for libtorrent's alerts without session.wait_for_alert (see the module's doc comment).
+
+    libtorrent writes one byte to a pipe whenever an alert lands in an empty queue; `wait` blocks in
+    select() on that pipe, bounded by a timeout, and empties it. Both ends are non-blocking, so a full
+    pipe (alerts already signalled) never blocks libtorrent's network thread."""
+
+    def __init__(self, ses):
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        ses.set_alert_fd(self.write_fd)
+
+    def wait(self, timeout_ms):
+        """Returns once an alert may be pending or after `timeout_ms` milliseconds."""
+        ready, _, _ = select.select([self.read_fd], [], [], timeout_ms / 1000.0)
+        if ready:
+            try:
+                while os.read(self.read_fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+
+def flush_to_disk(ses, waiter, handle, timeout):
     """Waits until every write libtorrent queued for `handle` is done; False after `timeout` s."""
     started = time.monotonic()
     handle.flush_cache()
@@ -118,7 +151,7 @@ def flush_to_disk(ses, handle, timeout):
             if alert.category() & lt.alert.category_t.error_notification:
                 emit({"kind": "event", "event": "error", "alert": type(alert).__name__,
                       "message": alert.message()})
-        ses.wait_for_alert(100)
+        waiter.wait(100)
     emit({"kind": "event", "event": "error", "alert": "flush_timeout",
           "message": "no cache_flushed_alert within %.1f s" % timeout})
     return False
@@ -193,6 +226,7 @@ def main():
         pack["ignore_limits_on_local_network"] = False
         pack["upload_rate_limit"] = args.upload_limit
     ses = lt.session(pack)
+    waiter = AlertWaiter(ses)
     ses.set_ip_filter(lt.ip_filter())  # explicitly: no IP filter
 
     try:
@@ -305,12 +339,12 @@ def main():
                   "upload_rate": st.upload_rate, "total_done": st.total_done,
                   "total_upload": st.total_payload_upload, "is_seeding": st.is_seeding})
             next_status = t + args.interval
-        ses.wait_for_alert(100)
+        waiter.wait(100)
 
     if args.role == "leech" and handle.status().has_metadata:
         # Bounded so that the process stays within --max-seconds plus the harness's slack.
         budget = min(FLUSH_TIMEOUT, max(1.0, deadline + 3.0 - time.monotonic()))
-        if not flush_to_disk(ses, handle, budget) and reason == "finished":
+        if not flush_to_disk(ses, waiter, handle, budget) and reason == "finished":
             code, reason = 4, "finished, but the data was not flushed to disk in time"
     st = handle.status()
     emit({"kind": "status", "state": state_name(st), "progress": round(st.progress, 4),
