@@ -3,7 +3,7 @@
 
 Seeds or downloads one torrent (a .torrent file or a magnet link) on 127.0.0.1 only, with DHT, local
 peer discovery, UPnP, NAT-PMP and uTP switched off (the DHT only with --dht-bootstrap, and then
-bootstrapped from the given loopback nodes only), and prints one JSON object per line on stdout:
+bootstrapped from the given loopback nodes only; uTP only with --transport), and prints one JSON object per line on stdout:
 
   {"kind": "status", "t": 1.0, "state": "downloading", "progress": 0.5, "peers": 1, ...}   every --interval s
   {"kind": "event", "t": 0.2, "event": "tracker_reply", "url": "...", "peers": 1}          as alerts arrive
@@ -190,6 +190,10 @@ def main():
     ap.add_argument("--encryption", choices=["default", "forced", "enabled", "disabled"], default="default",
                     help="MSE/PE both ways: forced = RC4 only in and out, enabled = MSE offered and accepted "
                          "(plaintext or RC4), disabled = plain BitTorrent only; default = plain out, both in")
+    ap.add_argument("--transport", choices=["tcp", "utp", "both"], default="tcp",
+                    help="which transports libtorrent may use, in and out: tcp (the default, like the other "
+                         "tests), utp (uTP only, BEP 29: TCP connections are neither made nor accepted) or "
+                         "both; uTP listens on the UDP port with the TCP port's number")
     ap.add_argument("--dht-bootstrap", type=parse_addr, action="append", default=[],
                     help="HOST:PORT of a DHT node: turns libtorrent's DHT on, bootstrapped from these "
                          "nodes only (never the public routers), with its same-IP and loopback "
@@ -207,6 +211,11 @@ def main():
         pack["in_enc_policy"] = int(policy)
         pack["allowed_enc_level"] = int(lt.enc_level.rc4 if args.encryption == "forced" else lt.enc_level.both)
         pack["prefer_rc4"] = args.encryption == "forced"
+    if args.transport != "tcp":
+        pack["enable_incoming_utp"] = True
+        pack["enable_outgoing_utp"] = True
+        pack["enable_incoming_tcp"] = args.transport == "both"
+        pack["enable_outgoing_tcp"] = args.transport == "both"
     if args.dht_bootstrap:
         pack["enable_dht"] = True
         pack["dht_bootstrap_nodes"] = ",".join(
