@@ -63,16 +63,16 @@ fn require_both_ends_downloads_over_rc4() {
 }
 
 #[test]
-fn prefer_both_ends_selects_plaintext_and_keeps_no_layer() {
+fn prefer_both_ends_selects_plaintext_and_keeps_no_cipher() {
     let (mut net, content, tl) = pair(Policy::Prefer, Policy::Prefer);
-    // Stop while the connection is up: it went through MSE, selected plaintext, and neither end keeps
-    // a transform (the payload costs what a plain connection costs).
+    // Stop while the connection is up: it went through MSE, selected plaintext, and neither end runs
+    // a cipher (the payload costs what a plain connection costs; only the frame cut stays).
     assert!(net.run_until(Duration::from_secs(60), |n| established(n, 1) == 1));
     let (rc4, mse) = kinds(&net, 1);
     assert_eq!((rc4, mse), (0, 1));
     for i in 0..2 {
         let e = &net.nodes[i].engine;
-        assert!(e.conns.keys().all(|id| !e.mse.has_layer(*id)));
+        assert!(e.conns.keys().all(|id| !e.mse_has_cipher(*id)));
     }
     assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
     assert_eq!(disk_content(&net.nodes[1], tl), content);
