@@ -8,17 +8,17 @@
 //!   so an MSE handshake fails the session's own handshake check.
 //! - **Outgoing**: under `prefer` and `require` the dial opens with MSE with an empty initial payload
 //!   (our BitTorrent handshake follows the handshake through the transform: Transmission 3.00 selecting
-//!   plaintext does not read a handshake carried as `IA`); under `prefer` a peer that closes or goes quiet before
-//!   sending a whole public key (a client without MSE) is remembered and redialled at once with a plain
-//!   handshake.
-//! - **Established**: RC4 connections keep a [`Transform`]: received bytes are decrypted in place in
-//!   the read buffer the driver handed over, sent bytes are encrypted into the send buffer. Plaintext
-//!   connections (plain handshake, or MSE with `crypto_select` = plaintext) have no layer at all after
-//!   the handshake, so they cost exactly what a plain connection costs.
+//!   plaintext does not read a handshake carried as `IA`); under `prefer` a peer that closes or goes
+//!   quiet before sending a whole public key, or answers with a plain BitTorrent handshake (a client
+//!   without MSE), is remembered and redialled at once with a plain handshake.
+//! - **Established**: every MSE connection keeps a [`StreamLayer`]: its [`Transform`] (received
+//!   bytes decrypted in place in the read buffer the driver handed over, sent bytes encrypted into a
+//!   send buffer; nothing for a plaintext payload) and a [`Cut`] that keeps the decoder's reads free of
+//!   copies. Connections with a plain BitTorrent handshake have no layer at all.
 //!
 //! The session's own handshake timeout (30 s from the dial) bounds an MSE handshake in time, and the
-//! handshake's synchronisation bounds bound it in bytes. The hooks in `mod.rs` and `flow.rs` are one
-//! line each; everything else is here.
+//! handshake's synchronisation bounds bound it in bytes. The hooks in `mod.rs` and `flow.rs` are a
+//! line or two each; everything else is here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
