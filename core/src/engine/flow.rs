@@ -575,8 +575,8 @@ impl Engine {
                 break;
             };
             let data = self.mse.encrypt(id, data);
-            c.unflushed += data.len();
-            self.outputs.push_back(Output::Send { conn: id, data });
+            // `Output::Send`, or into the connection's uTP stream (`utp.rs`).
+            c.unflushed += self.utp.send_bytes(id, data, &mut self.outputs);
         }
     }
 
@@ -635,7 +635,7 @@ impl Engine {
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
         }
-        if send_close {
+        if !self.utp_dropped(now, id, c.connected) && send_close {
             self.outputs.push_back(Output::Close { conn: id });
         }
         let Some(tid) = c.torrent else {
@@ -1118,11 +1118,13 @@ impl Engine {
                     },
                 );
                 self.addrs.insert((addr, Some(tid)), id);
-                self.outputs.push_back(Output::Connect {
-                    conn: id,
-                    addr,
-                    tls: None,
-                });
+                if !self.utp_dial(now, id, addr) {
+                    self.outputs.push_back(Output::Connect {
+                        conn: id,
+                        addr,
+                        tls: None,
+                    });
+                }
                 half_open += 1;
             }
         }
@@ -1210,6 +1212,7 @@ impl Engine {
         // torrents again; only the ones left with work (a flag set after their turn) stay marked for
         // the next upkeep, as they would have been found by a scan. The rest is done until an input
         // or a deadline touches it again.
+        self.utp_transmit(now);
         self.add_late(&mut work);
         self.refile_timers(&work);
         for tid in self.torrents.take_touched() {
