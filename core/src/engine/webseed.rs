@@ -119,6 +119,9 @@ struct Seed {
     /// Pieces it can serve (`None`: all; narrowed by files it answered 404 for).
     mask: Option<Bitfield>,
     missing: BTreeSet<usize>,
+    /// Where files were redirected to (archive.org sends every file to another host): later ranges
+    /// of a file go there directly instead of through a redirect each.
+    redirected: BTreeMap<usize, TrackerUrl>,
     /// Every address its data came from (to recognise it among a failed piece's senders).
     addrs: BTreeSet<SocketAddr>,
     conns: BTreeSet<ConnId>,
@@ -143,6 +146,11 @@ struct WsConn {
     seed: usize,
     key: PeerKey,
     addr: SocketAddr,
+    /// The server it talks to (`None` until dialled); a part whose URL is elsewhere needs a new
+    /// connection.
+    endpoint: Option<Endpoint>,
+    /// Whether the driver was asked to connect (`false` while the endpoint's name resolves).
+    dialed: bool,
     connected: bool,
     client: RangeClient,
     parts: VecDeque<Part>,
@@ -156,6 +164,31 @@ struct WsConn {
     pending: BytesMut,
 }
 
+/// A server of web-seed connections: host (name or address, as in the URL), port, and TLS.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Endpoint {
+    host: String,
+    port: u16,
+    tls: bool,
+}
+
+impl Endpoint {
+    fn of(url: &TrackerUrl) -> Endpoint {
+        Endpoint {
+            host: url.host().to_owned(),
+            port: url.port(),
+            tls: url.tls(),
+        }
+    }
+}
+
+/// A redirect target's host name: its address once resolved.
+#[derive(Debug, Default)]
+struct HostAddr {
+    addr: Option<SocketAddr>,
+    resolving: bool,
+}
+
 /// The engine's web seeds: per torrent, and per connection.
 #[derive(Debug, Default)]
 pub(super) struct WebSeeds {
@@ -163,6 +196,9 @@ pub(super) struct WebSeeds {
     seeds: BTreeMap<TorrentId, Vec<Seed>>,
     conns: BTreeMap<ConnId, WsConn>,
     resolves: BTreeMap<ResolveId, (TorrentId, usize)>,
+    /// Host names that redirects led to (resolved once, shared by every seed and torrent).
+    hosts: BTreeMap<(String, u16), HostAddr>,
+    host_resolves: BTreeMap<ResolveId, (String, u16)>,
 }
 
 impl WebSeeds {
@@ -267,6 +303,7 @@ impl Engine {
                 failures: 0,
                 mask: None,
                 missing: BTreeSet::new(),
+                redirected: BTreeMap::new(),
                 addrs: BTreeSet::new(),
                 conns: BTreeSet::new(),
                 downloaded: 0,
@@ -387,6 +424,8 @@ impl Engine {
                     seed: idx,
                     key,
                     addr,
+                    endpoint: None,
+                    dialed: false,
                     connected: false,
                     client,
                     parts: VecDeque::new(),
@@ -410,12 +449,94 @@ impl Engine {
             {
                 s.conns.insert(id);
             }
-            self.outputs.push_back(Output::Connect {
-                conn: id,
-                addr,
-                tls: base.tls().then(|| base.host().to_owned()),
-            });
+            if !self.ws_dial(now, id) {
+                // The run's server has its connections already.
+                self.ws_close(now, id, None);
+                return;
+            }
         }
+    }
+
+    /// Connects `id` to the server of its next request (a redirect may have moved a file to
+    /// another host), resolving a host name first; `false` if that server already has
+    /// [`WebSeedConfig::max_conns_per_seed`] connections (the caller closes `id`).
+    fn ws_dial(&mut self, _now: Instant, id: ConnId) -> bool {
+        let max = self.webseeds.config.max_conns_per_seed;
+        let Some(c) = self.webseeds.conns.get(&id) else {
+            return false;
+        };
+        let Some(seed) = self
+            .webseeds
+            .seeds
+            .get(&c.torrent)
+            .and_then(|l| l.get(c.seed))
+        else {
+            return false;
+        };
+        let Some(url) = c
+            .parts
+            .iter()
+            .find_map(|p| p.url.clone())
+            .or_else(|| seed.base.clone())
+        else {
+            return false;
+        };
+        let end = Endpoint::of(&url);
+        let same = self
+            .webseeds
+            .conns
+            .iter()
+            .filter(|(other, o)| **other != id && o.endpoint.as_ref() == Some(&end))
+            .count();
+        if same >= max {
+            return false;
+        }
+        let base_addr = seed
+            .base
+            .as_ref()
+            .filter(|b| b.host() == end.host && b.port() == end.port)
+            .and_then(|_| seed.addr);
+        let known = match end.host.parse::<IpAddr>() {
+            Ok(ip) => Some(SocketAddr::new(ip, end.port)),
+            Err(_) => base_addr.or_else(|| {
+                self.webseeds
+                    .hosts
+                    .get(&(end.host.clone(), end.port))
+                    .and_then(|h| h.addr)
+            }),
+        };
+        let key = (end.host.clone(), end.port);
+        let Some(c) = self.webseeds.conns.get_mut(&id) else {
+            return false;
+        };
+        c.endpoint = Some(end.clone());
+        match known {
+            Some(addr) => {
+                c.addr = addr;
+                c.dialed = true;
+                self.outputs.push_back(Output::Connect {
+                    conn: id,
+                    addr,
+                    tls: end.tls.then(|| end.host.clone()),
+                });
+            }
+            None => {
+                // Parked until the name resolves (its idle timeout bounds the wait).
+                c.dialed = false;
+                let h = self.webseeds.hosts.entry(key.clone()).or_default();
+                if !h.resolving {
+                    h.resolving = true;
+                    let rid = self.trackers.new_resolve_id();
+                    self.webseeds.host_resolves.insert(rid, key);
+                    self.outputs.push_back(Output::Resolve {
+                        id: rid,
+                        host: end.host,
+                        port: end.port,
+                    });
+                }
+            }
+        }
+        true
     }
 
     /// Claims a run of blocks for connection `id` and plans its requests; `false` if there is
@@ -513,7 +634,10 @@ impl Engine {
                 let url = if file.padding {
                     None
                 } else {
-                    TrackerUrl::parse(&file_url(&base, &name, multi, file)).ok()
+                    match seed.redirected.get(&slice.file_index) {
+                        Some(moved) => Some(moved.clone()),
+                        None => TrackerUrl::parse(&file_url(&base, &name, multi, file)).ok(),
+                    }
                 };
                 parts.push_back(Part {
                     file: slice.file_index,
@@ -566,6 +690,11 @@ impl Engine {
                 }
                 continue;
             };
+            if c.endpoint.as_ref() != Some(&Endpoint::of(&url)) {
+                // This file lives on another server (a redirect moved it).
+                c.parts.push_front(part);
+                return self.ws_reconnect(now, id);
+            }
             let asked = FileRange {
                 file_index: part.file,
                 range: part.range.clone(),
@@ -666,12 +795,13 @@ impl Engine {
                 ClientEvent::Done { keep_alive } => {
                     if let Some(c) = self.webseeds.conns.get_mut(&id) {
                         c.current = None;
+                        c.redirects = 0;
                         if keep_alive {
                             self.ws_send_next(now, id);
                         } else if c.parts.is_empty() {
                             self.ws_close(now, id, None);
                         } else {
-                            self.ws_reconnect(now, id, None);
+                            self.ws_reconnect(now, id);
                         }
                     }
                 }
@@ -696,49 +826,33 @@ impl Engine {
                     if let Some(c) = self.webseeds.conns.get_mut(&id) {
                         c.quiet_closes += 1;
                     }
-                    self.ws_reconnect(now, id, None);
+                    self.ws_reconnect(now, id);
                 }
                 ClientEvent::Failed(e) => self.ws_failed(now, id, e.to_string()),
             }
         }
     }
 
-    /// Moves a connection's remaining run to a new connection (to `to`, or the same address):
-    /// after `Connection: close`, or for a redirect.
-    fn ws_reconnect(&mut self, now: Instant, id: ConnId, to: Option<(SocketAddr, TrackerUrl)>) {
+    /// Moves a connection's remaining run to a new connection, to the server of its next request:
+    /// after `Connection: close`, a redirect, or when the next file lives elsewhere.
+    fn ws_reconnect(&mut self, now: Instant, id: ConnId) {
         let Some(mut c) = self.webseeds.conns.remove(&id) else {
             return;
         };
         self.ids.release(id);
-        self.outputs.push_back(Output::Close { conn: id });
+        if c.dialed {
+            self.outputs.push_back(Output::Close { conn: id });
+        }
         if let Some(part) = c.current.take() {
             c.parts.push_front(part);
-        }
-        let tls_host = match &to {
-            Some((_, url)) => url.tls().then(|| url.host().to_owned()),
-            None => c
-                .parts
-                .iter()
-                .find_map(|p| p.url.as_ref())
-                .and_then(|u| u.tls().then(|| u.host().to_owned())),
-        };
-        let tls_host = tls_host.or_else(|| {
-            self.webseeds
-                .seeds
-                .get(&c.torrent)
-                .and_then(|l| l.get(c.seed))
-                .and_then(|s| s.base.as_ref())
-                .and_then(|b| b.tls().then(|| b.host().to_owned()))
-        });
-        if let Some((addr, _)) = &to {
-            c.addr = *addr;
         }
         let conn = self.ids.mint_web_seed();
         let new = conn.id();
         c.connected = false;
+        c.dialed = false;
+        c.endpoint = None;
         c.client = RangeClient::new(self.webseeds.config.idle_timeout);
         c.client.arm(now);
-        let addr = c.addr;
         if let Some(s) = self
             .webseeds
             .seeds
@@ -749,13 +863,14 @@ impl Engine {
             s.conns.insert(new);
         }
         self.webseeds.conns.insert(new, c);
-        self.outputs.push_back(Output::Connect {
-            conn: new,
-            addr,
-            tls: tls_host,
-        });
+        if !self.ws_dial(now, new) {
+            // The target server has its connections: the run goes back to the picker.
+            self.ws_close(now, new, None);
+        }
     }
 
+    /// A `3xx` for the current request: it goes to `location` (on this server or another one,
+    /// never from `https` down to `http`), and later ranges of the same file go there directly.
     fn ws_redirect(&mut self, now: Instant, id: ConnId, location: &str) {
         let max = self.webseeds.config.max_redirects;
         let Some(c) = self.webseeds.conns.get_mut(&id) else {
@@ -775,34 +890,52 @@ impl Engine {
             Ok(n) => n,
             Err(e) => return self.ws_disable(now, id, format!("redirect to {location:?}: {e}")),
         };
-        let addr = if next.host() == url.host() && next.port() == url.port() {
-            c.addr
-        } else {
-            match next.host().parse::<IpAddr>() {
-                Ok(ip) => SocketAddr::new(ip, next.port()),
-                Err(_) => {
-                    return self.ws_failed(
-                        now,
-                        id,
-                        format!(
-                            "redirect to another host name ({}) is not followed",
-                            next.host()
-                        ),
-                    )
-                }
-            }
-        };
         part.url = Some(next.clone());
-        self.ws_reconnect(now, id, Some((addr, next)));
+        let file = part.file;
+        if let Some((_, s)) = self.seed_mut(id) {
+            s.redirected.insert(file, next);
+        }
+        self.ws_reconnect(now, id);
     }
 
-    /// `404`/`410`: the seed lacks the current file; it is not asked for that file again.
+    /// `404`/`410`: the seed lacks the current file; it is not asked for that file again. A 404
+    /// from where an earlier redirect sent the file (not this request's) only forgets that
+    /// redirect: the file is asked at its own URL again at once.
     fn ws_file_missing(&mut self, now: Instant, id: ConnId) {
         let Some(c) = self.webseeds.conns.get(&id) else {
             return;
         };
         let (tid, idx) = (c.torrent, c.seed);
         let file = c.current.as_ref().map(|p| p.file);
+        let stale = c.redirects == 0
+            && file.is_some_and(|f| {
+                self.webseeds
+                    .seeds
+                    .get(&tid)
+                    .and_then(|l| l.get(idx))
+                    .and_then(|s| s.redirected.get(&f))
+                    .is_some_and(|u| c.current.as_ref().and_then(|p| p.url.as_ref()) == Some(u))
+            });
+        if let (true, Some(f)) = (stale, file) {
+            let own = self.ws_own_url(tid, idx, f);
+            if let Some(s) = self
+                .webseeds
+                .seeds
+                .get_mut(&tid)
+                .and_then(|l| l.get_mut(idx))
+            {
+                s.redirected.remove(&f);
+            }
+            if let Some(part) = self
+                .webseeds
+                .conns
+                .get_mut(&id)
+                .and_then(|c| c.current.as_mut())
+            {
+                part.url = own;
+            }
+            return self.ws_reconnect(now, id);
+        }
         let layout = self.torrents.get(&tid).and_then(|t| t.layout()).cloned();
         if let (Some(file), Some(layout), Some(s)) = (
             file,
@@ -836,6 +969,23 @@ impl Engine {
         self.ws_close(now, id, None);
     }
 
+    /// File `file`'s URL at seed `idx` of `tid`, before any redirect.
+    fn ws_own_url(&self, tid: TorrentId, idx: usize, file: usize) -> Option<TrackerUrl> {
+        let seed = self.webseeds.seeds.get(&tid)?.get(idx)?;
+        let Meta::Known(known) = &self.torrents.get(&tid)?.meta else {
+            return None;
+        };
+        let info = &known.info;
+        let entry = info.layout().files().get(file)?;
+        TrackerUrl::parse(&file_url(
+            &seed.url,
+            info.name(),
+            info.is_multi_file(),
+            entry,
+        ))
+        .ok()
+    }
+
     fn seed_mut(&mut self, id: ConnId) -> Option<(TorrentId, &mut Seed)> {
         let c = self.webseeds.conns.get(&id)?;
         let tid = c.torrent;
@@ -865,9 +1015,18 @@ impl Engine {
     /// A connection or exchange failed: the seed backs off, longer after each failure in a row.
     fn ws_failed(&mut self, now: Instant, id: ConnId, why: String) {
         let retry = self.webseeds.config.retry;
+        let end = self
+            .webseeds
+            .conns
+            .get(&id)
+            .and_then(|c| c.endpoint.clone());
         let Some((_, s)) = self.seed_mut(id) else {
             return;
         };
+        // Files redirected to a failing server are asked at their own URL again after the wait.
+        if let Some(end) = end {
+            s.redirected.retain(|_, u| Endpoint::of(u) != end);
+        }
         s.failures = s.failures.saturating_add(1);
         let wait = retry
             .saturating_mul(1u32 << (s.failures - 1).min(10))
@@ -932,7 +1091,7 @@ impl Engine {
             return;
         };
         self.ids.release(id);
-        if closed_by_remote.is_none() {
+        if closed_by_remote.is_none() && c.dialed {
             self.outputs.push_back(Output::Close { conn: id });
         }
         self.ws_forget(now, id, &c);
@@ -1006,7 +1165,7 @@ impl Engine {
         // Still open after the events: the server closed an idle keep-alive connection.
         if let Some(c) = self.webseeds.conns.get(&id) {
             if c.current.is_some() || !c.parts.is_empty() {
-                self.ws_reconnect(now, id, None);
+                self.ws_reconnect(now, id);
             } else {
                 self.ws_close(now, id, Some(()));
             }
@@ -1020,6 +1179,11 @@ impl Engine {
         id: ResolveId,
         result: Result<Vec<SocketAddr>, String>,
     ) -> Result<(), Result<Vec<SocketAddr>, String>> {
+        if let Some(key) = self.webseeds.host_resolves.remove(&id) {
+            self.ws_host_resolved(now, key, result);
+            self.maintain(now);
+            return Ok(());
+        }
         let Some((tid, idx)) = self.webseeds.resolves.remove(&id) else {
             return Err(result);
         };
@@ -1048,6 +1212,60 @@ impl Engine {
         self.torrents.mark(&tid);
         self.maintain(now);
         Ok(())
+    }
+
+    /// A redirect target's name resolved: the connections waiting for it connect, or fail.
+    fn ws_host_resolved(
+        &mut self,
+        now: Instant,
+        key: (String, u16),
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        let addr = result.as_ref().ok().and_then(|a| a.first().copied());
+        let entry = self.webseeds.hosts.entry(key.clone()).or_default();
+        entry.resolving = false;
+        entry.addr = addr;
+        let waiting: Vec<ConnId> = self
+            .webseeds
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.dialed
+                    && c.endpoint
+                        .as_ref()
+                        .is_some_and(|e| e.host == key.0 && e.port == key.1)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            match addr {
+                Some(addr) => {
+                    let Some(c) = self.webseeds.conns.get_mut(&id) else {
+                        continue;
+                    };
+                    let tls = c
+                        .endpoint
+                        .as_ref()
+                        .and_then(|e| e.tls.then(|| e.host.clone()));
+                    c.addr = addr;
+                    c.dialed = true;
+                    c.client.arm(now);
+                    self.outputs.push_back(Output::Connect {
+                        conn: id,
+                        addr,
+                        tls,
+                    });
+                }
+                None => {
+                    let why = match &result {
+                        Err(e) => format!("cannot resolve {}: {e}", key.0),
+                        Ok(_) => format!("{} has no address", key.0),
+                    };
+                    self.ws_failed(now, id, why);
+                    self.ws_close(now, id, None);
+                }
+            }
+        }
     }
 
     /// Idle timeouts of connections and ends of back-offs.
