@@ -1,6 +1,7 @@
 //! Web seeds (BEP 19) inside the engine: each `url-list` entry of a torrent is a seed that has every
 //! piece, reached over HTTP(S) connections of their own kind ([`WebSeedConn`] ids).
 //!
+//! - **Seeds**: a torrent's `url-list`, or a magnet link's `ws=` (used once the metadata is known).
 //! - **Picking**: a web-seed connection is a picker peer with every piece that does not count in the
 //!   availability. It takes a piece the way a peer would (rarest first, so pieces no connected peer has
 //!   come first; free blocks of started pieces before new ones), then the adjacent pieces after it
@@ -12,7 +13,11 @@
 //!   disables that seed for the session, as does a ban of its address; nothing unverified is written.
 //! - **Answers**: `404`/`410` drop the seed for that file; `5xx`/`429` back off for `Retry-After` (or
 //!   [`super::super::webseed::DEFAULT_BACKOFF`]); redirects are followed up to
-//!   [`WebSeedConfig::max_redirects`] per request; a server that ignores `Range`, or answers with other
+//!   [`WebSeedConfig::max_redirects`] per request, to any host (archive.org sends every file to
+//!   another one): a host name is resolved once through `Output::Resolve` and shared, the target
+//!   host gets at most [`WebSeedConfig::max_conns_per_seed`] connections, `https` never goes down
+//!   to `http`, and later ranges of a redirected file go to its new URL directly (a failure there
+//!   forgets it); a server that ignores `Range`, or answers with other
 //!   bytes than those asked, is disabled; connection failures and stalls longer than
 //!   [`WebSeedConfig::idle_timeout`] back off exponentially. Claimed blocks go back to the picker
 //!   whenever a connection ends.
@@ -230,6 +235,14 @@ impl WebSeeds {
     /// Whether `addr` is where one of the torrent's web seeds sent data from.
     pub fn is_seed_addr(&self, tid: TorrentId, addr: SocketAddr) -> bool {
         self.seed_of_addr(tid, addr).is_some()
+    }
+
+    /// The torrent's web seed URLs (its `url-list`, or a magnet link's `ws=`).
+    pub fn urls(&self, tid: TorrentId) -> Vec<String> {
+        self.seeds
+            .get(&tid)
+            .map(|l| l.iter().map(|s| s.url.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// A snapshot of the torrent's web seeds.

@@ -6,9 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use sha1::{Digest, Sha1};
 
 use super::*;
-use crate::engine::{AddTorrent, EngineConfig, Job, JobId, JobResult};
+use crate::bencode::OwnedValue;
+use crate::engine::{AddMagnet, AddTorrent, EngineConfig, Job, JobId, JobResult};
+use crate::ext::metadata::{MetadataMessage, METADATA_PIECE_LEN};
+use crate::magnet::MagnetLink;
 use crate::metainfo::{Metainfo, TorrentBuilder};
 use crate::rng::{seeded, RngExt};
+use crate::types::PeerId;
+use crate::wire::{Decoded, Decoder, Handshake, Message, Reserved, DEFAULT_MAX_FRAME_LEN};
 
 /// How the fake server misbehaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +73,21 @@ struct Harness {
     /// Requests per server, and the most connections open to each at once.
     requests_at: BTreeMap<SocketAddr, u32>,
     max_open_at: BTreeMap<SocketAddr, usize>,
+    /// A hand-driven BitTorrent peer that has the metadata and no piece (magnet tests).
+    peer: Option<MetaPeer>,
 }
+
+/// A peer that answers `ut_metadata` requests from `metadata` and has no piece.
+struct MetaPeer {
+    conn: ConnId,
+    decoder: Decoder,
+    metadata: Bytes,
+    served: u32,
+}
+
+/// The `ut_metadata` id the hand-driven peer registers (ours is 1).
+const PEER_META_ID: u8 = 3;
+const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 20)), 6881);
 
 fn build(
     name: &str,
@@ -145,6 +164,18 @@ impl Harness {
                 },
             )
             .unwrap();
+        Harness::from_parts(engine, now, tid, content, by_path, piece, mode)
+    }
+
+    fn from_parts(
+        engine: Engine,
+        now: Instant,
+        tid: TorrentId,
+        content: Vec<u8>,
+        by_path: BTreeMap<String, Vec<u8>>,
+        piece: u32,
+        mode: Mode,
+    ) -> Harness {
         Harness {
             now,
             engine,
@@ -171,6 +202,7 @@ impl Harness {
             resolved: Vec::new(),
             requests_at: BTreeMap::new(),
             max_open_at: BTreeMap::new(),
+            peer: None,
         }
     }
 
@@ -287,17 +319,30 @@ impl Harness {
                 match o {
                     Output::Connect { conn, addr, tls } => {
                         assert!([SERVER, SERVER2, MIRROR].contains(&addr), "{addr}");
+                        assert!(
+                            self.engine.torrent_info(self.tid).is_some(),
+                            "web seeds wait for the metadata"
+                        );
                         self.open.insert(conn);
                         self.server_of.insert(conn, (addr, tls));
                         self.max_open = self.max_open.max(self.open.len());
                         let at = self
                             .open
                             .iter()
-                            .filter(|c| self.server_of[c].0 == addr)
+                            .filter(|c| self.server_of.get(c).is_some_and(|s| s.0 == addr))
                             .count();
                         let m = self.max_open_at.entry(addr).or_insert(0);
                         *m = (*m).max(at);
                         self.queue.push_back((conn, None));
+                    }
+                    Output::Send { conn, data }
+                        if self.peer.as_ref().is_some_and(|p| p.conn == conn) =>
+                    {
+                        self.engine.handle_flushed(self.now, conn, data.len());
+                        let answer = self.peer_answers(&data);
+                        if !answer.is_empty() {
+                            self.queue.push_back((conn, Some(answer)));
+                        }
                     }
                     Output::Send { conn, data } => {
                         assert!(self.open.contains(&conn));
@@ -353,6 +398,40 @@ impl Harness {
             }
         }
         false
+    }
+
+    /// The hand-driven peer reads what the engine sent it and answers its metadata requests.
+    fn peer_answers(&mut self, data: &[u8]) -> Bytes {
+        let Some(p) = self.peer.as_mut() else {
+            return Bytes::new();
+        };
+        p.decoder.extend(data);
+        let mut out = BytesMut::new();
+        while let Ok(Some(d)) = p.decoder.decode() {
+            let Decoded::Message(Message::Extended { id, payload }) = d else {
+                continue;
+            };
+            if id != PEER_META_ID {
+                continue;
+            }
+            if let Ok(MetadataMessage::Request { piece }) = MetadataMessage::decode(&payload) {
+                let start = piece as usize * METADATA_PIECE_LEN;
+                let end = (start + METADATA_PIECE_LEN).min(p.metadata.len());
+                let m = MetadataMessage::Data {
+                    piece,
+                    total_size: p.metadata.len() as u64,
+                    data: p.metadata.slice(start..end),
+                };
+                Message::Extended {
+                    id: crate::ext::LOCAL_UT_METADATA_ID,
+                    payload: m.encode().into(),
+                }
+                .encode(&mut out)
+                .unwrap();
+                p.served += 1;
+            }
+        }
+        out.freeze()
     }
 
     fn job(&mut self, id: JobId, job: Job) {
@@ -719,4 +798,87 @@ fn an_unresolvable_redirect_target_backs_off_and_is_forgotten() {
     // After each back-off the file is asked at its own URL again (the redirect is not trusted
     // forever).
     assert!(h.requests_at[&SERVER] >= 2, "{:?}", h.requests);
+}
+
+#[test]
+fn a_magnet_links_web_seeds_finish_the_download_once_a_peer_gave_the_metadata() {
+    let files = [("a", 300_000), ("b", 150_000)];
+    // The info dictionary a peer sends has no `url-list`: the link's `ws=` is all there is.
+    let (meta, content, by_path) = build("my data", &files, 16 * 1024, &[]);
+    assert!(meta.url_list.is_empty());
+    let config = EngineConfig {
+        encryption: crate::mse::Policy::Disable,
+        ..EngineConfig::default()
+    };
+    let now = Instant::from_secs(100);
+    let mut engine = Engine::new(config, 7, now);
+    let uri = format!(
+        "magnet:?xt=urn:btih:{}&ws=http%3A%2F%2F10.0.0.9%3A8080%2Fseed%2F",
+        meta.info_hash()
+    );
+    let link = MagnetLink::parse(&uri).unwrap();
+    let tid = engine
+        .add_magnet(
+            now,
+            AddMagnet {
+                link,
+                wanted_files: None,
+                paused: false,
+                peers: Vec::new(),
+            },
+        )
+        .unwrap();
+    let mut h = Harness::from_parts(engine, now, tid, content, by_path, 16 * 1024, Mode::Honest);
+    // Known from the start (stats, `info`), but idle while there is no file list.
+    assert!(!h.run(50));
+    assert!(h.requests.is_empty());
+    assert_eq!(h.stats()[0].url, "http://10.0.0.9:8080/seed/");
+    // A peer with the metadata and no piece connects in.
+    let conn = h.engine.handle_incoming(h.now, PEER).expect("accepted");
+    h.open.insert(conn);
+    h.peer = Some(MetaPeer {
+        conn,
+        decoder: Decoder::new(DEFAULT_MAX_FRAME_LEN),
+        metadata: meta.info.raw().clone(),
+        served: 0,
+    });
+    let mut hello = BytesMut::new();
+    let hs = Handshake::new(
+        meta.info_hash(),
+        PeerId(*b"-XX0001-000000000001"),
+        Reserved::FAST | Reserved::EXTENSION_PROTOCOL,
+    );
+    hello.extend_from_slice(&hs.to_bytes());
+    let ext = OwnedValue::dict()
+        .with(
+            "m",
+            OwnedValue::dict().with("ut_metadata", i64::from(PEER_META_ID)),
+        )
+        .with("metadata_size", meta.info.raw().len() as i64);
+    Message::Extended {
+        id: 0,
+        payload: ext.encode().into(),
+    }
+    .encode(&mut hello)
+    .unwrap();
+    Message::HaveNone.encode(&mut hello).unwrap();
+    h.queue.push_back((conn, Some(hello.freeze())));
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.peer.as_ref().unwrap().served >= 1);
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MetadataReceived { .. })));
+    let s = h.stats();
+    assert_eq!(
+        s[0].downloaded,
+        h.content.len() as u64,
+        "all from the web seed"
+    );
+    // The web seed is part of the torrent from now on (e.g. `--save-torrent`).
+    assert_eq!(
+        h.engine.torrent_metainfo(tid).unwrap().url_list,
+        vec!["http://10.0.0.9:8080/seed/".to_owned()]
+    );
 }
