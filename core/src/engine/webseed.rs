@@ -34,6 +34,7 @@ use bytes::{Bytes, BytesMut};
 use crate::bitfield::Bitfield;
 use crate::metainfo::Layout;
 use crate::peer::BlockRequest;
+use crate::peer::RateMeter;
 use crate::picker::{PeerKey, PeerPieces, BLOCK_SIZE};
 use crate::time::Instant;
 use crate::tracker::http::TrackerUrl;
@@ -102,8 +103,12 @@ pub struct WebSeedStats {
     pub connections: u32,
     /// Payload bytes received from it this session.
     pub downloaded: u64,
+    /// Bytes per second received from it (over the session's rate window).
+    pub download_rate: u64,
     /// `None` while usable; else why not (backing off, disabled).
     pub status: Option<String>,
+    /// The last thing that went wrong with it (kept after it recovers), if anything did.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +136,7 @@ struct Seed {
     addrs: BTreeSet<SocketAddr>,
     conns: BTreeSet<ConnId>,
     downloaded: u64,
+    rate: RateMeter,
     last_error: Option<String>,
 }
 
@@ -256,6 +262,8 @@ impl WebSeeds {
                 url: s.url.clone(),
                 connections: s.conns.len() as u32,
                 downloaded: s.downloaded,
+                download_rate: s.rate.rate(now),
+                last_error: s.last_error.clone(),
                 status: match &s.state {
                     SeedState::Ready => None,
                     SeedState::Backoff(at) => Some(format!(
@@ -320,6 +328,7 @@ impl Engine {
                 addrs: BTreeSet::new(),
                 conns: BTreeSet::new(),
                 downloaded: 0,
+                rate: RateMeter::new(self.config.session.rate_window),
                 last_error: None,
             });
         }
@@ -792,6 +801,7 @@ impl Engine {
             .and_then(|l| l.get_mut(idx))
         {
             s.downloaded += got;
+            s.rate.record(now, got);
             s.addrs.insert(addr);
             s.failures = 0;
         }
