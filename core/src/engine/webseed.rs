@@ -913,8 +913,21 @@ impl Engine {
             Ok(n) => n,
             Err(e) => return self.ws_disable(now, id, format!("redirect to {location:?}: {e}")),
         };
-        part.url = Some(next.clone());
-        let file = part.file;
+        let old = part.url.replace(next.clone());
+        let (file, tid, idx) = (part.file, c.torrent, c.seed);
+        // Requests of the same file already planned (on this connection or the seed's others) go
+        // to the new place too, instead of through the same redirect again.
+        for o in self.webseeds.conns.values_mut() {
+            if o.torrent == tid && o.seed == idx {
+                for p in o
+                    .parts
+                    .iter_mut()
+                    .filter(|p| p.file == file && p.url == old)
+                {
+                    p.url = Some(next.clone());
+                }
+            }
+        }
         if let Some((_, s)) = self.seed_mut(id) {
             s.redirected.insert(file, next);
         }
@@ -1159,6 +1172,15 @@ impl Engine {
 
     pub(super) fn webseed_connect_failed(&mut self, now: Instant, conn: WebSeedConn, reason: &str) {
         let id = conn.id();
+        // A redirect target's address is looked up again next time.
+        if let Some(end) = self
+            .webseeds
+            .conns
+            .get(&id)
+            .and_then(|c| c.endpoint.as_ref())
+        {
+            self.webseeds.hosts.remove(&(end.host.clone(), end.port));
+        }
         let url = self
             .seed_mut(id)
             .map(|(_, s)| s.url.clone())
