@@ -350,15 +350,16 @@ fn redirect_to_another_host_name(rt: Rt) {
     if !nginx_present() {
         return;
     }
-    // `localhost` must lead to the 127.0.0.1 nginx listens on (a system where it resolves to
-    // ::1 first cannot run this scenario).
+    // `localhost` must lead to the 127.0.0.1 nginx listens on (if it resolves to ::1 first, that
+    // address refuses the connection and the next one is tried).
     use std::net::ToSocketAddrs;
-    let first = ("localhost", 80)
+    let addrs: Vec<_> = ("localhost", 80)
         .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next());
-    if first.map(|a| a.ip()) != Some(std::net::Ipv4Addr::LOCALHOST.into()) {
-        eprintln!("skipped: localhost resolves to {first:?}, not 127.0.0.1");
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    let v4 = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    if !addrs.iter().any(|a| a.ip() == v4) {
+        eprintln!("skipped: localhost resolves to {addrs:?}, without 127.0.0.1");
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");

@@ -91,6 +91,9 @@ const MAX_QUIET_CLOSES: u8 = 2;
 /// Shortest back-off, even for `Retry-After: 0`.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Addresses of a redirect target's name kept to try in turn.
+const MAX_HOST_ADDRS: usize = 8;
+
 /// Longest back-off after repeated failures.
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
@@ -193,11 +196,19 @@ impl Endpoint {
     }
 }
 
-/// A redirect target's host name: its address once resolved.
+/// A redirect target's host name: its addresses once resolved, and the one in use (the next is
+/// tried when it refuses connections, e.g. an IPv6 address on a network without IPv6).
 #[derive(Debug, Default)]
 struct HostAddr {
-    addr: Option<SocketAddr>,
+    addrs: Vec<SocketAddr>,
+    current: usize,
     resolving: bool,
+}
+
+impl HostAddr {
+    fn addr(&self) -> Option<SocketAddr> {
+        self.addrs.get(self.current).copied()
+    }
 }
 
 /// The engine's web seeds: per torrent, and per connection.
@@ -524,7 +535,7 @@ impl Engine {
                 self.webseeds
                     .hosts
                     .get(&(end.host.clone(), end.port))
-                    .and_then(|h| h.addr)
+                    .and_then(HostAddr::addr)
             }),
         };
         let key = (end.host.clone(), end.port);
@@ -1172,14 +1183,28 @@ impl Engine {
 
     pub(super) fn webseed_connect_failed(&mut self, now: Instant, conn: WebSeedConn, reason: &str) {
         let id = conn.id();
-        // A redirect target's address is looked up again next time.
-        if let Some(end) = self
+        // A redirect target's next address is tried at once; after the last one, the name is
+        // looked up again next time.
+        let end = self
             .webseeds
             .conns
             .get(&id)
             .and_then(|c| c.endpoint.as_ref())
-        {
-            self.webseeds.hosts.remove(&(end.host.clone(), end.port));
+            .map(|e| (e.host.clone(), e.port));
+        if let Some(key) = end {
+            if let Some(h) = self.webseeds.hosts.get_mut(&key) {
+                h.current += 1;
+                if h.addr().is_some() {
+                    if let Some(c) = self.webseeds.conns.get_mut(&id) {
+                        // The driver has forgotten this connection already.
+                        c.dialed = false;
+                    }
+                    self.ws_reconnect(now, id);
+                    self.maintain(now);
+                    return;
+                }
+                self.webseeds.hosts.remove(&key);
+            }
         }
         let url = self
             .seed_mut(id)
@@ -1266,10 +1291,14 @@ impl Engine {
         key: (String, u16),
         result: Result<Vec<SocketAddr>, String>,
     ) {
-        let addr = result.as_ref().ok().and_then(|a| a.first().copied());
         let entry = self.webseeds.hosts.entry(key.clone()).or_default();
         entry.resolving = false;
-        entry.addr = addr;
+        entry.addrs = result
+            .as_ref()
+            .map(|a| a.iter().take(MAX_HOST_ADDRS).copied().collect())
+            .unwrap_or_default();
+        entry.current = 0;
+        let addr = entry.addr();
         let waiting: Vec<ConnId> = self
             .webseeds
             .conns

@@ -46,6 +46,8 @@ enum Mode {
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 8080);
 /// Where `mirror.test` resolves: the other host redirects lead to.
 const MIRROR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)), 8081);
+/// An address that refuses connections (`dual.test` resolves to it first, then to the mirror).
+const DEAD: SocketAddr = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 8081);
 /// A second origin (the second `url-list` entry of [`Harness::with_urls`]).
 const SERVER2: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 11)), 8080);
 
@@ -75,6 +77,8 @@ struct Harness {
     max_open_at: BTreeMap<SocketAddr, usize>,
     /// A hand-driven BitTorrent peer that has the metadata and no piece (magnet tests).
     peer: Option<MetaPeer>,
+    /// Connections to [`DEAD`], refused.
+    refused: u32,
 }
 
 /// A peer that answers `ut_metadata` requests from `metadata` and has no piece.
@@ -195,6 +199,7 @@ impl Harness {
             server_of: BTreeMap::new(),
             names: [
                 ("mirror.test".to_owned(), MIRROR),
+                ("dual.test".to_owned(), MIRROR),
                 ("origin.test".to_owned(), SERVER),
             ]
             .into_iter()
@@ -203,6 +208,7 @@ impl Harness {
             requests_at: BTreeMap::new(),
             max_open_at: BTreeMap::new(),
             peer: None,
+            refused: 0,
         }
     }
 
@@ -317,6 +323,10 @@ impl Harness {
         for _ in 0..limit {
             while let Some(o) = self.engine.poll_output() {
                 match o {
+                    Output::Connect { conn, addr, .. } if addr == DEAD => {
+                        self.refused += 1;
+                        self.engine.handle_connect_failed(self.now, conn, "refused");
+                    }
                     Output::Connect { conn, addr, tls } => {
                         assert!([SERVER, SERVER2, MIRROR].contains(&addr), "{addr}");
                         assert!(
@@ -363,6 +373,7 @@ impl Harness {
                         self.resolved.push(host.clone());
                         let found = self.names.get(&host).copied();
                         let result = match found {
+                            Some(a) if host == "dual.test" => Ok(vec![DEAD, a]),
                             Some(a) => Ok(vec![SocketAddr::new(a.ip(), port)]),
                             None => Err("no such host".to_owned()),
                         };
@@ -881,4 +892,20 @@ fn a_magnet_links_web_seeds_finish_the_download_once_a_peer_gave_the_metadata() 
         h.engine.torrent_metainfo(tid).unwrap().url_list,
         vec!["http://10.0.0.9:8080/seed/".to_owned()]
     );
+}
+
+#[test]
+fn a_redirect_targets_next_address_is_tried_when_the_first_refuses() {
+    let mut h = Harness::new(
+        &[("x", 200_000)],
+        16 * 1024,
+        Mode::RedirectTo("http://dual.test:8081/moved".into()),
+    );
+    let start = h.now;
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.refused >= 1);
+    assert_eq!(h.resolved, vec!["dual.test".to_owned()], "one lookup");
+    assert!(h.errors().is_empty(), "{:?}", h.errors());
+    assert_eq!(h.now, start, "no back-off: the next address at once");
 }
