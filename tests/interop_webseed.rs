@@ -10,7 +10,9 @@
 //! (e) a web seed that answers `503` with `Retry-After` and then recovers;
 //! (f) an `https://` web seed on `127.0.0.1` whose every file answers `302` to another host name
 //!     (`localhost`, as archive.org sends each file to an `iaNNN` host): the name is resolved, its
-//!     certificate checked for that name, and later ranges of a file go there directly.
+//!     certificate checked for that name, and later ranges of a file go there directly;
+//! (g) a magnet link with `ws=` and one peer that has the metadata but no piece: the metadata comes
+//!     from the peer, every byte from the web seed, and the saved `.torrent` lists the web seed.
 //!
 //! Every wait is bounded; discovery (DHT, LSD, UPnP, NAT-PMP) is off in every program. The torrents
 //! have no tracker: the web seed (and `--peer`-style peers) is all there is.
@@ -24,9 +26,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{assert_same, lt_seeder, Hb, Rt, PROGRAM_BOUND, WAIT};
+use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::metainfo::{Metainfo, TorrentBuilder};
 use hyperblow_driver::engine::Event;
-use hyperblow_driver::AddTorrentRequest;
+use hyperblow_driver::{AddMagnetRequest, AddTorrentRequest};
 use hyperblow_tests::interop::{payload, require_libtorrent, require_tool, Nginx, TestPki};
 
 on_both_runtimes!(
@@ -35,7 +38,8 @@ on_both_runtimes!(
     web_seed_with_a_libtorrent_seeder,
     corrupt_web_seed_is_dropped_and_peers_finish,
     busy_web_seed_recovers,
-    redirect_to_another_host_name
+    redirect_to_another_host_name,
+    magnet_ws_after_metadata_from_a_peer
 );
 
 fn nginx_present() -> bool {
@@ -416,4 +420,56 @@ fn redirect_to_another_host_name(rt: Rt) {
         "[redirect] {}: {redirected} redirects, {served} ranges from the other host",
         rt.name()
     );
+}
+
+fn magnet_ws_after_metadata_from_a_peer(rt: Rt) {
+    if !nginx_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let www = dir.path().join("www");
+    let nginx = Nginx::files(&www, None, "", PROGRAM_BOUND).expect("start nginx");
+    let url = format!("http://127.0.0.1:{}/", nginx.port());
+    let (meta, files) = make(
+        &www,
+        "via magnet",
+        &[("x.bin", 3_000_000), ("y.bin", 1_000_000)],
+        64 * 1024,
+        &url,
+        70 + rt as u64,
+    );
+    // The peer knows the torrent (without its web seed) and has none of its data.
+    let peer = Hb::start(rt, |_| {});
+    let mut bare = meta.clone();
+    bare.url_list.clear();
+    peer.add(AddTorrentRequest::new(bare, dir.path().join("peer")));
+    let uri = format!(
+        "magnet:?xt=urn:btih:{}&ws={}",
+        meta.info_hash(),
+        url.replace(':', "%3A").replace('/', "%2F")
+    );
+    let link = MagnetLink::parse(&uri).expect("a valid link");
+    assert_eq!(link.web_seeds, vec![url.clone()]);
+    let hb = Hb::start(rt, |_| {});
+    let out = dir.path().join("hb");
+    let added = hb
+        .session
+        .add_magnet(AddMagnetRequest::new(link, &out).peers(vec![peer.addr()]))
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("add_magnet: {e}"));
+    hb.wait_complete(added.id, WAIT, &[nginx.process()]);
+    check_files(&out, &files);
+    let st = hb.stats(added.id);
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(st.web_seeds.len(), 1, "{st:?}");
+    assert_eq!(st.web_seeds[0].downloaded, total, "{st:?}");
+    let saved = hb
+        .session
+        .torrent_file(added.id)
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("torrent_file: {e}"))
+        .expect("the metadata is known");
+    let saved = Metainfo::from_bytes(&saved).expect("parse the saved torrent");
+    assert_eq!(saved.info_hash(), meta.info_hash());
+    assert_eq!(saved.url_list, vec![url]);
 }
