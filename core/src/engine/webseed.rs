@@ -528,7 +528,7 @@ impl Engine {
             .base
             .as_ref()
             .filter(|b| b.host() == end.host && b.port() == end.port)
-            .and_then(|_| seed.addr);
+            .and(seed.addr);
         let known = match end.host.parse::<IpAddr>() {
             Ok(ip) => Some(SocketAddr::new(ip, end.port)),
             Err(_) => base_addr.or_else(|| {
