@@ -1,6 +1,7 @@
 //! uTP (BEP 29) across a lossy link: real peers talking through [`UdpRelay`], the user-space
-//! stand-in for `netem` (this kernel has none), with 20 ms of delay each way and 1 % loss in both
-//! directions (seeded, so every run loses the same datagrams of each flow).
+//! stand-in for `netem` (this kernel has none), with 20 ms of delay each way, 1 % loss, some
+//! reordering and duplication in both directions (seeded, so every run treats the n-th datagram of
+//! each flow alike).
 //!
 //! The dialler is told the relay's address; the relay sends the dialler's datagrams to the
 //! listener from an upstream socket of its own and relays the answers back (see
@@ -31,9 +32,15 @@ const NO_TRACKER: &str = "http://127.0.0.1:9/announce";
 /// The payload of each scenario: a few MiB, enough for hundreds of datagrams to be lost.
 const PAYLOAD: usize = 3 * 1024 * 1024 + 777;
 
-/// The link: 20 ms each way, 1 % loss each way, a fixed seed per scenario.
+/// The link: 20 ms each way, 1 % loss each way, 2 % of datagrams held back 10 ms (overtaken by
+/// later ones), 0.5 % sent twice; a fixed seed per scenario.
 fn link(scenario: u64) -> RelayConfig {
-    RelayConfig::lossy(Duration::from_millis(20), 0.01, 0x0075_7470 + scenario)
+    RelayConfig {
+        reorder: 0.02,
+        reorder_delay: Duration::from_millis(10),
+        duplicate: 0.005,
+        ..RelayConfig::lossy(Duration::from_millis(20), 0.01, 0x0075_7470 + scenario)
+    }
 }
 
 /// The uTP-only switch of `lt_peer.py`.
@@ -56,6 +63,10 @@ fn assert_relayed(stats: &RelayStats, towards_client: bool, bytes: usize) {
     assert!(
         data.lost > 0 && acks.lost + data.lost >= 10,
         "the relay dropped datagrams: {stats:?}"
+    );
+    assert!(
+        data.reordered > 0,
+        "the relay reordered datagrams: {stats:?}"
     );
     assert_eq!(data.overflow + acks.overflow, 0, "{stats:?}");
 }
@@ -103,7 +114,7 @@ fn libtorrent_pair_through_relay() {
     let stats = relay.stats();
     assert_relayed(&stats, true, fx.data.len());
     eprintln!(
-        "[timing] libtorrent -> libtorrent over uTP through the relay (20 ms, 1 %): {} KiB in {own:.2} s \
+        "[timing] libtorrent -> libtorrent over uTP through the relay (20 ms, 1 % loss, reordering): {} KiB in {own:.2} s \
          (test {:.2?}); relay {stats:?}",
         fx.data.len() / 1024,
         t0.elapsed()
