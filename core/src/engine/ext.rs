@@ -423,6 +423,9 @@ impl Engine {
         };
         for p in accepted.added {
             if !t.banned.contains(&p.addr) {
+                if p.flags.contains(PexFlags::UTP) {
+                    self.utp.learn(p.addr);
+                }
                 self.dial_dirty |= t.book.add(now, p.addr);
             }
         }
@@ -620,6 +623,9 @@ impl Engine {
             }
             if self.mse.via_mse(*id) {
                 flags |= PexFlags::PREFERS_ENCRYPTION;
+            }
+            if self.utp.carries(*id) {
+                flags |= PexFlags::UTP;
             }
             connected.insert(listen, flags);
         }

@@ -575,6 +575,11 @@ impl Engine {
                 break;
             };
             let data = self.mse.encrypt(id, data);
+            // A uTP stream takes what its send buffer holds; the rest waits (`utp.rs`).
+            if let Some(waiting) = self.utp.send(id, data.clone()) {
+                c.unflushed += waiting;
+                continue;
+            }
             c.unflushed += data.len();
             self.outputs.push_back(Output::Send { conn: id, data });
         }
@@ -635,7 +640,7 @@ impl Engine {
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
         }
-        if send_close {
+        if !self.utp_dropped(now, id, c.connected) && send_close {
             self.outputs.push_back(Output::Close { conn: id });
         }
         let Some(tid) = c.torrent else {
@@ -1118,11 +1123,13 @@ impl Engine {
                     },
                 );
                 self.addrs.insert((addr, Some(tid)), id);
-                self.outputs.push_back(Output::Connect {
-                    conn: id,
-                    addr,
-                    tls: None,
-                });
+                if !self.utp_dial(now, id, addr) {
+                    self.outputs.push_back(Output::Connect {
+                        conn: id,
+                        addr,
+                        tls: None,
+                    });
+                }
                 half_open += 1;
             }
         }
@@ -1210,6 +1217,7 @@ impl Engine {
         // torrents again; only the ones left with work (a flag set after their turn) stay marked for
         // the next upkeep, as they would have been found by a scan. The rest is done until an input
         // or a deadline touches it again.
+        self.utp_transmit(now);
         self.add_late(&mut work);
         self.refile_timers(&work);
         for tid in self.torrents.take_touched() {

@@ -31,6 +31,7 @@ mod table;
 mod torrent;
 mod trackers;
 mod udp;
+mod utp;
 mod webseed;
 
 #[cfg(test)]
@@ -64,6 +65,7 @@ pub use dht::{DhtSettings, DEFAULT_BOOTSTRAP};
 pub use ext::AddMagnet;
 pub use io::*;
 pub use udp::{classify as classify_datagram, DatagramKind};
+pub use utp::{Transport, SYN_FALLBACK};
 pub use webseed::{WebSeedConfig, WebSeedStats};
 
 /// The pending-piece cap is never below this many pieces of the torrent with the longest pieces: one
@@ -113,6 +115,10 @@ pub struct EngineConfig {
     /// Protocol encryption (MSE/PE) for peer connections both ways (default `prefer`; see
     /// `engine/mse.rs`).
     pub encryption: crate::mse::Policy,
+    /// Which transports peer connections use (default `both`; see `engine/utp.rs`).
+    pub transport: Transport,
+    /// The uTP socket's tunables (1,400-byte payloads, LEDBAT, buffers, caps).
+    pub utp: crate::utp::UtpConfig,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +141,8 @@ impl Default for EngineConfig {
             dht: None,
             webseed: WebSeedConfig::default(),
             encryption: crate::mse::Policy::default(),
+            transport: Transport::default(),
+            utp: crate::utp::UtpConfig::default(),
         }
     }
 }
@@ -263,6 +271,8 @@ pub struct Engine {
     webseeds: webseed::WebSeeds,
     /// Protocol encryption: the policy and each connection's byte layer (`mse.rs`).
     mse: mse::MseConns,
+    /// The uTP socket and the peer connections on it (`utp.rs`).
+    utp: utp::UtpGlue,
 }
 
 impl std::fmt::Debug for Engine {
@@ -291,6 +301,12 @@ impl Engine {
         });
         let webseeds = webseed::WebSeeds::new(config.webseed.clone());
         let config_encryption = config.encryption;
+        // Its own stream (not a draw from `rng`), so turning uTP on changes no other random choice.
+        let utp = utp::UtpGlue::new(
+            config.transport,
+            config.utp.clone(),
+            seeded(seed ^ 0x7574_705f_736f_636b),
+        );
         let mut engine = Engine {
             webseeds,
             trackers: TrackerGlue::new(router, key, config.dns_ttl),
@@ -319,6 +335,7 @@ impl Engine {
             limits: limits::EngineLimits::new(now),
             dht,
             mse: mse::MseConns::new(config_encryption),
+            utp,
         };
         engine.start_dht(now);
         engine
@@ -579,6 +596,15 @@ impl Engine {
     /// (the per-IP cap, shutting down, already connected to that address, or the session at its cap
     /// with no connection to give up for it; see `admission.rs`).
     pub fn handle_incoming(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
+        if self.utp_refuses_tcp() {
+            self.refused(None, remote, "TCP is off (--transport utp)");
+            return None;
+        }
+        self.accept_peer(now, remote)
+    }
+
+    /// A peer connected to us over any transport: the admission checks of `handle_incoming`.
+    fn accept_peer(&mut self, now: Instant, remote: SocketAddr) -> Option<ConnId> {
         let from_ip = self
             .conns
             .values()
@@ -758,7 +784,7 @@ impl Engine {
     }
 
     /// A datagram arrived on the engine's UDP socket.
-    /// KRPC goes to the DHT node, the rest to the UDP trackers (`udp.rs`).
+    /// KRPC goes to the DHT node, uTP to the uTP socket, the rest to the UDP trackers (`udp.rs`).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         match udp::classify(data) {
             DatagramKind::Krpc => {
@@ -768,8 +794,12 @@ impl Engine {
                 self.maintain(now);
                 return;
             }
-            // The hook for uTP (BEP 29): not spoken yet.
-            DatagramKind::Utp => return,
+            DatagramKind::Utp => {
+                self.utp_datagram(now, from, data);
+                self.utp_events(now);
+                self.maintain(now);
+                return;
+            }
             DatagramKind::Tracker => self.trackers.router.handle_datagram(now, from, data),
         }
         self.after_trackers(now);
@@ -905,6 +935,7 @@ impl Engine {
                     }
                 }
                 TimerKey::WebSeeds => self.webseed_timeout(now),
+                TimerKey::Utp => self.utp_timeout(now),
                 TimerKey::Conn(_) | TimerKey::Trackers | TimerKey::Dial | TimerKey::Shutdown => {}
             }
         }
@@ -984,6 +1015,7 @@ impl Engine {
             TimerKey::RateLimits => self.limits.poll_timeout(),
             TimerKey::Dht => self.dht.as_ref().and_then(dht::DhtGlue::poll_timeout),
             TimerKey::WebSeeds => self.webseeds.poll_timeout(),
+            TimerKey::Utp => self.utp.poll_timeout(),
             _ => None,
         }
     }

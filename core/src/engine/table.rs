@@ -163,17 +163,20 @@ pub(crate) enum TimerKey {
     Dht,
     /// A web-seed connection's idle timeout or a web seed's back-off ends (`webseed.rs`).
     WebSeeds,
+    /// The uTP socket's next timer or a uTP dial's fall-back to TCP (`utp.rs`).
+    Utp,
 }
 
 impl TimerKey {
     /// The engine-wide keys.
-    pub const GLOBAL: [TimerKey; 6] = [
+    pub const GLOBAL: [TimerKey; 7] = [
         TimerKey::Trackers,
         TimerKey::Dial,
         TimerKey::Shutdown,
         TimerKey::RateLimits,
         TimerKey::Dht,
         TimerKey::WebSeeds,
+        TimerKey::Utp,
     ];
 
     /// The torrent-level keys of one torrent.

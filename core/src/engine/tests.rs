@@ -101,6 +101,10 @@ struct Net {
     /// Every `Connect` a node asked for.
     connects: Vec<(usize, SocketAddr)>,
     tls_dials: Vec<(usize, String)>,
+    /// Node-to-node uTP datagrams dropped, per thousand (`tests/utp.rs`), and how many were.
+    utp_loss: u32,
+    utp_dropped: u64,
+    loss_rng: CoreRng,
 }
 
 /// The SHA-1 of a piece given as blocks.
@@ -137,6 +141,9 @@ impl Net {
             sent: Vec::new(),
             connects: Vec::new(),
             tls_dials: Vec::new(),
+            utp_loss: 0,
+            utp_dropped: 0,
+            loss_rng: seeded(0x1055),
         }
     }
 
@@ -315,7 +322,14 @@ impl Net {
                         });
                     }
                 } else if let Some(j) = self.node_at(to) {
-                    // Node to node (the DHT): the UDP socket shares the TCP listener's address.
+                    if self.utp_loss > 0
+                        && classify_datagram(&data) == DatagramKind::Utp
+                        && self.loss_rng.random_range(0..1000) < self.utp_loss
+                    {
+                        self.utp_dropped += 1;
+                        return;
+                    }
+                    // Node to node (the DHT, uTP): the UDP socket shares the TCP listener's address.
                     self.queue.push_back(Action::Datagram {
                         node: j,
                         from,
@@ -1676,6 +1690,7 @@ mod dht;
 mod hostile;
 mod magnet;
 mod mse;
+mod utp;
 
 #[test]
 fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {

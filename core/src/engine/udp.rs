@@ -1,11 +1,11 @@
-//! Demultiplexing the engine's one UDP socket. UDP trackers (BEP 15), the DHT (BEP 5) and, later, uTP
+//! Demultiplexing the engine's one UDP socket. UDP trackers (BEP 15), the DHT (BEP 5) and uTP
 //! (BEP 29) share one socket bound to the same port number as the TCP listener; each datagram is
 //! routed by what it looks like:
 //!
 //! - a bencoded dictionary (first byte `d`) is KRPC, for the DHT node;
 //! - a uTP header (version 1 in the low nibble of the first byte, a packet type 0 to 4 in the high
-//!   nibble: `0x01`, `0x11`, `0x21`, `0x31`, `0x41`) is uTP: not spoken yet, dropped here (the hook
-//!   for `utp::socket`);
+//!   nibble: `0x01`, `0x11`, `0x21`, `0x31`, `0x41`) is uTP, for the engine's `UtpSocket`
+//!   (`engine/utp.rs`), which routes it by (source address, connection id);
 //! - anything else goes to the UDP tracker router, which accepts only a reply from the address it
 //!   asked with the transaction id it chose (a BEP 15 reply starts with its action, 0 to 3, as a
 //!   big-endian 32-bit number, so its first byte is 0) and drops the rest.

@@ -220,11 +220,15 @@ fn bootstrap_names_are_resolved_and_udp_trackers_share_the_socket() {
         st.nodes >= 1,
         "the router found by name joined the table: {st:?}"
     );
-    // uTP-looking datagrams are dropped without a trace (nothing speaks uTP yet).
+    // A uTP SYN goes to the uTP socket (its answer is a uTP STATE), never to the DHT node.
     let before = net.nodes[l].engine.dht_stats(net.now).expect("dht on");
     let mut utp = vec![0x41];
     utp.extend_from_slice(&[0; 19]);
     net.nodes[l].engine.handle_datagram(net.now, router, &utp);
+    assert!(matches!(
+        net.nodes[l].engine.poll_output(),
+        Some(Output::SendDatagram { to, data }) if to == router && data[0] == 0x21
+    ));
     assert!(net.nodes[l].engine.poll_output().is_none());
     assert_eq!(
         net.nodes[l]
