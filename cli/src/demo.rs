@@ -203,6 +203,7 @@ pub fn run(args: &DemoArgs, stop: &StopFlag) -> Result<(), CliError> {
                 dht_bootstrap: Vec::new(),
                 state_dir: None,
                 encryption: hyperblow_core::mse::Policy::default(),
+                transport: hyperblow_driver::engine::Transport::default(),
             },
             goal: Goal::Complete,
             timeout: Some(Duration::from_secs(30)),

@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use hyperblow_core::magnet::{FileSelection, MagnetLink};
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_core::mse::{ParsePolicyError, Policy};
-use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats};
+use hyperblow_driver::engine::{Event, TorrentId, TorrentState, TorrentStats, Transport};
 use hyperblow_driver::{
     AddMagnetRequest, AddTorrentRequest, AddedTorrent, EventStream, RecvError, SessionConfig,
     SessionError, SessionEvent, SessionHandle, StartError, StartKind,
@@ -101,6 +101,12 @@ pub struct NetArgs {
     /// encrypts and refuses encrypted peers.
     #[arg(long, value_name = "POLICY", default_value = "prefer", value_parser = parse_encryption)]
     pub encryption: Policy,
+    /// Transports for peer connections: `both` accepts TCP and uTP (BEP 29) and dials uTP to peers
+    /// known to speak it (PEX flag 0x04, or one that connected to us over uTP) and TCP to the rest,
+    /// trying TCP when a uTP dial is unanswered after 3 s; `utp` dials and accepts only uTP; `tcp`
+    /// only TCP.
+    #[arg(long, value_name = "TRANSPORT", default_value = "both", value_parser = parse_transport)]
+    pub transport: Transport,
 }
 
 /// `HOST:PORT` (`[v6]:PORT` for an IPv6 literal) into its parts.
@@ -168,6 +174,7 @@ impl NetArgs {
             config.engine.max_peers_per_torrent = n.max(1);
         }
         config.engine.encryption = self.encryption;
+        config.engine.transport = self.transport;
         config.rate_limits = hyperblow_driver::RateLimits {
             download: self.max_download_rate,
             upload: self.max_upload_rate,
@@ -219,6 +226,11 @@ impl NetArgs {
 
 /// `--encryption prefer|require|disable`.
 fn parse_encryption(s: &str) -> Result<Policy, ParsePolicyError> {
+    s.parse()
+}
+
+/// `--transport utp|tcp|both`.
+fn parse_transport(s: &str) -> Result<Transport, String> {
     s.parse()
 }
 

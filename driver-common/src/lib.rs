@@ -102,7 +102,7 @@ pub mod engine {
     pub use hyperblow_core::dht::DhtStats;
     pub use hyperblow_core::engine::{
         AddError, DhtSettings, EngineConfig, Event, FileStats, PeerStats, TorrentId, TorrentState,
-        TorrentStats, DEFAULT_BOOTSTRAP,
+        TorrentStats, Transport, DEFAULT_BOOTSTRAP,
     };
 }
 

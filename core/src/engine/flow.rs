@@ -575,13 +575,8 @@ impl Engine {
                 break;
             };
             let data = self.mse.encrypt(id, data);
-            // A uTP stream takes what its send buffer holds; the rest waits (`utp.rs`).
-            if let Some(waiting) = self.utp.send(id, data.clone()) {
-                c.unflushed += waiting;
-                continue;
-            }
-            c.unflushed += data.len();
-            self.outputs.push_back(Output::Send { conn: id, data });
+            // `Output::Send`, or into the connection's uTP stream (`utp.rs`).
+            c.unflushed += self.utp.send_bytes(id, data, &mut self.outputs);
         }
     }
 

@@ -29,7 +29,7 @@ use crate::mse::{self, Crypto, Detection, Handshake, MseError, NoSkeys, Policy, 
 use crate::time::Instant;
 use crate::types::InfoHash;
 
-use super::io::{ConnId, Output};
+use super::io::ConnId;
 use super::Engine;
 
 /// Most addresses remembered as "answers only plain handshakes" (oldest forgotten first is not
@@ -159,11 +159,7 @@ impl Engine {
         match Handshake::outgoing(now, &mut self.rng, info_hash, policy, ia) {
             Ok(mut hs) => {
                 if let Some(out) = hs.poll_transmit() {
-                    c.unflushed += out.len();
-                    self.outputs.push_back(Output::Send {
-                        conn: id,
-                        data: out,
-                    });
+                    c.unflushed += self.utp.send_bytes(id, out, &mut self.outputs);
                 }
                 self.mse.layers.insert(
                     id,
@@ -256,11 +252,7 @@ impl Engine {
         let out = hs.poll_transmit();
         let established = hs.take_established();
         if let (Some(out), Some(c)) = (out, self.conns.get_mut(&id)) {
-            c.unflushed += out.len();
-            self.outputs.push_back(Output::Send {
-                conn: id,
-                data: out,
-            });
+            c.unflushed += self.utp.send_bytes(id, out, &mut self.outputs);
         }
         let used = match result {
             Ok(n) => n,
@@ -284,11 +276,7 @@ impl Engine {
             let mut out = BytesMut::with_capacity(held.len());
             transform.encrypt_into(&held, &mut out);
             if let Some(c) = self.conns.get_mut(&id) {
-                c.unflushed += out.len();
-                self.outputs.push_back(Output::Send {
-                    conn: id,
-                    data: out.freeze(),
-                });
+                c.unflushed += self.utp.send_bytes(id, out.freeze(), &mut self.outputs);
             }
         }
         data.advance(used);

@@ -9,7 +9,8 @@
 //!
 //! - **Reads**: the socket's `Readable` event moves every in-order byte into one buffer that goes to
 //!   `handle_read_owned`, as a TCP read would.
-//! - **Sends, with backpressure**: `flush` hands the session's bytes to [`UtpGlue::send`]; what the
+//! - **Sends, with backpressure**: `flush` and the MSE handshake hand their bytes to
+//!   [`UtpGlue::send_bytes`]; what the
 //!   socket's bounded send buffer ([`UtpConfig::send_buffer`]) does not take waits here and counts as
 //!   unflushed (so the engine's send window, 1 MiB, caps it, and disk reads for the peer pause as with a
 //!   slow TCP socket); the socket's `Writable` event moves it on, like `handle_flushed`.
@@ -20,7 +21,7 @@
 //!   connected to us over uTP) and TCP to the rest, falling back to TCP on the same connection id
 //!   when a uTP SYN is unanswered for [`SYN_FALLBACK`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -125,15 +126,33 @@ impl UtpGlue {
         }
     }
 
-    /// Queues the session's `data` on uTP connection `id`: `None` when `id` is not uTP (send it as
-    /// `Output::Send`), else how many of its bytes still wait here (unflushed).
-    pub(super) fn send(&mut self, id: ConnId, data: Bytes) -> Option<usize> {
-        let &u = self.by_engine.get(&id)?;
+    /// Sends a peer connection's bytes: into its uTP stream, or as `Output::Send` for the driver.
+    /// Returns how many of them are now unflushed (all of a TCP send; for uTP, what its send
+    /// buffer did not take yet).
+    pub(super) fn send_bytes(
+        &mut self,
+        id: ConnId,
+        data: Bytes,
+        outputs: &mut VecDeque<Output>,
+    ) -> usize {
+        if self.by_engine.contains_key(&id) {
+            return self.send(id, data);
+        }
+        let n = data.len();
+        outputs.push_back(Output::Send { conn: id, data });
+        n
+    }
+
+    /// Queues `data` on uTP connection `id`; returns how many of its bytes still wait here.
+    fn send(&mut self, id: ConnId, data: Bytes) -> usize {
+        let Some(&u) = self.by_engine.get(&id) else {
+            return 0;
+        };
         let waiting = self.pending.entry(id).or_default();
         if !waiting.is_empty() {
             let n = data.len();
             waiting.push(data);
-            return Some(n);
+            return n;
         }
         let taken = match self.socket.write(u, &data) {
             Ok(n) => n,
@@ -143,7 +162,7 @@ impl UtpGlue {
         if taken < data.len() {
             waiting.push(data.slice(taken..));
         }
-        Some(data.len() - taken)
+        data.len() - taken
     }
 
     /// Moves waiting bytes of `id` into the socket; returns how many it took.

@@ -156,7 +156,7 @@ pub enum ParseError {
     /// Type nibble above 4.
     #[error("unknown uTP packet type {0}")]
     Type(u8),
-    /// A selective ack of length zero or not a multiple of 4.
+    /// A selective ack of length zero.
     #[error("malformed selective ack of {0} bytes")]
     BadSack(u8),
 }
@@ -210,7 +210,9 @@ impl<'a> Packet<'a> {
                 return Err(ParseError::Truncated);
             }
             if ext == EXT_SELECTIVE_ACK {
-                if len == 0 || len % 4 != 0 {
+                // BEP 29 asks for a multiple of 4 bytes, but libtorrent 2.0 sends as few bytes as
+                // its bits need (1 or 2): every length but zero is taken.
+                if len == 0 {
                     return Err(ParseError::BadSack(len));
                 }
                 sack = Some(SelectiveAck::from_bytes(&b[start..end]));
@@ -343,6 +345,16 @@ mod tests {
         v[1] = 1;
         v.extend_from_slice(&[0, 0]);
         assert_eq!(Packet::parse(&v), Err(ParseError::BadSack(0)));
+        // A one-byte sack, as libtorrent 2.0 sends them (not a multiple of 4), is taken.
+        let mut v = out.clone();
+        v[1] = 1;
+        v.extend_from_slice(&[0, 1, 0b0000_0101]);
+        let p = Packet::parse(&v).expect("a one-byte sack");
+        assert_eq!(
+            p.sack.map(|s| s.as_bytes().to_vec()),
+            Some(vec![0b0000_0101])
+        );
+        assert!(p.payload.is_empty());
         // Unknown extensions are skipped.
         let mut v = out.clone();
         v[1] = 3;

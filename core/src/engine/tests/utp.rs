@@ -45,9 +45,17 @@ fn assert_utp_only(net: &Net) {
 fn download_over_utp_only() {
     let (mut net, content, ts, tl) = pair(Transport::Utp, Transport::Utp);
     dial(&mut net, tl);
-    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
+    // Quick: the MSE handshake (`prefer`) and everything after it go over the stream at once; a
+    // byte lost on the way would show as the 30 s handshake timeout and a plain redial.
+    assert!(net.run_until(Duration::from_secs(2), |n| n.completed(1, tl)));
     assert_eq!(disk_content(&net.nodes[1], tl), content);
     assert_utp_only(&net);
+    let via_mse = net.nodes[1]
+        .engine
+        .conns
+        .keys()
+        .all(|id| net.nodes[1].engine.mse.via_mse(*id));
+    assert!(via_mse, "the stream was set up by an MSE handshake");
     let up = net.nodes[0]
         .engine
         .torrent_stats(net.now, ts)
@@ -68,7 +76,7 @@ fn download_over_utp_survives_five_percent_loss() {
     let (mut net, content, _ts, tl) = pair(Transport::Utp, Transport::Utp);
     net.utp_loss = 50;
     dial(&mut net, tl);
-    assert!(net.run_until(Duration::from_secs(600), |n| n.completed(1, tl)));
+    assert!(net.run_until(Duration::from_secs(25), |n| n.completed(1, tl)));
     assert_eq!(disk_content(&net.nodes[1], tl), content);
     assert!(net.utp_dropped > 5, "only {} dropped", net.utp_dropped);
     assert_utp_only(&net);
