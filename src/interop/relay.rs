@@ -10,10 +10,11 @@
 //! socket of its own (bound to an ephemeral loopback port) and sends that client's datagrams to the
 //! target from it; whatever the target sends back to that upstream socket goes to that client,
 //! from the listening socket. So the target sees one distinct peer address per client (the
-//! upstream socket's), and answering that address reaches the client through the relay. A peer
-//! the target dials by itself (e.g. a listen port it learned from an extension handshake) bypasses
-//! the relay: a test that wants both directions of dial through a lossy link uses one relay per
-//! direction. [`RelayStats`] counts what went through, so a test can check that the payload did.
+//! upstream socket's), and answering that address reaches the client through the relay. Peers
+//! learn each other's listen ports from their extension handshakes and may dial those at the IP
+//! they know the other by, the relay's: [`UdpRelay::start_on`] an IP nobody else listens on (e.g.
+//! 127.0.0.3) makes such dials find nobody, so every byte takes the relay; a test that wants both
+//! directions of dial through a lossy link uses one relay per direction. [`RelayStats`] counts what went through, so a test can check that the payload did.
 //!
 //! Loss, reordering and duplication draw from a seeded generator, one per flow (client and
 //! direction), so the n-th datagram of a flow meets the same fate on every run with the same seed.
@@ -291,14 +292,27 @@ pub struct UdpRelay {
 }
 
 impl UdpRelay {
-    /// Listens on `127.0.0.1` (an ephemeral port) and relays to `target` as `config` says.
+    /// Listens on `127.0.0.1` (`::1` for an IPv6 target; an ephemeral port) and relays to `target`
+    /// as `config` says.
     pub fn start(target: SocketAddr, config: RelayConfig) -> io::Result<UdpRelay> {
-        let listen_ip = if target.is_ipv6() {
-            "[::1]:0"
+        let listen: SocketAddr = if target.is_ipv6() {
+            "[::1]:0".parse().expect("an IPv6 literal")
         } else {
-            "127.0.0.1:0"
+            "127.0.0.1:0".parse().expect("an IPv4 literal")
         };
-        let front = Arc::new(UdpSocket::bind(listen_ip)?);
+        UdpRelay::start_on(listen, target, config)
+    }
+
+    /// Listens on `listen` and relays to `target`; the upstream sockets bind the same IP. An IP
+    /// that no peer listens on (e.g. 127.0.0.3) keeps peers from bypassing the relay: a peer that
+    /// learns the other's listen port from a handshake and dials it at the IP it knows that peer
+    /// by (the relay's) finds nobody there.
+    pub fn start_on(
+        listen: SocketAddr,
+        target: SocketAddr,
+        config: RelayConfig,
+    ) -> io::Result<UdpRelay> {
+        let front = Arc::new(UdpSocket::bind(listen)?);
         front.set_read_timeout(Some(POLL))?;
         let addr = front.local_addr()?;
         let shared = Arc::new(Shared {
@@ -381,11 +395,8 @@ fn front_loop(
 ) {
     let mut upstream: HashMap<SocketAddr, (Arc<UdpSocket>, Draws)> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let bind_ip = if shared.target.is_ipv6() {
-        "[::1]:0"
-    } else {
-        "127.0.0.1:0"
-    };
+    // Upstream sockets on the listening IP: the target sees the relay at one IP only.
+    let bind_ip = SocketAddr::new(front.local_addr().map_or(shared.target.ip(), |a| a.ip()), 0);
     while !shared.stopping() {
         let (n, from) = match front.recv_from(&mut buf) {
             Ok(got) => got,
