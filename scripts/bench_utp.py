@@ -64,6 +64,33 @@ class UtpBench(bench_real.Bench):
         self.table()
 
 
+    def table(self):
+        """Medians per pair, MB/s with one decimal (uTP on a loaded machine can be slow)."""
+        import statistics
+
+        cols = [("done_mbs", "done MB/s", "%.1f"), ("exit_mbs", "exit MB/s", "%.1f"),
+                ("l_cpu_gib", "L cpu-s/GiB", "%.2f"), ("s_cpu_gib", "S cpu-s/GiB", "%.2f"),
+                ("l_rss_mib", "L rss MiB", "%.0f"), ("others", "others", "%.2f"), ("load1", "load1", "%.2f")]
+        print()
+        print("medians of %d (%d MiB, %d KiB pieces, uTP only); range = min-max of done MB/s"
+              % (self.args.repeat, self.args.size_mib, self.args.piece_kib))
+        print("| pair | ok | " + " | ".join(c[1] for c in cols) + " | range |")
+        print("|---|---|" + "---|" * len(cols) + "---|")
+        for pair in self.args.pairs:
+            rows = [r for r in self.results if r["config"] == pair]
+            if not rows:
+                continue
+            good = [r for r in rows if r["ok"]] or rows
+            meds = []
+            for key, _, fmt in cols:
+                vals = [r[key] for r in good if r[key] == r[key]]
+                meds.append(fmt % statistics.median(vals) if vals else "-")
+            done = [r["done_mbs"] for r in good if r["done_mbs"] == r["done_mbs"]]
+            span = "%.1f-%.1f" % (min(done), max(done)) if done else "-"
+            print("| %s | %d/%d | %s | %s |" % (pair, sum(r["ok"] for r in rows), len(rows), " | ".join(meds), span))
+        print("raw results: %s; logs: %s" % (self.out.name, self.log_dir), flush=True)
+
+
 def has_transport_switch(binary):
     """Whether this Hyperblow build knows `--transport` (uTP wired in)."""
     try:
