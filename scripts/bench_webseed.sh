@@ -9,7 +9,9 @@
 # process serves the files as the user that runs this, and stopping its PID stops it), a test CA and
 # server certificate made with openssl (trusted through SSL_CERT_FILE), the torrent made by
 # `hyperblow create --web-seed`, and each run's download directory (removed after the run).
-# Needs: nginx (Debian's /usr/sbin/nginx), openssl, bc, cargo; curl (optional) gives a baseline.
+# Needs: nginx (Debian's /usr/sbin/nginx), openssl, bc, cargo; curl (optional) gives a baseline;
+# GNU time (/usr/bin/time, optional) gives Hyperblow's CPU seconds per run (user + system), a figure
+# the machine's load barely moves, unlike MB/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,8 +84,11 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
+TIME=()
+[ -x /usr/bin/time ] && TIME=(/usr/bin/time -f '%U %S' -o "$dir/cpu")
+
 bench() { # name url
-  local name=$1 url=$2 rates=()
+  local name=$1 url=$2 rates=() cpus=()
   "$HB" create -o "$dir/$name.torrent" --piece-length 1048576 --no-date --web-seed "$url" \
     "$dir/www/bench.bin" >/dev/null
   for i in $(seq "$RUNS"); do
@@ -91,13 +96,22 @@ bench() { # name url
     mkdir -p "$dir/out"
     local t0 t1
     t0=$(date +%s.%N)
-    SSL_CERT_FILE=$dir/ca.pem "$HB" download -q -o "$dir/out" --bind 127.0.0.1 \
+    SSL_CERT_FILE=$dir/ca.pem "${TIME[@]}" "$HB" download -q -o "$dir/out" --bind 127.0.0.1 \
       "$dir/$name.torrent" >/dev/null 2>"$dir/err.log" || { cat "$dir/err.log" >&2; exit 1; }
     t1=$(date +%s.%N)
     cmp -s "$dir/out/bench.bin" "$dir/www/bench.bin" || { echo "$name run $i: content differs" >&2; exit 1; }
     rates+=("$(echo "$SIZE_MIB * 1048576 / ($t1 - $t0) / 1000000" | bc -l)")
-    printf '%s run %d: %.0f MB/s\n' "$name" "$i" "${rates[-1]}"
+    local cpu=""
+    if [ "${#TIME[@]}" -gt 0 ]; then
+      cpus+=("$(awk '{print $1 + $2}' "$dir/cpu")")
+      cpu=$(printf ', %.2f CPU-s' "${cpus[-1]}")
+    fi
+    printf '%s run %d: %.0f MB/s%s\n' "$name" "$i" "${rates[-1]}" "$cpu"
   done
+  if [ "${#cpus[@]}" -gt 0 ]; then
+    printf '%s\n' "${cpus[@]}" | sort -g | awk -v n="$name" \
+      '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%s: median %.2f CPU-s (user + system) per download\n", n, m}'
+  fi
   # The same file with curl (no hashing, one connection), interleaved: the ceiling under this load.
   if command -v curl >/dev/null 2>&1; then
     local base=()

@@ -7,7 +7,12 @@
 //! (c) a web seed and a libtorrent seeder together;
 //! (d) a web seed that serves corrupt bytes for one file next to a libtorrent seeder: that seed is
 //!     disabled, the download completes from the peer, nothing bad is written;
-//! (e) a web seed that answers `503` with `Retry-After` and then recovers.
+//! (e) a web seed that answers `503` with `Retry-After` and then recovers;
+//! (f) an `https://` web seed on `127.0.0.1` whose every file answers `302` to another host name
+//!     (`localhost`, as archive.org sends each file to an `iaNNN` host): the name is resolved, its
+//!     certificate checked for that name, and later ranges of a file go there directly;
+//! (g) a magnet link with `ws=` and one peer that has the metadata but no piece: the metadata comes
+//!     from the peer, every byte from the web seed, and the saved `.torrent` lists the web seed.
 //!
 //! Every wait is bounded; discovery (DHT, LSD, UPnP, NAT-PMP) is off in every program. The torrents
 //! have no tracker: the web seed (and `--peer`-style peers) is all there is.
@@ -21,9 +26,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{assert_same, lt_seeder, Hb, Rt, PROGRAM_BOUND, WAIT};
+use hyperblow_core::magnet::MagnetLink;
 use hyperblow_core::metainfo::{Metainfo, TorrentBuilder};
 use hyperblow_driver::engine::Event;
-use hyperblow_driver::AddTorrentRequest;
+use hyperblow_driver::{AddMagnetRequest, AddTorrentRequest};
 use hyperblow_tests::interop::{payload, require_libtorrent, require_tool, Nginx, TestPki};
 
 on_both_runtimes!(
@@ -31,7 +37,9 @@ on_both_runtimes!(
     web_seed_alone_multi_file_over_https,
     web_seed_with_a_libtorrent_seeder,
     corrupt_web_seed_is_dropped_and_peers_finish,
-    busy_web_seed_recovers
+    busy_web_seed_recovers,
+    redirect_to_another_host_name,
+    magnet_ws_after_metadata_from_a_peer
 );
 
 fn nginx_present() -> bool {
@@ -340,4 +348,128 @@ fn busy_web_seed_recovers(rt: Rt) {
         "{}",
         nginx.access_log()
     );
+}
+
+fn redirect_to_another_host_name(rt: Rt) {
+    if !nginx_present() {
+        return;
+    }
+    // `localhost` must lead to the 127.0.0.1 nginx listens on (if it resolves to ::1 first, that
+    // address refuses the connection and the next one is tried).
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = ("localhost", 80)
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    let v4 = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    if !addrs.iter().any(|a| a.ip() == v4) {
+        eprintln!("skipped: localhost resolves to {addrs:?}, without 127.0.0.1");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let www = dir.path().join("www");
+    let pki = TestPki::new("Hyperblow redirect CA", &["127.0.0.1", "localhost"]).expect("PKI");
+    let ca = pki.write_ca(&dir.path().join("ca.pem")).expect("CA bundle");
+    // Requests for /origin/... go to the same path under /items/ on host `localhost`.
+    let extra = "            location ~ ^/origin/(?<rest>.*)$ {\n                \
+                 return 302 https://localhost:$server_port/items/$rest;\n            }\n";
+    let nginx = Nginx::files(&www, Some(&pki), extra, PROGRAM_BOUND).expect("start nginx");
+    let url = format!("https://127.0.0.1:{}/origin/", nginx.port());
+    let (meta, files) = make(
+        &www.join("items"),
+        "set",
+        &[("one.bin", 3_000_000), ("two.bin", 2_500_000)],
+        64 * 1024,
+        &url,
+        60 + rt as u64,
+    );
+    let hb = Hb::start(rt, |c| {
+        c.tls_roots = Some(ca.clone());
+        // Several runs per file, so that later ranges show where they go.
+        c.engine.webseed.run_bytes = 512 * 1024;
+    });
+    let out = dir.path().join("hb");
+    let added = hb.add(AddTorrentRequest::new(meta, &out));
+    hb.wait_complete(added.id, WAIT, &[nginx.process()]);
+    check_files(&out, &files);
+    let st = hb.stats(added.id);
+    assert_eq!(st.web_seeds[0].status, None, "{st:?}");
+    assert_eq!(
+        st.web_seeds[0].downloaded,
+        files.iter().map(|(_, d)| d.len() as u64).sum::<u64>()
+    );
+    let log = nginx
+        .wait_access_log(
+            &[
+                "GET /origin/set/one.bin HTTP/1.1\" 302",
+                "GET /items/set/one.bin HTTP/1.1\" 206",
+                "GET /items/set/two.bin HTTP/1.1\" 206",
+            ],
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let redirected = log.lines().filter(|l| l.contains("\" 302 ")).count();
+    let served = log.lines().filter(|l| l.contains("\" 206 ")).count();
+    // At most one redirect per file per connection (4); every run after that goes straight on.
+    assert!(redirected <= 2 * 4, "{redirected} redirects:\n{log}");
+    assert!(
+        served > redirected,
+        "{served} ranges, {redirected} redirects:\n{log}"
+    );
+    eprintln!(
+        "[redirect] {}: {redirected} redirects, {served} ranges from the other host",
+        rt.name()
+    );
+}
+
+fn magnet_ws_after_metadata_from_a_peer(rt: Rt) {
+    if !nginx_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let www = dir.path().join("www");
+    let nginx = Nginx::files(&www, None, "", PROGRAM_BOUND).expect("start nginx");
+    let url = format!("http://127.0.0.1:{}/", nginx.port());
+    let (meta, files) = make(
+        &www,
+        "via magnet",
+        &[("x.bin", 3_000_000), ("y.bin", 1_000_000)],
+        64 * 1024,
+        &url,
+        70 + rt as u64,
+    );
+    // The peer knows the torrent (without its web seed) and has none of its data.
+    let peer = Hb::start(rt, |_| {});
+    let mut bare = meta.clone();
+    bare.url_list.clear();
+    peer.add(AddTorrentRequest::new(bare, dir.path().join("peer")));
+    let uri = format!(
+        "magnet:?xt=urn:btih:{}&ws={}",
+        meta.info_hash(),
+        url.replace(':', "%3A").replace('/', "%2F")
+    );
+    let link = MagnetLink::parse(&uri).expect("a valid link");
+    assert_eq!(link.web_seeds, vec![url.clone()]);
+    let hb = Hb::start(rt, |_| {});
+    let out = dir.path().join("hb");
+    let added = hb
+        .session
+        .add_magnet(AddMagnetRequest::new(link, &out).peers(vec![peer.addr()]))
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("add_magnet: {e}"));
+    hb.wait_complete(added.id, WAIT, &[nginx.process()]);
+    check_files(&out, &files);
+    let st = hb.stats(added.id);
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(st.web_seeds.len(), 1, "{st:?}");
+    assert_eq!(st.web_seeds[0].downloaded, total, "{st:?}");
+    let saved = hb
+        .session
+        .torrent_file(added.id)
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("torrent_file: {e}"))
+        .expect("the metadata is known");
+    let saved = Metainfo::from_bytes(&saved).expect("parse the saved torrent");
+    assert_eq!(saved.info_hash(), meta.info_hash());
+    assert_eq!(saved.url_list, vec![url]);
 }

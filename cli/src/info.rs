@@ -68,6 +68,7 @@ pub fn torrent_report(meta: &Metainfo) -> Value {
         "magnet": MagnetLink {
             display_name: Some(info.name().to_owned()),
             trackers: meta.trackers.iter().flatten().cloned().collect(),
+            web_seeds: meta.url_list.clone(),
             ..MagnetLink::new(info.info_hash())
         }
         .to_uri(),
@@ -93,6 +94,7 @@ pub fn magnet_report(link: &MagnetLink) -> Value {
         "info_hash": link.info_hash.to_hex(),
         "trackers": link.trackers.iter().map(|t| vec![t]).collect::<Vec<_>>(),
         "peers": link.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "web_seeds": link.web_seeds,
         "select_only": link.select_only.as_ref().map(ToString::to_string),
     })
 }

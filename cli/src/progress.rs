@@ -444,7 +444,9 @@ pub fn progress_json(st: &TorrentStats, elapsed: Duration) -> Value {
             "url": w.url,
             "connections": w.connections,
             "downloaded": w.downloaded,
+            "download_rate": w.download_rate,
             "status": w.status,
+            "last_error": w.last_error,
         })).collect::<Vec<_>>(),
     })
 }

@@ -272,6 +272,10 @@ fn create_writes_web_seeds_and_info_lists_them() {
     let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&std::fs::read(&torrent).unwrap())
         .expect("parse");
     assert_eq!(meta.url_list.len(), 2);
+    // The torrent's magnet link carries them as `ws=`.
+    let magnet = hyperblow_core::magnet::MagnetLink::parse(v["magnet"].as_str().expect("a link"))
+        .expect("parse the magnet");
+    assert_eq!(magnet.web_seeds, meta.url_list);
     let text = hyperblow(&["info", torrent.to_str().expect("utf-8 path")]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
@@ -293,6 +297,26 @@ fn magnet_info_without_metadata() {
     assert_eq!(v["info_hash"], "c12fe1c06bba254a9dc9f519b335aa7c1367a88a");
     assert_eq!(v["name"], "demo");
     assert_eq!(v["trackers"][0][0], "udp://127.0.0.1:1");
+}
+
+#[test]
+fn magnet_info_lists_its_web_seeds() {
+    let link = "magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=demo\
+                &ws=http%3A%2F%2Fmirror.test%2Fpub%2Fa%2520b.iso&ws=https://m2.test/d/";
+    let out = hyperblow(&["info", "--json", link]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["web_seeds"],
+        serde_json::json!(["http://mirror.test/pub/a%20b.iso", "https://m2.test/d/"])
+    );
+    let text = hyperblow(&["info", link]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Web seed:     http://mirror.test/pub/a%20b.iso")
+            && text.contains("Web seed:     https://m2.test/d/"),
+        "{text}"
+    );
 }
 
 /// A torrent whose name, file names, comment and trackers carry terminal escape sequences: `info`

@@ -268,3 +268,57 @@ fn tui_end_to_end_tokio() {
 fn tui_end_to_end_async_std() {
     end_to_end("async-std");
 }
+
+/// The Peers tab lists the torrent's web seeds (usable of listed, URL, state) above its peers: a
+/// torrent with two web seeds, nginx serving its files and one URL it has nothing under (404 for
+/// every file, so that seed stays listed and usable, with its last error), and no peer at all.
+#[test]
+fn tui_shows_web_seeds_in_the_peers_tab() {
+    use hyperblow_tests::interop::nginx::NGINX;
+    use hyperblow_tests::interop::{require_tool, Nginx};
+    if require_tool(NGINX).is_none() {
+        return;
+    }
+    let name = "tui-web";
+    let files = [("a.bin", 700_000), ("b.bin", 300_000)];
+    let fx = fixture(name, &files, 65_536, &[], 19);
+    let www = fx.dir.path().join("seed");
+    let nginx = Nginx::files(&www, None, "", Duration::from_secs(150)).expect("start nginx");
+    let good = format!("http://127.0.0.1:{}/", nginx.port());
+    let empty = format!("http://127.0.0.1:{}/nothing-here/", nginx.port());
+    // `url-list` is outside the info dictionary: same torrent, now with web seeds.
+    let mut meta = fx.meta.clone();
+    meta.url_list = vec![good.clone(), empty.clone()];
+    let torrent = fx.dir.path().join("web.torrent");
+    std::fs::write(&torrent, meta.to_bytes()).expect("write the torrent");
+    let out = fx.dir.path().join("out");
+    let state = fx.dir.path().join("state");
+    let tui = Tmux::start(
+        &[
+            "tui",
+            "--no-dht",
+            s(&torrent),
+            "-o",
+            s(&out),
+            "--state-dir",
+            s(&state),
+            "--bind",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    tui.wait("the download from the web seed to complete", |sc| {
+        row(sc, name).is_some_and(|r| r.contains("Seeding"))
+    });
+    let want = hyperblow_tests::fixture::tree(&files, 19);
+    hyperblow_tests::fixture::assert_file(&out.join(name), &want[0]);
+    hyperblow_tests::fixture::assert_file(&out.join(name), &want[1]);
+    tui.keys(&["3"]);
+    let screen = tui.wait("the web seeds listed", |sc| {
+        sc.contains("Web seeds 2/2 usable") && sc.contains(&good) && sc.contains(&empty)
+    });
+    assert!(screen.contains("(no peers connected)"), "{screen}");
+    tui.keys(&["q"]);
+    let screen = tui.wait("the exit", |sc| sc.contains("EXIT="));
+    assert!(screen.contains("EXIT=0"), "{screen}");
+}

@@ -2,7 +2,9 @@
 //!
 //! A magnet link names a torrent by its info-hash alone; the metadata is then fetched from peers. This
 //! module parses and formats the link itself:
-//! `magnet:?xt=urn:btih:<40 hex | 32 base32>&dn=<name>&tr=<tracker>...&x.pe=<host:port>...&so=<0,2,4-6>`.
+//! `magnet:?xt=urn:btih:<40 hex | 32 base32>&dn=<name>&tr=<tracker>...&ws=<web seed>...&x.pe=<host:port>...&so=<0,2,4-6>`.
+//! `ws` (web seeds, BEP 19 `url-list` entries, as libtorrent reads them) is not in BEP 9, but the info
+//! dictionary a peer sends never holds a `url-list`, so a link is the only way to carry them.
 //! Unknown parameters are ignored, as BEP 9 asks, so links made by newer clients still work.
 
 use std::fmt;
@@ -20,6 +22,8 @@ pub struct MagnetLink {
     pub display_name: Option<String>,
     /// Tracker URLs (`tr`), in the order given, duplicates removed.
     pub trackers: Vec<String>,
+    /// Web seed URLs (`ws`), in the order given, duplicates removed; used once the metadata is known.
+    pub web_seeds: Vec<String>,
     /// Peer addresses to try directly (`x.pe`).
     pub peers: Vec<PeerHint>,
     /// Files to download (`so`, BEP 53), as indices into the torrent's file list; `None` means all.
@@ -161,6 +165,7 @@ impl MagnetLink {
             info_hash,
             display_name: None,
             trackers: Vec::new(),
+            web_seeds: Vec::new(),
             peers: Vec::new(),
             select_only: None,
         }
@@ -200,6 +205,12 @@ impl MagnetLink {
                         link.trackers.push(tracker);
                     }
                 }
+                "ws" => {
+                    let url = percent_decode(raw, false)?;
+                    if !url.is_empty() && !link.web_seeds.contains(&url) {
+                        link.web_seeds.push(url);
+                    }
+                }
                 "x.pe" => {
                     let peer = parse_peer(&percent_decode(raw, false)?)?;
                     if !link.peers.contains(&peer) {
@@ -230,6 +241,10 @@ impl MagnetLink {
         for tracker in &self.trackers {
             out.push_str("&tr=");
             percent_encode_into(&mut out, tracker);
+        }
+        for url in &self.web_seeds {
+            out.push_str("&ws=");
+            percent_encode_into(&mut out, url);
         }
         for peer in &self.peers {
             out.push_str("&x.pe=");
@@ -320,7 +335,9 @@ mod tests {
         let uri = format!(
             "magnet:?xt=urn:btih:{HEX}&dn=Some+Name%20%C3%A9&tr=udp%3A%2F%2Ftracker.example%3A6969\
              &tr=http://t.example/announce&tr=http://t.example/announce&x.pe=127.0.0.1:6881\
-             &x.pe=%5B::1%5D:51413&so=0,2,4-6&unknown=whatever"
+             &x.pe=%5B::1%5D:51413&so=0,2,4-6&unknown=whatever\
+             &ws=http%3A%2F%2Fmirror.example%2Fpub%2Fmy%2520file.iso&ws=https://m2.example/d/\
+             &ws=https://m2.example/d/&ws="
         );
         let link = MagnetLink::parse(&uri).expect("valid link");
         assert_eq!(link.info_hash.to_hex(), HEX);
@@ -340,6 +357,14 @@ mod tests {
                     host: "::1".into(),
                     port: 51413
                 },
+            ]
+        );
+        // Percent-decoded once: the URL keeps its own escape (`%20`), duplicates and empties dropped.
+        assert_eq!(
+            link.web_seeds,
+            vec![
+                "http://mirror.example/pub/my%20file.iso",
+                "https://m2.example/d/"
             ]
         );
         let so = link.select_only.as_ref().expect("so given");
@@ -385,6 +410,7 @@ mod tests {
         let with = |extra: &str| MagnetLink::parse(&format!("magnet:?xt=urn:btih:{HEX}&{extra}"));
         assert!(matches!(with("dn=%zz"), Err(MagnetError::BadEncoding(_))));
         assert!(matches!(with("dn=%C3"), Err(MagnetError::BadEncoding(_))));
+        assert!(matches!(with("ws=%4"), Err(MagnetError::BadEncoding(_))));
         assert!(matches!(with("x.pe=nohost"), Err(MagnetError::BadPeer(_))));
         assert!(matches!(with("x.pe=::1:80"), Err(MagnetError::BadPeer(_))));
         assert!(matches!(with("x.pe=h:0"), Err(MagnetError::BadPeer(_))));
@@ -411,8 +437,17 @@ mod tests {
             proptest::collection::vec("[a-z]{1,8}://[a-z.]{1,10}(:[0-9]{1,5})?/[a-z]{0,8}", 0..4),
             proptest::collection::vec(("[a-z0-9.]{1,12}", 1u16..), 0..3),
             proptest::option::of(proptest::collection::vec((0u32..50, 0u32..5), 1..4)),
+            // Web seed URLs with the characters that need escaping in a link (`&`, `=`, `%`, `+`,
+            // `#`, spaces, non-ASCII).
+            proptest::collection::vec("https?://[a-z.]{1,10}/[a-zA-Z0-9 &=%+#?/é.~-]{0,20}", 0..4),
         )
-            .prop_map(|(hash, dn, trackers, peers, so)| {
+            .prop_map(|(hash, dn, trackers, peers, so, ws)| {
+                let mut web_seeds = Vec::new();
+                for u in ws {
+                    if !web_seeds.contains(&u) {
+                        web_seeds.push(u);
+                    }
+                }
                 let mut trackers_dedup = Vec::new();
                 for t in trackers {
                     if !trackers_dedup.contains(&t) {
@@ -430,6 +465,7 @@ mod tests {
                     info_hash: InfoHash(hash),
                     display_name: dn,
                     trackers: trackers_dedup,
+                    web_seeds,
                     peers: peer_hints,
                     select_only: so.map(|r| {
                         FileSelection::from_ranges(r.into_iter().map(|(a, w)| (a, a + w)).collect())

@@ -90,6 +90,7 @@ put("ut_pex", "two", b"d5:added6:" + added[:6] + b"e!d7:dropped6:" + added[:6] +
 put("magnet", "hex", b"magnet:?xt=urn:btih:0102030405060708090a0b0c0d0e0f1011121314&dn=a%20file&tr=udp%3A%2F%2F127.0.0.1%3A6969%2Fannounce&tr=http://127.0.0.1:8000/announce")
 put("magnet", "base32", b"magnet:?xt=urn:btih:AEBAGBAFAYDQQCIKBMGA2DQPCAIREEYU&x.pe=127.0.0.1:6881&x.pe=[::1]:51413&so=0,2,4-6")
 put("magnet", "so", b"0,2,4-6")
+put("magnet", "ws", b"magnet:?xt=urn:btih:0102030405060708090a0b0c0d0e0f1011121314&ws=http%3A%2F%2F127.0.0.1%3A8080%2Fa%2520b%2F&ws=https://127.0.0.1/x.iso")
 
 # Bencode: a tracker reply and an extension handshake (the torrents are copied in too).
 put("bencode", "reply", compact)

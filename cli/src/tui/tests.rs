@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hyperblow_core::bitfield::Bitfield;
+use hyperblow_core::engine::WebSeedStats;
 use hyperblow_core::time::Instant;
 use hyperblow_core::tracker::announce::{TrackerHandle, TrackerState, TrackerStatus};
 use hyperblow_core::{InfoHash, PeerId};
@@ -867,4 +868,40 @@ fn two_hundred_torrents_scroll_with_the_selection() {
     };
     let idx = items.iter().position(|i| i.info_hash == *h).expect("known");
     assert_eq!(idx, 199 - app.list_height);
+}
+
+#[test]
+fn the_peers_tab_shows_web_seeds_above_the_peers() {
+    let mut items = sample();
+    if let Some(s) = items[0].stats.as_mut() {
+        s.web_seeds = vec![
+            WebSeedStats {
+                url: "https://mirror.test/pub/debian-12.5.iso".into(),
+                connections: 3,
+                downloaded: 300 << 20,
+                download_rate: 2 << 20,
+                status: None,
+                last_error: Some("server busy".into()),
+            },
+            WebSeedStats {
+                url: "http://old.test/\u{1b}[2Jiso/".into(),
+                connections: 0,
+                downloaded: 0,
+                download_rate: 0,
+                status: Some("disabled: sent a piece that failed the hash check".into()),
+                last_error: Some("sent a piece that failed the hash check".into()),
+            },
+        ];
+    }
+    let mut app = App {
+        tab: Tab::Peers,
+        focus: Focus::Pane,
+        ..App::default()
+    };
+    let screen = text(&draw(&mut app, &items, 100, 30, true));
+    assert!(screen.contains("Web seeds 1/2 usable"), "{screen}");
+    assert!(!screen.contains('\u{1b}'), "escaped: {screen}");
+    // The peers are still listed below.
+    assert!(screen.contains("127.0.0.2:6881"), "{screen}");
+    insta::assert_snapshot!(screen);
 }

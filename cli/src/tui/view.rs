@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hyperblow_core::time::Instant;
 use hyperblow_core::tracker::announce::{TrackerState, TrackerStatus};
-use hyperblow_driver::engine::PeerStats;
+use hyperblow_driver::engine::{PeerStats, TorrentStats};
 use hyperblow_driver::RateLimits;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -466,8 +466,59 @@ pub fn peer_flags(p: &PeerStats) -> String {
     [d, u, s, o].iter().collect()
 }
 
+/// Most web seeds listed above the peers (the header gives the total).
+const WEB_SEED_ROWS: usize = 4;
+
+/// The torrent's web seeds, above its peers: usable of listed, then per seed its URL, open
+/// connections, rate and state (why it is not usable, or the last error it recovered from).
+fn draw_web_seeds(f: &mut Frame<'_>, area: Rect, s: &TorrentStats, cx: &Context) {
+    let usable = s.web_seeds.iter().filter(|w| w.status.is_none()).count();
+    let rows = s.web_seeds.iter().take(WEB_SEED_ROWS).map(|w| {
+        let state = match (&w.status, &w.last_error) {
+            (Some(why), _) => safe::escape(why).into_owned(),
+            (None, Some(e)) => format!("ok (last: {})", safe::escape(e)),
+            (None, None) => "ok".into(),
+        };
+        let row = Row::new(vec![
+            Line::from(safe::escape(&w.url).into_owned()),
+            Line::from(w.connections.to_string()).right_aligned(),
+            Line::from(size(w.download_rate)).right_aligned(),
+            Line::from(state),
+        ]);
+        if w.status.is_some() {
+            row.style(cx.theme.dim())
+        } else {
+            row
+        }
+    });
+    let title = format!("Web seeds {usable}/{} usable", s.web_seeds.len());
+    let header = Row::new(vec![title, "Conns".into(), "Down/s".into(), "State".into()])
+        .style(cx.theme.header());
+    let t = Table::new(
+        rows,
+        [
+            Constraint::Fill(3),
+            Constraint::Length(5),
+            Constraint::Length(6),
+            Constraint::Fill(2),
+        ],
+    )
+    .header(header);
+    f.render_widget(t, area);
+}
+
 fn draw_peers(f: &mut Frame<'_>, area: Rect, app: &App, it: &Item, cx: &Context) {
     let Some(s) = &it.stats else { return };
+    let area = if s.web_seeds.is_empty() {
+        area
+    } else {
+        // Header, rows, and a blank line before the peers.
+        let shown = s.web_seeds.len().min(WEB_SEED_ROWS) as u16;
+        let [top, rest] =
+            Layout::vertical([Constraint::Length(shown + 2), Constraint::Fill(1)]).areas(area);
+        draw_web_seeds(f, top, s, cx);
+        rest
+    };
     let pieces = it.details.as_ref().map_or(0, |d| d.pieces);
     let height = area.height.saturating_sub(1) as usize;
     let start = app.pane_offset.min(s.peer_list.len());

@@ -58,7 +58,8 @@ const METADATA_SERVE_BACKLOG: usize = 64 * 1024;
 /// A torrent to add from a magnet link (see [`Engine::add_magnet`]).
 #[derive(Debug, Clone)]
 pub struct AddMagnet {
-    /// The link: info-hash, display name, trackers, `x.pe` peer hints and `so=` file selection.
+    /// The link: info-hash, display name, trackers, `ws=` web seeds, `x.pe` peer hints and `so=`
+    /// file selection.
     pub link: MagnetLink,
     /// One flag per file, applied when the metadata arrives (it overrides the link's `so=`); `None`:
     /// the link's `so=`, or every file. A selection whose length is not the file count stops the
@@ -169,6 +170,8 @@ impl Engine {
             t.policy.start(now);
         }
         self.torrents.insert(id, t);
+        // The link's `ws=` web seeds wait for the metadata (their upkeep needs the file list).
+        self.webseeds_add(id, &link.web_seeds);
         self.dial_dirty = true;
         self.events.push_back(Event::TorrentAdded(id));
         self.maintain(now);
@@ -181,12 +184,14 @@ impl Engine {
         self.torrents.get(&torrent)?.meta.info()
     }
 
-    /// The torrent as a [`Metainfo`] (its info dictionary and tracker tiers), once the info is known:
+    /// The torrent as a [`Metainfo`] (its info dictionary, tracker tiers and web seeds), once the info is known:
     /// `to_bytes()` gives a `.torrent` file with the same info-hash (e.g. `--save-torrent`).
     pub fn torrent_metainfo(&self, torrent: TorrentId) -> Option<Metainfo> {
         let t = self.torrents.get(&torrent)?;
         let info = t.meta.info()?.clone();
-        Some(Metainfo::new(info, t.trackers.clone()))
+        let mut meta = Metainfo::new(info, t.trackers.clone());
+        meta.url_list = self.webseeds.urls(torrent);
+        Some(meta)
     }
 
     /// Adds pieces found intact on disk to a torrent's verified set; returns how many were new.

@@ -1,6 +1,7 @@
 //! Web seeds (BEP 19) inside the engine: each `url-list` entry of a torrent is a seed that has every
 //! piece, reached over HTTP(S) connections of their own kind ([`WebSeedConn`] ids).
 //!
+//! - **Seeds**: a torrent's `url-list`, or a magnet link's `ws=` (used once the metadata is known).
 //! - **Picking**: a web-seed connection is a picker peer with every piece that does not count in the
 //!   availability. It takes a piece the way a peer would (rarest first, so pieces no connected peer has
 //!   come first; free blocks of started pieces before new ones), then the adjacent pieces after it
@@ -12,7 +13,11 @@
 //!   disables that seed for the session, as does a ban of its address; nothing unverified is written.
 //! - **Answers**: `404`/`410` drop the seed for that file; `5xx`/`429` back off for `Retry-After` (or
 //!   [`super::super::webseed::DEFAULT_BACKOFF`]); redirects are followed up to
-//!   [`WebSeedConfig::max_redirects`] per request; a server that ignores `Range`, or answers with other
+//!   [`WebSeedConfig::max_redirects`] per request, to any host (archive.org sends every file to
+//!   another one): a host name is resolved once through `Output::Resolve` and shared, the target
+//!   host gets at most [`WebSeedConfig::max_conns_per_seed`] connections, `https` never goes down
+//!   to `http`, and later ranges of a redirected file go to its new URL directly (a failure there
+//!   forgets it); a server that ignores `Range`, or answers with other
 //!   bytes than those asked, is disabled; connection failures and stalls longer than
 //!   [`WebSeedConfig::idle_timeout`] back off exponentially. Claimed blocks go back to the picker
 //!   whenever a connection ends.
@@ -29,6 +34,7 @@ use bytes::{Bytes, BytesMut};
 use crate::bitfield::Bitfield;
 use crate::metainfo::Layout;
 use crate::peer::BlockRequest;
+use crate::peer::RateMeter;
 use crate::picker::{PeerKey, PeerPieces, BLOCK_SIZE};
 use crate::time::Instant;
 use crate::tracker::http::TrackerUrl;
@@ -85,6 +91,9 @@ const MAX_QUIET_CLOSES: u8 = 2;
 /// Shortest back-off, even for `Retry-After: 0`.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Addresses of a redirect target's name kept to try in turn.
+const MAX_HOST_ADDRS: usize = 8;
+
 /// Longest back-off after repeated failures.
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
@@ -97,8 +106,12 @@ pub struct WebSeedStats {
     pub connections: u32,
     /// Payload bytes received from it this session.
     pub downloaded: u64,
+    /// Bytes per second received from it (over the session's rate window).
+    pub download_rate: u64,
     /// `None` while usable; else why not (backing off, disabled).
     pub status: Option<String>,
+    /// The last thing that went wrong with it (kept after it recovers), if anything did.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,10 +132,14 @@ struct Seed {
     /// Pieces it can serve (`None`: all; narrowed by files it answered 404 for).
     mask: Option<Bitfield>,
     missing: BTreeSet<usize>,
+    /// Where files were redirected to (archive.org sends every file to another host): later ranges
+    /// of a file go there directly instead of through a redirect each.
+    redirected: BTreeMap<usize, TrackerUrl>,
     /// Every address its data came from (to recognise it among a failed piece's senders).
     addrs: BTreeSet<SocketAddr>,
     conns: BTreeSet<ConnId>,
     downloaded: u64,
+    rate: RateMeter,
     last_error: Option<String>,
 }
 
@@ -143,6 +160,11 @@ struct WsConn {
     seed: usize,
     key: PeerKey,
     addr: SocketAddr,
+    /// The server it talks to (`None` until dialled); a part whose URL is elsewhere needs a new
+    /// connection.
+    endpoint: Option<Endpoint>,
+    /// Whether the driver was asked to connect (`false` while the endpoint's name resolves).
+    dialed: bool,
     connected: bool,
     client: RangeClient,
     parts: VecDeque<Part>,
@@ -156,6 +178,39 @@ struct WsConn {
     pending: BytesMut,
 }
 
+/// A server of web-seed connections: host (name or address, as in the URL), port, and TLS.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Endpoint {
+    host: String,
+    port: u16,
+    tls: bool,
+}
+
+impl Endpoint {
+    fn of(url: &TrackerUrl) -> Endpoint {
+        Endpoint {
+            host: url.host().to_owned(),
+            port: url.port(),
+            tls: url.tls(),
+        }
+    }
+}
+
+/// A redirect target's host name: its addresses once resolved, and the one in use (the next is
+/// tried when it refuses connections, e.g. an IPv6 address on a network without IPv6).
+#[derive(Debug, Default)]
+struct HostAddr {
+    addrs: Vec<SocketAddr>,
+    current: usize,
+    resolving: bool,
+}
+
+impl HostAddr {
+    fn addr(&self) -> Option<SocketAddr> {
+        self.addrs.get(self.current).copied()
+    }
+}
+
 /// The engine's web seeds: per torrent, and per connection.
 #[derive(Debug, Default)]
 pub(super) struct WebSeeds {
@@ -163,6 +218,9 @@ pub(super) struct WebSeeds {
     seeds: BTreeMap<TorrentId, Vec<Seed>>,
     conns: BTreeMap<ConnId, WsConn>,
     resolves: BTreeMap<ResolveId, (TorrentId, usize)>,
+    /// Host names that redirects led to (resolved once, shared by every seed and torrent).
+    hosts: BTreeMap<(String, u16), HostAddr>,
+    host_resolves: BTreeMap<ResolveId, (String, u16)>,
 }
 
 impl WebSeeds {
@@ -196,6 +254,14 @@ impl WebSeeds {
         self.seed_of_addr(tid, addr).is_some()
     }
 
+    /// The torrent's web seed URLs (its `url-list`, or a magnet link's `ws=`).
+    pub fn urls(&self, tid: TorrentId) -> Vec<String> {
+        self.seeds
+            .get(&tid)
+            .map(|l| l.iter().map(|s| s.url.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// A snapshot of the torrent's web seeds.
     pub fn stats(&self, tid: TorrentId, now: Instant) -> Vec<WebSeedStats> {
         let Some(seeds) = self.seeds.get(&tid) else {
@@ -207,6 +273,8 @@ impl WebSeeds {
                 url: s.url.clone(),
                 connections: s.conns.len() as u32,
                 downloaded: s.downloaded,
+                download_rate: s.rate.rate(now),
+                last_error: s.last_error.clone(),
                 status: match &s.state {
                     SeedState::Ready => None,
                     SeedState::Backoff(at) => Some(format!(
@@ -267,9 +335,11 @@ impl Engine {
                 failures: 0,
                 mask: None,
                 missing: BTreeSet::new(),
+                redirected: BTreeMap::new(),
                 addrs: BTreeSet::new(),
                 conns: BTreeSet::new(),
                 downloaded: 0,
+                rate: RateMeter::new(self.config.session.rate_window),
                 last_error: None,
             });
         }
@@ -387,6 +457,8 @@ impl Engine {
                     seed: idx,
                     key,
                     addr,
+                    endpoint: None,
+                    dialed: false,
                     connected: false,
                     client,
                     parts: VecDeque::new(),
@@ -410,12 +482,94 @@ impl Engine {
             {
                 s.conns.insert(id);
             }
-            self.outputs.push_back(Output::Connect {
-                conn: id,
-                addr,
-                tls: base.tls().then(|| base.host().to_owned()),
-            });
+            if !self.ws_dial(now, id) {
+                // The run's server has its connections already.
+                self.ws_close(now, id, None);
+                return;
+            }
         }
+    }
+
+    /// Connects `id` to the server of its next request (a redirect may have moved a file to
+    /// another host), resolving a host name first; `false` if that server already has
+    /// [`WebSeedConfig::max_conns_per_seed`] connections (the caller closes `id`).
+    fn ws_dial(&mut self, _now: Instant, id: ConnId) -> bool {
+        let max = self.webseeds.config.max_conns_per_seed;
+        let Some(c) = self.webseeds.conns.get(&id) else {
+            return false;
+        };
+        let Some(seed) = self
+            .webseeds
+            .seeds
+            .get(&c.torrent)
+            .and_then(|l| l.get(c.seed))
+        else {
+            return false;
+        };
+        let Some(url) = c
+            .parts
+            .iter()
+            .find_map(|p| p.url.clone())
+            .or_else(|| seed.base.clone())
+        else {
+            return false;
+        };
+        let end = Endpoint::of(&url);
+        let same = self
+            .webseeds
+            .conns
+            .iter()
+            .filter(|(other, o)| **other != id && o.endpoint.as_ref() == Some(&end))
+            .count();
+        if same >= max {
+            return false;
+        }
+        let base_addr = seed
+            .base
+            .as_ref()
+            .filter(|b| b.host() == end.host && b.port() == end.port)
+            .and(seed.addr);
+        let known = match end.host.parse::<IpAddr>() {
+            Ok(ip) => Some(SocketAddr::new(ip, end.port)),
+            Err(_) => base_addr.or_else(|| {
+                self.webseeds
+                    .hosts
+                    .get(&(end.host.clone(), end.port))
+                    .and_then(HostAddr::addr)
+            }),
+        };
+        let key = (end.host.clone(), end.port);
+        let Some(c) = self.webseeds.conns.get_mut(&id) else {
+            return false;
+        };
+        c.endpoint = Some(end.clone());
+        match known {
+            Some(addr) => {
+                c.addr = addr;
+                c.dialed = true;
+                self.outputs.push_back(Output::Connect {
+                    conn: id,
+                    addr,
+                    tls: end.tls.then(|| end.host.clone()),
+                });
+            }
+            None => {
+                // Parked until the name resolves (its idle timeout bounds the wait).
+                c.dialed = false;
+                let h = self.webseeds.hosts.entry(key.clone()).or_default();
+                if !h.resolving {
+                    h.resolving = true;
+                    let rid = self.trackers.new_resolve_id();
+                    self.webseeds.host_resolves.insert(rid, key);
+                    self.outputs.push_back(Output::Resolve {
+                        id: rid,
+                        host: end.host,
+                        port: end.port,
+                    });
+                }
+            }
+        }
+        true
     }
 
     /// Claims a run of blocks for connection `id` and plans its requests; `false` if there is
@@ -513,7 +667,10 @@ impl Engine {
                 let url = if file.padding {
                     None
                 } else {
-                    TrackerUrl::parse(&file_url(&base, &name, multi, file)).ok()
+                    match seed.redirected.get(&slice.file_index) {
+                        Some(moved) => Some(moved.clone()),
+                        None => TrackerUrl::parse(&file_url(&base, &name, multi, file)).ok(),
+                    }
                 };
                 parts.push_back(Part {
                     file: slice.file_index,
@@ -566,6 +723,11 @@ impl Engine {
                 }
                 continue;
             };
+            if c.endpoint.as_ref() != Some(&Endpoint::of(&url)) {
+                // This file lives on another server (a redirect moved it).
+                c.parts.push_front(part);
+                return self.ws_reconnect(now, id);
+            }
             let asked = FileRange {
                 file_index: part.file,
                 range: part.range.clone(),
@@ -650,6 +812,7 @@ impl Engine {
             .and_then(|l| l.get_mut(idx))
         {
             s.downloaded += got;
+            s.rate.record(now, got);
             s.addrs.insert(addr);
             s.failures = 0;
         }
@@ -666,12 +829,13 @@ impl Engine {
                 ClientEvent::Done { keep_alive } => {
                     if let Some(c) = self.webseeds.conns.get_mut(&id) {
                         c.current = None;
+                        c.redirects = 0;
                         if keep_alive {
                             self.ws_send_next(now, id);
                         } else if c.parts.is_empty() {
                             self.ws_close(now, id, None);
                         } else {
-                            self.ws_reconnect(now, id, None);
+                            self.ws_reconnect(now, id);
                         }
                     }
                 }
@@ -696,49 +860,33 @@ impl Engine {
                     if let Some(c) = self.webseeds.conns.get_mut(&id) {
                         c.quiet_closes += 1;
                     }
-                    self.ws_reconnect(now, id, None);
+                    self.ws_reconnect(now, id);
                 }
                 ClientEvent::Failed(e) => self.ws_failed(now, id, e.to_string()),
             }
         }
     }
 
-    /// Moves a connection's remaining run to a new connection (to `to`, or the same address):
-    /// after `Connection: close`, or for a redirect.
-    fn ws_reconnect(&mut self, now: Instant, id: ConnId, to: Option<(SocketAddr, TrackerUrl)>) {
+    /// Moves a connection's remaining run to a new connection, to the server of its next request:
+    /// after `Connection: close`, a redirect, or when the next file lives elsewhere.
+    fn ws_reconnect(&mut self, now: Instant, id: ConnId) {
         let Some(mut c) = self.webseeds.conns.remove(&id) else {
             return;
         };
         self.ids.release(id);
-        self.outputs.push_back(Output::Close { conn: id });
+        if c.dialed {
+            self.outputs.push_back(Output::Close { conn: id });
+        }
         if let Some(part) = c.current.take() {
             c.parts.push_front(part);
-        }
-        let tls_host = match &to {
-            Some((_, url)) => url.tls().then(|| url.host().to_owned()),
-            None => c
-                .parts
-                .iter()
-                .find_map(|p| p.url.as_ref())
-                .and_then(|u| u.tls().then(|| u.host().to_owned())),
-        };
-        let tls_host = tls_host.or_else(|| {
-            self.webseeds
-                .seeds
-                .get(&c.torrent)
-                .and_then(|l| l.get(c.seed))
-                .and_then(|s| s.base.as_ref())
-                .and_then(|b| b.tls().then(|| b.host().to_owned()))
-        });
-        if let Some((addr, _)) = &to {
-            c.addr = *addr;
         }
         let conn = self.ids.mint_web_seed();
         let new = conn.id();
         c.connected = false;
+        c.dialed = false;
+        c.endpoint = None;
         c.client = RangeClient::new(self.webseeds.config.idle_timeout);
         c.client.arm(now);
-        let addr = c.addr;
         if let Some(s) = self
             .webseeds
             .seeds
@@ -749,13 +897,14 @@ impl Engine {
             s.conns.insert(new);
         }
         self.webseeds.conns.insert(new, c);
-        self.outputs.push_back(Output::Connect {
-            conn: new,
-            addr,
-            tls: tls_host,
-        });
+        if !self.ws_dial(now, new) {
+            // The target server has its connections: the run goes back to the picker.
+            self.ws_close(now, new, None);
+        }
     }
 
+    /// A `3xx` for the current request: it goes to `location` (on this server or another one,
+    /// never from `https` down to `http`), and later ranges of the same file go there directly.
     fn ws_redirect(&mut self, now: Instant, id: ConnId, location: &str) {
         let max = self.webseeds.config.max_redirects;
         let Some(c) = self.webseeds.conns.get_mut(&id) else {
@@ -775,34 +924,65 @@ impl Engine {
             Ok(n) => n,
             Err(e) => return self.ws_disable(now, id, format!("redirect to {location:?}: {e}")),
         };
-        let addr = if next.host() == url.host() && next.port() == url.port() {
-            c.addr
-        } else {
-            match next.host().parse::<IpAddr>() {
-                Ok(ip) => SocketAddr::new(ip, next.port()),
-                Err(_) => {
-                    return self.ws_failed(
-                        now,
-                        id,
-                        format!(
-                            "redirect to another host name ({}) is not followed",
-                            next.host()
-                        ),
-                    )
+        let old = part.url.replace(next.clone());
+        let (file, tid, idx) = (part.file, c.torrent, c.seed);
+        // Requests of the same file already planned (on this connection or the seed's others) go
+        // to the new place too, instead of through the same redirect again.
+        for o in self.webseeds.conns.values_mut() {
+            if o.torrent == tid && o.seed == idx {
+                for p in o
+                    .parts
+                    .iter_mut()
+                    .filter(|p| p.file == file && p.url == old)
+                {
+                    p.url = Some(next.clone());
                 }
             }
-        };
-        part.url = Some(next.clone());
-        self.ws_reconnect(now, id, Some((addr, next)));
+        }
+        if let Some((_, s)) = self.seed_mut(id) {
+            s.redirected.insert(file, next);
+        }
+        self.ws_reconnect(now, id);
     }
 
-    /// `404`/`410`: the seed lacks the current file; it is not asked for that file again.
+    /// `404`/`410`: the seed lacks the current file; it is not asked for that file again. A 404
+    /// from where an earlier redirect sent the file (not this request's) only forgets that
+    /// redirect: the file is asked at its own URL again at once.
     fn ws_file_missing(&mut self, now: Instant, id: ConnId) {
         let Some(c) = self.webseeds.conns.get(&id) else {
             return;
         };
         let (tid, idx) = (c.torrent, c.seed);
         let file = c.current.as_ref().map(|p| p.file);
+        let stale = c.redirects == 0
+            && file.is_some_and(|f| {
+                self.webseeds
+                    .seeds
+                    .get(&tid)
+                    .and_then(|l| l.get(idx))
+                    .and_then(|s| s.redirected.get(&f))
+                    .is_some_and(|u| c.current.as_ref().and_then(|p| p.url.as_ref()) == Some(u))
+            });
+        if let (true, Some(f)) = (stale, file) {
+            let own = self.ws_own_url(tid, idx, f);
+            if let Some(s) = self
+                .webseeds
+                .seeds
+                .get_mut(&tid)
+                .and_then(|l| l.get_mut(idx))
+            {
+                s.redirected.remove(&f);
+            }
+            if let Some(part) = self
+                .webseeds
+                .conns
+                .get_mut(&id)
+                .and_then(|c| c.current.as_mut())
+            {
+                part.url = own;
+            }
+            return self.ws_reconnect(now, id);
+        }
         let layout = self.torrents.get(&tid).and_then(|t| t.layout()).cloned();
         if let (Some(file), Some(layout), Some(s)) = (
             file,
@@ -836,6 +1016,23 @@ impl Engine {
         self.ws_close(now, id, None);
     }
 
+    /// File `file`'s URL at seed `idx` of `tid`, before any redirect.
+    fn ws_own_url(&self, tid: TorrentId, idx: usize, file: usize) -> Option<TrackerUrl> {
+        let seed = self.webseeds.seeds.get(&tid)?.get(idx)?;
+        let Meta::Known(known) = &self.torrents.get(&tid)?.meta else {
+            return None;
+        };
+        let info = &known.info;
+        let entry = info.layout().files().get(file)?;
+        TrackerUrl::parse(&file_url(
+            &seed.url,
+            info.name(),
+            info.is_multi_file(),
+            entry,
+        ))
+        .ok()
+    }
+
     fn seed_mut(&mut self, id: ConnId) -> Option<(TorrentId, &mut Seed)> {
         let c = self.webseeds.conns.get(&id)?;
         let tid = c.torrent;
@@ -865,9 +1062,18 @@ impl Engine {
     /// A connection or exchange failed: the seed backs off, longer after each failure in a row.
     fn ws_failed(&mut self, now: Instant, id: ConnId, why: String) {
         let retry = self.webseeds.config.retry;
+        let end = self
+            .webseeds
+            .conns
+            .get(&id)
+            .and_then(|c| c.endpoint.clone());
         let Some((_, s)) = self.seed_mut(id) else {
             return;
         };
+        // Files redirected to a failing server are asked at their own URL again after the wait.
+        if let Some(end) = end {
+            s.redirected.retain(|_, u| Endpoint::of(u) != end);
+        }
         s.failures = s.failures.saturating_add(1);
         let wait = retry
             .saturating_mul(1u32 << (s.failures - 1).min(10))
@@ -932,7 +1138,7 @@ impl Engine {
             return;
         };
         self.ids.release(id);
-        if closed_by_remote.is_none() {
+        if closed_by_remote.is_none() && c.dialed {
             self.outputs.push_back(Output::Close { conn: id });
         }
         self.ws_forget(now, id, &c);
@@ -977,6 +1183,29 @@ impl Engine {
 
     pub(super) fn webseed_connect_failed(&mut self, now: Instant, conn: WebSeedConn, reason: &str) {
         let id = conn.id();
+        // A redirect target's next address is tried at once; after the last one, the name is
+        // looked up again next time.
+        let end = self
+            .webseeds
+            .conns
+            .get(&id)
+            .and_then(|c| c.endpoint.as_ref())
+            .map(|e| (e.host.clone(), e.port));
+        if let Some(key) = end {
+            if let Some(h) = self.webseeds.hosts.get_mut(&key) {
+                h.current += 1;
+                if h.addr().is_some() {
+                    if let Some(c) = self.webseeds.conns.get_mut(&id) {
+                        // The driver has forgotten this connection already.
+                        c.dialed = false;
+                    }
+                    self.ws_reconnect(now, id);
+                    self.maintain(now);
+                    return;
+                }
+                self.webseeds.hosts.remove(&key);
+            }
+        }
         let url = self
             .seed_mut(id)
             .map(|(_, s)| s.url.clone())
@@ -1006,7 +1235,7 @@ impl Engine {
         // Still open after the events: the server closed an idle keep-alive connection.
         if let Some(c) = self.webseeds.conns.get(&id) {
             if c.current.is_some() || !c.parts.is_empty() {
-                self.ws_reconnect(now, id, None);
+                self.ws_reconnect(now, id);
             } else {
                 self.ws_close(now, id, Some(()));
             }
@@ -1020,6 +1249,11 @@ impl Engine {
         id: ResolveId,
         result: Result<Vec<SocketAddr>, String>,
     ) -> Result<(), Result<Vec<SocketAddr>, String>> {
+        if let Some(key) = self.webseeds.host_resolves.remove(&id) {
+            self.ws_host_resolved(now, key, result);
+            self.maintain(now);
+            return Ok(());
+        }
         let Some((tid, idx)) = self.webseeds.resolves.remove(&id) else {
             return Err(result);
         };
@@ -1048,6 +1282,64 @@ impl Engine {
         self.torrents.mark(&tid);
         self.maintain(now);
         Ok(())
+    }
+
+    /// A redirect target's name resolved: the connections waiting for it connect, or fail.
+    fn ws_host_resolved(
+        &mut self,
+        now: Instant,
+        key: (String, u16),
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        let entry = self.webseeds.hosts.entry(key.clone()).or_default();
+        entry.resolving = false;
+        entry.addrs = result
+            .as_ref()
+            .map(|a| a.iter().take(MAX_HOST_ADDRS).copied().collect())
+            .unwrap_or_default();
+        entry.current = 0;
+        let addr = entry.addr();
+        let waiting: Vec<ConnId> = self
+            .webseeds
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.dialed
+                    && c.endpoint
+                        .as_ref()
+                        .is_some_and(|e| e.host == key.0 && e.port == key.1)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            match addr {
+                Some(addr) => {
+                    let Some(c) = self.webseeds.conns.get_mut(&id) else {
+                        continue;
+                    };
+                    let tls = c
+                        .endpoint
+                        .as_ref()
+                        .and_then(|e| e.tls.then(|| e.host.clone()));
+                    c.addr = addr;
+                    c.dialed = true;
+                    c.client.arm(now);
+                    self.outputs.push_back(Output::Connect {
+                        conn: id,
+                        addr,
+                        tls,
+                    });
+                }
+                None => {
+                    let why = match &result {
+                        Err(e) => format!("cannot resolve {}: {e}", key.0),
+                        Ok(_) => format!("{} has no address", key.0),
+                    };
+                    self.ws_failed(now, id, why);
+                    self.ws_close(now, id, None);
+                }
+            }
+        }
     }
 
     /// Idle timeouts of connections and ends of back-offs.

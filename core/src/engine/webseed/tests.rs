@@ -6,9 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use sha1::{Digest, Sha1};
 
 use super::*;
-use crate::engine::{AddTorrent, EngineConfig, Job, JobId, JobResult};
+use crate::bencode::OwnedValue;
+use crate::engine::{AddMagnet, AddTorrent, EngineConfig, Job, JobId, JobResult};
+use crate::ext::metadata::{MetadataMessage, METADATA_PIECE_LEN};
+use crate::magnet::MagnetLink;
 use crate::metainfo::{Metainfo, TorrentBuilder};
 use crate::rng::{seeded, RngExt};
+use crate::types::PeerId;
+use crate::wire::{Decoded, Decoder, Handshake, Message, Reserved, DEFAULT_MAX_FRAME_LEN};
 
 /// How the fake server misbehaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +36,20 @@ enum Mode {
     /// Closes the connection without answering the second request on it (an idle keep-alive
     /// connection timed out by the server as the request went out).
     DropSecond,
+    /// Origins (every server but [`MIRROR`]) answer every request with `302` to this prefix
+    /// followed by the request's target; the mirror serves `/moved/...`.
+    RedirectTo(String),
+    /// Origins redirect to the mirror, which redirects back to the origin, forever.
+    RedirectLoop,
 }
 
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)), 8080);
+/// Where `mirror.test` resolves: the other host redirects lead to.
+const MIRROR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)), 8081);
+/// An address that refuses connections (`dual.test` resolves to it first, then to the mirror).
+const DEAD: SocketAddr = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 8081);
+/// A second origin (the second `url-list` entry of [`Harness::with_urls`]).
+const SERVER2: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 11)), 8080);
 
 struct Harness {
     now: Instant,
@@ -51,13 +67,37 @@ struct Harness {
     silenced: bool,
     max_open: usize,
     per_conn: BTreeMap<ConnId, u32>,
+    /// Where each open connection goes, and with which TLS server name.
+    server_of: BTreeMap<ConnId, (SocketAddr, Option<String>)>,
+    /// Names the harness resolves, and the lookups asked for.
+    names: BTreeMap<String, SocketAddr>,
+    resolved: Vec<String>,
+    /// Requests per server, and the most connections open to each at once.
+    requests_at: BTreeMap<SocketAddr, u32>,
+    max_open_at: BTreeMap<SocketAddr, usize>,
+    /// A hand-driven BitTorrent peer that has the metadata and no piece (magnet tests).
+    peer: Option<MetaPeer>,
+    /// Connections to [`DEAD`], refused.
+    refused: u32,
 }
+
+/// A peer that answers `ut_metadata` requests from `metadata` and has no piece.
+struct MetaPeer {
+    conn: ConnId,
+    decoder: Decoder,
+    metadata: Bytes,
+    served: u32,
+}
+
+/// The `ut_metadata` id the hand-driven peer registers (ours is 1).
+const PEER_META_ID: u8 = 3;
+const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 20)), 6881);
 
 fn build(
     name: &str,
     files: &[(&str, u64)],
     piece: u32,
-    url: &str,
+    urls: &[&str],
 ) -> (Metainfo, Vec<u8>, BTreeMap<String, Vec<u8>>) {
     let list: Vec<(Vec<String>, u64)> = files
         .iter()
@@ -70,7 +110,7 @@ fn build(
     };
     let mut hasher = builder
         .piece_length(piece)
-        .url_list(vec![url.to_owned()])
+        .url_list(urls.iter().map(|u| (*u).to_owned()).collect())
         .start()
         .unwrap();
     let total: u64 = files.iter().map(|(_, l)| l).sum();
@@ -103,7 +143,17 @@ impl Harness {
     }
 
     fn with(files: &[(&str, u64)], piece: u32, mode: Mode, config: EngineConfig) -> Harness {
-        let (meta, content, by_path) = build("my data", files, piece, "http://10.0.0.9:8080/seed/");
+        Harness::with_urls(files, piece, mode, config, &["http://10.0.0.9:8080/seed/"])
+    }
+
+    fn with_urls(
+        files: &[(&str, u64)],
+        piece: u32,
+        mode: Mode,
+        config: EngineConfig,
+        urls: &[&str],
+    ) -> Harness {
+        let (meta, content, by_path) = build("my data", files, piece, urls);
         let now = Instant::from_secs(100);
         let mut engine = Engine::new(config, 7, now);
         let tid = engine
@@ -118,6 +168,18 @@ impl Harness {
                 },
             )
             .unwrap();
+        Harness::from_parts(engine, now, tid, content, by_path, piece, mode)
+    }
+
+    fn from_parts(
+        engine: Engine,
+        now: Instant,
+        tid: TorrentId,
+        content: Vec<u8>,
+        by_path: BTreeMap<String, Vec<u8>>,
+        piece: u32,
+        mode: Mode,
+    ) -> Harness {
         Harness {
             now,
             engine,
@@ -134,6 +196,19 @@ impl Harness {
             silenced: false,
             max_open: 0,
             per_conn: BTreeMap::new(),
+            server_of: BTreeMap::new(),
+            names: [
+                ("mirror.test".to_owned(), MIRROR),
+                ("dual.test".to_owned(), MIRROR),
+                ("origin.test".to_owned(), SERVER),
+            ]
+            .into_iter()
+            .collect(),
+            resolved: Vec::new(),
+            requests_at: BTreeMap::new(),
+            max_open_at: BTreeMap::new(),
+            peer: None,
+            refused: 0,
         }
     }
 
@@ -154,7 +229,23 @@ impl Harness {
             .unwrap();
         self.requests.push(format!("{target} {range}"));
         let n = self.requests.len() as u32;
+        let server = self.server_of[&conn].0;
+        *self.requests_at.entry(server).or_insert(0) += 1;
+        let redirect = |to: String| {
+            (
+                format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n")
+                    .into_bytes(),
+                false,
+            )
+        };
         match &self.mode {
+            Mode::RedirectTo(prefix) if server != MIRROR => {
+                return redirect(format!("{prefix}{target}"));
+            }
+            Mode::RedirectLoop if server != MIRROR => {
+                return redirect(format!("http://mirror.test:8081{target}"));
+            }
+            Mode::RedirectLoop => return redirect(format!("http://10.0.0.9:8080{target}")),
             Mode::Busy(k) if n <= *k => {
                 return (
                     b"HTTP/1.1 503 Busy\r\nRetry-After: 2\r\nContent-Length: 4\r\n\r\nbusy"
@@ -232,12 +323,36 @@ impl Harness {
         for _ in 0..limit {
             while let Some(o) = self.engine.poll_output() {
                 match o {
+                    Output::Connect { conn, addr, .. } if addr == DEAD => {
+                        self.refused += 1;
+                        self.engine.handle_connect_failed(self.now, conn, "refused");
+                    }
                     Output::Connect { conn, addr, tls } => {
-                        assert_eq!(addr, SERVER);
-                        assert_eq!(tls, None);
+                        assert!([SERVER, SERVER2, MIRROR].contains(&addr), "{addr}");
+                        assert!(
+                            self.engine.torrent_info(self.tid).is_some(),
+                            "web seeds wait for the metadata"
+                        );
                         self.open.insert(conn);
+                        self.server_of.insert(conn, (addr, tls));
                         self.max_open = self.max_open.max(self.open.len());
+                        let at = self
+                            .open
+                            .iter()
+                            .filter(|c| self.server_of.get(c).is_some_and(|s| s.0 == addr))
+                            .count();
+                        let m = self.max_open_at.entry(addr).or_insert(0);
+                        *m = (*m).max(at);
                         self.queue.push_back((conn, None));
+                    }
+                    Output::Send { conn, data }
+                        if self.peer.as_ref().is_some_and(|p| p.conn == conn) =>
+                    {
+                        self.engine.handle_flushed(self.now, conn, data.len());
+                        let answer = self.peer_answers(&data);
+                        if !answer.is_empty() {
+                            self.queue.push_back((conn, Some(answer)));
+                        }
                     }
                     Output::Send { conn, data } => {
                         assert!(self.open.contains(&conn));
@@ -254,6 +369,16 @@ impl Harness {
                         self.open.remove(&conn);
                     }
                     Output::Job { id, job } => self.job(id, job),
+                    Output::Resolve { id, host, port } => {
+                        self.resolved.push(host.clone());
+                        let found = self.names.get(&host).copied();
+                        let result = match found {
+                            Some(a) if host == "dual.test" => Ok(vec![DEAD, a]),
+                            Some(a) => Ok(vec![SocketAddr::new(a.ip(), port)]),
+                            None => Err("no such host".to_owned()),
+                        };
+                        self.engine.handle_resolved(self.now, id, result);
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -284,6 +409,40 @@ impl Harness {
             }
         }
         false
+    }
+
+    /// The hand-driven peer reads what the engine sent it and answers its metadata requests.
+    fn peer_answers(&mut self, data: &[u8]) -> Bytes {
+        let Some(p) = self.peer.as_mut() else {
+            return Bytes::new();
+        };
+        p.decoder.extend(data);
+        let mut out = BytesMut::new();
+        while let Ok(Some(d)) = p.decoder.decode() {
+            let Decoded::Message(Message::Extended { id, payload }) = d else {
+                continue;
+            };
+            if id != PEER_META_ID {
+                continue;
+            }
+            if let Ok(MetadataMessage::Request { piece }) = MetadataMessage::decode(&payload) {
+                let start = piece as usize * METADATA_PIECE_LEN;
+                let end = (start + METADATA_PIECE_LEN).min(p.metadata.len());
+                let m = MetadataMessage::Data {
+                    piece,
+                    total_size: p.metadata.len() as u64,
+                    data: p.metadata.slice(start..end),
+                };
+                Message::Extended {
+                    id: crate::ext::LOCAL_UT_METADATA_ID,
+                    payload: m.encode().into(),
+                }
+                .encode(&mut out)
+                .unwrap();
+                p.served += 1;
+            }
+        }
+        out.freeze()
     }
 
     fn job(&mut self, id: JobId, job: Job) {
@@ -520,4 +679,233 @@ fn a_connection_closed_before_the_answer_is_retried_at_once() {
     assert!(h.errors().is_empty(), "{:?}", h.errors());
     assert_eq!(h.now, start, "no back-off");
     assert!(h.requests.len() >= 12, "{:?}", h.requests);
+}
+
+#[test]
+fn redirects_to_another_host_name_resolve_it_and_later_ranges_go_there_directly() {
+    let files = [("a", 300_000), ("b", 200_000), ("c", 150_000)];
+    let mut config = EngineConfig::default();
+    config.webseed.run_bytes = 32 * 1024;
+    let mut h = Harness::with(
+        &files,
+        16 * 1024,
+        Mode::RedirectTo("http://mirror.test:8081/moved".into()),
+        config,
+    );
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.errors().is_empty(), "{:?}", h.errors());
+    assert_eq!(h.resolved, vec!["mirror.test".to_owned()], "one lookup");
+    let origin = h.requests_at[&SERVER];
+    let mirror = h.requests_at[&MIRROR];
+    // Each file is redirected at most once per connection in flight; later ranges of a file go
+    // to the mirror directly.
+    assert!(
+        origin as usize <= files.len() * 4,
+        "{origin} {:?}",
+        h.requests
+    );
+    assert!(mirror > 2 * origin, "{mirror} vs {origin}");
+    assert!(h.max_open_at[&MIRROR] <= 4);
+    assert!(h.server_of.values().all(|(_, tls)| tls.is_none()));
+    assert_eq!(h.stats()[0].downloaded, h.content.len() as u64);
+}
+
+#[test]
+fn https_seeds_follow_redirects_to_other_https_hosts_with_their_names() {
+    let mut h = Harness::with_urls(
+        &[("x", 200_000)],
+        16 * 1024,
+        Mode::RedirectTo("https://mirror.test:8081/moved".into()),
+        EngineConfig::default(),
+        &["https://origin.test:8080/seed/"],
+    );
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert_eq!(h.resolved, vec!["origin.test", "mirror.test"]);
+    // Every TLS connection names the host it connects to (for SNI and the certificate check).
+    for (addr, tls) in h.server_of.values() {
+        let want = if *addr == MIRROR {
+            "mirror.test"
+        } else {
+            "origin.test"
+        };
+        assert_eq!(tls.as_deref(), Some(want));
+    }
+}
+
+#[test]
+fn a_redirect_from_https_down_to_http_is_refused() {
+    let mut h = Harness::with_urls(
+        &[("x", 200_000)],
+        16 * 1024,
+        Mode::RedirectTo("http://mirror.test:8081/moved".into()),
+        EngineConfig::default(),
+        &["https://origin.test:8080/seed/"],
+    );
+    assert!(!h.run(10_000));
+    assert!(h.written.is_empty());
+    assert!(!h.requests_at.contains_key(&MIRROR));
+    assert!(!h.resolved.contains(&"mirror.test".to_owned()));
+    let errors = h.errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("disabled") && e.contains("https to plain http")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn redirect_loops_between_hosts_stop_after_five_hops() {
+    let mut h = Harness::new(&[("x", 100_000)], 16 * 1024, Mode::RedirectLoop);
+    assert!(!h.run(10_000));
+    assert!(h.written.is_empty());
+    let errors = h.errors();
+    assert!(
+        errors.iter().any(|e| e.contains("more than 5 redirects")),
+        "{errors:?}"
+    );
+    // Followed from origin to mirror and back: both were asked, a bounded number of times.
+    assert!(h.requests_at[&MIRROR] >= 2);
+    assert!(h.requests.len() <= 4 * 6, "{:?}", h.requests);
+}
+
+#[test]
+fn the_connection_bound_applies_to_the_redirect_target_host() {
+    let mut config = EngineConfig::default();
+    config.webseed.max_conns_per_seed = 2;
+    config.webseed.run_bytes = 32 * 1024;
+    let mut h = Harness::with_urls(
+        &[("x", 1_000_000)],
+        16 * 1024,
+        Mode::RedirectTo("http://mirror.test:8081/moved".into()),
+        config,
+        &["http://10.0.0.9:8080/seed/", "http://10.0.0.11:8080/seed/"],
+    );
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    // Two seeds, two connections each, but one target host: at most two connections to it.
+    assert!(h.max_open_at[&MIRROR] <= 2, "{:?}", h.max_open_at);
+    assert!(h.requests_at[&MIRROR] > 4);
+}
+
+#[test]
+fn an_unresolvable_redirect_target_backs_off_and_is_forgotten() {
+    let mut h = Harness::new(
+        &[("x", 100_000)],
+        16 * 1024,
+        Mode::RedirectTo("http://nowhere.test/moved".into()),
+    );
+    assert!(!h.run(2_000));
+    assert!(h.written.is_empty());
+    let errors = h.errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("cannot resolve nowhere.test") && e.contains("retrying")),
+        "{errors:?}"
+    );
+    // After each back-off the file is asked at its own URL again (the redirect is not trusted
+    // forever).
+    assert!(h.requests_at[&SERVER] >= 2, "{:?}", h.requests);
+}
+
+#[test]
+fn a_magnet_links_web_seeds_finish_the_download_once_a_peer_gave_the_metadata() {
+    let files = [("a", 300_000), ("b", 150_000)];
+    // The info dictionary a peer sends has no `url-list`: the link's `ws=` is all there is.
+    let (meta, content, by_path) = build("my data", &files, 16 * 1024, &[]);
+    assert!(meta.url_list.is_empty());
+    let config = EngineConfig {
+        encryption: crate::mse::Policy::Disable,
+        ..EngineConfig::default()
+    };
+    let now = Instant::from_secs(100);
+    let mut engine = Engine::new(config, 7, now);
+    let uri = format!(
+        "magnet:?xt=urn:btih:{}&ws=http%3A%2F%2F10.0.0.9%3A8080%2Fseed%2F",
+        meta.info_hash()
+    );
+    let link = MagnetLink::parse(&uri).unwrap();
+    let tid = engine
+        .add_magnet(
+            now,
+            AddMagnet {
+                link,
+                wanted_files: None,
+                paused: false,
+                peers: Vec::new(),
+            },
+        )
+        .unwrap();
+    let mut h = Harness::from_parts(engine, now, tid, content, by_path, 16 * 1024, Mode::Honest);
+    // Known from the start (stats, `info`), but idle while there is no file list.
+    assert!(!h.run(50));
+    assert!(h.requests.is_empty());
+    assert_eq!(h.stats()[0].url, "http://10.0.0.9:8080/seed/");
+    // A peer with the metadata and no piece connects in.
+    let conn = h.engine.handle_incoming(h.now, PEER).expect("accepted");
+    h.open.insert(conn);
+    h.peer = Some(MetaPeer {
+        conn,
+        decoder: Decoder::new(DEFAULT_MAX_FRAME_LEN),
+        metadata: meta.info.raw().clone(),
+        served: 0,
+    });
+    let mut hello = BytesMut::new();
+    let hs = Handshake::new(
+        meta.info_hash(),
+        PeerId(*b"-XX0001-000000000001"),
+        Reserved::FAST | Reserved::EXTENSION_PROTOCOL,
+    );
+    hello.extend_from_slice(&hs.to_bytes());
+    let ext = OwnedValue::dict()
+        .with(
+            "m",
+            OwnedValue::dict().with("ut_metadata", i64::from(PEER_META_ID)),
+        )
+        .with("metadata_size", meta.info.raw().len() as i64);
+    Message::Extended {
+        id: 0,
+        payload: ext.encode().into(),
+    }
+    .encode(&mut hello)
+    .unwrap();
+    Message::HaveNone.encode(&mut hello).unwrap();
+    h.queue.push_back((conn, Some(hello.freeze())));
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.peer.as_ref().unwrap().served >= 1);
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::MetadataReceived { .. })));
+    let s = h.stats();
+    assert_eq!(
+        s[0].downloaded,
+        h.content.len() as u64,
+        "all from the web seed"
+    );
+    // The web seed is part of the torrent from now on (e.g. `--save-torrent`).
+    assert_eq!(
+        h.engine.torrent_metainfo(tid).unwrap().url_list,
+        vec!["http://10.0.0.9:8080/seed/".to_owned()]
+    );
+}
+
+#[test]
+fn a_redirect_targets_next_address_is_tried_when_the_first_refuses() {
+    let mut h = Harness::new(
+        &[("x", 200_000)],
+        16 * 1024,
+        Mode::RedirectTo("http://dual.test:8081/moved".into()),
+    );
+    let start = h.now;
+    assert!(h.run(100_000), "{:?}", h.events);
+    h.assert_exact();
+    assert!(h.refused >= 1);
+    assert_eq!(h.resolved, vec!["dual.test".to_owned()], "one lookup");
+    assert!(h.errors().is_empty(), "{:?}", h.errors());
+    assert_eq!(h.now, start, "no back-off: the next address at once");
 }
