@@ -582,13 +582,20 @@ impl PeerSession {
     /// depth minus what is outstanding, or 0 when we are not interested or the peer chokes us (unless
     /// it allowed some pieces fast: then pick among [`PeerSession::allowed_fast`]).
     pub fn wanted_requests(&self, now: Instant) -> usize {
-        if self.phase != Phase::Established || !self.am_interested {
-            return 0;
-        }
-        if self.peer_choking && (!self.fast || self.allowed_fast_in.is_empty()) {
+        if !self.may_request() {
             return 0;
         }
         self.queue_depth(now).saturating_sub(self.outstanding.len())
+    }
+
+    /// Whether we may ask this peer for blocks at all: established, interested, and unchoked (or
+    /// choked with allowed-fast pieces). Changes only through this session's inputs and
+    /// [`PeerSession::set_interested`], never with time alone, so the engine can keep the set of
+    /// such peers instead of asking every peer after every input.
+    pub fn may_request(&self) -> bool {
+        self.phase == Phase::Established
+            && self.am_interested
+            && !(self.peer_choking && (!self.fast || self.allowed_fast_in.is_empty()))
     }
 
     /// The request queue depth for this peer: enough requests to cover

@@ -100,17 +100,15 @@ fn meta_msg(m: &MetadataMessage) -> Message {
 
 /// A hand-driven peer connects in: handshake (fast + extension protocol), then `then`.
 fn connect_in(raw: &mut Raw, from: SocketAddr, ih: InfoHash, tag: u8, then: &[Message]) -> ConnId {
-    let conn = raw.engine.handle_incoming(raw.now, from).expect("accepted");
     let mut id = *b"-XX0001-000000000000";
     id[19] = tag;
-    let hs = Handshake::new(
+    raw.connect_in(
+        from,
         ih,
-        PeerId(id),
+        id,
         Reserved::FAST | Reserved::EXTENSION_PROTOCOL,
-    );
-    raw.engine.handle_read(raw.now, conn, &hs.to_bytes());
-    raw.send(conn, then);
-    conn
+        then,
+    )
 }
 
 /// The `ut_metadata` messages the engine sent on `conn` (to our peers' id for it).
@@ -875,7 +873,7 @@ fn pieces_found_on_disk_after_the_metadata_are_not_fetched_again() {
         let end = (start + PL as usize).min(content.len());
         net.nodes[l]
             .disk
-            .insert((tl, p), Bytes::copy_from_slice(&content[start..end]));
+            .put(tl, p, Bytes::copy_from_slice(&content[start..end]));
     }
     assert_eq!(
         net.nodes[l]

@@ -127,17 +127,13 @@ fn we_advertise_encryption_in_the_extension_handshake_unless_disabled() {
             .add_torrent(raw.now, add(&meta, None, vec![]))
             .expect("add");
         raw.drain();
-        let conn = raw
-            .engine
-            .handle_incoming(raw.now, addr(200, 5000))
-            .expect("accepted");
-        let hs = Handshake::new(
+        let conn = raw.connect_in(
+            addr(200, 5000),
             meta.info_hash(),
-            PeerId(*b"-XX0001-abcdefghijkl"),
+            *b"-XX0001-abcdefghijkl",
             Reserved::EXTENSION_PROTOCOL,
+            &[],
         );
-        raw.engine.handle_read(raw.now, conn, &hs.to_bytes());
-        raw.drain();
         let ext = raw
             .take(conn)
             .into_iter()

@@ -3,12 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use sha1::{Digest, Sha1};
-
 use super::*;
-use crate::engine::{AddTorrent, EngineConfig, Job, JobId, JobResult};
+use crate::engine::{AddTorrent, EngineConfig, Job, JobId};
 use crate::metainfo::{Metainfo, TorrentBuilder};
 use crate::rng::{seeded, RngExt};
+use crate::testkit::{MemDisk, OriginUse};
 
 /// How the fake server misbehaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +45,8 @@ struct Harness {
     requests: Vec<String>,
     open: BTreeSet<ConnId>,
     queue: VecDeque<(ConnId, Option<Bytes>)>,
-    written: BTreeMap<u32, Bytes>,
+    /// Verified pieces (one torrent: the key is `()`).
+    written: MemDisk<()>,
     events: Vec<Event>,
     silenced: bool,
     max_open: usize,
@@ -129,7 +129,7 @@ impl Harness {
             requests: Vec::new(),
             open: BTreeSet::new(),
             queue: VecDeque::new(),
-            written: BTreeMap::new(),
+            written: MemDisk::new(),
             events: Vec::new(),
             silenced: false,
             max_open: 0,
@@ -287,34 +287,16 @@ impl Harness {
     }
 
     fn job(&mut self, id: JobId, job: Job) {
-        let Job::VerifyWrite {
-            piece,
-            blocks,
-            expected,
-            ..
-        } = job
-        else {
-            panic!("unexpected job");
-        };
-        let mut h = Sha1::new();
-        for b in &blocks {
-            h.update(b);
-        }
-        let ok: [u8; 20] = h.finalize().into();
-        let result = if ok == expected {
-            let all: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
-            self.written.insert(piece, Bytes::from(all));
-            JobResult::Written
-        } else {
-            JobResult::Mismatch
-        };
+        // A web-seed leecher only downloads: the engine must never ask it to read.
+        assert!(matches!(job, Job::VerifyWrite { .. }), "unexpected job");
+        let result = self.written.run(Some(()), &job, None, OriginUse::default());
         self.engine.handle_job_done(self.now, id, result);
     }
 
     fn assert_exact(&self) {
         let mut got = Vec::new();
-        for (p, b) in &self.written {
-            assert_eq!(*p as usize, got.len() / self.piece_length as usize);
+        for (p, b) in self.written.pieces_of(()) {
+            assert_eq!(p as usize, got.len() / self.piece_length as usize);
             got.extend_from_slice(b);
         }
         assert!(got == self.content, "content differs");
@@ -398,7 +380,7 @@ fn a_seed_serving_bad_data_is_disabled_and_nothing_bad_is_written() {
     assert!(!h.run(100_000));
     // Only verified pieces were written; the bad file's pieces are not among them.
     for p in 4..8 {
-        assert!(!h.written.contains_key(&p));
+        assert!(h.written.get((), p).is_none());
     }
     let errors = h.errors();
     assert!(
@@ -444,7 +426,7 @@ fn a_missing_file_is_dropped_for_that_seed_only() {
     let files = [("a", 64 * 1024), ("b", 64 * 1024), ("c", 64 * 1024)];
     let mut h = Harness::new(&files, 16 * 1024, Mode::Missing("/seed/my%20data/b".into()));
     assert!(!h.run(100_000));
-    let have: Vec<u32> = h.written.keys().copied().collect();
+    let have: Vec<u32> = h.written.pieces_of(()).map(|(p, _)| p).collect();
     assert_eq!(
         have,
         vec![0, 1, 2, 3, 8, 9, 10, 11],
@@ -464,7 +446,7 @@ fn a_missing_file_is_dropped_for_that_seed_only() {
 fn a_server_that_ignores_range_is_refused() {
     let mut h = Harness::new(&[("x", 300_000)], 16 * 1024, Mode::IgnoreRange);
     assert!(!h.run(10_000));
-    assert!(h.written.is_empty());
+    assert!(h.written.pieces().is_empty());
     assert!(
         h.errors()
             .iter()
