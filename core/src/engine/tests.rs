@@ -143,6 +143,27 @@ impl Net {
         t
     }
 
+    /// Adds `meta` to node `node` as a leecher (nothing on disk) that knows `peers`.
+    fn add_leech(&mut self, node: usize, meta: &Metainfo, peers: Vec<SocketAddr>) -> TorrentId {
+        self.nodes[node]
+            .engine
+            .add_torrent(self.now, add(meta, None, peers))
+            .expect("add leech")
+    }
+
+    /// A fake HTTP tracker at `at`, known to the resolver as `host`, that answers every
+    /// announce with `peers`.
+    fn serve_tracker(&mut self, host: &str, at: SocketAddr, peers: &[SocketAddr]) {
+        self.hosts.insert(host, at.ip());
+        self.http.insert(
+            at,
+            FakeHttp {
+                body: http_body(peers),
+                requests: Vec::new(),
+            },
+        );
+    }
+
     fn add_node(&mut self, config: EngineConfig, seed: u64) -> usize {
         let i = self.nodes.len();
         let ip = 1 + i as u8;
@@ -507,12 +528,8 @@ fn seed_and_leech(trackers: Vec<Vec<String>>) -> (Net, Metainfo, Vec<u8>, Torren
     let mut net = Net::new();
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
-    let now = net.now;
     let ts = net.add_seed(s, &meta, &content, PL);
-    let tl = net.nodes[l]
-        .engine
-        .add_torrent(now, add(&meta, None, vec![]))
-        .expect("add leech");
+    let tl = net.add_leech(l, &meta, vec![]);
     (net, meta, content, ts, tl)
 }
 
@@ -569,24 +586,26 @@ fn http_body(peers: &[SocketAddr]) -> Vec<u8> {
     body
 }
 
-#[test]
-fn leech_through_a_fake_http_tracker() {
-    let url = "http://tracker.test:8080/announce".to_owned();
+/// A leecher completes from a seeder it learns of from a fake tracker at
+/// `{scheme}://tracker.test:{port}`, which saw a `started` announce; returns the network, the
+/// tracker's address and the leecher's torrent.
+fn leech_through_tracker(scheme: &str, port: u16) -> (Net, SocketAddr, TorrentId) {
+    let url = format!("{scheme}://tracker.test:{port}/announce");
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
-    let tracker = addr(100, 8080);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
+    let tracker = addr(100, port);
     let seeder = net.nodes[0].addr;
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
+    net.serve_tracker("tracker.test", tracker, &[seeder]);
     assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
     assert_eq!(disk_content(&net.nodes[1], tl), content);
     let reqs = &net.http[&tracker].requests;
     assert!(reqs.iter().any(|r| r.contains("event=started")), "{reqs:?}");
+    (net, tracker, tl)
+}
+
+#[test]
+fn leech_through_a_fake_http_tracker() {
+    let (net, tracker, tl) = leech_through_tracker("http", 8080);
+    let reqs = &net.http[&tracker].requests;
     assert!(
         reqs.iter().any(|r| r.contains("event=completed")),
         "{reqs:?}"
@@ -605,22 +624,7 @@ fn leech_through_a_fake_http_tracker() {
 
 #[test]
 fn https_tracker_connections_ask_the_driver_for_tls_with_the_host_name() {
-    let url = "https://tracker.test:8443/announce".to_owned();
-    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
-    let tracker = addr(100, 8443);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
-    let seeder = net.nodes[0].addr;
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
-    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
-    assert_eq!(disk_content(&net.nodes[1], tl), content);
-    let reqs = &net.http[&tracker].requests;
-    assert!(reqs.iter().any(|r| r.contains("event=started")), "{reqs:?}");
+    let (net, tracker, _tl) = leech_through_tracker("https", 8443);
     // Every connection to the tracker asked for TLS with its name; none to a peer did.
     let to_tracker = net.connects.iter().filter(|(_, a)| *a == tracker).count();
     assert!(to_tracker >= 2, "both nodes announce");
@@ -852,6 +856,35 @@ impl Raw {
         }
     }
 
+    /// A raw engine with `config` (seed 7).
+    fn with_config(config: EngineConfig) -> Raw {
+        let mut raw = Raw::new();
+        raw.engine = Engine::new(config, 7, raw.now);
+        raw
+    }
+
+    /// Adds `meta` with nothing on disk and no peers.
+    fn add_leech(&mut self, meta: &Metainfo) -> TorrentId {
+        let t = self
+            .engine
+            .add_torrent(self.now, add(meta, None, vec![]))
+            .expect("add");
+        self.drain();
+        t
+    }
+
+    /// Adds `meta` as a full seed with `content` on disk.
+    fn add_seed(&mut self, meta: &Metainfo, content: &[u8]) -> TorrentId {
+        let pieces = meta.info.layout().piece_count();
+        let t = self
+            .engine
+            .add_torrent(self.now, add(meta, Some(Bitfield::full(pieces)), vec![]))
+            .expect("add");
+        self.disk.load(t, content, PL);
+        self.drain();
+        t
+    }
+
     /// A hand-driven peer connects in from `from` and sends its handshake and then `then` in one
     /// read; the engine's answers are drained.
     fn connect_in(
@@ -921,11 +954,7 @@ fn bitfield_of(pieces: u32, have: &[u32]) -> Bytes {
 fn raw_leecher(reserved: Reserved) -> (Raw, Metainfo, Vec<u8>, TorrentId, ConnId) {
     let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
     let mut raw = Raw::new();
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, None, vec![]))
-        .expect("add");
-    raw.drain();
+    let t = raw.add_leech(&meta);
     // Handshake, bitfield and have in a single read.
     let pieces = meta.info.layout().piece_count();
     let conn = raw.connect_in(
@@ -1048,12 +1077,7 @@ fn hostile_peers_are_cut_off_without_harming_the_torrent() {
     config.session.max_incoming_requests = 4;
     raw.engine = Engine::new(config, 7, raw.now);
     let pieces = meta.info.layout().piece_count();
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add");
-    raw.disk.load(t, &content, PL);
-    raw.drain();
+    let t = raw.add_seed(&meta, &content);
     let hs = Handshake::new(
         meta.info_hash(),
         PeerId(*b"-XX0001-floodfloodfl"),
@@ -1201,15 +1225,8 @@ fn pause_resume_and_remove() {
     let url = "http://tracker.test:8080/announce".to_owned();
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
     let tracker = addr(100, 8080);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
     let seeder = net.nodes[0].addr;
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
+    net.serve_tracker("tracker.test", tracker, &[seeder]);
     // Pause after the first verified piece.
     let first = |n: &Net| {
         n.nodes[1]
@@ -1343,13 +1360,9 @@ fn pieces_in_memory_are_capped() {
         },
         2,
     );
-    let now = net.now;
     net.add_seed(s, &meta, &content, PL);
     let seeder = net.nodes[s].addr;
-    let tl = net.nodes[l]
-        .engine
-        .add_torrent(now, add(&meta, None, vec![seeder]))
-        .expect("leech");
+    let tl = net.add_leech(l, &meta, vec![seeder]);
     // Hash jobs never finish: pieces pile up in memory, but no more than the cap allows.
     net.held_hash = true;
     net.run_for(Duration::from_secs(30));
@@ -1666,11 +1679,7 @@ fn a_failed_piece_is_fetched_again_from_a_peer_that_sent_none_of_it() {
     config.session.min_queue_depth = 1;
     config.session.max_queue_depth = 1;
     raw.engine = Engine::new(config, 7, raw.now);
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, None, vec![]))
-        .expect("add");
-    raw.drain();
+    let t = raw.add_leech(&meta);
     let mut conns = Vec::new();
     for (i, name) in [
         b"-XX0001-liarliarliar",

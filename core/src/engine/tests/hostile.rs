@@ -246,12 +246,7 @@ fn silent_connections_cannot_keep_an_honest_leecher_out() {
     let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
     let pieces = meta.info.layout().piece_count();
     let mut raw = Raw::new();
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add");
-    raw.disk.load(t, &content, PL);
-    raw.drain();
+    let t = raw.add_seed(&meta, &content);
     let cap = EngineConfig::default().max_peers_per_torrent;
     let mut silent = Vec::new();
     for i in 0..200u32 {
