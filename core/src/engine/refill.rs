@@ -21,22 +21,18 @@
 use super::*;
 
 impl Engine {
-    /// Keeps the torrent's `hungry` set in step with whether connection `id` may request blocks.
-    /// Marks the torrent only when the set changes.
+    /// Keeps the torrent's `hungry` set in step with whether connection `id` may request blocks
+    /// (the session reports changes). Marks the torrent only when the set changes.
     pub(super) fn note_hunger(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get(&id) else {
+        let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         let Some(tid) = c.torrent else {
             return;
         };
-        let may = c.session.may_request();
-        let Some(t) = self.torrents.get(&tid) else {
+        let Some(may) = c.session.take_may_request_change() else {
             return;
         };
-        if t.hungry.contains(&id) == may {
-            return;
-        }
         if let Some(t) = self.torrents.get_mut(&tid) {
             if may {
                 t.hungry.insert(id);
@@ -52,6 +48,10 @@ impl Engine {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        // No window open: nothing to end (the common case, without a torrent lookup).
+        if c.conduct.forget_at.is_none() {
+            return;
+        }
         let at = c
             .torrent
             .and_then(|tid| self.torrents.get(&tid))
