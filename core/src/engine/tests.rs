@@ -637,7 +637,7 @@ fn leech_through_a_fake_udp_tracker() {
     let url = "udp://udp.test:6969/announce".to_owned();
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
     let tracker = addr(101, 6969);
-    net.hosts.insert("udp.test".into(), tracker.ip());
+    net.hosts.insert("udp.test", tracker.ip());
     let seeder = net.nodes[0].addr;
     net.udp.insert(
         tracker,
@@ -1498,8 +1498,8 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
     ]);
     let udp = addr(101, 6969);
     let http = addr(100, 8080);
-    net.hosts.insert("udp.test".into(), udp.ip());
-    net.hosts.insert("tracker.test".into(), http.ip());
+    net.hosts.insert("udp.test", udp.ip());
+    net.hosts.insert("tracker.test", http.ip());
     net.udp.insert(
         udp,
         FakeUdp {

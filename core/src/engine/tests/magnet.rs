@@ -631,8 +631,7 @@ fn bep53_selection_applies_once_the_file_list_is_known_and_the_caller_overrides_
             host: "seeder.test".into(),
             port: 6881,
         }];
-        net.hosts
-            .insert("seeder.test".into(), net.nodes[s].addr.ip());
+        net.hosts.insert("seeder.test", net.nodes[s].addr.ip());
         let tl = net.nodes[l]
             .engine
             .add_magnet(
