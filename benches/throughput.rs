@@ -20,13 +20,14 @@
 //!   are written back by the kernel in the background (and by the `fsync` at completion). This measures
 //!   the client, not the disk.
 //! - Both processes share the machine's cores, so the seeder's CPU competes with the leecher's: its CPU
-//!   over the whole run is printed too.
+//!   while serving (from listening to the leecher's exit, start-up excluded) is printed per GiB too.
 //! - The downloaded file is compared with the payload byte for byte after each run.
 //!
 //! Environment knobs: `HB_BENCH_SIZES` (MiB, comma-separated, default `256,1024`), `HB_BENCH_RUNTIMES`
 //! (default `tokio,async-std`), `HB_BENCH_PIECE_KIB` (default 1024), `HB_BENCH_TIMEOUT` (seconds per
-//! download, default 300), `HB_BENCH_REPEAT` (runs per size and runtime, default 1; with more, a
-//! `med` row gives each column's median), `HB_BENCH_ENCRYPTION` (the `--encryption` policies to run,
+//! download, default 300), `HB_BENCH_REPEAT` (runs per size and variant, default 1; the variants take
+//! turns; with more, a `med` row gives each column's median, and each policy's CPU over `disable`'s
+//! is printed per side), `HB_BENCH_ENCRYPTION` (the `--encryption` policies to run,
 //! set the same on both ends, default `disable,prefer,require`: `disable` is the plain BitTorrent
 //! handshake, `prefer` between two Hyperblows is an MSE handshake that selects a plaintext payload,
 //! `require` an RC4 payload both ways). For experiments only (reported numbers use the defaults):
@@ -131,7 +132,7 @@ fn orchestrate() -> Result<(), Error> {
             .join(" ")
     );
     println!(
-        "{:<22} {:>6} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10}",
+        "{:<22} {:>6} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>12}",
         "runtime/encryption",
         "MiB",
         "wall s",
@@ -140,7 +141,7 @@ fn orchestrate() -> Result<(), Error> {
         "(total)",
         "peak RSS",
         "shutdown",
-        "seeder CPU"
+        "seed s/GiB"
     );
     let repeat = env_u64("HB_BENCH_REPEAT", 1)?.max(1);
     for &size in &sizes {
@@ -148,7 +149,7 @@ fn orchestrate() -> Result<(), Error> {
         let bytes = (size * MIB) as f64;
         let row = |label: &str, r: &LeechReport, seeder_cpu: f64| {
             println!(
-                "{:<22} {:>6} {:>8.2} {:>9.0} {:>11.2} {:>11.2} {:>7.1} MiB {:>8.2} s {:>8.2} s",
+                "{:<22} {:>6} {:>8.2} {:>9.0} {:>11.2} {:>11.2} {:>7.1} MiB {:>8.2} s {:>12.2}",
                 label,
                 size,
                 r.wall,
@@ -157,20 +158,29 @@ fn orchestrate() -> Result<(), Error> {
                 r.cpu_total / (bytes / GIB),
                 r.hwm_kib as f64 / 1024.0,
                 r.shutdown,
-                seeder_cpu,
+                seeder_cpu / (bytes / GIB),
             );
         };
-        for (rt, enc) in runtimes
+        let combos: Vec<(&String, &String)> = runtimes
             .iter()
             .flat_map(|rt| policies.iter().map(move |p| (rt, p)))
-        {
-            let label = format!("{rt}/{enc}");
-            let mut runs = Vec::new();
-            for _ in 0..repeat {
+            .collect();
+        // The variants take turns (all of them once, then again), so a change in the machine's load
+        // hits them alike.
+        let mut all: Vec<Vec<(LeechReport, f64)>> = combos.iter().map(|_| Vec::new()).collect();
+        for _ in 0..repeat {
+            for (k, (rt, enc)) in combos.iter().enumerate() {
                 let (r, seeder_cpu) = run_once(&exe, &target, &data, rt, enc, timeout)?;
-                row(&label, &r, seeder_cpu);
-                runs.push((r, seeder_cpu));
+                row(&format!("{rt}/{enc}"), &r, seeder_cpu);
+                if let Some(v) = all.get_mut(k) {
+                    v.push((r, seeder_cpu));
+                }
             }
+        }
+        // (runtime, policy) -> median (leecher CPU s, seeder CPU s), for the differences below.
+        let mut medians: Vec<(&String, &String, f64, f64)> = Vec::new();
+        for ((rt, enc), runs) in combos.iter().zip(all) {
+            let label = format!("{rt}/{enc}");
             if runs.len() > 1 {
                 // Each column's median on its own (the machine is shared: single runs vary a lot).
                 let median = |f: &dyn Fn(&(LeechReport, f64)) -> f64| {
@@ -185,13 +195,32 @@ fn orchestrate() -> Result<(), Error> {
                     shutdown: median(&|r| r.0.shutdown),
                     hwm_kib: median(&|r| r.0.hwm_kib as f64) as u64,
                 };
-                row(&format!("{label} med"), &m, median(&|r| r.1));
+                let seeder = median(&|r| r.1);
+                medians.push((rt, enc, m.cpu, seeder));
+                row(&format!("{label} med"), &m, seeder);
+            }
+        }
+        for (rt, enc, leech, seed) in &medians {
+            let Some((_, _, l0, s0)) = medians
+                .iter()
+                .find(|(r, e, _, _)| r == rt && e.as_str() == "disable")
+            else {
+                continue;
+            };
+            if enc.as_str() != "disable" {
+                let per_gib = |cpu: f64| cpu / (bytes / GIB);
+                println!(
+                    "{rt}/{enc} over {rt}/disable (medians): leecher {:+.2} CPU s/GiB, seeder {:+.2} CPU s/GiB",
+                    per_gib(leech - l0),
+                    per_gib(seed - s0),
+                );
             }
         }
     }
     println!(
         "MB/s = 10^6 bytes per second of wall time; CPU s/GiB = leecher user+system CPU during the \
-         download per GiB ((total): whole process life); peak RSS = leecher VmHWM; shutdown = fsync of \
+         download per GiB ((total): whole process life); seed s/GiB = seeder user+system CPU from \
+         listening to the leecher's exit, per GiB; peak RSS = leecher VmHWM; shutdown = fsync of \
          the downloaded file + resume save; data served from and written to the page cache."
     );
     Ok(())
@@ -359,7 +388,7 @@ fn run_once(
     if !status.success() {
         return Err(format!("leecher exited with {status}").into());
     }
-    // Closing the seeder's stdin asks it to shut down and report its CPU.
+    // Closing the seeder's stdin asks it to report the CPU it used while serving, and shut down.
     drop(seeder.0.stdin.take());
     let seeder_line = expect_line(&seeder_out, "cpu ", Duration::from_secs(30))?;
     let seeder_cpu = field(&format!("cpu={seeder_line}"), "cpu")?;
@@ -454,11 +483,15 @@ fn seed() -> Result<(), Error> {
     }
     println!("listening {}", session.listen_addr());
     io::stdout().flush()?;
+    // Serving starts here: the start-up (loading the torrent, reading or writing the resume file) is
+    // not the cost of the transfer.
+    let cpu0 = cpu_seconds();
     // Stdin closes when the orchestrator is done with us (or dies).
     let mut sink = Vec::new();
     let _ = io::stdin().read_to_end(&mut sink);
+    println!("cpu {:.3}", cpu_seconds() - cpu0);
+    io::stdout().flush()?;
     session.shutdown().wait_timeout(Duration::from_secs(30))?;
-    println!("cpu {:.3}", cpu_seconds());
     Ok(())
 }
 

@@ -714,8 +714,8 @@ impl Engine {
             Some(Classified::WebSeed(w)) => return self.webseed_read(now, w, data.freeze()),
             _ => return self.handle_read(now, conn, &data),
         }
-        let data = match self.mse_read(now, conn, data) {
-            mse::ReadOutcome::Payload(d) => d,
+        let (data, rest) = match self.mse_read(now, conn, data) {
+            mse::ReadOutcome::Payload(d, rest) => (d, rest),
             mse::ReadOutcome::Nothing => {
                 self.flush(conn);
                 self.maintain(now);
@@ -726,6 +726,9 @@ impl Engine {
             return;
         };
         c.session.handle_read_owned(now, data);
+        if let Some(rest) = rest {
+            c.session.handle_read_owned(now, rest);
+        }
         self.process_conn(now, conn);
         self.maintain(now);
     }

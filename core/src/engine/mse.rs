@@ -8,17 +8,17 @@
 //!   so an MSE handshake fails the session's own handshake check.
 //! - **Outgoing**: under `prefer` and `require` the dial opens with MSE with an empty initial payload
 //!   (our BitTorrent handshake follows the handshake through the transform: Transmission 3.00 selecting
-//!   plaintext does not read a handshake carried as `IA`); under `prefer` a peer that closes or goes quiet before
-//!   sending a whole public key (a client without MSE) is remembered and redialled at once with a plain
-//!   handshake.
-//! - **Established**: RC4 connections keep a [`Transform`]: received bytes are decrypted in place in
-//!   the read buffer the driver handed over, sent bytes are encrypted into the send buffer. Plaintext
-//!   connections (plain handshake, or MSE with `crypto_select` = plaintext) have no layer at all after
-//!   the handshake, so they cost exactly what a plain connection costs.
+//!   plaintext does not read a handshake carried as `IA`); under `prefer` a peer that closes or goes
+//!   quiet before sending a whole public key, or answers with a plain BitTorrent handshake (a client
+//!   without MSE), is remembered and redialled at once with a plain handshake.
+//! - **Established**: every MSE connection keeps a [`StreamLayer`]: its [`Transform`] (received
+//!   bytes decrypted in place in the read buffer the driver handed over, sent bytes encrypted into a
+//!   send buffer; nothing for a plaintext payload) and a [`Cut`] that keeps the decoder's reads free of
+//!   copies. Connections with a plain BitTorrent handshake have no layer at all.
 //!
 //! The session's own handshake timeout (30 s from the dial) bounds an MSE handshake in time, and the
-//! handshake's synchronisation bounds bound it in bytes. The hooks in `mod.rs` and `flow.rs` are one
-//! line each; everything else is here.
+//! handshake's synchronisation bounds bound it in bytes. The hooks in `mod.rs` and `flow.rs` are a
+//! line or two each; everything else is here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -28,9 +28,15 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::mse::{self, Crypto, Detection, Handshake, MseError, NoSkeys, Policy, Stage, Transform};
 use crate::time::Instant;
 use crate::types::InfoHash;
+use crate::wire::FrameTracker;
 
 use super::io::{ConnId, Output};
 use super::Engine;
+
+/// Size of the buffer an RC4 connection encrypts shared send buffers into (a block read from disk is a
+/// slice of a bigger read, so it cannot be encrypted in place); encrypted messages are split off it,
+/// so one allocation serves several blocks.
+const SEND_BUF: usize = 128 * 1024;
 
 /// Most addresses remembered as "answers only plain handshakes" (oldest forgotten first is not
 /// needed: a full set just stops remembering, and such a peer then costs one failed MSE dial per try).
@@ -43,8 +49,83 @@ enum Layer {
     Detect(BytesMut),
     /// The MSE handshake runs; `held` is what the session queued meanwhile (sent once it is done).
     Handshake { hs: Box<Handshake>, held: BytesMut },
-    /// An RC4 stream (boxed: two RC4 states are half a kilobyte).
-    Stream(Box<Transform>),
+    /// After an MSE handshake (boxed: two RC4 states are half a kilobyte).
+    Stream(Box<StreamLayer>),
+}
+
+/// An established MSE connection's layer: its transform (RC4, or nothing left to do for a plaintext
+/// payload) and the frame cut.
+#[derive(Debug)]
+struct StreamLayer {
+    transform: Transform,
+    cut: Cut,
+    /// Where shared send buffers are encrypted into (see [`SEND_BUF`]).
+    send_buf: BytesMut,
+}
+
+/// Keeps the session's decoder from copying every read after an MSE handshake.
+///
+/// The drivers' reader tasks size their reads with a [`FrameTracker`] over the socket bytes so that an
+/// allocation ends on a frame boundary, and the decoder then takes each read over without a copy (a
+/// frame that straddles two allocations must be copied, and once the decoder holds a copied partial
+/// frame, every later read is appended to that copy until a read happens to end on a boundary, which
+/// is almost never). After an MSE handshake the socket bytes are not the peer wire (the handshake
+/// itself, then ciphertext), so that tracker is lost for good, and the decoder used to copy nearly
+/// every byte. This cut follows the frames of the plaintext the session gets instead: when a read does
+/// not continue the previous read's allocation while the decoder holds part of a frame, the read is
+/// handed over in two parts, the rest of that frame (the one copy the decoder must make) and
+/// everything after it (taken over without a copy, the decoder being empty again).
+#[derive(Debug, Default)]
+struct Cut {
+    frames: FrameTracker,
+    /// Address just past the previous read's last byte.
+    end: usize,
+    /// Whether the session got any byte yet.
+    started: bool,
+}
+
+impl Cut {
+    /// Notes `data`, the next plaintext for the session; returns the part to hand over after `data`
+    /// when it had to be split (see [`Cut`]).
+    fn split(&mut self, data: &mut BytesMut) -> Option<BytesMut> {
+        let start = data.as_ptr() as usize;
+        let continues = start == self.end;
+        self.end = start.wrapping_add(data.len());
+        let at = if continues || !self.started {
+            None
+        } else {
+            self.to_boundary(data)
+        };
+        self.frames.advance(data);
+        self.started |= !data.is_empty();
+        match at {
+            Some(n) if n > 0 && n < data.len() => Some(data.split_off(n)),
+            Some(0) => None,
+            // The read ends inside the frame: the decoder copies it to a new buffer, which the next
+            // read does not continue either, so that one is cut as well.
+            _ if !continues && self.started => {
+                self.end = 0;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Bytes of `data` up to the end of the frame (or handshake) in progress, reading the rest of a
+    /// split length prefix from `data`; `None` when `data` does not get that far.
+    fn to_boundary(&self, data: &[u8]) -> Option<usize> {
+        let mut probe = self.frames.clone();
+        let mut off = 0usize;
+        loop {
+            if let Some(left) = probe.until_boundary() {
+                return usize::try_from(left).ok()?.checked_add(off);
+            }
+            let step = usize::try_from(probe.next_stop()).ok()?;
+            let part = data.get(off..off.checked_add(step)?)?;
+            probe.advance(part);
+            off += step;
+        }
+    }
 }
 
 /// The engine's encryption state: the policy, every connection's layer, and the peers that only speak
@@ -98,15 +179,17 @@ impl MseConns {
     /// in place; a shared one is encrypted into a new send buffer.
     pub(super) fn encrypt(&mut self, id: ConnId, data: Bytes) -> Bytes {
         match self.layers.get_mut(&id) {
-            Some(Layer::Stream(t)) if t.encrypts() => match data.try_into_mut() {
+            Some(Layer::Stream(l)) if l.transform.encrypts() => match data.try_into_mut() {
                 Ok(mut own) => {
-                    t.encrypt_in_place(&mut own);
+                    l.transform.encrypt_in_place(&mut own);
                     own.freeze()
                 }
                 Err(shared) => {
-                    let mut out = BytesMut::with_capacity(shared.len());
-                    t.encrypt_into(&shared, &mut out);
-                    out.freeze()
+                    if l.send_buf.capacity() < shared.len() {
+                        l.send_buf = BytesMut::with_capacity(shared.len().max(SEND_BUF));
+                    }
+                    l.transform.encrypt_into(&shared, &mut l.send_buf);
+                    l.send_buf.split().freeze()
                 }
             },
             _ => data,
@@ -116,8 +199,9 @@ impl MseConns {
 
 /// What the read hook tells the engine.
 pub(super) enum ReadOutcome {
-    /// Hand these bytes to the session (possibly empty).
-    Payload(BytesMut),
+    /// Hand these bytes to the session (possibly empty), then `rest` if there is one (a read cut in two
+    /// at a frame boundary, see [`Cut`]).
+    Payload(BytesMut, Option<BytesMut>),
     /// Nothing for the session (the handshake consumed everything, or the connection was dropped).
     Nothing,
 }
@@ -180,15 +264,13 @@ impl Engine {
     /// Hook: bytes arrived on peer connection `id`, which has a layer. Returns what the session gets.
     pub(super) fn mse_read(&mut self, now: Instant, id: ConnId, mut data: BytesMut) -> ReadOutcome {
         let Some(layer) = self.mse.layers.get_mut(&id) else {
-            return ReadOutcome::Payload(data);
+            return ReadOutcome::Payload(data, None);
         };
         match layer {
-            Layer::Stream(t) => {
-                t.decrypt_in_place(&mut data);
-                if !t.decrypts() && !t.encrypts() {
-                    self.mse.layers.remove(&id);
-                }
-                ReadOutcome::Payload(data)
+            Layer::Stream(l) => {
+                l.transform.decrypt_in_place(&mut data);
+                let rest = l.cut.split(&mut data);
+                ReadOutcome::Payload(data, rest)
             }
             Layer::Detect(first) => {
                 first.extend_from_slice(&data);
@@ -197,7 +279,7 @@ impl Engine {
                     Detection::Plain if self.mse.policy.accepts(Detection::Plain) => {
                         let first = std::mem::take(first);
                         self.mse.layers.remove(&id);
-                        ReadOutcome::Payload(first)
+                        ReadOutcome::Payload(first, None)
                     }
                     Detection::Plain => {
                         self.drop_conn(
@@ -293,12 +375,15 @@ impl Engine {
         }
         data.advance(used);
         transform.decrypt_in_place(&mut data);
-        if transform.decrypts() || transform.encrypts() {
-            self.mse
-                .layers
-                .insert(id, Layer::Stream(Box::new(transform)));
-        }
-        ReadOutcome::Payload(data)
+        // Kept for plaintext payloads too: the cut is what keeps their reads free of copies.
+        let mut layer = Box::new(StreamLayer {
+            transform,
+            cut: Cut::default(),
+            send_buf: BytesMut::new(),
+        });
+        let rest = layer.cut.split(&mut data);
+        self.mse.layers.insert(id, Layer::Stream(layer));
+        ReadOutcome::Payload(data, rest)
     }
 
     /// A handshake failed: close the connection; under `prefer`, a dialled peer that looks like a
@@ -351,6 +436,13 @@ impl Engine {
         self.mse.plain_peers.contains(addr)
     }
 
+    /// Whether connection `id` still runs a cipher in either direction (tests).
+    #[cfg(test)]
+    pub(super) fn mse_has_cipher(&self, id: ConnId) -> bool {
+        matches!(self.mse.layers.get(&id), Some(Layer::Stream(l))
+            if l.transform.decrypts() || l.transform.encrypts())
+    }
+
     /// Whether connection `id`'s payload stream is RC4 (tests).
     #[cfg(test)]
     pub(super) fn mse_is_rc4(&self, id: ConnId) -> bool {
@@ -367,6 +459,88 @@ impl Engine {
             Some(Crypto::Plaintext)
         } else {
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    use super::Cut;
+    use crate::rng::{seeded, RngExt};
+    use crate::types::{InfoHash, PeerId};
+    use crate::wire::{Decoded, Decoder, Handshake, Message, Reserved, DEFAULT_MAX_FRAME_LEN};
+
+    /// A handshake, then 16 KiB blocks and small messages; returns the stream and its message count.
+    fn stream() -> (Vec<u8>, usize) {
+        let mut buf = BytesMut::new();
+        Handshake::new(InfoHash([1; 20]), PeerId([2; 20]), Reserved::FAST).encode(&mut buf);
+        let mut n = 0;
+        for k in 0..120u32 {
+            let block = Bytes::from(vec![k as u8; 16 * 1024]);
+            let m = Message::Piece {
+                index: k,
+                begin: 0,
+                block,
+            };
+            m.encode(&mut buf).expect("encode");
+            Message::Have { piece: k }.encode(&mut buf).expect("encode");
+            Message::KeepAlive.encode(&mut buf).expect("encode");
+            n += 3;
+        }
+        (buf.to_vec(), n)
+    }
+
+    /// Feeds `stream` to a decoder the way a driver's reader task does, in allocations of
+    /// `alloc_len` bytes read in chunks of random length (contiguous within an allocation), through
+    /// a [`Cut`] when `cut` is set; returns (messages decoded, bytes the decoder copied).
+    fn feed(stream: &[u8], alloc_len: usize, seed: u64, cut: bool) -> (usize, u64) {
+        let mut rng = seeded(seed);
+        let mut dec = Decoder::new(DEFAULT_MAX_FRAME_LEN);
+        let mut c = Cut::default();
+        let mut msgs = 0;
+        for alloc in stream.chunks(alloc_len) {
+            let mut room = BytesMut::with_capacity(alloc.len());
+            room.put_slice(alloc);
+            while !room.is_empty() {
+                let n = rng.random_range(1..=room.len().min(40_000));
+                let mut chunk = room.split_to(n);
+                let rest = if cut { c.split(&mut chunk) } else { None };
+                for part in [Some(chunk), rest].into_iter().flatten() {
+                    dec.extend_owned(part);
+                    while let Some(d) = dec.decode().expect("decodes") {
+                        if matches!(d, Decoded::Message(_)) {
+                            msgs += 1;
+                        }
+                    }
+                }
+            }
+        }
+        (msgs, dec.bytes_moved())
+    }
+
+    #[test]
+    fn cut_reads_leave_the_decoder_one_partial_frame_to_copy_per_allocation() {
+        let (s, n) = stream();
+        for seed in 0..8 {
+            let alloc_len = 64 * 1024 + 1000 * seed as usize;
+            let allocs = s.len().div_ceil(alloc_len) as u64;
+            let (got, moved) = feed(&s, alloc_len, seed, true);
+            assert_eq!(got, n, "seed {seed}");
+            // One frame (a block and its header) per allocation boundary, counted twice when it took
+            // more than one read to complete.
+            assert!(
+                moved <= allocs * 2 * (16 * 1024 + 13),
+                "seed {seed}: {moved} bytes moved over {allocs} allocations"
+            );
+            // Without the cut the decoder copies most of the stream.
+            let (got, uncut) = feed(&s, alloc_len, seed, false);
+            assert_eq!(got, n);
+            assert!(
+                uncut > s.len() as u64 / 2,
+                "seed {seed}: only {uncut} moved uncut"
+            );
         }
     }
 }

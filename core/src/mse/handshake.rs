@@ -10,7 +10,7 @@ use super::cipher::{Rc4Stream, Transform};
 use super::dh::KeyPair;
 use super::{
     hash, req2_hash, Crypto, MseError, Policy, Stage, CRYPTO_PLAINTEXT, CRYPTO_RC4, MAX_PAD_LEN,
-    PUBLIC_KEY_LEN, REQ1_SYNC_BOUND, VC_LEN, VC_SYNC_BOUND,
+    PREFIX, PUBLIC_KEY_LEN, REQ1_SYNC_BOUND, VC_LEN, VC_SYNC_BOUND,
 };
 use crate::rng::{CoreRng, Rng, RngExt};
 use crate::time::Instant;
@@ -403,6 +403,12 @@ impl Handshake {
         match self.state {
             State::PeerKey => {
                 let (n, full) = self.fill(data, PUBLIC_KEY_LEN);
+                // A plain-only peer that sends its BitTorrent handshake first (instead of hanging up on
+                // our key) would otherwise keep us waiting for 96 bytes until the handshake timeout. A
+                // real public key starts with these 20 bytes with probability 2^-160.
+                if self.outgoing && self.buf.get(..PREFIX.len()) == Some(&PREFIX[..]) {
+                    return Err(MseError::PlainAnswer);
+                }
                 if full {
                     let mut key = [0u8; PUBLIC_KEY_LEN];
                     key.copy_from_slice(&self.buf[..PUBLIC_KEY_LEN]);

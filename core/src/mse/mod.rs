@@ -170,7 +170,6 @@ pub enum Detection {
 /// 20-byte `\x13BitTorrent protocol` prefix means plain, any byte that departs from it means MSE. Looks at
 /// no more than 20 bytes.
 pub fn detect(first: &[u8]) -> Detection {
-    const PREFIX: &[u8; 20] = b"\x13BitTorrent protocol";
     let n = first.len().min(PREFIX.len());
     if first[..n] != PREFIX[..n] {
         Detection::Encrypted
@@ -180,6 +179,9 @@ pub fn detect(first: &[u8]) -> Detection {
         Detection::NeedMore
     }
 }
+
+/// The first 20 bytes of every plain BitTorrent handshake.
+pub(crate) const PREFIX: &[u8; 20] = b"\x13BitTorrent protocol";
 
 /// The step of the handshake an error happened in (for error messages and fallback decisions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,6 +262,10 @@ pub enum MseError {
     /// `len(PadC)` or `len(PadD)` is over 512.
     #[error("padding of {0} bytes is longer than 512")]
     PadTooLong(u16),
+    /// The peer we dialled answered with a plain BitTorrent handshake (`\x13BitTorrent protocol`)
+    /// where its Diffie-Hellman public key belongs: it does not speak MSE (or not on this port).
+    #[error("the peer answered our encryption handshake with a plain BitTorrent handshake")]
+    PlainAnswer,
     /// The connection closed before the handshake finished.
     #[error("connection closed during {stage} after {received} bytes")]
     Closed {
@@ -281,18 +287,20 @@ pub enum MseError {
 impl MseError {
     /// Whether this failure looks like a peer that does not speak MSE at all: it closed or went quiet
     /// before sending a whole public key (a plain peer reads our key as a broken handshake and hangs up, or
-    /// waits for a handshake that never comes). Under [`Policy::Prefer`] such a peer is redialled with a
+    /// waits for a handshake that never comes), or it answered with a plain BitTorrent handshake. Under [`Policy::Prefer`] such a peer is redialled with a
     /// plain handshake and remembered.
     pub fn suggests_plain_peer(&self) -> bool {
         matches!(
             self,
-            MseError::Closed {
-                stage: Stage::PublicKey,
-                ..
-            } | MseError::Timeout {
-                stage: Stage::PublicKey,
-                ..
-            }
+            MseError::PlainAnswer
+                | MseError::Closed {
+                    stage: Stage::PublicKey,
+                    ..
+                }
+                | MseError::Timeout {
+                    stage: Stage::PublicKey,
+                    ..
+                }
         )
     }
 }

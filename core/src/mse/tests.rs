@@ -415,6 +415,36 @@ fn endless_padding_ends_at_the_bounds() {
 }
 
 #[test]
+fn a_plain_answer_to_our_dial_fails_at_its_20th_byte() {
+    // A plain-only peer that sends its BitTorrent handshake where its public key belongs, in any
+    // split: the dial fails as soon as the 20-byte prefix is complete, not after 96 bytes or a timeout.
+    for split in [1, 7, 19, 20, 68] {
+        let mut rng = seeded(12);
+        let mut a = Handshake::outgoing(T0, &mut rng, ih(1), Policy::Prefer, &[]).expect("A");
+        let theirs = ia();
+        let mut fed = 0;
+        let mut result = Ok(0);
+        for chunk in theirs.chunks(split) {
+            result = a.handle_read(chunk, &NoSkeys);
+            fed += chunk.len();
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(MseError::PlainAnswer), "split {split}");
+        assert!(
+            fed >= 20 && fed < 20 + split,
+            "split {split}: failed after {fed} bytes"
+        );
+        assert!(MseError::PlainAnswer.suggests_plain_peer());
+    }
+    // The accepting side has its own detection (`detect`); for it these are just key bytes.
+    let mut rng = seeded(13);
+    let mut b = Handshake::incoming(T0, &mut rng, Policy::Prefer).expect("B");
+    assert_eq!(b.handle_read(&ia(), &[ih(1)][..]), Ok(68));
+}
+
+#[test]
 fn truncated_keys_timeouts_and_bad_keys() {
     let mut rng = seeded(10);
     let mut a = Handshake::outgoing(T0, &mut rng, ih(1), Policy::Prefer, &ia()).expect("A");

@@ -59,16 +59,16 @@ fn require_both_ends_downloads_over_rc4() {
 }
 
 #[test]
-fn prefer_both_ends_selects_plaintext_and_keeps_no_layer() {
+fn prefer_both_ends_selects_plaintext_and_keeps_no_cipher() {
     let (mut net, content, tl) = pair(Policy::Prefer, Policy::Prefer);
-    // Stop while the connection is up: it went through MSE, selected plaintext, and neither end keeps
-    // a transform (the payload costs what a plain connection costs).
+    // Stop while the connection is up: it went through MSE, selected plaintext, and neither end runs
+    // a cipher (the payload costs what a plain connection costs; only the frame cut stays).
     assert!(net.run_until(Duration::from_secs(60), |n| established(n, 1) == 1));
     let (rc4, mse) = kinds(&net, 1);
     assert_eq!((rc4, mse), (0, 1));
     for i in 0..2 {
         let e = &net.nodes[i].engine;
-        assert!(e.conns.keys().all(|id| !e.mse.has_layer(*id)));
+        assert!(e.conns.keys().all(|id| !e.mse_has_cipher(*id)));
     }
     assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
     assert_eq!(disk_content(&net.nodes[1], tl), content);
@@ -267,4 +267,81 @@ fn an_encrypted_peer_reaches_the_torrent_through_the_req2_lookup() {
     let theirs = Handshake::parse(&got[..68]).expect("a BitTorrent handshake");
     assert_eq!(theirs.info_hash, meta.info_hash());
     assert!(raw.engine.mse_is_rc4(conn));
+}
+
+/// Drains `raw`'s outputs by hand: dials are answered as connected at once, sent bytes are kept per
+/// connection, closes recorded. Returns the dials (connection id, address) seen.
+fn drain_connecting(
+    raw: &mut Raw,
+    sent: &mut BTreeMap<ConnId, Vec<u8>>,
+) -> Vec<(ConnId, SocketAddr)> {
+    let mut dials = Vec::new();
+    while let Some(o) = raw.engine.poll_output() {
+        match o {
+            Output::Connect { conn, addr, .. } => {
+                dials.push((conn, addr));
+                raw.engine.handle_connected(raw.now, conn);
+            }
+            Output::Send { conn, data } => {
+                sent.entry(conn).or_default().extend_from_slice(&data);
+                raw.engine.handle_flushed(raw.now, conn, data.len());
+            }
+            Output::Close { conn } => raw.closed.push(conn),
+            _ => {}
+        }
+    }
+    while raw.engine.poll_event().is_some() {}
+    dials
+}
+
+#[test]
+fn prefer_redials_plain_at_once_when_the_peer_answers_mse_with_a_plain_handshake() {
+    // A plain-only client that sends its BitTorrent handshake as soon as the connection is up, where
+    // our MSE dial expects its 96-byte public key. It used to cost the 30 s handshake timeout.
+    let (meta, _content) = make_torrent("multi", FILES, PL, vec![]);
+    let peer = addr(200, 6881);
+    let mut raw = Raw::new();
+    raw.engine = Engine::new(config(Policy::Prefer), 7, raw.now);
+    raw.engine
+        .add_torrent(raw.now, add(&meta, None, vec![peer]))
+        .expect("add");
+    let mut sent = BTreeMap::new();
+    let dials = drain_connecting(&mut raw, &mut sent);
+    let [(first, a)] = dials[..] else {
+        panic!("one dial expected, got {dials:?}")
+    };
+    assert_eq!(a, peer);
+    // Our MSE dial: a public key, not a BitTorrent handshake.
+    let ours = sent.get(&first).cloned().unwrap_or_default();
+    assert!(ours.len() >= 96 && !ours.starts_with(b"\x13BitTorrent protocol"));
+    let start = raw.now;
+    let theirs = Handshake::new(meta.info_hash(), PeerId([7; 20]), Reserved::FAST).to_bytes();
+    // 19 bytes of the prefix are not enough to tell; the 20th is.
+    raw.engine.handle_read(raw.now, first, &theirs[..19]);
+    assert!(drain_connecting(&mut raw, &mut sent).is_empty());
+    assert!(raw.closed.is_empty());
+    raw.engine.handle_read(raw.now, first, &theirs[19..]);
+    let mut redials = drain_connecting(&mut raw, &mut sent);
+    assert_eq!(raw.closed, vec![first]);
+    assert!(raw.engine.mse_plain_peer(&peer));
+    // The redial may wait for the engine's next dial round, never for a back-off or the timeout.
+    while redials.is_empty() {
+        let next = raw.engine.poll_timeout().expect("a deadline");
+        assert!(
+            next <= start + Duration::from_secs(1),
+            "no redial by {next:?}"
+        );
+        raw.now = raw.now.max(next);
+        raw.engine.handle_timeout(raw.now);
+        redials = drain_connecting(&mut raw, &mut sent);
+    }
+    let [(second, a)] = redials[..] else {
+        panic!("one redial expected, got {redials:?}")
+    };
+    assert_eq!(a, peer);
+    assert!(raw.now <= start + Duration::from_secs(1));
+    // The redial is a plain BitTorrent handshake for the same torrent.
+    let plain = sent.get(&second).cloned().unwrap_or_default();
+    assert!(plain.starts_with(b"\x13BitTorrent protocol"), "{plain:?}");
+    assert_eq!(&plain[28..48], &meta.info_hash().0[..]);
 }
