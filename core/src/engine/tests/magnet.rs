@@ -111,6 +111,24 @@ fn connect_in(raw: &mut Raw, from: SocketAddr, ih: InfoHash, tag: u8, then: &[Me
     )
 }
 
+/// Peer `conn` sends a PEX message (to the id public torrents use) that adds `peer`.
+fn send_pex_of(raw: &mut Raw, conn: ConnId, peer: SocketAddr) {
+    let pex = PexMessage {
+        added: vec![PexPeer {
+            addr: peer,
+            flags: PexFlags::empty(),
+        }],
+        dropped: vec![],
+    };
+    raw.send(
+        conn,
+        &[Message::Extended {
+            id: crate::ext::LOCAL_UT_PEX_ID,
+            payload: pex.encode().into(),
+        }],
+    );
+}
+
 /// Two hand-driven peers that speak `ut_metadata` and `ut_pex` connect in.
 fn two_pex_peers(raw: &mut Raw, ih: InfoHash) -> (ConnId, ConnId) {
     let hs = [peer_ext_handshake(true, true, None, Some(7000))];
@@ -457,20 +475,7 @@ fn private_torrents_neither_send_nor_accept_pex() {
     assert!(m.get(b"ut_pex").is_none(), "no ut_pex registered");
     assert!(m.get(b"ut_metadata").is_some());
     // A PEX message sent anyway (to the id public torrents use) is ignored.
-    let pex = PexMessage {
-        added: vec![PexPeer {
-            addr: addr(77, 6881),
-            flags: PexFlags::empty(),
-        }],
-        dropped: vec![],
-    };
-    raw.send(
-        a,
-        &[Message::Extended {
-            id: crate::ext::LOCAL_UT_PEX_ID,
-            payload: pex.encode().into(),
-        }],
-    );
+    send_pex_of(&mut raw, a, addr(77, 6881));
     raw.now += Duration::from_secs(120);
     raw.engine.handle_timeout(raw.now);
     raw.drain();
@@ -513,20 +518,7 @@ fn private_torrents_neither_send_nor_accept_pex() {
         "B's listen address (its IP and `p` port), never A itself"
     );
     // And what B tells us is dialled.
-    let pex = PexMessage {
-        added: vec![PexPeer {
-            addr: addr(77, 6881),
-            flags: PexFlags::empty(),
-        }],
-        dropped: vec![],
-    };
-    raw.send(
-        b,
-        &[Message::Extended {
-            id: crate::ext::LOCAL_UT_PEX_ID,
-            payload: pex.encode().into(),
-        }],
-    );
+    send_pex_of(&mut raw, b, addr(77, 6881));
     assert_eq!(raw.dials, vec![addr(77, 6881)]);
 }
 
