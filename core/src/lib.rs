@@ -20,6 +20,8 @@ pub mod percent;
 pub mod picker;
 pub mod ratelimit;
 pub mod rng;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod tracker;
 pub mod types;

@@ -40,14 +40,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha1::{Digest, Sha1};
 
 use hyperblow_core::engine::{
     AddError, AddMagnet, AddTorrent, ConnId, Engine, EngineConfig, Event, Job, JobId, JobResult,
-    Output, ResolveId, StorageFailure, StorageFailureKind, TorrentId,
+    Output, ResolveId, TorrentId,
 };
 use hyperblow_core::metainfo::Metainfo;
 use hyperblow_core::rng::{seeded, CoreRng, RngExt};
+use hyperblow_core::testkit::{Hosts, MemDisk, OriginPiece, OriginUse};
 use hyperblow_core::time::Instant;
 use hyperblow_core::InfoHash;
 
@@ -255,15 +255,6 @@ pub struct SimCounters {
     pub jobs: u64,
 }
 
-/// A piece in a node's store.
-#[derive(Debug, Clone)]
-enum Stored {
-    /// Its own copy of the bytes.
-    Owned(Bytes),
-    /// Equal to the original content (checked when written, or a seeder's initial data).
-    Origin,
-}
-
 /// The original content of a torrent, known to the simulator.
 #[derive(Debug, Clone)]
 struct Origin {
@@ -296,8 +287,9 @@ struct Node {
     state: NodeState,
     listening: bool,
     torrents: BTreeMap<TorrentId, InfoHash>,
-    store: BTreeMap<(InfoHash, u32), Stored>,
-    corrupt_reads: bool,
+    /// Verified pieces by info-hash; a seeder's, and with `share_verified_pieces` those equal to
+    /// the original, are slices of the registered content (no copy).
+    disk: MemDisk<InfoHash>,
     events: Vec<(Instant, Event)>,
     completed: BTreeMap<TorrentId, Instant>,
     /// The deadline currently registered in `Sim::timers`.
@@ -306,8 +298,6 @@ struct Node {
     uplink: Option<LinkSpec>,
     /// Consecutive timer firings at the same instant that left the deadline in the past.
     spins: u32,
-    /// Bytes written by VerifyWrite jobs.
-    written: u64,
 }
 
 /// One end of a simulated TCP connection.
@@ -404,7 +394,7 @@ pub struct Sim {
     nodes: Vec<Node>,
     origins: BTreeMap<InfoHash, Origin>,
     tracker: Tracker,
-    hosts: BTreeMap<String, IpAddr>,
+    hosts: Hosts,
     links: BTreeMap<(NodeId, NodeId), LinkSpec>,
     udp: BTreeMap<(NodeId, NodeId), UdpPath>,
     conns: BTreeMap<u64, SimConn>,
@@ -445,8 +435,8 @@ fn fnv(h: u64, x: u64) -> u64 {
 impl Sim {
     /// An empty simulation with the tracker's host name known.
     pub fn new(config: SimConfig) -> Sim {
-        let mut hosts = BTreeMap::new();
-        hosts.insert(TRACKER_HOST.to_owned(), tracker_ip());
+        let mut hosts = Hosts::new();
+        hosts.insert(TRACKER_HOST, tracker_ip());
         let mut sim = Sim {
             now: config.start,
             rng: seeded(config.seed),
@@ -493,15 +483,13 @@ impl Sim {
             state: NodeState::Running,
             listening: true,
             torrents: BTreeMap::new(),
-            store: BTreeMap::new(),
-            corrupt_reads: false,
+            disk: MemDisk::new(),
             events: Vec::new(),
             completed: BTreeMap::new(),
             timer: None,
             next_port: 49152,
             uplink: None,
             spins: 0,
-            written: 0,
         });
         self.drain(id);
         id
@@ -530,9 +518,12 @@ impl Sim {
         let pieces = add.metainfo.info.layout().piece_count();
         if seed {
             add.have = Some(hyperblow_core::bitfield::Bitfield::full(pieces));
+            let origin = self.origins.get(&ih);
             let n = &mut self.nodes[node];
             for p in 0..pieces {
-                n.store.insert((ih, p), Stored::Origin);
+                if let Some(data) = origin.and_then(|o| o.piece(p)) {
+                    n.disk.put(ih, p, data);
+                }
             }
         }
         let now = self.now;
@@ -576,12 +567,12 @@ impl Sim {
 
     /// Makes every block `node` reads for peers corrupt (bytes flipped) or honest again.
     pub fn set_corrupt_reads(&mut self, node: NodeId, corrupt: bool) {
-        self.nodes[node].corrupt_reads = corrupt;
+        self.nodes[node].disk.corrupt_reads = corrupt;
     }
 
     /// Adds a host name to the resolver's table.
     pub fn add_host(&mut self, host: &str, ip: IpAddr) {
-        self.hosts.insert(host.to_owned(), ip);
+        self.hosts.insert(host, ip);
     }
 
     /// Gives a node a peer address for one of its torrents (like `--peer`).
@@ -680,24 +671,21 @@ impl Sim {
 
     /// Bytes written by a node's VerifyWrite jobs.
     pub fn bytes_written(&self, node: NodeId) -> u64 {
-        self.nodes[node].written
+        self.nodes[node].disk.written
     }
 
     /// Pieces of a torrent on a node's disk.
     pub fn stored_pieces(&self, node: NodeId, info_hash: InfoHash) -> Vec<u32> {
         self.nodes[node]
-            .store
-            .range((info_hash, 0)..=(info_hash, u32::MAX))
-            .map(|((_, p), _)| *p)
+            .disk
+            .pieces_of(info_hash)
+            .map(|(p, _)| p)
             .collect()
     }
 
     /// A piece as stored on a node's disk.
     pub fn stored_piece(&self, node: NodeId, info_hash: InfoHash, piece: u32) -> Option<Bytes> {
-        match self.nodes[node].store.get(&(info_hash, piece))? {
-            Stored::Owned(b) => Some(b.clone()),
-            Stored::Origin => self.origins.get(&info_hash)?.piece(piece),
-        }
+        self.nodes[node].disk.get(info_hash, piece).cloned()
     }
 
     /// The original content of a registered torrent.
@@ -1055,10 +1043,7 @@ impl Sim {
                 }
             }
             Output::Resolve { id, host, port } => {
-                let result = match self.hosts.get(&host) {
-                    Some(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
-                    None => Err(format!("unknown host {host}")),
-                };
+                let result = self.hosts.resolve(&host, port);
                 let at = now + self.config.resolve_latency;
                 self.schedule(at, Ev::Resolved { node, id, result });
             }
@@ -1446,114 +1431,29 @@ impl Sim {
         }
     }
 
+    /// Performs a job on the node's disk (the shared [`MemDisk`]); a `VerifyWrite` of a
+    /// registered torrent also gets the original piece, for [`HashMode::CompareWithOrigin`] and
+    /// [`SimConfig::share_verified_pieces`].
     fn run_job(&mut self, node: NodeId, job: Job) -> JobResult {
-        let n = &mut self.nodes[node];
-        match job {
-            Job::VerifyWrite {
-                torrent,
-                piece,
-                blocks,
-                expected,
-            } => {
-                let Some(ih) = n.torrents.get(&torrent).copied() else {
-                    return JobResult::Failed(StorageFailure {
-                        kind: StorageFailureKind::NotFound,
-                        message: format!("write of piece {piece}: unknown torrent {torrent:?}"),
-                    });
-                };
-                let origin = self.origins.get(&ih).and_then(|o| o.piece(piece));
-                let same_as_origin = origin.as_ref().is_some_and(|o| blocks_equal(&blocks, o));
-                let origin_hash = self
-                    .origins
-                    .get(&ih)
-                    .and_then(|o| o.metainfo.info.piece_hash(piece));
-                // The benchmark stand-in: bytes equal to the original piece have its hash.
-                let hash = if self.config.hash_mode == HashMode::CompareWithOrigin
-                    && same_as_origin
-                    && origin_hash.is_some()
-                {
-                    origin_hash
-                } else {
-                    let mut h = Sha1::new();
-                    for b in &blocks {
-                        h.update(b);
-                    }
-                    Some(h.finalize().into())
-                };
-                if hash != Some(expected) {
-                    return JobResult::Mismatch;
-                }
-                let len: usize = blocks.iter().map(Bytes::len).sum();
-                n.written += len as u64;
-                let stored = match origin {
-                    Some(_) if self.config.share_verified_pieces && same_as_origin => {
-                        Stored::Origin
-                    }
-                    _ => {
-                        let mut v = Vec::with_capacity(len);
-                        for b in &blocks {
-                            v.extend_from_slice(b);
-                        }
-                        Stored::Owned(v.into())
-                    }
-                };
-                n.store.insert((ih, piece), stored);
-                JobResult::Written
+        let (Job::VerifyWrite { torrent, piece, .. } | Job::Read { torrent, piece, .. }) = &job;
+        let key = self.nodes[node].torrents.get(torrent).copied();
+        let use_origin = OriginUse {
+            trust_equal: self.config.hash_mode == HashMode::CompareWithOrigin,
+            share: self.config.share_verified_pieces,
+        };
+        let origin = match (&job, key) {
+            (Job::VerifyWrite { .. }, Some(ih)) if use_origin != OriginUse::default() => {
+                self.origins.get(&ih).and_then(|o| {
+                    Some(OriginPiece {
+                        data: o.piece(*piece)?,
+                        hash: o.metainfo.info.piece_hash(*piece)?,
+                    })
+                })
             }
-            Job::Read {
-                torrent,
-                piece,
-                offset,
-                length,
-            } => {
-                let ih = n.torrents.get(&torrent).copied();
-                let stored = ih.and_then(|ih| n.store.get(&(ih, piece)).map(|s| (ih, s)));
-                let data = match stored {
-                    Some((_, Stored::Owned(b))) => Some(b.clone()),
-                    Some((ih, Stored::Origin)) => {
-                        self.origins.get(&ih).and_then(|o| o.piece(piece))
-                    }
-                    None => None,
-                };
-                let Some(data) = data else {
-                    return JobResult::Failed(StorageFailure {
-                        kind: StorageFailureKind::NotFound,
-                        message: format!("read of piece {piece}: not on disk"),
-                    });
-                };
-                let (o, l) = (offset as usize, length as usize);
-                if o + l > data.len() {
-                    return JobResult::Failed(StorageFailure {
-                        kind: StorageFailureKind::Other,
-                        message: format!(
-                            "read of piece {piece} at {offset}+{length}: past its end"
-                        ),
-                    });
-                }
-                if n.corrupt_reads {
-                    let mut v = data.slice(o..o + l).to_vec();
-                    for b in &mut v {
-                        *b ^= 0x5a;
-                    }
-                    JobResult::Read(v.into())
-                } else {
-                    JobResult::Read(data.slice(o..o + l))
-                }
-            }
-        }
+            _ => None,
+        };
+        self.nodes[node].disk.run(key, &job, origin, use_origin)
     }
-}
-
-/// Whether the concatenated `blocks` equal `expect`.
-fn blocks_equal(blocks: &[Bytes], expect: &[u8]) -> bool {
-    let mut pos = 0;
-    for b in blocks {
-        match expect.get(pos..pos + b.len()) {
-            Some(e) if e == &b[..] => pos += b.len(),
-            _ => return false,
-        }
-    }
-    pos == expect.len()
 }
 
 /// A number standing for an event, for the fingerprint.

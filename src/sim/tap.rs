@@ -1,8 +1,9 @@
 //! A wire tap: decodes the peer-wire bytes crossing a simulated link so tests can see which messages
 //! were actually exchanged (who choked whom, which piece blocks a node received).
 
+use hyperblow_core::testkit::WireStream;
 use hyperblow_core::time::Instant;
-use hyperblow_core::wire::{Decoded, Decoder, Message};
+use hyperblow_core::wire::{Decoded, Message};
 
 /// Largest frame the tap accepts (bitfields of big torrents included).
 const TAP_MAX_FRAME: u32 = 8 * 1024 * 1024;
@@ -66,15 +67,13 @@ pub struct TapRecord {
 /// A decoder for one direction of one connection.
 #[derive(Debug)]
 pub(crate) struct Tap {
-    decoder: Decoder,
-    failed: bool,
+    stream: WireStream,
 }
 
 impl Tap {
     pub(crate) fn new() -> Tap {
         Tap {
-            decoder: Decoder::new(TAP_MAX_FRAME),
-            failed: false,
+            stream: WireStream::new(TAP_MAX_FRAME),
         }
     }
 
@@ -88,54 +87,44 @@ impl Tap {
         data: &[u8],
         out: &mut Vec<TapRecord>,
     ) {
-        if self.failed {
-            return;
-        }
-        self.decoder.extend(data);
-        loop {
-            match self.decoder.decode() {
-                Ok(None) => break,
-                Err(_) => {
-                    // Not peer-wire traffic the tap understands (the engine's own decoder judges it).
-                    self.failed = true;
-                    break;
-                }
-                Ok(Some(Decoded::Handshake(_))) => {}
-                Ok(Some(Decoded::Message(m))) => {
-                    let message = match m {
-                        Message::Choke => TapMessage::Choke,
-                        Message::Unchoke => TapMessage::Unchoke,
-                        Message::Interested => TapMessage::Interested,
-                        Message::NotInterested => TapMessage::NotInterested,
-                        Message::Have { piece } => TapMessage::Have(piece),
-                        Message::Request(r) => TapMessage::Request {
-                            piece: r.index,
-                            begin: r.begin,
-                        },
-                        Message::Cancel(r) => TapMessage::Cancel {
-                            piece: r.index,
-                            begin: r.begin,
-                        },
-                        Message::Piece {
-                            index,
-                            begin,
-                            block,
-                        } => TapMessage::Piece {
-                            piece: index,
-                            begin,
-                            length: block.len() as u32,
-                        },
-                        _ => continue,
-                    };
-                    out.push(TapRecord {
-                        at,
-                        from,
-                        to,
-                        conn,
-                        message,
-                    });
-                }
-            }
-        }
+        // Bytes that are not peer-wire traffic the tap understands end its decoding (the engine's
+        // own decoder judges them).
+        self.stream.feed(data, |d| {
+            let Decoded::Message(m) = d else {
+                return;
+            };
+            let message = match m {
+                Message::Choke => TapMessage::Choke,
+                Message::Unchoke => TapMessage::Unchoke,
+                Message::Interested => TapMessage::Interested,
+                Message::NotInterested => TapMessage::NotInterested,
+                Message::Have { piece } => TapMessage::Have(piece),
+                Message::Request(r) => TapMessage::Request {
+                    piece: r.index,
+                    begin: r.begin,
+                },
+                Message::Cancel(r) => TapMessage::Cancel {
+                    piece: r.index,
+                    begin: r.begin,
+                },
+                Message::Piece {
+                    index,
+                    begin,
+                    block,
+                } => TapMessage::Piece {
+                    piece: index,
+                    begin,
+                    length: block.len() as u32,
+                },
+                _ => return,
+            };
+            out.push(TapRecord {
+                at,
+                from,
+                to,
+                conn,
+                message,
+            });
+        });
     }
 }

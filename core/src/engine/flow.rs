@@ -23,6 +23,8 @@ impl Engine {
             };
             self.on_peer_event(now, id, ev);
         }
+        // Events first: they may close the session, change what we want from the peer, or queue
+        // reads; only then are requests, bytes and reads worked out from the settled state.
         if let Some(c) = self.conns.get(&id) {
             if c.session.is_closed() {
                 let reason = c
@@ -33,6 +35,7 @@ impl Engine {
                 return;
             }
         }
+        self.note_hunger(id);
         self.fill_requests(now, id);
         self.flush(id);
         self.pump_reads(id);
@@ -40,6 +43,7 @@ impl Engine {
 
     fn on_peer_event(&mut self, now: Instant, id: ConnId, ev: peer::Event) {
         use peer::Event as E;
+        self.catch_up_conduct(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -87,6 +91,9 @@ impl Engine {
                             o.peer_id == Some(peer_id) && o.established_at.is_some()
                         })
                 });
+                // Both ends must keep the same one of two connections between them, without talking
+                // about it: when one was dialled by each side, the peer ids decide (see
+                // `keep_dialled_by_us`); two in the same direction keep the older one.
                 if let Some(other) = other {
                     let other_outgoing = self.conns.get(&other).is_some_and(|o| o.outgoing);
                     let outgoing = self.conns.get(&id).is_some_and(|c| c.outgoing);
@@ -103,6 +110,7 @@ impl Engine {
                 let Some(t) = self.torrents.get_mut(&tid) else {
                     return;
                 };
+                // A handshake completed: the address works, so its back-off starts over.
                 if let Some(e) = t.book.entries.get_mut(&addr) {
                     e.failures = 0;
                 }
@@ -145,6 +153,7 @@ impl Engine {
                 }
                 self.update_interest(now, id);
             }
+            // The requests it dropped are free again: any peer of the torrent may take them now.
             E::Choked { released_requests } => {
                 if let Some(picker) = t.meta.picker_mut() {
                     for b in released_requests {
@@ -185,6 +194,7 @@ impl Engine {
                 c.conduct.rejected(now, block.piece);
                 t.refill = true;
             }
+            // Blocks a peer left unanswered too long go back to the picker for every peer.
             E::RequestsTimedOut { blocks } => {
                 if let Some(picker) = t.meta.picker_mut() {
                     for b in blocks {
@@ -193,6 +203,7 @@ impl Engine {
                 }
                 t.refill = true;
             }
+            // A snubbed peer loses its regular slot at the next rechoke while we leech.
             E::Snubbed => t.choke_dirty = true,
             // Only pieces we have (verified) are served, and only while running; anything else is
             // rejected so the peer does not wait for it.
@@ -205,6 +216,8 @@ impl Engine {
                     c.session.reject_request(now, block);
                 }
             }
+            // Only queued reads are dropped here; a read already at the disk is not sent when it
+            // returns (the session no longer holds the request).
             E::Cancelled { block } => c.read_queue.retain(|b| *b != block),
             E::Extended {
                 id: ext_id,
@@ -337,6 +350,8 @@ impl Engine {
         let Some(picker) = t.meta.picker_mut() else {
             return;
         };
+        // Every payload byte counts as downloaded (duplicates and later-failed pieces too), as
+        // trackers expect; only new blocks go on.
         let len = u64::from(block.length);
         t.downloaded += len;
         t.down_rate.record(now, len);
@@ -360,6 +375,7 @@ impl Engine {
                 verify_job = Some((blocks, expected));
             }
         }
+        // End game: the same block asked of other peers is cancelled there.
         let mut to_flush = Vec::new();
         for k in cancel {
             if let Some(cid) = t.keys.get(&k) {
@@ -466,7 +482,8 @@ impl Engine {
         if n == 0 {
             return;
         }
-        // Rate limit: one block's tokens up front (or wait in the queue), more as the buckets hold.
+        // Rate limit: one block's tokens up front (or wait in the queue), more as the buckets hold;
+        // the `+ 1` is that prepaid block, refunded below if nothing was requested after all.
         let limited = self.limits.download.is_limited(tid);
         if limited {
             if !self
@@ -560,6 +577,7 @@ impl Engine {
                 .picker()
                 .is_some_and(|p| p.is_interesting(c.session.peer_pieces()));
         c.session.set_interested(now, interested);
+        self.note_hunger(id);
     }
 
     /// Moves the session's bytes to `Output::Send`, up to the send window.
@@ -631,6 +649,7 @@ impl Engine {
         };
         self.limits.forget_conn(id);
         self.ids.release(id);
+        // A connection slot is free: the dialler may use it at once.
         self.dial_dirty = true;
         if self.addrs.get(&(c.addr, c.torrent)) == Some(&id) {
             self.addrs.remove(&(c.addr, c.torrent));
@@ -650,6 +669,7 @@ impl Engine {
         };
         if let Some(t) = self.torrents.get_mut(&tid) {
             t.conns.remove(&id);
+            t.hungry.remove(&id);
             t.keys.remove(&c.key);
             // Its availability leaves the picker and its outstanding requests become free again
             // (a session without geometry never counted in the picker).
@@ -847,6 +867,8 @@ impl Engine {
             torrent: tid,
             piece,
         });
+        // Every peer hears of the piece (BEP 3; also those that have it, which keeps their view of us
+        // exact), and each may stop being interesting now that we have it.
         let ids: Vec<ConnId> = t.conns.iter().copied().collect();
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
@@ -876,6 +898,7 @@ impl Engine {
         }
         t.complete_reported = true;
         t.policy.set_completed(now);
+        // The choker switches from download rates to upload rates: rechoke now, not in 10 s.
         t.choker.rechoke_soon();
         t.choke_dirty = true;
         self.events.push_back(Event::TorrentCompleted(tid));
@@ -919,6 +942,7 @@ impl Engine {
             .copied()
             .filter(|id| self.conns.get(id).is_some_and(|c| c.addr == addr))
             .collect();
+        // Its peer id is banned too, so it cannot come back from another address.
         for id in &victims {
             if let Some(pid) = self.conns.get(id).and_then(|c| c.peer_id) {
                 insert_capped(&mut t.banned_ids, pid, MAX_BANNED);
@@ -976,8 +1000,10 @@ impl Engine {
         for id in ids {
             self.update_interest(now, id);
         }
+        // Interest changes and cancels were queued without a flush: the refill visits everyone.
         if let Some(t) = self.torrents.get_mut(&tid) {
             t.refill = true;
+            t.refill_all = true;
         }
     }
 
@@ -1096,6 +1122,7 @@ impl Engine {
                     e.connected = true;
                 }
                 let id = self.ids.mint_peer();
+                // The picker knows peers by a key derived from the connection id (unique while open).
                 let key = PeerKey(id.0 as u32);
                 t.conns.insert(id);
                 t.keys.insert(key, id);
@@ -1181,11 +1208,7 @@ impl Engine {
                 continue;
             };
             if std::mem::take(&mut t.refill) {
-                let ids: Vec<ConnId> = t.conns.iter().copied().collect();
-                for id in ids {
-                    self.fill_requests(now, id);
-                    self.flush(id);
-                }
+                self.refill(now, tid);
             }
             let Some(t) = self.torrents.get_mut(&tid) else {
                 continue;
@@ -1232,6 +1255,8 @@ impl Engine {
     /// Runs announce policies, the UDP router and HTTP exchanges until nothing more happens now.
     /// Only touched torrents can have announces to send (a due announce touches its torrent).
     fn drive_trackers(&mut self, now: Instant, work: &mut Vec<TorrentId>) {
+        // A reply can add peers and answers can come back at once (fakes, failures): a few rounds
+        // settle that; 16 only bounds a pathological loop, the rest waits for the next input.
         for _ in 0..16 {
             let mut orders = Vec::new();
             self.add_late(work);

@@ -26,6 +26,7 @@ mod flow;
 mod limits;
 mod mse;
 mod pieces;
+mod refill;
 mod scrape;
 mod table;
 mod torrent;

@@ -6,14 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha1::{Digest, Sha1};
 
 use super::*;
 use crate::metainfo::TorrentBuilder;
+use crate::testkit::{fire_due, next_deadline, Hosts, MemDisk, OriginUse, WireLog};
 use crate::tracker::udp::{
     AddressFamily, AnnounceReply, ConnectResponse, Request as UdpRequest, Response as UdpResponse,
 };
-use crate::wire::{Decoded, Decoder, Handshake, Message, Reserved, DEFAULT_MAX_FRAME_LEN};
+use crate::wire::{Decoded, Handshake, Message, Reserved, DEFAULT_MAX_FRAME_LEN};
 
 // ===== the harness ==============================================================================
 
@@ -27,14 +27,9 @@ enum Serve {
 struct Node {
     engine: Engine,
     addr: SocketAddr,
-    /// Verified pieces on "disk", per torrent.
-    disk: BTreeMap<(TorrentId, u32), Bytes>,
-    /// Torrents whose writes fail.
-    fail_writes: BTreeSet<TorrentId>,
-    serve: Serve,
+    /// Verified pieces on "disk", per torrent (with the failures a test injects).
+    disk: MemDisk<TorrentId>,
     events: Vec<Event>,
-    /// Bytes of every Hash job, to check nothing unverified was written.
-    writes: u64,
 }
 
 /// A fake HTTP tracker: answers every request with `body`, recording the request lines.
@@ -85,7 +80,7 @@ struct Net {
     http: BTreeMap<SocketAddr, FakeHttp>,
     udp: BTreeMap<SocketAddr, FakeUdp>,
     /// Host names the fake resolver knows.
-    hosts: BTreeMap<String, IpAddr>,
+    hosts: Hosts,
     queue: VecDeque<Action>,
     next_port: u16,
     /// Links whose bytes are withheld (a peer that went silent) until `unmute`.
@@ -96,7 +91,7 @@ struct Net {
     held: Vec<(usize, JobId, Job)>,
     /// Nodes whose outgoing peer messages are decoded into `sent`.
     tap: BTreeSet<usize>,
-    decoders: BTreeMap<(usize, ConnId), Decoder>,
+    wire: WireLog<(usize, ConnId)>,
     sent: Vec<(usize, SocketAddr, Message)>,
     /// Every `Connect` a node asked for.
     connects: Vec<(usize, SocketAddr)>,
@@ -105,15 +100,6 @@ struct Net {
     utp_loss: u32,
     utp_dropped: u64,
     loss_rng: CoreRng,
-}
-
-/// The SHA-1 of a piece given as blocks.
-fn sha1_of(blocks: &[Bytes]) -> [u8; 20] {
-    let mut h = Sha1::new();
-    for b in blocks {
-        h.update(b);
-    }
-    h.finalize().into()
 }
 
 fn addr(i: u8, port: u16) -> SocketAddr {
@@ -129,7 +115,7 @@ impl Net {
             http_conns: BTreeMap::new(),
             http: BTreeMap::new(),
             udp: BTreeMap::new(),
-            hosts: BTreeMap::new(),
+            hosts: Hosts::new(),
             queue: VecDeque::new(),
             next_port: 40000,
             mute: BTreeSet::new(),
@@ -137,7 +123,7 @@ impl Net {
             held_hash: false,
             held: Vec::new(),
             tap: BTreeSet::new(),
-            decoders: BTreeMap::new(),
+            wire: WireLog::new(DEFAULT_MAX_FRAME_LEN),
             sent: Vec::new(),
             connects: Vec::new(),
             tls_dials: Vec::new(),
@@ -160,8 +146,29 @@ impl Net {
             .engine
             .add_torrent(self.now, add(meta, Some(Bitfield::full(pieces)), vec![]))
             .expect("add seed");
-        load_disk(&mut self.nodes[node], t, content, piece_length);
+        self.nodes[node].disk.load(t, content, piece_length);
         t
+    }
+
+    /// Adds `meta` to node `node` as a leecher (nothing on disk) that knows `peers`.
+    fn add_leech(&mut self, node: usize, meta: &Metainfo, peers: Vec<SocketAddr>) -> TorrentId {
+        self.nodes[node]
+            .engine
+            .add_torrent(self.now, add(meta, None, peers))
+            .expect("add leech")
+    }
+
+    /// A fake HTTP tracker at `at`, known to the resolver as `host`, that answers every
+    /// announce with `peers`.
+    fn serve_tracker(&mut self, host: &str, at: SocketAddr, peers: &[SocketAddr]) {
+        self.hosts.insert(host, at.ip());
+        self.http.insert(
+            at,
+            FakeHttp {
+                body: http_body(peers),
+                requests: Vec::new(),
+            },
+        );
     }
 
     fn add_node(&mut self, config: EngineConfig, seed: u64) -> usize {
@@ -174,11 +181,8 @@ impl Net {
         self.nodes.push(Node {
             engine: Engine::new(config, seed, self.now),
             addr: addr(ip, 6881),
-            disk: BTreeMap::new(),
-            fail_writes: BTreeSet::new(),
-            serve: Serve::Honest,
+            disk: MemDisk::new(),
             events: Vec::new(),
-            writes: 0,
         });
         i
     }
@@ -259,16 +263,12 @@ impl Net {
                 if let Some(&(j, jc)) = self.links.get(&(i, conn)) {
                     if self.tap.contains(&i) {
                         let to = self.nodes[j].addr;
-                        let d = self
-                            .decoders
-                            .entry((i, conn))
-                            .or_insert_with(|| Decoder::new(DEFAULT_MAX_FRAME_LEN));
-                        d.extend(&data);
-                        while let Ok(Some(m)) = d.decode() {
+                        let sent = &mut self.sent;
+                        self.wire.feed((i, conn), &data, |m| {
                             if let Decoded::Message(m) = m {
-                                self.sent.push((i, to, m));
+                                sent.push((i, to, m));
                             }
-                        }
+                        });
                     }
                     let a = Action::Deliver {
                         node: j,
@@ -338,10 +338,7 @@ impl Net {
                 }
             }
             Output::Resolve { id, host, port } => {
-                let result = match self.hosts.get(&host) {
-                    Some(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
-                    None => Err(format!("unknown host {host}")),
-                };
+                let result = self.hosts.resolve(&host, port);
                 self.queue.push_back(Action::Resolved {
                     node: i,
                     id,
@@ -364,59 +361,10 @@ impl Net {
     }
 
     fn run_job(&mut self, i: usize, job: &Job) -> JobResult {
-        let node = &mut self.nodes[i];
-        match job {
-            Job::VerifyWrite {
-                torrent,
-                piece,
-                blocks,
-                expected,
-            } => {
-                if sha1_of(blocks) != *expected {
-                    return JobResult::Mismatch;
-                }
-                if node.fail_writes.contains(torrent) {
-                    return JobResult::Failed(StorageFailure {
-                        kind: StorageFailureKind::NoSpace,
-                        message: format!("writing piece {piece}: no space left on device"),
-                    });
-                }
-                let data: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
-                node.writes += data.len() as u64;
-                node.disk.insert((*torrent, *piece), data.into());
-                JobResult::Written
-            }
-            Job::Read {
-                torrent,
-                piece,
-                offset,
-                length,
-            } => {
-                let Some(p) = node.disk.get(&(*torrent, *piece)) else {
-                    return JobResult::Failed(StorageFailure {
-                        kind: StorageFailureKind::NotFound,
-                        message: format!("piece {piece} is not on disk"),
-                    });
-                };
-                let (o, l) = (*offset as usize, *length as usize);
-                let Some(slice) = p.get(o..o + l) else {
-                    return JobResult::Failed(StorageFailure {
-                        kind: StorageFailureKind::Other,
-                        message: format!("read past piece {piece}"),
-                    });
-                };
-                match node.serve {
-                    Serve::Honest => JobResult::Read(p.slice(o..o + l)),
-                    Serve::Corrupt => {
-                        let mut v = slice.to_vec();
-                        for b in v.iter_mut() {
-                            *b ^= 0x5a;
-                        }
-                        JobResult::Read(v.into())
-                    }
-                }
-            }
-        }
+        let (Job::VerifyWrite { torrent, .. } | Job::Read { torrent, .. }) = job;
+        self.nodes[i]
+            .disk
+            .run(Some(*torrent), job, None, OriginUse::default())
     }
 
     fn apply(&mut self, a: Action) {
@@ -461,12 +409,7 @@ impl Net {
             if self.settle_until(&done) {
                 return true;
             }
-            let next = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.engine.poll_timeout())
-                .min();
-            let Some(next) = next else {
+            let Some(next) = next_deadline(self.nodes.iter().map(|n| &n.engine)) else {
                 return false;
             };
             if next > end {
@@ -480,12 +423,7 @@ impl Net {
             if next > self.now {
                 self.now = next;
             }
-            let now = self.now;
-            for n in &mut self.nodes {
-                if n.engine.poll_timeout().is_some_and(|t| t <= now) {
-                    n.engine.handle_timeout(now);
-                }
-            }
+            fire_due(self.now, self.nodes.iter_mut().map(|n| &mut n.engine));
         }
     }
 
@@ -577,18 +515,12 @@ fn make_torrent(
 
 /// Puts the whole content on a node's disk for torrent `t`.
 fn load_disk(node: &mut Node, t: TorrentId, content: &[u8], piece_length: u32) {
-    for (i, chunk) in content.chunks(piece_length as usize).enumerate() {
-        node.disk
-            .insert((t, i as u32), Bytes::copy_from_slice(chunk));
-    }
+    node.disk.load(t, content, piece_length);
 }
 
 /// The content a node has for `t`, pieces concatenated (missing pieces absent).
 fn disk_content(node: &Node, t: TorrentId) -> Vec<u8> {
-    node.disk
-        .range((t, 0)..=(t, u32::MAX))
-        .flat_map(|(_, b)| b.iter().copied())
-        .collect()
+    node.disk.content(t)
 }
 
 fn add(meta: &Metainfo, have: Option<Bitfield>, peers: Vec<SocketAddr>) -> AddTorrent {
@@ -610,12 +542,8 @@ fn seed_and_leech(trackers: Vec<Vec<String>>) -> (Net, Metainfo, Vec<u8>, Torren
     let mut net = Net::new();
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
-    let now = net.now;
     let ts = net.add_seed(s, &meta, &content, PL);
-    let tl = net.nodes[l]
-        .engine
-        .add_torrent(now, add(&meta, None, vec![]))
-        .expect("add leech");
+    let tl = net.add_leech(l, &meta, vec![]);
     (net, meta, content, ts, tl)
 }
 
@@ -644,7 +572,7 @@ fn leech_from_one_manually_added_seeder() {
         .expect("stats");
     assert_eq!(seed_stats.uploaded, content.len() as u64);
     // Every byte written was hashed first: the leecher wrote exactly the content once.
-    assert_eq!(net.nodes[1].writes, content.len() as u64);
+    assert_eq!(net.nodes[1].disk.written, content.len() as u64);
     let verified = net.nodes[1]
         .events
         .iter()
@@ -672,24 +600,26 @@ fn http_body(peers: &[SocketAddr]) -> Vec<u8> {
     body
 }
 
-#[test]
-fn leech_through_a_fake_http_tracker() {
-    let url = "http://tracker.test:8080/announce".to_owned();
+/// A leecher completes from a seeder it learns of from a fake tracker at
+/// `{scheme}://tracker.test:{port}`, which saw a `started` announce; returns the network, the
+/// tracker's address and the leecher's torrent.
+fn leech_through_tracker(scheme: &str, port: u16) -> (Net, SocketAddr, TorrentId) {
+    let url = format!("{scheme}://tracker.test:{port}/announce");
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
-    let tracker = addr(100, 8080);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
+    let tracker = addr(100, port);
     let seeder = net.nodes[0].addr;
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
+    net.serve_tracker("tracker.test", tracker, &[seeder]);
     assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
     assert_eq!(disk_content(&net.nodes[1], tl), content);
     let reqs = &net.http[&tracker].requests;
     assert!(reqs.iter().any(|r| r.contains("event=started")), "{reqs:?}");
+    (net, tracker, tl)
+}
+
+#[test]
+fn leech_through_a_fake_http_tracker() {
+    let (net, tracker, tl) = leech_through_tracker("http", 8080);
+    let reqs = &net.http[&tracker].requests;
     assert!(
         reqs.iter().any(|r| r.contains("event=completed")),
         "{reqs:?}"
@@ -708,22 +638,7 @@ fn leech_through_a_fake_http_tracker() {
 
 #[test]
 fn https_tracker_connections_ask_the_driver_for_tls_with_the_host_name() {
-    let url = "https://tracker.test:8443/announce".to_owned();
-    let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
-    let tracker = addr(100, 8443);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
-    let seeder = net.nodes[0].addr;
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
-    assert!(net.run_until(Duration::from_secs(60), |n| n.completed(1, tl)));
-    assert_eq!(disk_content(&net.nodes[1], tl), content);
-    let reqs = &net.http[&tracker].requests;
-    assert!(reqs.iter().any(|r| r.contains("event=started")), "{reqs:?}");
+    let (net, tracker, _tl) = leech_through_tracker("https", 8443);
     // Every connection to the tracker asked for TLS with its name; none to a peer did.
     let to_tracker = net.connects.iter().filter(|(_, a)| *a == tracker).count();
     assert!(to_tracker >= 2, "both nodes announce");
@@ -736,7 +651,7 @@ fn leech_through_a_fake_udp_tracker() {
     let url = "udp://udp.test:6969/announce".to_owned();
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
     let tracker = addr(101, 6969);
-    net.hosts.insert("udp.test".into(), tracker.ip());
+    net.hosts.insert("udp.test", tracker.ip());
     let seeder = net.nodes[0].addr;
     net.udp.insert(
         tracker,
@@ -785,7 +700,7 @@ fn swarm(seeders: usize, serve: &[Serve]) -> (Net, Vec<u8>, TorrentId, Vec<Socke
     for k in 0..seeders {
         let s = net.add_node(EngineConfig::default(), 10 + k as u64);
         net.add_seed(s, &meta, &content, PL);
-        net.nodes[s].serve = serve.get(k).copied().unwrap_or(Serve::Honest);
+        net.nodes[s].disk.corrupt_reads = serve.get(k) == Some(&Serve::Corrupt);
         addrs.push(net.nodes[s].addr);
     }
     // The leecher dials plain, so that a test can tap its messages (the seeders accept both kinds).
@@ -900,8 +815,8 @@ fn silent_peer_times_out_is_snubbed_and_download_completes_when_it_wakes() {
 struct Raw {
     engine: Engine,
     now: Instant,
-    disk: BTreeMap<(TorrentId, u32), Bytes>,
-    decoders: BTreeMap<ConnId, Decoder>,
+    disk: MemDisk<TorrentId>,
+    wire: WireLog<ConnId>,
     got: Vec<(ConnId, Decoded)>,
     closed: Vec<ConnId>,
     events: Vec<Event>,
@@ -921,8 +836,8 @@ impl Raw {
         Raw {
             engine: Engine::new(config, 7, now),
             now,
-            disk: BTreeMap::new(),
-            decoders: BTreeMap::new(),
+            disk: MemDisk::new(),
+            wire: WireLog::new(DEFAULT_MAX_FRAME_LEN),
             got: Vec::new(),
             closed: Vec::new(),
             events: Vec::new(),
@@ -934,49 +849,16 @@ impl Raw {
         while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Send { conn, data } => {
-                    let d = self
-                        .decoders
-                        .entry(conn)
-                        .or_insert_with(|| Decoder::new(DEFAULT_MAX_FRAME_LEN));
-                    d.extend(&data);
-                    while let Ok(Some(m)) = d.decode() {
-                        self.got.push((conn, m));
-                    }
+                    let got = &mut self.got;
+                    self.wire.feed(conn, &data, |m| got.push((conn, m)));
                     self.engine.handle_flushed(self.now, conn, data.len());
                 }
                 Output::Close { conn } => self.closed.push(conn),
                 Output::Job { id, job } => {
-                    let result = match job {
-                        Job::VerifyWrite {
-                            torrent,
-                            piece,
-                            blocks,
-                            expected,
-                        } => {
-                            if sha1_of(&blocks) == expected {
-                                let v: Vec<u8> =
-                                    blocks.iter().flat_map(|b| b.iter().copied()).collect();
-                                self.disk.insert((torrent, piece), v.into());
-                                JobResult::Written
-                            } else {
-                                JobResult::Mismatch
-                            }
-                        }
-                        Job::Read {
-                            torrent,
-                            piece,
-                            offset,
-                            length,
-                        } => match self.disk.get(&(torrent, piece)) {
-                            Some(p) => JobResult::Read(
-                                p.slice(offset as usize..(offset + length) as usize),
-                            ),
-                            None => JobResult::Failed(StorageFailure {
-                                kind: StorageFailureKind::NotFound,
-                                message: "missing".into(),
-                            }),
-                        },
-                    };
+                    let (Job::VerifyWrite { torrent, .. } | Job::Read { torrent, .. }) = &job;
+                    let result = self
+                        .disk
+                        .run(Some(*torrent), &job, None, OriginUse::default());
                     self.engine.handle_job_done(self.now, id, result);
                 }
                 Output::Connect { addr, .. } => self.dials.push(addr),
@@ -986,6 +868,59 @@ impl Raw {
         while let Some(e) = self.engine.poll_event() {
             self.events.push(e);
         }
+    }
+
+    /// A raw engine with `config` (seed 7).
+    fn with_config(config: EngineConfig) -> Raw {
+        let mut raw = Raw::new();
+        raw.engine = Engine::new(config, 7, raw.now);
+        raw
+    }
+
+    /// Adds `meta` with nothing on disk and no peers.
+    fn add_leech(&mut self, meta: &Metainfo) -> TorrentId {
+        let t = self
+            .engine
+            .add_torrent(self.now, add(meta, None, vec![]))
+            .expect("add");
+        self.drain();
+        t
+    }
+
+    /// Adds `meta` as a full seed with `content` on disk.
+    fn add_seed(&mut self, meta: &Metainfo, content: &[u8]) -> TorrentId {
+        let pieces = meta.info.layout().piece_count();
+        let t = self
+            .engine
+            .add_torrent(self.now, add(meta, Some(Bitfield::full(pieces)), vec![]))
+            .expect("add");
+        self.disk.load(t, content, PL);
+        self.drain();
+        t
+    }
+
+    /// A hand-driven peer connects in from `from` and sends its handshake and then `then` in one
+    /// read; the engine's answers are drained.
+    fn connect_in(
+        &mut self,
+        from: SocketAddr,
+        info_hash: InfoHash,
+        peer_id: [u8; 20],
+        reserved: Reserved,
+        then: &[Message],
+    ) -> ConnId {
+        let conn = self
+            .engine
+            .handle_incoming(self.now, from)
+            .expect("accepted");
+        let hs = Handshake::new(info_hash, PeerId(peer_id), reserved);
+        let mut buf = bytes::BytesMut::from(&hs.to_bytes()[..]);
+        for m in then {
+            m.encode(&mut buf).expect("encode");
+        }
+        self.engine.handle_read(self.now, conn, &buf);
+        self.drain();
+        conn
     }
 
     fn send(&mut self, conn: ConnId, msgs: &[Message]) {
@@ -1033,27 +968,19 @@ fn bitfield_of(pieces: u32, have: &[u32]) -> Bytes {
 fn raw_leecher(reserved: Reserved) -> (Raw, Metainfo, Vec<u8>, TorrentId, ConnId) {
     let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
     let mut raw = Raw::new();
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, None, vec![]))
-        .expect("add");
-    raw.drain();
-    let conn = raw
-        .engine
-        .handle_incoming(raw.now, addr(200, 5000))
-        .expect("accepted");
+    let t = raw.add_leech(&meta);
     // Handshake, bitfield and have in a single read.
-    let hs = Handshake::new(meta.info_hash(), PeerId(*b"-XX0001-abcdefghijkl"), reserved);
-    let mut bytes = hs.to_bytes().to_vec();
-    let mut buf = bytes::BytesMut::new();
     let pieces = meta.info.layout().piece_count();
-    Message::Bitfield(bitfield_of(pieces, &[0]))
-        .encode(&mut buf)
-        .expect("encode");
-    Message::Have { piece: 1 }.encode(&mut buf).expect("encode");
-    bytes.extend_from_slice(&buf);
-    raw.engine.handle_read(raw.now, conn, &bytes);
-    raw.drain();
+    let conn = raw.connect_in(
+        addr(200, 5000),
+        meta.info_hash(),
+        *b"-XX0001-abcdefghijkl",
+        reserved,
+        &[
+            Message::Bitfield(bitfield_of(pieces, &[0])),
+            Message::Have { piece: 1 },
+        ],
+    );
     (raw, meta, content, t, conn)
 }
 
@@ -1114,7 +1041,7 @@ fn coalesced_handshake_bitfield_have_then_choke_without_fast_extension() {
         .collect();
     verified.sort_unstable();
     assert_eq!(verified, vec![0, 1]);
-    assert_eq!(raw.disk.len(), 2);
+    assert_eq!(raw.disk.pieces().len(), 2);
     // We told the peer about them... and lost interest, since it has nothing else.
     assert!(seen.contains(&Message::NotInterested), "{seen:?}");
 }
@@ -1164,15 +1091,7 @@ fn hostile_peers_are_cut_off_without_harming_the_torrent() {
     config.session.max_incoming_requests = 4;
     raw.engine = Engine::new(config, 7, raw.now);
     let pieces = meta.info.layout().piece_count();
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add");
-    for (i, chunk) in content.chunks(PL as usize).enumerate() {
-        raw.disk
-            .insert((t, i as u32), Bytes::copy_from_slice(chunk));
-    }
-    raw.drain();
+    let t = raw.add_seed(&meta, &content);
     let hs = Handshake::new(
         meta.info_hash(),
         PeerId(*b"-XX0001-floodfloodfl"),
@@ -1225,17 +1144,13 @@ fn hostile_peers_are_cut_off_without_harming_the_torrent() {
         .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     // An honest peer is still served.
-    let ok = raw
-        .engine
-        .handle_incoming(raw.now, addr(203, 1))
-        .expect("accepted");
-    let hs3 = Handshake::new(
+    let ok = raw.connect_in(
+        addr(203, 1),
         meta.info_hash(),
-        PeerId(*b"-XX0001-honesthonest"),
+        *b"-XX0001-honesthonest",
         Reserved::FAST,
+        &[Message::Interested],
     );
-    raw.engine.handle_read(raw.now, ok, &hs3.to_bytes());
-    raw.send(ok, &[Message::Interested]);
     raw.take(ok);
     raw.send(
         ok,
@@ -1281,7 +1196,7 @@ fn disk_write_failure_stops_only_that_torrent() {
         .engine
         .add_torrent(now, add(&meta_b, None, vec![seeder]))
         .expect("b");
-    net.nodes[l].fail_writes.insert(la);
+    net.nodes[l].disk.fail_writes.insert(la);
     // Both torrents connect to the same seeder at once (one connection per torrent).
     let connected = |n: &Net| {
         n.nodes[l]
@@ -1324,15 +1239,8 @@ fn pause_resume_and_remove() {
     let url = "http://tracker.test:8080/announce".to_owned();
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![vec![url]]);
     let tracker = addr(100, 8080);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
     let seeder = net.nodes[0].addr;
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
+    net.serve_tracker("tracker.test", tracker, &[seeder]);
     // Pause after the first verified piece.
     let first = |n: &Net| {
         n.nodes[1]
@@ -1421,7 +1329,7 @@ fn file_selection_fetches_only_needed_pieces_and_can_change_while_running() {
         asked.iter().all(|p| needed.contains(p)),
         "{asked:?} outside {needed:?}"
     );
-    let on_disk: BTreeSet<u32> = net.nodes[l].disk.keys().map(|(_, p)| *p).collect();
+    let on_disk: BTreeSet<u32> = net.nodes[l].disk.pieces().keys().map(|(_, p)| *p).collect();
     assert_eq!(on_disk, needed.clone().collect());
     let st = net.nodes[l]
         .engine
@@ -1466,13 +1374,9 @@ fn pieces_in_memory_are_capped() {
         },
         2,
     );
-    let now = net.now;
     net.add_seed(s, &meta, &content, PL);
     let seeder = net.nodes[s].addr;
-    let tl = net.nodes[l]
-        .engine
-        .add_torrent(now, add(&meta, None, vec![seeder]))
-        .expect("leech");
+    let tl = net.add_leech(l, &meta, vec![seeder]);
     // Hash jobs never finish: pieces pile up in memory, but no more than the cap allows.
     net.held_hash = true;
     net.run_for(Duration::from_secs(30));
@@ -1608,8 +1512,8 @@ fn scrape_asks_every_tracker_over_udp_and_http_and_reports_failures() {
     ]);
     let udp = addr(101, 6969);
     let http = addr(100, 8080);
-    net.hosts.insert("udp.test".into(), udp.ip());
-    net.hosts.insert("tracker.test".into(), http.ip());
+    net.hosts.insert("udp.test", udp.ip());
+    net.hosts.insert("tracker.test", http.ip());
     net.udp.insert(
         udp,
         FakeUdp {
@@ -1695,7 +1599,7 @@ mod utp;
 #[test]
 fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![]);
-    net.nodes[1].fail_writes.insert(tl);
+    net.nodes[1].disk.fail_writes.insert(tl);
     let (now, seeder) = (net.now, net.nodes[0].addr);
     net.nodes[1].engine.add_peer(now, tl, seeder);
     let stopped = |n: &Net| {
@@ -1707,7 +1611,7 @@ fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
     assert!(net.run_until(Duration::from_secs(30), stopped));
     net.settle();
     // The disk has room again: resume, and every piece (also those whose write failed) arrives.
-    net.nodes[1].fail_writes.clear();
+    net.nodes[1].disk.fail_writes.clear();
     let now = net.now;
     net.nodes[1].engine.resume(now, tl);
     assert!(
@@ -1790,11 +1694,7 @@ fn a_failed_piece_is_fetched_again_from_a_peer_that_sent_none_of_it() {
     config.session.min_queue_depth = 1;
     config.session.max_queue_depth = 1;
     raw.engine = Engine::new(config, 7, raw.now);
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, None, vec![]))
-        .expect("add");
-    raw.drain();
+    let t = raw.add_leech(&meta);
     let mut conns = Vec::new();
     for (i, name) in [
         b"-XX0001-liarliarliar",
@@ -1882,7 +1782,7 @@ fn a_failed_piece_is_fetched_again_from_a_peer_that_sent_none_of_it() {
         })
         .collect();
     assert_eq!(bans, vec![addr(200, 5000)]);
-    assert_eq!(raw.disk.get(&(t, 0)).map(|d| d.to_vec()), Some(content));
+    assert_eq!(raw.disk.get(t, 0).map(|d| d.to_vec()), Some(content));
 }
 
 #[path = "tests_limits.rs"]

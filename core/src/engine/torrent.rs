@@ -335,6 +335,15 @@ pub(crate) struct Torrent {
     pub choke_dirty: bool,
     /// Blocks became requestable again: offer them to every peer at the next opportunity.
     pub refill: bool,
+    /// The next refill visits every connection, not only `hungry` ones (set where sessions got
+    /// bytes to send that only the refill flushes: a changed file selection).
+    pub refill_all: bool,
+    /// Connections whose session may ask for blocks now (`PeerSession::may_request`): the only
+    /// ones a refill asks for requests (see `refill.rs`).
+    pub hungry: BTreeSet<ConnId>,
+    /// When the last refill ran: a reject window it would have ended on a connection it skipped is
+    /// ended before that connection's next event (see `refill.rs`).
+    pub refill_at: Option<Instant>,
 }
 
 impl Torrent {
@@ -387,6 +396,9 @@ impl Torrent {
             up_rate: RateMeter::new(rate_window),
             choke_dirty: true,
             refill: false,
+            refill_all: false,
+            hungry: Default::default(),
+            refill_at: None,
         }
     }
 

@@ -123,6 +123,8 @@ pub struct PeerSession {
     unrequested_blocks: u32,
     /// Pieces the peer allows us to request while choked.
     allowed_fast_in: Vec<u32>,
+    /// `may_request` as last reported by `take_may_request_change`.
+    may_request_seen: bool,
 
     /// Requests the peer made to us that are not answered yet.
     incoming: BTreeSet<BlockRequest>,
@@ -177,6 +179,7 @@ impl PeerSession {
             waiting_since: now,
             unrequested_blocks: 0,
             allowed_fast_in: Vec::new(),
+            may_request_seen: false,
             incoming: BTreeSet::new(),
             allowed_fast_out: Vec::new(),
             out_small: BytesMut::new(),
@@ -582,13 +585,31 @@ impl PeerSession {
     /// depth minus what is outstanding, or 0 when we are not interested or the peer chokes us (unless
     /// it allowed some pieces fast: then pick among [`PeerSession::allowed_fast`]).
     pub fn wanted_requests(&self, now: Instant) -> usize {
-        if self.phase != Phase::Established || !self.am_interested {
-            return 0;
-        }
-        if self.peer_choking && (!self.fast || self.allowed_fast_in.is_empty()) {
+        if !self.may_request() {
             return 0;
         }
         self.queue_depth(now).saturating_sub(self.outstanding.len())
+    }
+
+    /// Whether we may ask this peer for blocks at all: established, interested, and unchoked (or
+    /// choked with allowed-fast pieces). Changes only through this session's inputs and
+    /// [`PeerSession::set_interested`], never with time alone, so the engine can keep the set of
+    /// such peers instead of asking every peer after every input.
+    pub fn may_request(&self) -> bool {
+        self.phase == Phase::Established
+            && self.am_interested
+            && !(self.peer_choking && (!self.fast || self.allowed_fast_in.is_empty()))
+    }
+
+    /// The new value of [`PeerSession::may_request`] if it changed since the last call (it starts
+    /// `false`): lets the layer above keep a set of the peers that may be asked, cheaply.
+    pub fn take_may_request_change(&mut self) -> Option<bool> {
+        let may = self.may_request();
+        if may == self.may_request_seen {
+            return None;
+        }
+        self.may_request_seen = may;
+        Some(may)
     }
 
     /// The request queue depth for this peer: enough requests to cover

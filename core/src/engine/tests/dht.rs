@@ -175,7 +175,7 @@ fn bootstrap_names_are_resolved_and_udp_trackers_share_the_socket() {
     let mut net = Net::new();
     let r = net.add_node(dht_config(&[]), 1);
     let router = net.nodes[r].addr;
-    net.hosts.insert("router.test".into(), router.ip());
+    net.hosts.insert("router.test", router.ip());
     let s = net.add_node(EngineConfig::default(), 2);
     let l = net.add_node(
         EngineConfig {

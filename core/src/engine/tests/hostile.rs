@@ -35,22 +35,13 @@ fn leecher_with_seed(meta: &Metainfo) -> (Raw, ConnId) {
         .add_torrent(raw.now, add(meta, None, vec![]))
         .expect("add");
     raw.drain();
-    let conn = raw
-        .engine
-        .handle_incoming(raw.now, addr(200, 5000))
-        .expect("accepted");
-    let hs = Handshake::new(
+    let conn = raw.connect_in(
+        addr(200, 5000),
         meta.info_hash(),
-        PeerId(*b"-XX0001-rejectreject"),
+        *b"-XX0001-rejectreject",
         Reserved::FAST,
+        &[Message::HaveAll, Message::Unchoke],
     );
-    let mut bytes = hs.to_bytes().to_vec();
-    let mut buf = bytes::BytesMut::new();
-    Message::HaveAll.encode(&mut buf).expect("encode");
-    Message::Unchoke.encode(&mut buf).expect("encode");
-    bytes.extend_from_slice(&buf);
-    raw.engine.handle_read(raw.now, conn, &bytes);
-    raw.drain();
     (raw, conn)
 }
 
@@ -255,15 +246,7 @@ fn silent_connections_cannot_keep_an_honest_leecher_out() {
     let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
     let pieces = meta.info.layout().piece_count();
     let mut raw = Raw::new();
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, Some(Bitfield::full(pieces)), vec![]))
-        .expect("add");
-    for (i, chunk) in content.chunks(PL as usize).enumerate() {
-        raw.disk
-            .insert((t, i as u32), Bytes::copy_from_slice(chunk));
-    }
-    raw.drain();
+    let t = raw.add_seed(&meta, &content);
     let cap = EngineConfig::default().max_peers_per_torrent;
     let mut silent = Vec::new();
     for i in 0..200u32 {
@@ -283,21 +266,13 @@ fn silent_connections_cannot_keep_an_honest_leecher_out() {
     );
 
     // The honest leecher: handshake, then interested. Accepted at once, with no time passing.
-    let honest = raw
-        .engine
-        .handle_incoming(raw.now, addr(7, 6881))
-        .expect("accepted");
-    let hs = Handshake::new(
+    let honest = raw.connect_in(
+        addr(7, 6881),
         meta.info_hash(),
-        PeerId(*b"-XX0001-honesthonest"),
+        *b"-XX0001-honesthonest",
         Reserved::empty(),
+        &[Message::Interested],
     );
-    let mut bytes = hs.to_bytes().to_vec();
-    let mut buf = bytes::BytesMut::new();
-    Message::Interested.encode(&mut buf).expect("encode");
-    bytes.extend_from_slice(&buf);
-    raw.engine.handle_read(raw.now, honest, &bytes);
-    raw.drain();
     assert!(
         !raw.closed.contains(&honest),
         "the honest leecher was refused"

@@ -100,17 +100,41 @@ fn meta_msg(m: &MetadataMessage) -> Message {
 
 /// A hand-driven peer connects in: handshake (fast + extension protocol), then `then`.
 fn connect_in(raw: &mut Raw, from: SocketAddr, ih: InfoHash, tag: u8, then: &[Message]) -> ConnId {
-    let conn = raw.engine.handle_incoming(raw.now, from).expect("accepted");
     let mut id = *b"-XX0001-000000000000";
     id[19] = tag;
-    let hs = Handshake::new(
+    raw.connect_in(
+        from,
         ih,
-        PeerId(id),
+        id,
         Reserved::FAST | Reserved::EXTENSION_PROTOCOL,
+        then,
+    )
+}
+
+/// Peer `conn` sends a PEX message (to the id public torrents use) that adds `peer`.
+fn send_pex_of(raw: &mut Raw, conn: ConnId, peer: SocketAddr) {
+    let pex = PexMessage {
+        added: vec![PexPeer {
+            addr: peer,
+            flags: PexFlags::empty(),
+        }],
+        dropped: vec![],
+    };
+    raw.send(
+        conn,
+        &[Message::Extended {
+            id: crate::ext::LOCAL_UT_PEX_ID,
+            payload: pex.encode().into(),
+        }],
     );
-    raw.engine.handle_read(raw.now, conn, &hs.to_bytes());
-    raw.send(conn, then);
-    conn
+}
+
+/// Two hand-driven peers that speak `ut_metadata` and `ut_pex` connect in.
+fn two_pex_peers(raw: &mut Raw, ih: InfoHash) -> (ConnId, ConnId) {
+    let hs = [peer_ext_handshake(true, true, None, Some(7000))];
+    let a = connect_in(raw, addr(200, 1), ih, 1, &hs);
+    let b = connect_in(raw, addr(201, 1), ih, 2, &hs);
+    (a, b)
 }
 
 /// The `ut_metadata` messages the engine sent on `conn` (to our peers' id for it).
@@ -441,26 +465,9 @@ fn metadata_is_served_when_we_have_it_and_rejected_while_fetching() {
 fn private_torrents_neither_send_nor_accept_pex() {
     let (meta, _content) = build(&files(&[("x.bin", 40_000)]), PL, vec![], true);
     let mut raw = Raw::new();
-    let t = raw
-        .engine
-        .add_torrent(raw.now, add(&meta, None, vec![]))
-        .expect("add");
-    raw.drain();
+    let t = raw.add_leech(&meta);
     let ih = meta.info_hash();
-    let a = connect_in(
-        &mut raw,
-        addr(200, 1),
-        ih,
-        1,
-        &[peer_ext_handshake(true, true, None, Some(7000))],
-    );
-    let b = connect_in(
-        &mut raw,
-        addr(201, 1),
-        ih,
-        2,
-        &[peer_ext_handshake(true, true, None, Some(7000))],
-    );
+    let (a, b) = two_pex_peers(&mut raw, ih);
     let got_a = raw.take(a);
     let hs = ext_handshakes(&got_a);
     let v = bencode::decode(&hs[0]).expect("bencode");
@@ -468,20 +475,7 @@ fn private_torrents_neither_send_nor_accept_pex() {
     assert!(m.get(b"ut_pex").is_none(), "no ut_pex registered");
     assert!(m.get(b"ut_metadata").is_some());
     // A PEX message sent anyway (to the id public torrents use) is ignored.
-    let pex = PexMessage {
-        added: vec![PexPeer {
-            addr: addr(77, 6881),
-            flags: PexFlags::empty(),
-        }],
-        dropped: vec![],
-    };
-    raw.send(
-        a,
-        &[Message::Extended {
-            id: crate::ext::LOCAL_UT_PEX_ID,
-            payload: pex.encode().into(),
-        }],
-    );
+    send_pex_of(&mut raw, a, addr(77, 6881));
     raw.now += Duration::from_secs(120);
     raw.engine.handle_timeout(raw.now);
     raw.drain();
@@ -499,25 +493,9 @@ fn private_torrents_neither_send_nor_accept_pex() {
     // The same two peers on a public torrent are told about each other.
     let (meta, _content) = build(&files(&[("x.bin", 40_000)]), PL, vec![], false);
     let mut raw = Raw::new();
-    raw.engine
-        .add_torrent(raw.now, add(&meta, None, vec![]))
-        .expect("add");
-    raw.drain();
+    raw.add_leech(&meta);
     let ih = meta.info_hash();
-    let a = connect_in(
-        &mut raw,
-        addr(200, 1),
-        ih,
-        1,
-        &[peer_ext_handshake(true, true, None, Some(7000))],
-    );
-    let b = connect_in(
-        &mut raw,
-        addr(201, 1),
-        ih,
-        2,
-        &[peer_ext_handshake(true, true, None, Some(7000))],
-    );
+    let (a, b) = two_pex_peers(&mut raw, ih);
     let told: Vec<PexMessage> = raw
         .take(a)
         .iter()
@@ -540,20 +518,7 @@ fn private_torrents_neither_send_nor_accept_pex() {
         "B's listen address (its IP and `p` port), never A itself"
     );
     // And what B tells us is dialled.
-    let pex = PexMessage {
-        added: vec![PexPeer {
-            addr: addr(77, 6881),
-            flags: PexFlags::empty(),
-        }],
-        dropped: vec![],
-    };
-    raw.send(
-        b,
-        &[Message::Extended {
-            id: crate::ext::LOCAL_UT_PEX_ID,
-            payload: pex.encode().into(),
-        }],
-    );
+    send_pex_of(&mut raw, b, addr(77, 6881));
     assert_eq!(raw.dials, vec![addr(77, 6881)]);
 }
 
@@ -574,15 +539,8 @@ fn a_magnet_leecher_finds_the_seeder_through_the_tracker_and_finishes_on_the_sam
     let now = net.now;
     add_seed(&mut net, s, &meta, &content);
     let tracker = addr(100, 8080);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
     let seeder = net.nodes[s].addr;
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
+    net.serve_tracker("tracker.test", tracker, &[seeder]);
     let mut l_link = link(&meta, vec![url.clone()]);
     l_link.display_name = Some("from a link".into());
     let tl = net.nodes[l]
@@ -665,8 +623,7 @@ fn bep53_selection_applies_once_the_file_list_is_known_and_the_caller_overrides_
             host: "seeder.test".into(),
             port: 6881,
         }];
-        net.hosts
-            .insert("seeder.test".into(), net.nodes[s].addr.ip());
+        net.hosts.insert("seeder.test", net.nodes[s].addr.ip());
         let tl = net.nodes[l]
             .engine
             .add_magnet(
@@ -711,14 +668,7 @@ fn a_peer_known_only_through_pex_gets_connected() {
         .expect("add third");
     assert!(net.run_until(Duration::from_secs(60), |n| n.completed(third, t3)));
     let tracker = addr(100, 8080);
-    net.hosts.insert("tracker.test".into(), tracker.ip());
-    net.http.insert(
-        tracker,
-        FakeHttp {
-            body: http_body(&[seeder]),
-            requests: Vec::new(),
-        },
-    );
+    net.serve_tracker("tracker.test", tracker, &[seeder]);
     let tl = net.nodes[l]
         .engine
         .add_magnet(net.now, add_magnet(link(&meta, vec![url]), vec![]))
@@ -833,20 +783,27 @@ fn a_selection_of_the_wrong_length_stops_the_magnet_torrent_until_fixed() {
     assert_eq!(disk_content(&net.nodes[l], tl), content);
 }
 
-#[test]
-fn pieces_found_on_disk_after_the_metadata_are_not_fetched_again() {
+/// A seeder (node 0) and a leecher (node 1) that adds the torrent by magnet link, told the
+/// seeder's address; returns the network, the torrent, its content, the leecher and its torrent.
+fn seed_and_magnet() -> (Net, Metainfo, Vec<u8>, usize, TorrentId) {
     let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
     let mut net = Net::new();
     let s = net.add_node(EngineConfig::default(), 1);
     let l = net.add_node(EngineConfig::default(), 2);
-    let pieces = meta.info.layout().piece_count();
-    let now = net.now;
     add_seed(&mut net, s, &meta, &content);
     let seeder = net.nodes[s].addr;
     let tl = net.nodes[l]
         .engine
-        .add_magnet(now, add_magnet(link(&meta, vec![]), vec![seeder]))
+        .add_magnet(net.now, add_magnet(link(&meta, vec![]), vec![seeder]))
         .expect("add magnet");
+    (net, meta, content, l, tl)
+}
+
+#[test]
+fn pieces_found_on_disk_after_the_metadata_are_not_fetched_again() {
+    let (mut net, meta, content, l, tl) = seed_and_magnet();
+    let pieces = meta.info.layout().piece_count();
+    let now = net.now;
     // Without metadata there is nothing to mark.
     let probe = Bitfield::new(pieces);
     assert_eq!(
@@ -875,7 +832,7 @@ fn pieces_found_on_disk_after_the_metadata_are_not_fetched_again() {
         let end = (start + PL as usize).min(content.len());
         net.nodes[l]
             .disk
-            .insert((tl, p), Bytes::copy_from_slice(&content[start..end]));
+            .put(tl, p, Bytes::copy_from_slice(&content[start..end]));
     }
     assert_eq!(
         net.nodes[l]
@@ -914,18 +871,8 @@ fn pieces_found_on_disk_after_the_metadata_are_not_fetched_again() {
 
 #[test]
 fn a_check_that_finds_everything_completes_the_paused_torrent() {
-    let (meta, content) = make_torrent("multi", FILES, PL, vec![]);
-    let mut net = Net::new();
-    let s = net.add_node(EngineConfig::default(), 1);
-    let l = net.add_node(EngineConfig::default(), 2);
+    let (mut net, meta, content, l, tl) = seed_and_magnet();
     let pieces = meta.info.layout().piece_count();
-    let now = net.now;
-    add_seed(&mut net, s, &meta, &content);
-    let seeder = net.nodes[s].addr;
-    let tl = net.nodes[l]
-        .engine
-        .add_magnet(now, add_magnet(link(&meta, vec![]), vec![seeder]))
-        .expect("add magnet");
     assert!(net.run_until(Duration::from_secs(30), |n| n.nodes[l]
         .events
         .iter()

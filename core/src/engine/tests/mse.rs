@@ -18,13 +18,9 @@ fn pair(seed_policy: Policy, leech_policy: Policy) -> (Net, Vec<u8>, TorrentId) 
     let mut net = Net::new();
     let s = net.add_node(config(seed_policy), 1);
     let l = net.add_node(config(leech_policy), 2);
-    let now = net.now;
     net.add_seed(s, &meta, &content, PL);
     let seeder = net.nodes[s].addr;
-    let tl = net.nodes[l]
-        .engine
-        .add_torrent(now, add(&meta, None, vec![seeder]))
-        .expect("add leech");
+    let tl = net.add_leech(l, &meta, vec![seeder]);
     (net, content, tl)
 }
 
@@ -121,23 +117,15 @@ fn require_and_disable_never_talk() {
 fn we_advertise_encryption_in_the_extension_handshake_unless_disabled() {
     for (policy, want) in [(Policy::Prefer, true), (Policy::Disable, false)] {
         let (meta, _content) = make_torrent("multi", FILES, PL, vec![]);
-        let mut raw = Raw::new();
-        raw.engine = Engine::new(config(policy), 7, raw.now);
-        raw.engine
-            .add_torrent(raw.now, add(&meta, None, vec![]))
-            .expect("add");
-        raw.drain();
-        let conn = raw
-            .engine
-            .handle_incoming(raw.now, addr(200, 5000))
-            .expect("accepted");
-        let hs = Handshake::new(
+        let mut raw = Raw::with_config(config(policy));
+        raw.add_leech(&meta);
+        let conn = raw.connect_in(
+            addr(200, 5000),
             meta.info_hash(),
-            PeerId(*b"-XX0001-abcdefghijkl"),
+            *b"-XX0001-abcdefghijkl",
             Reserved::EXTENSION_PROTOCOL,
+            &[],
         );
-        raw.engine.handle_read(raw.now, conn, &hs.to_bytes());
-        raw.drain();
         let ext = raw
             .take(conn)
             .into_iter()
@@ -155,12 +143,8 @@ fn we_advertise_encryption_in_the_extension_handshake_unless_disabled() {
 /// An engine under `policy` with one torrent, and an accepted connection from a hand-driven peer.
 fn raw_accepting(policy: Policy) -> (Raw, Metainfo, ConnId) {
     let (meta, _content) = make_torrent("multi", FILES, PL, vec![]);
-    let mut raw = Raw::new();
-    raw.engine = Engine::new(config(policy), 7, raw.now);
-    raw.engine
-        .add_torrent(raw.now, add(&meta, None, vec![]))
-        .expect("add");
-    raw.drain();
+    let mut raw = Raw::with_config(config(policy));
+    raw.add_leech(&meta);
     let conn = raw
         .engine
         .handle_incoming(raw.now, addr(200, 5000))

@@ -3,15 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use sha1::{Digest, Sha1};
-
 use super::*;
 use crate::bencode::OwnedValue;
-use crate::engine::{AddMagnet, AddTorrent, EngineConfig, Job, JobId, JobResult};
+use crate::engine::{AddMagnet, AddTorrent, EngineConfig, Job, JobId};
 use crate::ext::metadata::{MetadataMessage, METADATA_PIECE_LEN};
 use crate::magnet::MagnetLink;
 use crate::metainfo::{Metainfo, TorrentBuilder};
 use crate::rng::{seeded, RngExt};
+use crate::testkit::{MemDisk, OriginUse};
 use crate::types::PeerId;
 use crate::wire::{Decoded, Decoder, Handshake, Message, Reserved, DEFAULT_MAX_FRAME_LEN};
 
@@ -62,7 +61,8 @@ struct Harness {
     requests: Vec<String>,
     open: BTreeSet<ConnId>,
     queue: VecDeque<(ConnId, Option<Bytes>)>,
-    written: BTreeMap<u32, Bytes>,
+    /// Verified pieces (one torrent: the key is `()`).
+    written: MemDisk<()>,
     events: Vec<Event>,
     silenced: bool,
     max_open: usize,
@@ -191,7 +191,7 @@ impl Harness {
             requests: Vec::new(),
             open: BTreeSet::new(),
             queue: VecDeque::new(),
-            written: BTreeMap::new(),
+            written: MemDisk::new(),
             events: Vec::new(),
             silenced: false,
             max_open: 0,
@@ -446,34 +446,16 @@ impl Harness {
     }
 
     fn job(&mut self, id: JobId, job: Job) {
-        let Job::VerifyWrite {
-            piece,
-            blocks,
-            expected,
-            ..
-        } = job
-        else {
-            panic!("unexpected job");
-        };
-        let mut h = Sha1::new();
-        for b in &blocks {
-            h.update(b);
-        }
-        let ok: [u8; 20] = h.finalize().into();
-        let result = if ok == expected {
-            let all: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
-            self.written.insert(piece, Bytes::from(all));
-            JobResult::Written
-        } else {
-            JobResult::Mismatch
-        };
+        // A web-seed leecher only downloads: the engine must never ask it to read.
+        assert!(matches!(job, Job::VerifyWrite { .. }), "unexpected job");
+        let result = self.written.run(Some(()), &job, None, OriginUse::default());
         self.engine.handle_job_done(self.now, id, result);
     }
 
     fn assert_exact(&self) {
         let mut got = Vec::new();
-        for (p, b) in &self.written {
-            assert_eq!(*p as usize, got.len() / self.piece_length as usize);
+        for (p, b) in self.written.pieces_of(()) {
+            assert_eq!(p as usize, got.len() / self.piece_length as usize);
             got.extend_from_slice(b);
         }
         assert!(got == self.content, "content differs");
@@ -557,7 +539,7 @@ fn a_seed_serving_bad_data_is_disabled_and_nothing_bad_is_written() {
     assert!(!h.run(100_000));
     // Only verified pieces were written; the bad file's pieces are not among them.
     for p in 4..8 {
-        assert!(!h.written.contains_key(&p));
+        assert!(h.written.get((), p).is_none());
     }
     let errors = h.errors();
     assert!(
@@ -603,7 +585,7 @@ fn a_missing_file_is_dropped_for_that_seed_only() {
     let files = [("a", 64 * 1024), ("b", 64 * 1024), ("c", 64 * 1024)];
     let mut h = Harness::new(&files, 16 * 1024, Mode::Missing("/seed/my%20data/b".into()));
     assert!(!h.run(100_000));
-    let have: Vec<u32> = h.written.keys().copied().collect();
+    let have: Vec<u32> = h.written.pieces_of(()).map(|(p, _)| p).collect();
     assert_eq!(
         have,
         vec![0, 1, 2, 3, 8, 9, 10, 11],
@@ -623,7 +605,7 @@ fn a_missing_file_is_dropped_for_that_seed_only() {
 fn a_server_that_ignores_range_is_refused() {
     let mut h = Harness::new(&[("x", 300_000)], 16 * 1024, Mode::IgnoreRange);
     assert!(!h.run(10_000));
-    assert!(h.written.is_empty());
+    assert!(h.written.pieces().is_empty());
     assert!(
         h.errors()
             .iter()
@@ -744,7 +726,7 @@ fn a_redirect_from_https_down_to_http_is_refused() {
         &["https://origin.test:8080/seed/"],
     );
     assert!(!h.run(10_000));
-    assert!(h.written.is_empty());
+    assert!(h.written.pieces().is_empty());
     assert!(!h.requests_at.contains_key(&MIRROR));
     assert!(!h.resolved.contains(&"mirror.test".to_owned()));
     let errors = h.errors();
@@ -760,7 +742,7 @@ fn a_redirect_from_https_down_to_http_is_refused() {
 fn redirect_loops_between_hosts_stop_after_five_hops() {
     let mut h = Harness::new(&[("x", 100_000)], 16 * 1024, Mode::RedirectLoop);
     assert!(!h.run(10_000));
-    assert!(h.written.is_empty());
+    assert!(h.written.pieces().is_empty());
     let errors = h.errors();
     assert!(
         errors.iter().any(|e| e.contains("more than 5 redirects")),
@@ -798,7 +780,7 @@ fn an_unresolvable_redirect_target_backs_off_and_is_forgotten() {
         Mode::RedirectTo("http://nowhere.test/moved".into()),
     );
     assert!(!h.run(2_000));
-    assert!(h.written.is_empty());
+    assert!(h.written.pieces().is_empty());
     let errors = h.errors();
     assert!(
         errors
