@@ -58,9 +58,9 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
 }
 
 /// Feeds `stream` cut into `chunks` (sizes cycled, each at least 1), draining after every piece and
-/// checking the buffer bound; returns the decoded items or the first error. Half the time the chunk goes
-/// through `read_buf` (the driver's path, where a read may be shortened to the spare capacity), half
-/// through `extend`.
+/// checking the buffer bound; returns the decoded items or the first error. In turn the chunk goes
+/// through `read_buf` (the driver's path, where a read may be shortened to the spare capacity), through
+/// `extend`, and through `extend_owned` (a reader task's path).
 fn feed(d: &mut Decoder, stream: &[u8], chunks: &[usize]) -> (Vec<Decoded>, Option<DecodeError>) {
     let mut out = Vec::new();
     let mut pos = 0;
@@ -72,13 +72,16 @@ fn feed(d: &mut Decoder, stream: &[u8], chunks: &[usize]) -> (Vec<Decoded>, Opti
             .unwrap_or(1)
             .max(1);
         let mut end = (pos + size).min(stream.len());
-        if i % 2 == 0 {
+        if i % 3 == 0 {
             // Like a socket read: at most the spare capacity offered.
             let buf = d.read_buf();
             end = end.min(pos + (buf.capacity() - buf.len()).max(1));
             buf.extend_from_slice(&stream[pos..end]);
-        } else {
+        } else if i % 3 == 1 {
             d.extend(&stream[pos..end]);
+        } else {
+            // A reader task's chunk, here always in an allocation of its own (never a continuation).
+            d.extend_owned(BytesMut::from(&stream[pos..end]));
         }
         assert!(
             d.buffered() <= 4 + d.max_frame_len() as usize + size,

@@ -17,7 +17,7 @@ use hyperblow_core::metainfo::Info;
 use hyperblow_core::InfoHash;
 use hyperblow_storage::{
     check_pieces, default_threads, hash_piece, resume_path, Storage, StorageConfig, StorageError,
-    StorageErrorKind,
+    StorageErrorKind, Verify,
 };
 
 use crate::handle::{AddTorrentRequest, StartKind};
@@ -92,10 +92,11 @@ pub(crate) enum Verified {
     Busy(Vec<Bytes>),
 }
 
-/// Runs a [`Job::VerifyWrite`] on a worker: hashes the piece and, when it matches `expected` and no
-/// other write of the torrent is running, writes it at once, while its bytes are still in the CPU
-/// cache (written later, the copy into the page cache reads them from memory again, which measured
-/// as the costliest step of a download). A piece whose write would have to wait is handed back.
+/// Runs a [`Job::VerifyWrite`] on a worker: hashes the piece and, when it matches `expected`, writes
+/// it at once, while its bytes are still in the CPU cache (written later, the copy reads them from
+/// memory again, which measured as the costliest step of a download). A piece the storage stages
+/// (see [`Storage::verify_and_write`]) waits for the torrent's write gate; any other is handed back
+/// when another write of the torrent is running.
 pub(crate) fn verify_and_write(
     storage: &Storage,
     gate: &Mutex<bool>,
@@ -103,6 +104,20 @@ pub(crate) fn verify_and_write(
     blocks: Vec<Bytes>,
     expected: [u8; 20],
 ) -> Verified {
+    if storage.stages(piece) {
+        // Hashed and staged in one pass; the write then waits for the gate rather than going back
+        // through the loop to the write queue (which measured as most pieces' path, copying each
+        // one from memory again on another wake-up of a worker).
+        let admit = || {
+            let removed = gate.lock().unwrap_or_else(PoisonError::into_inner);
+            (!*removed).then_some(removed)
+        };
+        return match storage.verify_and_write(piece, &blocks, &expected, admit) {
+            Ok(Verify::Mismatch) => Verified::Done(JobResult::Mismatch, None),
+            Ok(Verify::Refused) => Verified::Done(JobResult::Failed(storage_gone()), None),
+            r => write_result(r),
+        };
+    }
     if hash_piece(&blocks) != expected {
         return Verified::Done(JobResult::Mismatch, None);
     }

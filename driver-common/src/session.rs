@@ -36,6 +36,9 @@ use crate::tasks::{self, WriterCmd};
 /// already passed: the loop never spins, whatever the engine says.
 const MIN_TIMER_GAP: Duration = Duration::from_millis(1);
 
+/// Most messages [`Session::take_ready`] takes before the loop performs the engine's outputs.
+const READY_BATCH: usize = 16;
+
 /// Extra time on top of the engine's shutdown timeout for pending disk writes to land.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -389,7 +392,28 @@ impl<R: Runtime> Session<R> {
                 Wake::Net(m) => self.net(m),
                 Wake::Timer => timer = None,
             }
+            self.take_ready(&mut ctl_rx, &mut net_rx);
             self.timers();
+        }
+    }
+
+    /// Feeds the engine the job answers and socket bytes that are already waiting (at most
+    /// [`READY_BATCH`] messages) before the outputs are performed: the sends of several reads then
+    /// go to each writer as one batch, and the loop goes back to sleep (a context switch) once per
+    /// batch instead of once per message.
+    fn take_ready(
+        &mut self,
+        ctl_rx: &mut mpsc::UnboundedReceiver<Ctl>,
+        net_rx: &mut mpsc::Receiver<Net<R>>,
+    ) {
+        for _ in 0..READY_BATCH {
+            if let Ok(m) = ctl_rx.try_recv() {
+                self.ctl(m);
+            } else if let Ok(m) = net_rx.try_recv() {
+                self.net(m);
+            } else {
+                return;
+            }
         }
     }
 

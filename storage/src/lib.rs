@@ -68,5 +68,7 @@ mod workers;
 pub use check::{check_pieces, hash_piece};
 pub use error::{StorageError, StorageErrorKind, StorageOp};
 pub use resume::{resume_path, MAX_RESUME_FILE_LEN};
-pub use storage::{PieceWrite, Storage, StorageConfig, DEFAULT_MAX_OPEN_FILES, DIRECT_MIN_PIECE};
+pub use storage::{
+    PieceWrite, Storage, StorageConfig, Verify, DEFAULT_MAX_OPEN_FILES, DIRECT_MIN_PIECE, STAGE_MAX,
+};
 pub use workers::{block_on, default_threads, JobCanceled, JobHandle, WorkerPool};

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use hyperblow_core::metainfo::{check_component, FileSlice, Layout};
+use sha1::{Digest, Sha1};
 
 use crate::cache::HandleCache;
 use crate::error::{StorageError, StorageErrorKind, StorageOp};
@@ -51,6 +52,23 @@ const DIRECT_ALIGN: usize = 4096;
 
 /// The most bytes one direct write carries: the size of each worker thread's aligned bounce buffer.
 const DIRECT_CHUNK: usize = 1024 * 1024;
+
+/// Largest piece that [`Storage::verify_and_write`] stages in a worker's buffer (each worker keeps
+/// one buffer as long as the longest piece staged); longer pieces are hashed, then copied through
+/// the bounce buffer.
+pub const STAGE_MAX: u32 = 4 * 1024 * 1024;
+
+/// What [`Storage::verify_and_write`] did with a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a piece that was not stored must not be announced as had"]
+pub enum Verify {
+    /// Its hash is not the expected one; nothing was written.
+    Mismatch,
+    /// It matched, but the caller's `admit` refused the write (the torrent is gone).
+    Refused,
+    /// It matched and was handled as [`Storage::write_piece`] says.
+    Written(PieceWrite),
+}
 
 /// What [`Storage::write_piece`] did with a piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,11 +318,20 @@ impl Storage {
     /// written at all and [`PieceWrite::NotWanted`] is returned. A failed write leaves other pieces as
     /// they were and the storage usable; the piece itself may be partly written and must be written again.
     pub fn write_piece(&self, index: u32, blocks: &[Bytes]) -> Result<PieceWrite, StorageError> {
+        self.write_blocks(index, blocks)
+    }
+
+    /// [`Storage::write_piece`] from any kind of buffers (a staged piece is one plain slice).
+    fn write_blocks<B: AsRef<[u8]>>(
+        &self,
+        index: u32,
+        blocks: &[B],
+    ) -> Result<PieceWrite, StorageError> {
         let piece_len = self
             .layout
             .piece_len(index)
             .ok_or_else(|| self.invalid(format!("piece {index} is out of range")))?;
-        let given: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+        let given: u64 = blocks.iter().map(|b| b.as_ref().len() as u64).sum();
         if given != u64::from(piece_len) {
             return Err(self.invalid(format!(
                 "piece {index} is {piece_len} bytes but {given} bytes were given"
@@ -381,7 +408,7 @@ impl Storage {
     fn write_direct(
         &self,
         index: usize,
-        cursor: &mut BlockCursor<'_>,
+        cursor: &mut BlockCursor<'_, impl AsRef<[u8]>>,
         offset: u64,
         len: u64,
     ) -> Result<u64, StorageError> {
@@ -397,9 +424,24 @@ impl Storage {
         let Some(file) = self.direct_handle(index) else {
             return Ok(0);
         };
+        let mut done = 0u64;
+        // A run that is already aligned in memory (a piece staged by [`Storage::verify_and_write`])
+        // is written as it is, without the bounce buffer.
+        let run = cursor.take(aligned);
+        if run.len() as u64 == aligned && (run.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+            match write_all_at_direct(&file, run, offset) {
+                Ok(()) => return Ok(aligned),
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    self.direct_refused();
+                    cursor.unread(run.len());
+                    return Ok(0);
+                }
+                Err(e) => return Err(StorageError::io(StorageOp::Write, path, e)),
+            }
+        }
+        cursor.unread(run.len());
         DIRECT_BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
-            let mut done = 0u64;
             while done < aligned {
                 let n = usize::try_from(aligned - done)
                     .unwrap_or(DIRECT_CHUNK)
@@ -421,12 +463,7 @@ impl Storage {
                     Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                         // Refused (alignment or file system): these bytes and everything after go
                         // through the page cache. The bytes taken from the cursor are put back.
-                        self.direct.enabled.store(false, Ordering::Relaxed);
-                        *self
-                            .direct
-                            .handle
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = None;
+                        self.direct_refused();
                         cursor.unread(n);
                         return Ok(done);
                     }
@@ -434,6 +471,77 @@ impl Storage {
                 }
             }
             Ok(done)
+        })
+    }
+
+    /// The file system refused a direct write: every later write goes through the page cache.
+    fn direct_refused(&self) {
+        self.direct.enabled.store(false, Ordering::Relaxed);
+        *self
+            .direct
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Whether [`Storage::verify_and_write`] stages piece `index` (hashes and copies it in one pass):
+    /// pieces written directly (see [`StorageConfig::direct_writes`]) of at most [`STAGE_MAX`] bytes.
+    pub fn stages(&self, index: u32) -> bool {
+        self.direct.enabled.load(Ordering::Relaxed)
+            && self
+                .layout
+                .piece_len(index)
+                .is_some_and(|len| (DIRECT_MIN_PIECE..=STAGE_MAX).contains(&len))
+    }
+
+    /// Hashes a received piece and, when it matches `expected` and `admit` lets it (returning a guard,
+    /// held during the write; `None` refuses: the torrent is gone), writes it as
+    /// [`Storage::write_piece`] does. A piece that [`Storage::stages`] is copied block by block into
+    /// this thread's aligned staging buffer right after each block is hashed, while the block is still
+    /// in the CPU cache, and written from there with `O_DIRECT`: the piece's bytes are read from
+    /// memory once, instead of once to hash and again (by then evicted) to copy into the bounce
+    /// buffer. Nothing is written before the hash matched.
+    pub fn verify_and_write<B: AsRef<[u8]>, G>(
+        &self,
+        index: u32,
+        blocks: &[B],
+        expected: &[u8; 20],
+        admit: impl FnOnce() -> Option<G>,
+    ) -> Result<Verify, StorageError> {
+        let len = self
+            .layout
+            .piece_len(index)
+            .ok_or_else(|| self.invalid(format!("piece {index} is out of range")))?;
+        let given: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
+        if !self.stages(index) || given != len as usize {
+            if crate::check::hash_piece(blocks) != *expected {
+                return Ok(Verify::Mismatch);
+            }
+            let Some(_guard) = admit() else {
+                return Ok(Verify::Refused);
+            };
+            return self.write_blocks(index, blocks).map(Verify::Written);
+        }
+        STAGE_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let staged = staging_slice(&mut buf, len as usize);
+            let mut hasher = Sha1::new();
+            let mut at = 0;
+            for b in blocks {
+                let b = b.as_ref();
+                hasher.update(b);
+                if let Some(dest) = staged.get_mut(at..at + b.len()) {
+                    dest.copy_from_slice(b);
+                }
+                at += b.len();
+            }
+            if <[u8; 20]>::from(hasher.finalize()) != *expected {
+                return Ok(Verify::Mismatch);
+            }
+            let Some(_guard) = admit() else {
+                return Ok(Verify::Refused);
+            };
+            self.write_blocks(index, &[&*staged]).map(Verify::Written)
         })
     }
 
@@ -614,6 +722,21 @@ thread_local! {
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// Each verifying thread's staging buffer (see [`Storage::verify_and_write`]): the longest staged
+    /// piece so far plus alignment slack, allocated on first use.
+    static STAGE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The first `n` bytes of `buf` that start on a [`DIRECT_ALIGN`] boundary, growing `buf` as needed.
+fn staging_slice(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < n + DIRECT_ALIGN {
+        buf.resize(n + DIRECT_ALIGN, 0);
+    }
+    let skip = (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+    buf.get_mut(skip..skip + n).unwrap_or_default()
+}
+
 /// The first `n` bytes (at most [`DIRECT_CHUNK`]) of `buf` that start on a [`DIRECT_ALIGN`] boundary,
 /// growing `buf` on first use.
 fn aligned_slice(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
@@ -685,14 +808,14 @@ fn write_all_vectored_at(file: &File, bufs: &mut Vec<&[u8]>, mut offset: u64) ->
     Ok(())
 }
 
-struct BlockCursor<'a> {
-    blocks: &'a [Bytes],
+struct BlockCursor<'a, B> {
+    blocks: &'a [B],
     block: usize,
     offset: usize,
 }
 
-impl<'a> BlockCursor<'a> {
-    fn new(blocks: &'a [Bytes]) -> Self {
+impl<'a, B: AsRef<[u8]>> BlockCursor<'a, B> {
+    fn new(blocks: &'a [B]) -> Self {
         BlockCursor {
             blocks,
             block: 0,
@@ -703,7 +826,7 @@ impl<'a> BlockCursor<'a> {
     /// The next run of at most `max` bytes inside one block (empty at the end).
     fn take(&mut self, max: u64) -> &'a [u8] {
         while let Some(b) = self.blocks.get(self.block) {
-            let rest = b.get(self.offset..).unwrap_or_default();
+            let rest = b.as_ref().get(self.offset..).unwrap_or_default();
             if rest.is_empty() {
                 self.block += 1;
                 self.offset = 0;
@@ -724,7 +847,7 @@ impl<'a> BlockCursor<'a> {
                     return;
                 }
                 self.block -= 1;
-                self.offset = self.blocks.get(self.block).map_or(0, Bytes::len);
+                self.offset = self.blocks.get(self.block).map_or(0, |b| b.as_ref().len());
                 continue;
             }
             let back = n.min(self.offset);

@@ -481,3 +481,63 @@ fn direct_writes_of_large_pieces_are_exact() {
         assert_blocks_match(&s, &data, &mut Gen::new(24), 100);
     }
 }
+
+/// `verify_and_write` (hash and stage in one pass, then a direct write from the staging buffer) lands
+/// the same bytes as `write_piece` on the layout above, writes nothing on a mismatch or when `admit`
+/// refuses, and holds the guard during the write; the same with direct writes off (not staged).
+#[test]
+fn verified_staged_writes_are_exact_and_only_after_a_match() {
+    let piece = hyperblow_storage::DIRECT_MIN_PIECE * 2;
+    for direct in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(
+            &[
+                ("a", u64::from(piece) * 3, false),
+                ("b", u64::from(piece) + 4_097, false),
+                ("c", u64::from(piece) * 2 + 123, false),
+            ],
+            piece,
+        );
+        let data = content(&l, 31);
+        let config = StorageConfig {
+            direct_writes: direct,
+            ..StorageConfig::default()
+        };
+        let s = Storage::new(dir.path(), l.clone(), config).unwrap();
+        assert_eq!(s.stages(0), direct);
+        let mut g = Gen::new(32);
+        let hash = |p: u32| {
+            let at = l.piece_offset(p) as usize;
+            hyperblow_storage::hash_piece(&[&data[at..at + l.piece_len(p).unwrap() as usize]])
+        };
+        // A piece whose bytes do not match is never written, nor one whose admission is refused.
+        let mut bad = blocks(&l, &data, 0, &mut g, 40_000);
+        let mut first = bad[0].to_vec();
+        first[0] ^= 1;
+        bad[0] = Bytes::from(first);
+        let v = s.verify_and_write(0, &bad, &hash(0), || -> Option<()> {
+            panic!("admitted a mismatch")
+        });
+        assert_eq!(v.unwrap(), hyperblow_storage::Verify::Mismatch);
+        let good = blocks(&l, &data, 0, &mut g, 40_000);
+        let v = s.verify_and_write(0, &good, &hash(0), || None::<()>);
+        assert_eq!(v.unwrap(), hyperblow_storage::Verify::Refused);
+        assert!(!dir.path().join("a").exists());
+        let held = std::sync::atomic::AtomicBool::new(false);
+        for p in shuffled_pieces(&l, 33) {
+            let b = blocks(&l, &data, p, &mut g, 40_000);
+            held.store(false, std::sync::atomic::Ordering::Relaxed);
+            let v = s.verify_and_write(p, &b, &hash(p), || {
+                held.store(true, std::sync::atomic::Ordering::Relaxed);
+                Some(())
+            });
+            assert_eq!(
+                v.unwrap(),
+                hyperblow_storage::Verify::Written(PieceWrite::Stored)
+            );
+            assert!(held.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        s.flush().unwrap();
+        assert_files_exact(&s, &data);
+    }
+}

@@ -105,6 +105,10 @@ pub struct Decoder {
     /// Bytes the decoder had to move to a fresh allocation because a frame straddled the end of the old
     /// one (see [`Decoder::bytes_moved`]).
     moved: u64,
+    /// The rest of a chunk given to [`Decoder::extend_owned`] after the bytes that were copied to
+    /// complete a frame begun in another allocation: it becomes `buf` (without a copy) once that frame
+    /// is decoded, so one straddling frame costs one frame's copy, not a copy of everything after it.
+    pending: Option<BytesMut>,
 }
 
 impl Decoder {
@@ -122,6 +126,7 @@ impl Decoder {
             messages: 0,
             tail: None,
             moved: 0,
+            pending: None,
         }
     }
 
@@ -151,12 +156,14 @@ impl Decoder {
 
     /// Bytes buffered and not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.pending.as_ref().map_or(0, BytesMut::len)
     }
 
     /// Capacity of the current read buffer allocation (for memory accounting and tests).
     pub fn capacity(&self) -> usize {
-        self.buf.capacity() + self.tail.as_ref().map_or(0, BytesMut::capacity)
+        self.buf.capacity()
+            + self.tail.as_ref().map_or(0, BytesMut::capacity)
+            + self.pending.as_ref().map_or(0, BytesMut::capacity)
     }
 
     /// Whether the handshake has been decoded.
@@ -192,6 +199,7 @@ impl Decoder {
     /// Appends received bytes (copying them); tests and simple drivers use this.
     pub fn extend(&mut self, data: &[u8]) {
         self.rejoin_tail();
+        self.join_pending();
         if self.error.is_none() {
             self.buf.extend_from_slice(data);
         }
@@ -208,16 +216,53 @@ impl Decoder {
         if self.error.is_some() || chunk.is_empty() {
             return;
         }
+        if let Some(p) = &mut self.pending {
+            // Behind bytes still waiting: joined in O(1) when it continues them (the usual case).
+            p.unsplit(chunk);
+            return;
+        }
         if self.buf.is_empty() {
             // Also drops our hold on the previous chunk's allocation.
             self.buf = chunk;
-        } else {
-            let end = self.buf.as_ptr().wrapping_add(self.buf.len());
-            if end != chunk.as_ptr() {
-                // Not a continuation: `unsplit` copies both into a new allocation.
-                self.moved += (self.buf.len() + chunk.len()) as u64;
-            }
+            return;
+        }
+        let end = self.buf.as_ptr().wrapping_add(self.buf.len());
+        if end == chunk.as_ptr() {
             self.buf.unsplit(chunk);
+            return;
+        }
+        if self.missing_for_current() == 0 {
+            // A whole frame is still buffered (the caller stopped decoding early): join by copying.
+            self.moved += (self.buf.len() + chunk.len()) as u64;
+            self.buf.unsplit(chunk);
+            return;
+        }
+        // Not a continuation: copy just the bytes that complete the current frame (its length
+        // prefix first, then its body) and keep the rest of the chunk as it is.
+        let mut chunk = chunk;
+        loop {
+            let need = self.missing_for_current();
+            if need == 0 || chunk.is_empty() {
+                break;
+            }
+            let head = chunk.split_to(need.min(chunk.len()));
+            self.moved += head.len() as u64;
+            self.buf.extend_from_slice(&head);
+        }
+        if !chunk.is_empty() {
+            self.pending = Some(chunk);
+        }
+    }
+
+    /// Moves [`Decoder::pending`] bytes back behind `buf` (for the paths that append to `buf`).
+    fn join_pending(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if self.buf.is_empty() {
+                self.buf = p;
+            } else {
+                self.moved += p.len() as u64;
+                self.buf.unsplit(p);
+            }
         }
     }
 
@@ -267,6 +312,7 @@ impl Decoder {
     ///   [`Decoder::bytes_moved`] counts them.
     pub fn read_buf(&mut self) -> &mut BytesMut {
         self.rejoin_tail();
+        self.join_pending();
         if self.error.is_some() {
             return &mut self.buf;
         }
@@ -300,6 +346,32 @@ impl Decoder {
     /// call returns it again.
     #[inline]
     pub fn decode(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        if self.pending.is_some() {
+            return self.decode_with_pending();
+        }
+        self.decode_buffered()
+    }
+
+    /// [`Decoder::decode`] while bytes wait in [`Decoder::pending`]: they become the buffer once it is
+    /// empty; should the buffer end in an incomplete frame all the same, they are joined to it.
+    #[cold]
+    fn decode_with_pending(&mut self) -> Result<Option<Decoded>, DecodeError> {
+        if self.buf.is_empty() {
+            self.buf = self.pending.take().unwrap_or_default();
+            return self.decode_buffered();
+        }
+        match self.decode_buffered() {
+            Ok(None) if self.error.is_none() => {
+                self.join_pending();
+                self.decode_buffered()
+            }
+            r => r,
+        }
+    }
+
+    /// One item from `buf` alone.
+    #[inline(always)]
+    fn decode_buffered(&mut self) -> Result<Option<Decoded>, DecodeError> {
         if self.phase == Phase::Frames && self.error.is_none() {
             // Returned directly (not inspected here) so the message is built once, in the caller's slot.
             return self.decode_frame();
@@ -325,6 +397,7 @@ impl Decoder {
         self.error = Some(e.clone());
         self.buf = BytesMut::new();
         self.tail = None;
+        self.pending = None;
         e
     }
 
@@ -567,6 +640,66 @@ mod tests {
                 reads <= 2 * stream.len().div_ceil(chunk) + 2,
                 "chunk {chunk}: {reads} reads"
             );
+        }
+    }
+
+    /// Chunks that each live in an allocation of their own (as after a transform layer in front of the
+    /// decoder, or a reader whose frame tracking is off): every item still decodes, only the bytes that
+    /// complete a straddling frame are copied (not the chunks behind them), and a caller that stops
+    /// decoding early loses nothing.
+    #[test]
+    fn chunks_from_separate_allocations_copy_only_the_straddling_frames() {
+        let mut stream = BytesMut::from(&opening_bytes()[..]);
+        let mut want = opening_items();
+        for i in 0..48u32 {
+            let m = Message::Piece {
+                index: i,
+                begin: 0,
+                block: Bytes::from(vec![i as u8; 16 * 1024]),
+            };
+            m.encode(&mut stream).expect("encodable");
+            want.push(Decoded::Message(m));
+            if i % 3 == 0 {
+                Message::Have { piece: i }
+                    .encode(&mut stream)
+                    .expect("encodable");
+                want.push(Decoded::Message(Message::Have { piece: i }));
+            }
+        }
+        for (chunk, stop_early) in [
+            (1, false),
+            (3, false),
+            (4097, true),
+            (70_001, false),
+            (70_001, true),
+        ] {
+            let mut d = Decoder::new(BLOCK_FRAME_LEN);
+            let mut items = Vec::new();
+            let mut chunks = 0u64;
+            for (n, piece) in stream.chunks(chunk).enumerate() {
+                d.extend_owned(BytesMut::from(piece));
+                chunks += 1;
+                if stop_early && n % 2 == 0 {
+                    // Takes one item only, leaving whole frames buffered.
+                    if let Some(item) = d.decode().expect("valid stream") {
+                        items.push(item);
+                    }
+                } else {
+                    items.extend(drain(&mut d));
+                }
+            }
+            items.extend(drain(&mut d));
+            assert_eq!(items, want, "chunk {chunk}");
+            assert_eq!(d.buffered(), 0);
+            if !stop_early {
+                let frame = (16 * 1024 + 13) as u64;
+                assert!(
+                    d.bytes_moved() <= chunks * frame,
+                    "chunk {chunk}: moved {}",
+                    d.bytes_moved()
+                );
+                assert!(d.bytes_moved() < stream.len() as u64 / 2 || chunk < frame as usize);
+            }
         }
     }
 
