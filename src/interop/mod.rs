@@ -15,6 +15,7 @@
 //! - [`aria2`]: `aria2c` seeding or leeching through HTTP trackers.
 //! - [`nginx`]: a real web server (a TLS front for opentracker) and a test CA made with `rcgen`.
 //! - [`fixtures`]: deterministic payloads and `mktorrent`-made `.torrent` files.
+//! - [`relay`]: a UDP relay that delays, drops, reorders and duplicates datagrams (uTP tests).
 //!
 //! Every program listens on 127.0.0.1 only, with DHT, LSD, UPnP and NAT-PMP off. For belt and
 //! braces, run the suite inside a network namespace that has only loopback: `scripts/netns.sh
@@ -27,6 +28,7 @@ pub mod nginx;
 pub mod opentracker;
 pub mod ports;
 pub mod process;
+pub mod relay;
 pub mod transmission;
 
 pub use aria2::{Aria2, Aria2Role};
@@ -38,6 +40,7 @@ pub use opentracker::{
 };
 pub use ports::{free_addr, free_port};
 pub use process::{run_bounded, run_checked, wait_for, ChildGuard, HarnessError, Signal};
+pub use relay::{RelayConfig, RelayStats, UdpRelay};
 pub use transmission::Transmission;
 
 use std::path::{Path, PathBuf};

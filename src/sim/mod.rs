@@ -52,6 +52,12 @@ use hyperblow_core::time::Instant;
 use hyperblow_core::InfoHash;
 
 use tap::{Tap, TapMessage, TapRecord};
+
+/// The lossy one-way datagram link of [`SimConfig::datagram_link`] (the uTP module's own simulated
+/// link, reused).
+pub use hyperblow_core::utp::sim::{
+    Link as UdpLink, LinkConfig as UdpLinkConfig, LinkStats as UdpLinkStats,
+};
 use tracker::Tracker;
 
 /// The host name the tracker answers to (resolved by the simulator's table).
@@ -189,6 +195,10 @@ pub struct SimConfig {
     pub drop_links: Option<DropLinks>,
     /// The tracker's announce interval, seconds.
     pub tracker_interval: u32,
+    /// How datagrams between nodes travel (uTP): each ordered pair of nodes gets its own
+    /// [`UdpLink`] (latency, jitter, random loss, duplication, a bottleneck rate with a drop-tail
+    /// queue), seeded from the simulator's RNG. `None`: such datagrams are dropped.
+    pub datagram_link: Option<UdpLinkConfig>,
 }
 
 impl Default for SimConfig {
@@ -206,6 +216,7 @@ impl Default for SimConfig {
             tap: false,
             drop_links: None,
             tracker_interval: 120,
+            datagram_link: None,
         }
     }
 }
@@ -371,7 +382,18 @@ enum Ev {
         node: NodeId,
         data: Bytes,
     },
+    /// Datagrams on the link from `from` to `to` may be due.
+    UdpArrival {
+        from: NodeId,
+        to: NodeId,
+    },
     Chaos,
+}
+
+/// One direction of the datagram path between two nodes, and the arrival event it has queued.
+struct UdpPath {
+    link: UdpLink,
+    wake: Option<Instant>,
 }
 
 /// The simulation. See the [module documentation](self).
@@ -384,6 +406,7 @@ pub struct Sim {
     tracker: Tracker,
     hosts: BTreeMap<String, IpAddr>,
     links: BTreeMap<(NodeId, NodeId), LinkSpec>,
+    udp: BTreeMap<(NodeId, NodeId), UdpPath>,
     conns: BTreeMap<u64, SimConn>,
     ends: BTreeMap<(NodeId, ConnId), u64>,
     next_conn: u64,
@@ -433,6 +456,7 @@ impl Sim {
             origins: BTreeMap::new(),
             hosts,
             links: BTreeMap::new(),
+            udp: BTreeMap::new(),
             conns: BTreeMap::new(),
             ends: BTreeMap::new(),
             next_conn: 0,
@@ -839,6 +863,87 @@ impl Sim {
         Ok(())
     }
 
+    /// Offers a datagram from `from` to `to` to their [`UdpLink`] (made on first use), when
+    /// [`SimConfig::datagram_link`] is set and the receiver has not left.
+    fn send_udp(&mut self, from: NodeId, to: NodeId, data: &[u8]) {
+        let Some(cfg) = self.config.datagram_link.clone() else {
+            return;
+        };
+        if self.nodes[to].state == NodeState::Gone {
+            return;
+        }
+        let now = self.now;
+        if !self.udp.contains_key(&(from, to)) {
+            let seed = self.rng.random();
+            self.udp.insert(
+                (from, to),
+                UdpPath {
+                    link: UdpLink::new(cfg, seed),
+                    wake: None,
+                },
+            );
+        }
+        if let Some(path) = self.udp.get_mut(&(from, to)) {
+            path.link.send(now, data);
+        }
+        self.wake_udp(from, to);
+    }
+
+    /// Queues an arrival event for the link's next datagram unless one is queued at or before it.
+    fn wake_udp(&mut self, from: NodeId, to: NodeId) {
+        let Some(path) = self.udp.get_mut(&(from, to)) else {
+            return;
+        };
+        let Some(at) = path.link.next_arrival() else {
+            return;
+        };
+        if path.wake.is_some_and(|w| w <= at) {
+            return;
+        }
+        path.wake = Some(at);
+        self.schedule(at, Ev::UdpArrival { from, to });
+    }
+
+    /// Hands the datagrams due on the link from `from` to `to` to the receiver's engine.
+    fn deliver_udp(&mut self, from: NodeId, to: NodeId) {
+        let now = self.now;
+        let mut due: Vec<Vec<u8>> = Vec::new();
+        if let Some(path) = self.udp.get_mut(&(from, to)) {
+            if path.wake.is_some_and(|w| w <= now) {
+                path.wake = None;
+            }
+            path.link.deliver(now, |d| due.push(d.to_vec()));
+        }
+        if !due.is_empty() && self.nodes[to].state != NodeState::Gone {
+            let src = self.nodes[from].addr;
+            for d in &due {
+                self.fingerprint = fnv(
+                    fnv(self.fingerprint, now.since_origin().as_nanos() as u64),
+                    8,
+                );
+                self.nodes[to].engine.handle_datagram(now, src, d);
+            }
+            self.drain(to);
+        }
+        self.wake_udp(from, to);
+    }
+
+    /// What the datagram links between nodes did, summed over every pair.
+    pub fn udp_stats(&self) -> UdpLinkStats {
+        let mut sum = UdpLinkStats::default();
+        for path in self.udp.values() {
+            let s = path.link.stats;
+            sum.sent += s.sent;
+            sum.lost += s.lost;
+            sum.queue_drops += s.queue_drops;
+            sum.duplicated += s.duplicated;
+            sum.delivered += s.delivered;
+            sum.queue_delay_ns += s.queue_delay_ns;
+            sum.max_queue_delay = sum.max_queue_delay.max(s.max_queue_delay);
+        }
+        sum
+    }
+
     fn schedule(&mut self, at: Instant, ev: Ev) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -945,6 +1050,8 @@ impl Sim {
                     let from = self.nodes[node].addr;
                     let at = now + self.config.tracker_link.latency;
                     self.schedule(at, Ev::TrackerDatagram { from, node, data });
+                } else if let Some(peer) = self.node_at(to) {
+                    self.send_udp(node, peer, &data);
                 }
             }
             Output::Resolve { id, host, port } => {
@@ -1229,6 +1336,7 @@ impl Sim {
                     );
                 }
             }
+            Ev::UdpArrival { from, to } => self.deliver_udp(from, to),
             Ev::Chaos => {
                 self.chaos();
                 if let Some(d) = self.config.drop_links {
