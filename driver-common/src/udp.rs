@@ -57,10 +57,21 @@ const GSO_MAX_BYTES: usize = 64_000;
 pub(crate) type Batching = Option<Arc<UdpSocketState>>;
 
 /// Sets the socket up for batched I/O (GRO, packet info; non-blocking), or `None` if the OS refuses.
+///
+/// quinn-udp also switches path-MTU discovery to "probe" (never fragment), which suits QUIC but
+/// would drop our 1,448-byte uTP datagrams on a path with a smaller MTU (a VPN or tunnel) where
+/// the kernel used to fragment them. So the kernel's default ("want": fragment when the path
+/// needs it) is put back for IPv4 and IPv6 alike; each call fails harmlessly on a socket of the
+/// other family. (quinn-udp's IPV6_DONTFRAG stays: no safe setter exists for it, so an IPv6 path
+/// under 1,468 bytes still needs uTP path-MTU discovery, which we do not have yet.)
 pub(crate) fn batching<S: std::os::fd::AsFd>(socket: &S) -> Batching {
-    UdpSocketState::new(UdpSockRef::from(socket))
-        .ok()
-        .map(Arc::new)
+    let state = UdpSocketState::new(UdpSockRef::from(socket)).ok()?;
+    use rustix::net::sockopt::{
+        set_ip_mtu_discover, set_ipv6_mtu_discover, Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery,
+    };
+    let _ = set_ip_mtu_discover(socket, Ipv4PathMtuDiscovery::WANT);
+    let _ = set_ipv6_mtu_discover(socket, Ipv6PathMtuDiscovery::WANT);
+    Some(Arc::new(state))
 }
 
 /// Receives datagrams (UDP tracker replies, the DHT, uTP) and hands them to the loop.
@@ -330,6 +341,25 @@ mod tests {
             }
         }
         got
+    }
+
+    /// The batched socket still lets the kernel fragment a datagram bigger than the path's MTU
+    /// (quinn-udp's set-up would forbid it; a uTP datagram is 1,448 bytes, more than many VPNs
+    /// carry): path-MTU discovery reads back as the kernel's default, "want", on both families.
+    #[test]
+    fn batching_keeps_the_kernels_fragmentation_default() {
+        use rustix::net::sockopt::{
+            ip_mtu_discover, ipv6_mtu_discover, Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery,
+        };
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        batching(&v4).expect("quinn-udp sets up a loopback socket");
+        assert_eq!(ip_mtu_discover(&v4).unwrap(), Ipv4PathMtuDiscovery::WANT);
+        if let Ok(v6) = std::net::UdpSocket::bind("[::]:0") {
+            batching(&v6).expect("quinn-udp sets up a dual-stack socket");
+            assert_eq!(ipv6_mtu_discover(&v6).unwrap(), Ipv6PathMtuDiscovery::WANT);
+            // IPv4-mapped traffic of the dual-stack socket follows the IPv4 option.
+            assert_eq!(ip_mtu_discover(&v6).unwrap(), Ipv4PathMtuDiscovery::WANT);
+        }
     }
 
     /// Several datagrams to several addresses in one batch (runs of equal sizes for GSO, a shorter
