@@ -19,7 +19,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-use async_std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use async_io::Async;
+use async_std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::UdpSocket;
 
 pub use hyperblow_core as core;
 use hyperblow_driver::{prepare_session, spawn_session, Runtime};
@@ -57,7 +59,8 @@ impl Runtime for AsyncStd {
     type Reader = TcpStream;
     type Writer = TcpStream;
     type Listener = TcpListener;
-    type Udp = UdpSocket;
+    /// async-io's socket (async-std's own reactor), which exposes readiness for batched I/O.
+    type Udp = Async<UdpSocket>;
 
     fn spawn<F>(&self, task: F)
     where
@@ -88,12 +91,12 @@ impl Runtime for AsyncStd {
         }
     }
 
-    fn udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
-        Ok(UdpSocket::from(socket))
+    fn udp_socket(&self, socket: UdpSocket) -> io::Result<Async<UdpSocket>> {
+        Async::new(socket)
     }
 
     fn send_to<'a>(
-        socket: &'a UdpSocket,
+        socket: &'a Async<UdpSocket>,
         data: &'a [u8],
         to: SocketAddr,
     ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
@@ -101,10 +104,24 @@ impl Runtime for AsyncStd {
     }
 
     fn recv_from<'a>(
-        socket: &'a UdpSocket,
+        socket: &'a Async<UdpSocket>,
         buf: &'a mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
         socket.recv_from(buf)
+    }
+
+    fn udp_io<'a, T: Send + 'a>(
+        socket: &'a Async<UdpSocket>,
+        write: bool,
+        mut op: impl FnMut() -> io::Result<T> + Send + 'a,
+    ) -> impl Future<Output = io::Result<T>> + Send + 'a {
+        async move {
+            if write {
+                socket.write_with(|_| op()).await
+            } else {
+                socket.read_with(|_| op()).await
+            }
+        }
     }
 
     fn sleep_until(

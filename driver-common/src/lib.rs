@@ -87,6 +87,7 @@ mod runtime;
 mod session;
 mod tasks;
 pub mod tls;
+mod udp;
 
 pub use handle::{
     AddMagnetRequest, AddTorrentRequest, AddedMagnet, AddedTorrent, EventStream, Pending,

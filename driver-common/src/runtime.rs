@@ -23,8 +23,9 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     type Writer: AsyncWrite + Unpin + Send + 'static;
     /// A bound TCP listener.
     type Listener: Send + Sync + 'static;
-    /// A bound UDP socket (shared between the receiving and the sending task).
-    type Udp: Send + Sync + 'static;
+    /// A bound UDP socket (shared between the receiving and the sending task). Its descriptor is
+    /// lent to `quinn-udp` for batched system calls (see [`Runtime::udp_io`]).
+    type Udp: Send + Sync + std::os::fd::AsFd + 'static;
 
     /// Runs `task` in the background until it finishes (the result is not awaited).
     fn spawn<F>(&self, task: F)
@@ -62,6 +63,16 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         socket: &'a Self::Udp,
         buf: &'a mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+
+    /// Runs `op`, a non-blocking system call on `socket` (a batched receive or send), until it
+    /// fails with something other than `WouldBlock`, waiting between tries until the socket is
+    /// readable (or writable, with `write`). The runtime must clear its readiness on `WouldBlock`
+    /// (tokio's `async_io`, async-io's `read_with`/`write_with`).
+    fn udp_io<'a, T: Send + 'a>(
+        socket: &'a Self::Udp,
+        write: bool,
+        op: impl FnMut() -> io::Result<T> + Send + 'a,
+    ) -> impl Future<Output = io::Result<T>> + Send + 'a;
 
     /// Completes at (or soon after) `deadline`; at once if it has passed.
     fn sleep_until(

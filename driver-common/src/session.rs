@@ -110,7 +110,8 @@ struct Session<R: Runtime> {
     conns: HashMap<ConnId, ConnEntry>,
     net_tx: mpsc::Sender<Net<R>>,
     ctl_tx: mpsc::UnboundedSender<Ctl>,
-    udp_tx: mpsc::UnboundedSender<(SocketAddr, Bytes)>,
+    /// The UDP send queue, bounded (see [`crate::udp`]: full means the datagram is dropped).
+    udp_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     pool: Arc<WorkerPool>,
     disks: BTreeMap<TorrentId, Disk>,
     /// Info-hashes whose storage is being prepared.
@@ -253,7 +254,7 @@ pub fn prepare_session<R: Runtime>(
     let (cmd_tx, cmd_rx) = mpsc::unbounded();
     let (ctl_tx, ctl_rx) = mpsc::unbounded();
     let (net_tx, net_rx) = mpsc::channel(64);
-    let (udp_tx, udp_rx) = mpsc::unbounded();
+    let (udp_tx, udp_rx) = mpsc::channel(crate::udp::SEND_QUEUE);
     let handle = SessionHandle::new(cmd_tx, listen_addr, engine.peer_id());
 
     let udp = Arc::new(udp);
@@ -268,12 +269,16 @@ pub fn prepare_session<R: Runtime>(
         listener,
         net_tx.clone(),
     )));
-    spawn_bg(Box::pin(tasks::udp_recv_task(
+    let batching = crate::udp::batching(&*udp);
+    spawn_bg(Box::pin(crate::udp::udp_recv_task(
         rt.clone(),
         Arc::clone(&udp),
+        batching.clone(),
         net_tx.clone(),
     )));
-    spawn_bg(Box::pin(tasks::udp_send_task::<R>(udp, udp_local, udp_rx)));
+    spawn_bg(Box::pin(crate::udp::udp_send_task::<R>(
+        udp, batching, udp_local, udp_rx,
+    )));
 
     let config_tls_roots = config.tls_roots.clone();
     let session = Session {
@@ -644,7 +649,8 @@ impl<R: Runtime> Session<R> {
                 }
             }
             Output::SendDatagram { to, data } => {
-                let _ = self.udp_tx.unbounded_send((to, data));
+                // A full queue drops the datagram (see `crate::udp`).
+                let _ = self.udp_tx.try_send((to, data));
             }
             Output::Resolve { id, host, port } => {
                 let lookup = self.rt.resolve(host.clone(), port);

@@ -1,5 +1,5 @@
 //! The network tasks, written once for every runtime: per-connection reader and writer, the TCP
-//! acceptor, and the UDP receiver and sender. They only move bytes between sockets and the event loop.
+//! acceptor (the UDP receiver and sender are in `udp.rs`). They only move bytes between sockets and the event loop.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -35,12 +35,6 @@ pub(crate) const READ_MAX: usize = 256 * 1024;
 /// frame never straddles two allocations, which would make the decoder copy it (and the whole chunk
 /// after it).
 const READ_SWITCH: usize = 32 * 1024;
-
-/// Largest UDP datagram we accept (trackers send well under this).
-const DATAGRAM_BUF: usize = 64 * 1024;
-
-/// The buffer received datagrams are cut from, refilled when used up.
-const DATAGRAM_POOL: usize = 256 * 1024;
 
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
@@ -384,52 +378,6 @@ pub(crate) async fn accept_task<R: Runtime>(
                     .await
             }
         }
-    }
-}
-
-/// Receives datagrams (UDP tracker replies, the DHT, uTP) and hands them to the loop.
-pub(crate) async fn udp_recv_task<R: Runtime>(
-    rt: R,
-    socket: std::sync::Arc<R::Udp>,
-    mut net: mpsc::Sender<Net<R>>,
-) {
-    let mut buf = vec![0u8; DATAGRAM_BUF];
-    // Datagrams are cut from this pool (uTP brings one per 1,400 bytes of payload): one allocation
-    // per ~256 KiB received instead of one per datagram.
-    let mut pool = BytesMut::new();
-    loop {
-        match R::recv_from(&socket, &mut buf).await {
-            Ok((n, from)) => {
-                let got = buf.get(..n).unwrap_or_default();
-                if pool.capacity() - pool.len() < got.len() {
-                    pool.reserve(DATAGRAM_POOL.max(got.len()));
-                }
-                pool.extend_from_slice(got);
-                let data = pool.split().freeze();
-                let from = crate::bind::canonical(from);
-                if net.send(Net::Datagram(from, data)).await.is_err() {
-                    return;
-                }
-            }
-            // ICMP errors from earlier sends show up here on some systems; the engine retransmits.
-            Err(_) => {
-                rt.sleep_until(std::time::Instant::now() + Duration::from_millis(10))
-                    .await
-            }
-        }
-    }
-}
-
-/// Sends the datagrams the loop hands it (a lost one is retransmitted by the engine); IPv4
-/// destinations are mapped for a dual-stack socket bound to `local`.
-pub(crate) async fn udp_send_task<R: Runtime>(
-    socket: std::sync::Arc<R::Udp>,
-    local: SocketAddr,
-    mut rx: mpsc::UnboundedReceiver<(SocketAddr, Bytes)>,
-) {
-    while let Some((to, data)) = rx.next().await {
-        let to = crate::bind::for_socket(to, local);
-        let _ = R::send_to(&socket, &data, to).await;
     }
 }
 

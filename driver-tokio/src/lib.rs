@@ -186,6 +186,19 @@ impl Runtime for Tokio {
         socket.recv_from(buf)
     }
 
+    fn udp_io<'a, T: Send + 'a>(
+        socket: &'a UdpSocket,
+        write: bool,
+        op: impl FnMut() -> io::Result<T> + Send + 'a,
+    ) -> impl Future<Output = io::Result<T>> + Send + 'a {
+        let interest = if write {
+            tokio::io::Interest::WRITABLE
+        } else {
+            tokio::io::Interest::READABLE
+        };
+        socket.async_io(interest, op)
+    }
+
     fn sleep_until(
         &self,
         deadline: std::time::Instant,
