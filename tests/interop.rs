@@ -279,15 +279,7 @@ fn hyperblow_seeds(rt: Rt) {
         &fx.leech_dir("lt"),
         fx.dir.path(),
     );
-    let id = tr
-        .add_torrent(&fx.torrent.path)
-        .expect("add to transmission");
-    // Transmission ignores the 127.0.0.1 peers the tracker hands it (it would never dial us), but
-    // it accepts incoming connections: so the seeder connects out to Transmission's peer port.
-    hb.session
-        .add_peer(added.id, tr.peer_addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
+    let id = common::scenario::hb_dials_transmission(&hb, added.id, &tr, &fx);
     let lt_own = lt
         .wait_finished(WAIT, &[tracker.process(), tr.process()])
         .expect("the libtorrent leecher finishes");

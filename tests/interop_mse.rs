@@ -30,10 +30,13 @@ mod common;
 
 use std::time::Instant;
 
-use common::{assert_same, lt_seeder, tools_present, Hb, Rt, SingleFile, WAIT};
+use common::scenario::{
+    hb_downloads, hb_downloads_from_transmission, lt_leeches_from, lt_seeder_of,
+    transmission_leeches_from,
+};
+use common::{tools_present, Hb, Rt, SingleFile, WAIT};
 use hyperblow_core::mse::Policy;
-use hyperblow_driver::AddTorrentRequest;
-use hyperblow_tests::interop::{free_port, LtConfig, LtPeer, LtRole, LtSource, Transmission};
+use hyperblow_tests::interop::Transmission;
 
 on_both_runtimes!(
     require_downloads_from_forced_seeder,
@@ -72,28 +75,12 @@ fn download_from_lt(rt: Rt, scenario: u64, policy: Policy, lt_policy: &str) {
     }
     let t0 = Instant::now();
     let fx = fixture(rt, scenario);
-    let Some(seeder) = lt_seeder(
-        &format!("lt-seed-{lt_policy}"),
-        &fx.torrent.path,
-        &fx.seed_dir(),
-        fx.dir.path(),
-        false,
-        |c| c.extra_args = vec!["--encryption".into(), lt_policy.into()],
-    ) else {
+    let args = vec!["--encryption".into(), lt_policy.into()];
+    let Some(seeder) = lt_seeder_of(&format!("lt-seed-{lt_policy}"), &fx, args) else {
         return;
     };
     let hb = hb(rt, policy);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.leech_dir("hb")));
-    hb.session
-        .add_peer(added.id, seeder.addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
-    let took = hb.wait_complete(added.id, WAIT, &[seeder.process()]);
-    assert_same(
-        &fx.dir.path().join("hb").join(&fx.name),
-        &fx.data,
-        "Hyperblow",
-    );
+    let took = hb_downloads(&hb, &fx, seeder.addr(), WAIT, &[seeder.process()]);
     eprintln!(
         "[timing] {} {policy} from libtorrent --encryption {lt_policy}: {} KiB in {took:.2?} (test {:.2?})",
         rt.name(),
@@ -120,35 +107,10 @@ fn forced_leecher_downloads_from_require(rt: Rt) {
     let t0 = Instant::now();
     let fx = fixture(rt, 2);
     let hb = hb(rt, Policy::Require);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.seed_dir()));
-    assert_eq!(added.have_pieces, added.total_pieces, "the seed has it all");
-    let mut cfg = LtConfig::new(
-        "lt-leech-forced",
-        LtRole::Leech,
-        LtSource::Torrent(fx.torrent.path.clone()),
-        &fx.leech_dir("lt"),
-        free_port().expect("a free port"),
-        common::PROGRAM_BOUND,
-    );
-    cfg.connect = vec![hb.addr()];
-    cfg.extra_args = vec!["--encryption".into(), "forced".into()];
-    let Some(lt) = LtPeer::spawn(&cfg, fx.dir.path()).expect("spawn the libtorrent leecher") else {
+    let forced = vec!["--encryption".into(), "forced".into()];
+    let Some(own) = lt_leeches_from(&hb, &fx, "lt-leech-forced", forced) else {
         return;
     };
-    let own = lt
-        .wait_finished(WAIT, &[])
-        .unwrap_or_else(|e| panic!("{e}\n{}", hb.diagnostics()));
-    assert_same(
-        &fx.dir.path().join("lt").join(&fx.name),
-        &fx.data,
-        "libtorrent",
-    );
-    let stats = hb.stats(added.id);
-    assert!(
-        stats.uploaded >= fx.data.len() as u64,
-        "every byte came from Hyperblow, uploaded {}",
-        stats.uploaded
-    );
     eprintln!(
         "[timing] {} libtorrent forced leeches from Hyperblow require: its own {own:.2} s (test {:.2?})",
         rt.name(),
@@ -179,24 +141,7 @@ fn transmission_required_leeches_from_require(rt: Rt) {
         return;
     };
     let hb = hb(rt, Policy::Require);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.seed_dir()));
-    assert_eq!(added.have_pieces, added.total_pieces, "the seed has it all");
-    let id = tr
-        .add_torrent(&fx.torrent.path)
-        .expect("add to transmission");
-    hb.session
-        .add_peer(added.id, tr.peer_addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
-    let took = tr.wait_complete(id, WAIT, &[]).unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}\n{}",
-            tr.info(id).unwrap_or_default(),
-            hb.diagnostics()
-        )
-    });
-    assert_same(&tr.download_dir().join(&fx.name), &fx.data, "Transmission");
-    let _ = tr.stop_torrent(id);
+    let took = transmission_leeches_from(&tr, &hb, &fx);
     eprintln!(
         "[timing] {} Transmission (encryption required) leeches from Hyperblow require: {took:.2?} (test {:.2?})",
         rt.name(),
@@ -214,30 +159,7 @@ fn require_downloads_from_transmission_required(rt: Rt) {
     let Some(tr) = transmission_required(rt, "seed") else {
         return;
     };
-    std::fs::copy(
-        fx.seed_dir().join(&fx.name),
-        tr.download_dir().join(&fx.name),
-    )
-    .expect("give transmission the data");
-    let id = tr
-        .add_torrent(&fx.torrent.path)
-        .expect("add to transmission");
-    // It checks the data it finds and then seeds.
-    tr.wait_complete(id, WAIT, &[])
-        .unwrap_or_else(|e| panic!("{e}\n{}", tr.info(id).unwrap_or_default()));
-    let hb = hb(rt, Policy::Require);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.leech_dir("hb")));
-    hb.session
-        .add_peer(added.id, tr.peer_addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
-    let took = hb.wait_complete(added.id, WAIT, &[tr.process()]);
-    assert_same(
-        &fx.dir.path().join("hb").join(&fx.name),
-        &fx.data,
-        "Hyperblow",
-    );
-    let _ = tr.stop_torrent(id);
+    let took = hb_downloads_from_transmission(&tr, &fx, || hb(rt, Policy::Require));
     eprintln!(
         "[timing] {} Hyperblow require from Transmission (encryption required): {took:.2?} (test {:.2?})",
         rt.name(),

@@ -19,10 +19,13 @@ mod common;
 
 use std::time::Instant;
 
-use common::{assert_same, lt_seeder, tools_present, Hb, Rt, SingleFile, WAIT};
+use common::scenario::{
+    hb_downloads, hb_downloads_from_transmission, lt_leeches_from, lt_seeder_of,
+    transmission_leeches_from, utp_only,
+};
+use common::{tools_present, Hb, Rt, SingleFile, WAIT};
 use hyperblow_driver::engine::Transport;
-use hyperblow_driver::AddTorrentRequest;
-use hyperblow_tests::interop::{free_port, LtConfig, LtPeer, LtRole, LtSource, Transmission};
+use hyperblow_tests::interop::Transmission;
 
 on_both_runtimes!(
     lt_utp_leeches_from_hyperblow,
@@ -60,10 +63,6 @@ fn hb(rt: Rt) -> Hb {
     Hb::start(rt, |c| c.engine.transport = Transport::Utp)
 }
 
-fn utp_only() -> Vec<String> {
-    vec!["--transport".into(), "utp".into()]
-}
-
 /// Scenario 1.
 fn lt_utp_leeches_from_hyperblow(rt: Rt) {
     if !tools_present() {
@@ -72,35 +71,9 @@ fn lt_utp_leeches_from_hyperblow(rt: Rt) {
     let t0 = Instant::now();
     let fx = fixture(rt, 1);
     let hb = hb(rt);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.seed_dir()));
-    assert_eq!(added.have_pieces, added.total_pieces, "the seed has it all");
-    let mut cfg = LtConfig::new(
-        "lt-leech-utp",
-        LtRole::Leech,
-        LtSource::Torrent(fx.torrent.path.clone()),
-        &fx.leech_dir("lt"),
-        free_port().expect("a free port"),
-        common::PROGRAM_BOUND,
-    );
-    cfg.connect = vec![hb.addr()];
-    cfg.extra_args = utp_only();
-    let Some(lt) = LtPeer::spawn(&cfg, fx.dir.path()).expect("spawn the libtorrent leecher") else {
+    let Some(own) = lt_leeches_from(&hb, &fx, "lt-leech-utp", utp_only()) else {
         return;
     };
-    let own = lt
-        .wait_finished(WAIT, &[])
-        .unwrap_or_else(|e| panic!("{e}\n{}", hb.diagnostics()));
-    assert_same(
-        &fx.dir.path().join("lt").join(&fx.name),
-        &fx.data,
-        "libtorrent",
-    );
-    let stats = hb.stats(added.id);
-    assert!(
-        stats.uploaded >= fx.data.len() as u64,
-        "every byte came from Hyperblow, uploaded {}",
-        stats.uploaded
-    );
     eprintln!(
         "[timing] {} libtorrent (uTP only) leeches from Hyperblow (uTP only): its own {own:.2} s (test {:.2?})",
         rt.name(),
@@ -125,31 +98,13 @@ fn download_from_lt(rt: Rt, scenario: u64, lt_args: &[&str]) {
     }
     let t0 = Instant::now();
     let fx = fixture(rt, scenario);
-    let Some(seeder) = lt_seeder(
-        "lt-seed-utp",
-        &fx.torrent.path,
-        &fx.seed_dir(),
-        fx.dir.path(),
-        false,
-        |c| {
-            c.extra_args = utp_only();
-            c.extra_args.extend(lt_args.iter().map(|a| a.to_string()));
-        },
-    ) else {
+    let mut args = utp_only();
+    args.extend(lt_args.iter().map(|a| a.to_string()));
+    let Some(seeder) = lt_seeder_of("lt-seed-utp", &fx, args) else {
         return;
     };
     let hb = hb(rt);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.leech_dir("hb")));
-    hb.session
-        .add_peer(added.id, seeder.addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
-    let took = hb.wait_complete(added.id, WAIT, &[seeder.process()]);
-    assert_same(
-        &fx.dir.path().join("hb").join(&fx.name),
-        &fx.data,
-        "Hyperblow",
-    );
+    let took = hb_downloads(&hb, &fx, seeder.addr(), WAIT, &[seeder.process()]);
     eprintln!(
         "[timing] {} Hyperblow (uTP only) from libtorrent (uTP only {}): {} KiB in {took:.2?} (test {:.2?})",
         rt.name(),
@@ -187,25 +142,7 @@ fn transmission_leeches_from_hyperblow_over_utp(rt: Rt) {
         c.engine.transport = Transport::Utp;
         c.engine.encryption = hyperblow_core::mse::Policy::Disable;
     });
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.seed_dir()));
-    assert_eq!(added.have_pieces, added.total_pieces, "the seed has it all");
-    let id = tr
-        .add_torrent(&fx.torrent.path)
-        .expect("add to transmission");
-    // Transmission ignores loopback peers from trackers: Hyperblow dials it.
-    hb.session
-        .add_peer(added.id, tr.peer_addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
-    let took = tr.wait_complete(id, WAIT, &[]).unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}\n{}",
-            tr.info(id).unwrap_or_default(),
-            hb.diagnostics()
-        )
-    });
-    assert_same(&tr.download_dir().join(&fx.name), &fx.data, "Transmission");
-    let _ = tr.stop_torrent(id);
+    let took = transmission_leeches_from(&tr, &hb, &fx);
     eprintln!(
         "[timing] {} Transmission leeches from Hyperblow over uTP: {took:.2?} (test {:.2?})",
         rt.name(),
@@ -223,30 +160,7 @@ fn hyperblow_downloads_from_transmission_over_utp(rt: Rt) {
     let Some(tr) = transmission_utp(rt, "seed") else {
         return;
     };
-    std::fs::copy(
-        fx.seed_dir().join(&fx.name),
-        tr.download_dir().join(&fx.name),
-    )
-    .expect("give transmission the data");
-    let id = tr
-        .add_torrent(&fx.torrent.path)
-        .expect("add to transmission");
-    // It checks the data it finds and then seeds.
-    tr.wait_complete(id, WAIT, &[])
-        .unwrap_or_else(|e| panic!("{e}\n{}", tr.info(id).unwrap_or_default()));
-    let hb = hb(rt);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.leech_dir("hb")));
-    hb.session
-        .add_peer(added.id, tr.peer_addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
-    let took = hb.wait_complete(added.id, WAIT, &[tr.process()]);
-    assert_same(
-        &fx.dir.path().join("hb").join(&fx.name),
-        &fx.data,
-        "Hyperblow",
-    );
-    let _ = tr.stop_torrent(id);
+    let took = hb_downloads_from_transmission(&tr, &fx, || hb(rt));
     eprintln!(
         "[timing] {} Hyperblow (uTP only) from Transmission over uTP: {took:.2?} (test {:.2?})",
         rt.name(),

@@ -27,12 +27,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{assert_same, lt_seeder, tools_present, Hb, Rt, SingleFile, PROGRAM_BOUND, WAIT};
+use common::scenario::{hb_downloads, lt_leecher_to, lt_seeder_of, utp_only};
+use common::{assert_same, tools_present, Hb, Rt, SingleFile, WAIT};
 use hyperblow_core::engine::Transport;
 use hyperblow_driver::AddTorrentRequest;
-use hyperblow_tests::interop::{
-    free_port, LtConfig, LtPeer, LtRole, LtSource, RelayConfig, RelayStats, UdpRelay,
-};
+use hyperblow_tests::interop::{LtPeer, RelayConfig, RelayStats, UdpRelay};
 
 on_both_runtimes!(
     libtorrent_leeches_from_hyperblow,
@@ -44,6 +43,11 @@ const NO_TRACKER: &str = "http://127.0.0.1:9/announce";
 
 /// The payload of each scenario: a few MiB, enough for hundreds of datagrams to be lost.
 const PAYLOAD: usize = 3 * 1024 * 1024 + 777;
+
+/// The scenario's file `name`: [`PAYLOAD`] bytes of payload `seed` in 64 KiB pieces, no tracker.
+fn fixture(name: &str, seed: u64) -> SingleFile {
+    SingleFile::new(name, PAYLOAD, seed, 16, &[NO_TRACKER])
+}
 
 /// The link: 20 ms each way, 1 % loss each way, 2 % of datagrams held back 10 ms (overtaken by
 /// later ones), 0.5 % sent twice; a fixed seed per scenario.
@@ -68,11 +72,6 @@ fn relay_to(target: SocketAddr, scenario: u64) -> UdpRelay {
     .expect("start the relay")
 }
 
-/// The uTP-only switch of `lt_peer.py`.
-fn utp_only() -> Vec<String> {
-    vec!["--transport".into(), "utp".into()]
-}
-
 /// Checks that `bytes` of payload crossed the relay towards the downloader (in every scenario the
 /// relay's client: the seeder is its target) and that the relay dropped and reordered datagrams
 /// on the way (so the transfer recovered from both).
@@ -93,41 +92,9 @@ fn assert_relayed(stats: &RelayStats, bytes: usize) {
     assert_eq!(data.overflow + acks.overflow, 0, "{stats:?}");
 }
 
-/// Scenario 1: libtorrent leecher -> relay -> libtorrent seeder, both uTP only.
-#[test]
-fn libtorrent_pair_through_relay() {
-    if !tools_present() {
-        return;
-    }
-    let t0 = Instant::now();
-    let fx = SingleFile::new("utp-relay-lt.bin", PAYLOAD, 1601, 16, &[NO_TRACKER]);
-    let Some(seeder) = lt_seeder(
-        "lt-seed-utp",
-        &fx.torrent.path,
-        &fx.seed_dir(),
-        fx.dir.path(),
-        false,
-        |c| c.extra_args = utp_only(),
-    ) else {
-        return;
-    };
-    let relay = relay_to(seeder.addr(), 1);
-    let mut cfg = LtConfig::new(
-        "lt-leech-utp",
-        LtRole::Leech,
-        LtSource::Torrent(fx.torrent.path.clone()),
-        &fx.leech_dir("lt"),
-        free_port().expect("a free port"),
-        PROGRAM_BOUND,
-    );
-    cfg.connect = vec![relay.addr()];
-    cfg.extra_args = utp_only();
-    let leecher = LtPeer::spawn(&cfg, fx.dir.path())
-        .expect("spawn the libtorrent leecher")
-        .expect("libtorrent is present (checked before)");
-    let own = leecher
-        .wait_finished(WAIT * 2, &[seeder.process()])
-        .unwrap_or_else(|e| panic!("{e}\nrelay: {:?}", relay.stats()));
+/// Checks that the libtorrent leecher's copy of `fx` (in `<fixture>/lt`) is exact and that it
+/// came through `relay` ([`assert_relayed`]); returns the relay's counters.
+fn assert_lt_leeched_through(relay: &UdpRelay, fx: &SingleFile) -> RelayStats {
     assert_same(
         &fx.dir.path().join("lt").join(&fx.name),
         &fx.data,
@@ -135,6 +102,29 @@ fn libtorrent_pair_through_relay() {
     );
     let stats = relay.stats();
     assert_relayed(&stats, fx.data.len());
+    stats
+}
+
+/// Scenario 1: libtorrent leecher -> relay -> libtorrent seeder, both uTP only.
+#[test]
+fn libtorrent_pair_through_relay() {
+    if !tools_present() {
+        return;
+    }
+    let t0 = Instant::now();
+    let fx = fixture("utp-relay-lt.bin", 1601);
+    let Some(seeder) = lt_seeder_of("lt-seed-utp", &fx, utp_only()) else {
+        return;
+    };
+    let relay = relay_to(seeder.addr(), 1);
+    let cfg = lt_leecher_to("lt-leech-utp", &fx, relay.addr(), utp_only());
+    let leecher = LtPeer::spawn(&cfg, fx.dir.path())
+        .expect("spawn the libtorrent leecher")
+        .expect("libtorrent is present (checked before)");
+    let own = leecher
+        .wait_finished(WAIT * 2, &[seeder.process()])
+        .unwrap_or_else(|e| panic!("{e}\nrelay: {:?}", relay.stats()));
+    let stats = assert_lt_leeched_through(&relay, &fx);
     eprintln!(
         "[timing] libtorrent -> libtorrent over uTP through the relay (20 ms, 1 % loss, reordering): {} KiB in {own:.2} s \
          (test {:.2?}); relay {stats:?}",
@@ -159,41 +149,20 @@ fn libtorrent_leeches_from_hyperblow(rt: Rt) {
         return;
     }
     let t0 = Instant::now();
-    let fx = SingleFile::new(
-        "utp-relay-hb-seed.bin",
-        PAYLOAD,
-        seed_for(rt, 2),
-        16,
-        &[NO_TRACKER],
-    );
+    let fx = fixture("utp-relay-hb-seed.bin", seed_for(rt, 2));
     let hb = hb_utp(rt);
     let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.seed_dir()));
     assert_eq!(added.have_pieces, added.total_pieces, "the seed has it all");
     // Hyperblow's uTP shares the UDP socket bound to its listen port.
     let relay = relay_to(hb.addr(), 2);
-    let mut cfg = LtConfig::new(
-        "lt-leech-utp",
-        LtRole::Leech,
-        LtSource::Torrent(fx.torrent.path.clone()),
-        &fx.leech_dir("lt"),
-        free_port().expect("a free port"),
-        PROGRAM_BOUND,
-    );
-    cfg.connect = vec![relay.addr()];
-    cfg.extra_args = utp_only();
+    let cfg = lt_leecher_to("lt-leech-utp", &fx, relay.addr(), utp_only());
     let Some(lt) = LtPeer::spawn(&cfg, fx.dir.path()).expect("spawn the libtorrent leecher") else {
         return;
     };
     let own = lt
         .wait_finished(WAIT * 2, &[])
         .unwrap_or_else(|e| panic!("{e}\nrelay: {:?}\n{}", relay.stats(), hb.diagnostics()));
-    assert_same(
-        &fx.dir.path().join("lt").join(&fx.name),
-        &fx.data,
-        "libtorrent leecher",
-    );
-    let stats = relay.stats();
-    assert_relayed(&stats, fx.data.len());
+    let stats = assert_lt_leeched_through(&relay, &fx);
     eprintln!(
         "[timing] {} Hyperblow -> libtorrent over uTP through the relay (20 ms, 1 % loss, reordering): {} KiB, its own {own:.2} s \
          (test {:.2?}); relay {stats:?}",
@@ -209,36 +178,13 @@ fn hyperblow_leeches_from_libtorrent(rt: Rt) {
         return;
     }
     let t0 = Instant::now();
-    let fx = SingleFile::new(
-        "utp-relay-hb-leech.bin",
-        PAYLOAD,
-        seed_for(rt, 3),
-        16,
-        &[NO_TRACKER],
-    );
-    let Some(seeder) = lt_seeder(
-        "lt-seed-utp",
-        &fx.torrent.path,
-        &fx.seed_dir(),
-        fx.dir.path(),
-        false,
-        |c| c.extra_args = utp_only(),
-    ) else {
+    let fx = fixture("utp-relay-hb-leech.bin", seed_for(rt, 3));
+    let Some(seeder) = lt_seeder_of("lt-seed-utp", &fx, utp_only()) else {
         return;
     };
     let relay = relay_to(seeder.addr(), 3);
     let hb = hb_utp(rt);
-    let added = hb.add(AddTorrentRequest::new(fx.meta.clone(), fx.leech_dir("hb")));
-    hb.session
-        .add_peer(added.id, relay.addr())
-        .wait_timeout(WAIT)
-        .expect("add_peer");
-    let took = hb.wait_complete(added.id, WAIT * 2, &[seeder.process()]);
-    assert_same(
-        &fx.dir.path().join("hb").join(&fx.name),
-        &fx.data,
-        "Hyperblow",
-    );
+    let took = hb_downloads(&hb, &fx, relay.addr(), WAIT * 2, &[seeder.process()]);
     let stats = relay.stats();
     assert_relayed(&stats, fx.data.len());
     eprintln!(

@@ -23,6 +23,10 @@ use hyperblow_tests::interop::{
     HarnessError, LtConfig, LtPeer, LtRole, LtSource, TorrentFile,
 };
 
+/// Transfer scenarios shared by several interop binaries.
+#[path = "scenario.rs"]
+pub mod scenario;
+
 /// The bound on every wait for a transfer, a tracker reply or a peer.
 pub const WAIT: Duration = Duration::from_secs(45);
 
