@@ -653,6 +653,34 @@ mod tests {
 
     use super::*;
 
+    /// A single-file torrent of `data` in pieces of `piece_len`, and an empty storage for it in a
+    /// temporary directory (kept alive by the returned guard).
+    fn single_file_storage(
+        data: &[u8],
+        piece_len: u32,
+    ) -> (
+        hyperblow_core::metainfo::Metainfo,
+        tempfile::TempDir,
+        Storage,
+    ) {
+        let mut hasher =
+            hyperblow_core::metainfo::TorrentBuilder::single_file("x", data.len() as u64)
+                .piece_length(piece_len)
+                .start()
+                .unwrap();
+        hasher.update(data).unwrap();
+        let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&hasher.finish().unwrap().bytes)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(
+            dir.path(),
+            meta.info.layout().clone(),
+            StorageConfig::default(),
+        )
+        .unwrap();
+        (meta, dir, storage)
+    }
+
     #[test]
     fn delete_removes_files_empty_dirs_and_resume_but_not_the_root() {
         let dir = tempfile::tempdir().unwrap();
@@ -693,20 +721,7 @@ mod tests {
 
     #[test]
     fn force_check_hashes_the_data_instead_of_trusting_the_resume_file() {
-        let mut hasher = hyperblow_core::metainfo::TorrentBuilder::single_file("x", 3)
-            .piece_length(16384)
-            .start()
-            .unwrap();
-        hasher.update(b"abc").unwrap();
-        let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&hasher.finish().unwrap().bytes)
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::new(
-            dir.path(),
-            meta.info.layout().clone(),
-            StorageConfig::default(),
-        )
-        .unwrap();
+        let (meta, dir, storage) = single_file_storage(b"abc", 16384);
         let written = storage
             .write_piece(0, &[bytes::Bytes::from_static(b"abc")])
             .unwrap();
@@ -742,21 +757,7 @@ mod tests {
         const PIECE: usize = 16384;
         let mut data: Vec<u8> = (0..4 * PIECE).map(|i| (i % 251) as u8 + 1).collect();
         data[2 * PIECE..3 * PIECE].fill(0);
-        let mut hasher =
-            hyperblow_core::metainfo::TorrentBuilder::single_file("x", data.len() as u64)
-                .piece_length(PIECE as u32)
-                .start()
-                .unwrap();
-        hasher.update(&data).unwrap();
-        let meta = hyperblow_core::metainfo::Metainfo::from_bytes(&hasher.finish().unwrap().bytes)
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::new(
-            dir.path(),
-            meta.info.layout().clone(),
-            StorageConfig::default(),
-        )
-        .unwrap();
+        let (meta, dir, storage) = single_file_storage(&data, PIECE as u32);
         let piece = |i: usize| [Bytes::copy_from_slice(&data[i * PIECE..(i + 1) * PIECE])];
         assert_eq!(
             storage.write_piece(0, &piece(0)).unwrap(),

@@ -440,29 +440,37 @@ fn pieces_of_many_blocks_are_written_exactly() {
     assert_files_exact(&s, &data);
 }
 
+/// Storage over three files whose pieces are long enough for direct (`O_DIRECT`) writes, with file
+/// boundaries at unaligned offsets and a tail that is not a multiple of 4 KiB; direct writes on or
+/// off. Returns the directory guard, the layout, the content and the storage.
+fn large_piece_storage(direct: bool, seed: u64) -> (tempfile::TempDir, Layout, Vec<u8>, Storage) {
+    let piece = hyperblow_storage::DIRECT_MIN_PIECE * 2;
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(
+        &[
+            ("a", u64::from(piece) * 3, false),
+            ("b", u64::from(piece) + 4_097, false),
+            ("c", u64::from(piece) * 2 + 123, false),
+        ],
+        piece,
+    );
+    let data = content(&l, seed);
+    let config = StorageConfig {
+        direct_writes: direct,
+        ..StorageConfig::default()
+    };
+    let s = Storage::new(dir.path(), l.clone(), config).unwrap();
+    (dir, l, data, s)
+}
+
 /// Pieces long enough for direct (`O_DIRECT`) writes land byte-exact: aligned file starts, a file
 /// boundary inside a piece at an unaligned offset (that file's part and the next file's part go through
 /// the page cache), a file tail that is not a multiple of 4 KiB, blocks of odd sizes, a piece rewritten
 /// after other pieces, reads mixed in; the same with direct writes switched off.
 #[test]
 fn direct_writes_of_large_pieces_are_exact() {
-    let piece = hyperblow_storage::DIRECT_MIN_PIECE * 2;
     for direct in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let l = layout(
-            &[
-                ("a", u64::from(piece) * 3, false),
-                ("b", u64::from(piece) + 4_097, false),
-                ("c", u64::from(piece) * 2 + 123, false),
-            ],
-            piece,
-        );
-        let data = content(&l, 21);
-        let config = StorageConfig {
-            direct_writes: direct,
-            ..StorageConfig::default()
-        };
-        let s = Storage::new(dir.path(), l.clone(), config).unwrap();
+        let (_dir, l, data, s) = large_piece_storage(direct, 21);
         let mut g = Gen::new(22);
         let mut order = shuffled_pieces(&l, 23);
         order.push(order[0]);
@@ -487,23 +495,8 @@ fn direct_writes_of_large_pieces_are_exact() {
 /// refuses, and holds the guard during the write; the same with direct writes off (not staged).
 #[test]
 fn verified_staged_writes_are_exact_and_only_after_a_match() {
-    let piece = hyperblow_storage::DIRECT_MIN_PIECE * 2;
     for direct in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
-        let l = layout(
-            &[
-                ("a", u64::from(piece) * 3, false),
-                ("b", u64::from(piece) + 4_097, false),
-                ("c", u64::from(piece) * 2 + 123, false),
-            ],
-            piece,
-        );
-        let data = content(&l, 31);
-        let config = StorageConfig {
-            direct_writes: direct,
-            ..StorageConfig::default()
-        };
-        let s = Storage::new(dir.path(), l.clone(), config).unwrap();
+        let (dir, l, data, s) = large_piece_storage(direct, 31);
         assert_eq!(s.stages(0), direct);
         let mut g = Gen::new(32);
         let hash = |p: u32| {

@@ -242,6 +242,11 @@ impl WebSeeds {
         conns.chain(seeds).min()
     }
 
+    /// Seed `idx` of torrent `tid`, if both still exist.
+    fn seed_mut(&mut self, tid: TorrentId, idx: usize) -> Option<&mut Seed> {
+        self.seeds.get_mut(&tid)?.get_mut(idx)
+    }
+
     fn seed_of_addr(&self, tid: TorrentId, addr: SocketAddr) -> Option<usize> {
         self.seeds
             .get(&tid)?
@@ -474,12 +479,7 @@ impl Engine {
                 self.ids.release(id);
                 return;
             }
-            if let Some(s) = self
-                .webseeds
-                .seeds
-                .get_mut(&tid)
-                .and_then(|l| l.get_mut(idx))
-            {
+            if let Some(s) = self.webseeds.seed_mut(tid, idx) {
                 s.conns.insert(id);
             }
             if !self.ws_dial(now, id) {
@@ -805,12 +805,7 @@ impl Engine {
             got += bytes.len() as u64;
             self.accept_block(now, tid, key, addr, block, bytes);
         }
-        if let Some(s) = self
-            .webseeds
-            .seeds
-            .get_mut(&tid)
-            .and_then(|l| l.get_mut(idx))
-        {
+        if let Some(s) = self.webseeds.seed_mut(tid, idx) {
             s.downloaded += got;
             s.rate.record(now, got);
             s.addrs.insert(addr);
@@ -965,12 +960,7 @@ impl Engine {
             });
         if let (true, Some(f)) = (stale, file) {
             let own = self.ws_own_url(tid, idx, f);
-            if let Some(s) = self
-                .webseeds
-                .seeds
-                .get_mut(&tid)
-                .and_then(|l| l.get_mut(idx))
-            {
+            if let Some(s) = self.webseeds.seed_mut(tid, idx) {
                 s.redirected.remove(&f);
             }
             if let Some(part) = self
@@ -984,14 +974,9 @@ impl Engine {
             return self.ws_reconnect(now, id);
         }
         let layout = self.torrents.get(&tid).and_then(|t| t.layout()).cloned();
-        if let (Some(file), Some(layout), Some(s)) = (
-            file,
-            layout,
-            self.webseeds
-                .seeds
-                .get_mut(&tid)
-                .and_then(|l| l.get_mut(idx)),
-        ) {
+        if let (Some(file), Some(layout), Some(s)) =
+            (file, layout, self.webseeds.seed_mut(tid, idx))
+        {
             s.missing.insert(file);
             let mask = s
                 .mask
@@ -1091,12 +1076,7 @@ impl Engine {
 
     /// Disables seed `idx` of `tid` and closes its connections.
     fn webseed_disable(&mut self, now: Instant, tid: TorrentId, idx: usize, why: String) {
-        let Some(s) = self
-            .webseeds
-            .seeds
-            .get_mut(&tid)
-            .and_then(|l| l.get_mut(idx))
-        else {
+        let Some(s) = self.webseeds.seed_mut(tid, idx) else {
             return;
         };
         if matches!(s.state, SeedState::Disabled(_)) {

@@ -610,26 +610,31 @@ mod tests {
         (items, reads)
     }
 
-    #[test]
-    fn piece_stream_is_never_moved_whatever_the_read_size() {
-        let mut stream = BytesMut::new();
-        let mut want = Vec::new();
-        for i in 0..64u32 {
+    /// Appends `count` 16 KiB piece messages to `stream` (and their decoded form to `want`), with a
+    /// `have` after every `have_every`-th so that frame boundaries shift.
+    fn push_pieces(stream: &mut BytesMut, want: &mut Vec<Decoded>, count: u32, have_every: u32) {
+        for i in 0..count {
             let m = Message::Piece {
                 index: i,
                 begin: 0,
                 block: Bytes::from(vec![i as u8; 16 * 1024]),
             };
-            m.encode(&mut stream).expect("encodable");
+            m.encode(stream).expect("encodable");
             want.push(Decoded::Message(m));
-            // A few small messages in between shift the frame boundaries.
-            if i % 5 == 0 {
+            if i % have_every == 0 {
                 Message::Have { piece: i }
-                    .encode(&mut stream)
+                    .encode(stream)
                     .expect("encodable");
                 want.push(Decoded::Message(Message::Have { piece: i }));
             }
         }
+    }
+
+    #[test]
+    fn piece_stream_is_never_moved_whatever_the_read_size() {
+        let mut stream = BytesMut::new();
+        let mut want = Vec::new();
+        push_pieces(&mut stream, &mut want, 64, 5);
         for chunk in [1460, 4096, 16 * 1024 + 13, 64 * 1024, 256 * 1024] {
             let mut d = Decoder::new_after_handshake(BLOCK_FRAME_LEN).with_read_chunk(chunk);
             let (items, reads) = read_through(&mut d, &stream, chunk);
@@ -651,21 +656,7 @@ mod tests {
     fn chunks_from_separate_allocations_copy_only_the_straddling_frames() {
         let mut stream = BytesMut::from(&opening_bytes()[..]);
         let mut want = opening_items();
-        for i in 0..48u32 {
-            let m = Message::Piece {
-                index: i,
-                begin: 0,
-                block: Bytes::from(vec![i as u8; 16 * 1024]),
-            };
-            m.encode(&mut stream).expect("encodable");
-            want.push(Decoded::Message(m));
-            if i % 3 == 0 {
-                Message::Have { piece: i }
-                    .encode(&mut stream)
-                    .expect("encodable");
-                want.push(Decoded::Message(Message::Have { piece: i }));
-            }
-        }
+        push_pieces(&mut stream, &mut want, 48, 3);
         for (chunk, stop_early) in [
             (1, false),
             (3, false),
