@@ -9,8 +9,9 @@
 //!   so stopping its PID stops all of it (a master would leave workers behind if it were killed).
 //!   With no worker processes there is no switch to `nobody`, so the test's files need no extra
 //!   permissions; `user root;` is not needed either.
-//! - It binds 127.0.0.1 only; a port taken meanwhile makes it exit at once, and [`Nginx::start`]
-//!   retries on another one. [`crate::interop::ChildGuard`] bounds its run time.
+//! - It binds 127.0.0.1 only; a port taken meanwhile makes it exit (after about two seconds of
+//!   retrying the bind), and [`Nginx::start`] retries on another one. It counts as ready only
+//!   once its pid file exists, which nginx writes after binding. [`crate::interop::ChildGuard`] bounds its run time.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -150,17 +151,27 @@ impl Nginx {
         }))
     }
 
+    /// Waits until this nginx has bound its port and accepts on it.
+    ///
+    /// A connection alone does not prove it: when another program took the port between
+    /// [`free_port`] and nginx's `bind`, nginx retries the bind for about two seconds before it
+    /// exits, and meanwhile the other program accepts our probe. nginx writes its pid file only
+    /// after every listening socket is bound, so the pid file holding our child's PID is the proof
+    /// that the port is nginx's.
     fn wait_ready(&self) -> Result<()> {
         let addr = self.addr();
+        let pid_file = self.dir.path().join("nginx.pid");
+        let ours = self.proc.pid().to_string();
         wait_for(
-            &format!("nginx on {addr} to accept"),
+            &format!("nginx on {addr} to bind and accept"),
             READY_TIMEOUT,
             &[&self.proc],
             || {
+                let bound = fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == ours);
                 Ok(
-                    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                        .is_ok()
-                        .then_some(()),
+                    (bound
+                        && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+                    .then_some(()),
                 )
             },
         )
