@@ -978,8 +978,8 @@ impl Engine {
                 consider(self.torrent_deadline(key));
             }
         }
-        for key in TimerKey::GLOBAL {
-            consider(self.global_deadline(key));
+        for at in self.global_deadlines() {
+            consider(at);
         }
         next
     }
@@ -1010,18 +1010,18 @@ impl Engine {
         }
     }
 
-    /// An engine-wide deadline as it stands now.
-    fn global_deadline(&self, key: TimerKey) -> Option<Instant> {
-        match key {
-            TimerKey::Trackers => self.trackers.poll_timeout(),
-            TimerKey::Dial if self.shutdown_deadline.is_none() => self.dial_due,
-            TimerKey::Shutdown if !self.shut_down => self.shutdown_deadline,
-            TimerKey::RateLimits => self.limits.poll_timeout(),
-            TimerKey::Dht => self.dht.as_ref().and_then(dht::DhtGlue::poll_timeout),
-            TimerKey::WebSeeds => self.webseeds.poll_timeout(),
-            TimerKey::Utp => self.utp.poll_timeout(),
-            _ => None,
-        }
+    /// The engine-wide deadlines as they stand now, in [`TimerKey::GLOBAL`]'s order (one call asks
+    /// each component once: this runs after every input).
+    fn global_deadlines(&self) -> [Option<Instant>; TimerKey::GLOBAL.len()] {
+        [
+            self.trackers.poll_timeout(),
+            self.dial_due.filter(|_| self.shutdown_deadline.is_none()),
+            self.shutdown_deadline.filter(|_| !self.shut_down),
+            self.limits.poll_timeout(),
+            self.dht.as_ref().and_then(dht::DhtGlue::poll_timeout),
+            self.webseeds.poll_timeout(),
+            self.utp.poll_timeout(),
+        ]
     }
 
     /// Files the deadlines of everything the input touched (and the engine-wide ones): the end of
@@ -1037,9 +1037,8 @@ impl Engine {
                 self.timers.set(key, at);
             }
         }
-        for key in TimerKey::GLOBAL {
-            let at = self.global_deadline(key);
-            self.timers.set(key, at);
+        for (i, at) in self.global_deadlines().into_iter().enumerate() {
+            self.timers.set_global(i, at);
         }
     }
 

@@ -179,6 +179,24 @@ impl TimerKey {
         TimerKey::Utp,
     ];
 
+    /// Where this key is in [`TimerKey::GLOBAL`] (`None` for a connection's or a torrent's key).
+    pub fn global_index(self) -> Option<usize> {
+        Some(match self {
+            TimerKey::Trackers => 0,
+            TimerKey::Dial => 1,
+            TimerKey::Shutdown => 2,
+            TimerKey::RateLimits => 3,
+            TimerKey::Dht => 4,
+            TimerKey::WebSeeds => 5,
+            TimerKey::Utp => 6,
+            TimerKey::Conn(_)
+            | TimerKey::Choke(_)
+            | TimerKey::Announce(_)
+            | TimerKey::Pex(_)
+            | TimerKey::MetadataFetch(_) => return None,
+        })
+    }
+
     /// The torrent-level keys of one torrent.
     pub fn of_torrent(t: TorrentId) -> [TimerKey; 4] {
         [
@@ -228,12 +246,24 @@ impl Default for TimerTable {
 impl TimerTable {
     /// Sets (or with `None`, clears) the deadline named `key`.
     pub fn set(&mut self, key: TimerKey, at: Option<Instant>) {
-        if let Some(i) = TimerKey::GLOBAL.iter().position(|g| *g == key) {
-            if self.globals[i] == at {
-                return;
-            }
-            self.globals[i] = at;
+        match key.global_index() {
+            Some(i) => self.set_global(i, at),
+            None => self.file(key, at),
         }
+    }
+
+    /// Sets the engine-wide deadline `TimerKey::GLOBAL[i]`: after every input, so an unchanged one
+    /// costs a comparison and nothing else.
+    pub fn set_global(&mut self, i: usize, at: Option<Instant>) {
+        if self.globals[i] == at {
+            return;
+        }
+        self.globals[i] = at;
+        self.file(TimerKey::GLOBAL[i], at);
+    }
+
+    /// Files `key`'s new deadline in both indexes.
+    fn file(&mut self, key: TimerKey, at: Option<Instant>) {
         let slot = self.by_key.entry(key).or_insert(Slot {
             exact: None,
             filed: None,
@@ -326,6 +356,27 @@ impl TimerTable {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn global_index_matches_the_global_list() {
+        for (i, key) in TimerKey::GLOBAL.into_iter().enumerate() {
+            assert_eq!(key.global_index(), Some(i), "{key:?}");
+        }
+        assert_eq!(TimerKey::Conn(ConnId(3)).global_index(), None);
+        assert_eq!(TimerKey::Choke(TorrentId(0)).global_index(), None);
+    }
+
+    #[test]
+    fn a_global_set_by_index_or_by_key_is_the_same_deadline() {
+        let t0 = Instant::from_secs(10);
+        let mut tt = TimerTable::default();
+        tt.set_global(1, Some(t0 + Duration::from_secs(4)));
+        assert_eq!(tt.get(TimerKey::Dial), Some(t0 + Duration::from_secs(4)));
+        tt.set(TimerKey::Dial, Some(t0 + Duration::from_secs(1)));
+        assert_eq!(tt.next(), Some(t0 + Duration::from_secs(1)));
+        tt.set_global(1, None);
+        assert_eq!(tt.next(), None);
+    }
 
     #[test]
     fn timers_are_ordered_refiled_and_cleared_by_name() {
