@@ -401,3 +401,45 @@ fn libtorrent_alert_waiting_survives_alert_bursts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A libtorrent peer whose port another program holds does not listen elsewhere (libtorrent's
+/// default is to try the next ten port numbers, silently, while the other program answers at the
+/// address the test dials): `lt_peer.py` exits with code 5, and `LtPeer::spawn` starts it again on a
+/// fresh port, which `addr()` reports and where libtorrent itself is listening.
+#[test]
+fn libtorrent_starts_again_elsewhere_when_its_port_is_taken() {
+    if !tools_present() || hyperblow_tests::interop::require_libtorrent().is_none() {
+        return;
+    }
+    let fx = fixture(7, &["http://127.0.0.1:9/announce"]);
+    // Another program's listener (ours, here) on the port the peer is told to use.
+    let taken = free_port().unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).expect("hold the port");
+    let cfg = LtConfig::new(
+        "lt-squatted",
+        LtRole::Seed,
+        LtSource::Torrent(fx.torrent.path.clone()),
+        &fx.dir.path().join("seed"),
+        taken,
+        PROGRAM_BOUND,
+    );
+    let Some(seeder) = LtPeer::spawn(&cfg, fx.dir.path()).expect("spawn the seeder") else {
+        return;
+    };
+    let log = seeder.process().stdout_text();
+    assert_ne!(seeder.addr().port(), taken, "{log}");
+    assert!(seeder.process().is_running(), "{log}");
+    assert!(
+        seeder.process().listens_on_tcp(seeder.addr().port()),
+        "libtorrent itself listens at addr(): {log}"
+    );
+    assert!(!seeder.process().listens_on_tcp(taken), "{log}");
+    assert!(
+        seeder
+            .process()
+            .log_tail(100)
+            .contains(&format!("127.0.0.1:{}", seeder.addr().port())),
+        "{log}"
+    );
+    drop(squatter);
+}

@@ -275,20 +275,24 @@ fn corrupt_web_seed_is_dropped_and_peers_finish(rt: Rt) {
     };
     let hb = Hb::start(rt, |_| {});
     let out = dir.path().join("hb");
-    let mut req = AddTorrentRequest::new(meta, &out);
-    req.peers = vec![lt.addr()];
-    let added = hb.add(req);
+    // The web seed alone first: every piece comes from it only, so the first of b-bad.bin's fails
+    // its hash check and that disables the seed. With the peer there from the start, both sent
+    // every piece and the peer could complete all of b-bad.bin's first, whose copies from the web
+    // seed were then dropped unchecked: the seed stayed enabled (2 runs in 20 under load).
+    let added = hb.add(AddTorrentRequest::new(meta, &out));
     let watched = [nginx.process(), lt.process()];
-    hb.wait_complete(added.id, WAIT, &watched);
-    check_files(&out, &files);
-    let disabled = hb.engine_events().into_iter().any(|e| {
-        matches!(&e, Event::WebSeedError { torrent, message, .. }
+    hb.wait_event("the corrupt web seed to be disabled", WAIT, &watched, |e| {
+        matches!(e, Event::WebSeedError { torrent, message, .. }
             if *torrent == added.id && message.contains("disabled") && message.contains("hash check"))
     });
+    // Then the peer finishes what the web seed did not.
+    hb.session
+        .add_peer(added.id, lt.addr())
+        .wait_timeout(WAIT)
+        .expect("add the libtorrent seeder");
+    hb.wait_complete(added.id, WAIT, &watched);
+    check_files(&out, &files);
     let st = hb.stats(added.id);
-    // The first run of a web-seed connection reaches to the end of this small torrent, so the web
-    // seed always sends b-bad.bin's pieces; they fail, and that disables it.
-    assert!(disabled, "the corrupt web seed was not disabled: {st:?}");
     assert!(
         st.web_seeds[0]
             .status
@@ -297,7 +301,7 @@ fn corrupt_web_seed_is_dropped_and_peers_finish(rt: Rt) {
         "{st:?}"
     );
     eprintln!(
-        "[corrupt] {}: web seed disabled {disabled}, {} bytes from it",
+        "[corrupt] {}: web seed disabled, {} bytes from it",
         rt.name(),
         st.web_seeds[0].downloaded
     );

@@ -12,6 +12,10 @@
 //! 2.0 reports "finished" as soon as the last piece passed its hash check, possibly before its disk
 //! threads wrote it.
 //!
+//! A peer counts as started once it listens on its port over TCP and uTP (`listening` events);
+//! libtorrent is told never to move to another port when its own is taken (it would by default,
+//! silently), so that no other program can answer at [`LtPeer::addr`] in its place.
+//!
 //! Extra switches ([`LtConfig::extra_args`]): `--upload-limit BYTES_PER_S` rate-limits uploads to
 //! loopback peers too; `--choke-after BYTES --choke-for SECS` chokes every peer once that many bytes
 //! are uploaded (unchoke slots set to 0; libtorrent then rejects the queued requests of peers that
@@ -25,11 +29,32 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::ports::free_port;
 use super::process::{wait_for, ChildGuard, HarnessError, Result};
 use super::require_libtorrent;
 
 /// The peer script, kept in the repository.
 pub const LT_PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/lt_peer.py");
+
+/// The script's exit code when it cannot listen on its port.
+pub const EXIT_PORT_TAKEN: i64 = 5;
+
+/// How many ports [`LtPeer::spawn`] tries.
+pub const LISTEN_ATTEMPTS: usize = 3;
+
+/// How long a started script gets to listen (Python and libtorrent start in well under a second;
+/// this is a bound for a loaded machine).
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a start ended, for [`LtPeer::spawn`].
+enum Listen {
+    /// Listening on its port.
+    Listening,
+    /// Exited because its port was taken.
+    PortTaken,
+    /// Exited for another reason (the caller's waits report it, with the log).
+    ExitedOtherwise,
+}
 
 /// Seed or leech.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,12 +224,79 @@ pub struct LtPeer {
 }
 
 impl LtPeer {
-    /// Starts the script as configured, logging to `log_dir`. Returns `Ok(None)` when libtorrent
-    /// is missing and skipping is allowed (see [`super::missing`]).
+    /// Starts the script as configured, logging to `log_dir`, and waits until it listens on its
+    /// port (TCP and uTP). When the port was taken meanwhile (the script exits with code 5, see
+    /// `lt_peer.py`), it starts again on a fresh [`free_port`] (at most [`LISTEN_ATTEMPTS`] times);
+    /// [`LtPeer::addr`] has the port it got. Returns `Ok(None)` when libtorrent is missing and
+    /// skipping is allowed (see [`super::missing`]).
     pub fn spawn(cfg: &LtConfig, log_dir: &Path) -> Result<Option<LtPeer>> {
         let Some(python) = require_libtorrent() else {
             return Ok(None);
         };
+        let mut cfg = cfg.clone();
+        let mut last_err = None;
+        for _ in 0..LISTEN_ATTEMPTS {
+            let peer = LtPeer::spawn_once(&python, &cfg, log_dir)?;
+            match peer.wait_listening()? {
+                Listen::Listening | Listen::ExitedOtherwise => return Ok(Some(peer)),
+                Listen::PortTaken => {
+                    last_err = Some(HarnessError::Tool {
+                        what: format!("{} to listen on port {}", cfg.name, cfg.port),
+                        detail: peer.proc.log_tail(super::process::LOG_TAIL_LINES),
+                    });
+                    cfg.port = free_port()?;
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| HarnessError::Tool {
+            what: format!("start {}", cfg.name),
+            detail: "no attempt was made".into(),
+        }))
+    }
+
+    /// Waits until the script listens on its port over TCP and uTP (libtorrent opens both for
+    /// every listen address), or exits.
+    fn wait_listening(&self) -> Result<Listen> {
+        let port = format!(":{}", self.addr.port());
+        let what = format!("{} to listen on {}", self.proc.name(), self.addr);
+        wait_for(&what, LISTEN_TIMEOUT, &[], || {
+            let lines = self.lines();
+            let listening = |kind: &str| {
+                lines.iter().any(|l| {
+                    matches!(l, LtLine::Event { event, raw } if event == "listening"
+                    && raw.get("message").and_then(Value::as_str).is_some_and(|m| {
+                        m.contains(kind) && m.trim_end().ends_with(&port)
+                    }))
+                })
+            };
+            if listening("[TCP]") && listening("[uTP]") {
+                return Ok(Some(Listen::Listening));
+            }
+            if self.proc.try_status().is_some() {
+                // Its exit line (or its log, for the caller's errors) says why.
+                let taken = self
+                    .lines()
+                    .iter()
+                    .any(|l| matches!(l, LtLine::Exit { code, .. } if *code == EXIT_PORT_TAKEN));
+                return Ok(Some(if taken {
+                    Listen::PortTaken
+                } else {
+                    Listen::ExitedOtherwise
+                }));
+            }
+            Ok(None)
+        })
+        .map_err(|e| match e {
+            HarnessError::Timeout { what, waited, .. } => HarnessError::Timeout {
+                what,
+                waited,
+                logs: super::process::logs_of(&[&self.proc]),
+            },
+            other => other,
+        })
+    }
+
+    fn spawn_once(python: &Path, cfg: &LtConfig, log_dir: &Path) -> Result<LtPeer> {
         let mut cmd = Command::new(python);
         cmd.arg(LT_PEER_SCRIPT);
         match &cfg.source {
@@ -238,10 +330,10 @@ impl LtPeer {
             log_dir,
             cfg.max_run + Duration::from_secs(5),
         )?;
-        Ok(Some(LtPeer {
+        Ok(LtPeer {
             proc,
             addr: SocketAddr::new(cfg.listen_ip, cfg.port),
-        }))
+        })
     }
 
     /// The process (PID, logs, stop).

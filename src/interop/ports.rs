@@ -1,13 +1,22 @@
 //! Free loopback ports for real programs.
 //!
 //! A port is free when both TCP and UDP can bind it on 127.0.0.1 (trackers use both, peers use
-//! TCP and libtorrent also opens uTP on the same number). The kernel picks a TCP port (bind to port
-//! 0), UDP is tried on the same number, and both are released before the port is handed out. A
-//! process-wide set keeps this test binary from handing out the same port twice, since tests run in
-//! parallel and a released port can be picked again by the kernel a moment later.
-
+//! TCP and libtorrent also opens uTP on the same number). A candidate is bound with TCP, UDP is
+//! tried on the same number, and both are released before the port is handed out. A process-wide
+//! set keeps this test binary from handing out the same port twice, since tests run in parallel.
+//!
+//! Candidates come from outside the kernel's ephemeral range (`ip_local_port_range`, 32768-60999
+//! by default), from 10000 up to it and above it: between our check and the child's `bind`, the
+//! kernel never gives such a port to a socket bound to port 0 or to an outgoing connection, which
+//! is what any other program of a parallel test (a libtorrent session, one of our sessions, a
+//! tracker's client) uses. A kernel-picked port could be taken that way a moment after it was
+//! released, and the child then either failed to start or, worse, another program answered in
+//! its place. Only when that range leaves too little room are kernel-picked ports used.
 use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::process::{HarnessError, Result};
@@ -20,11 +29,81 @@ fn handed_out() -> &'static Mutex<HashSet<u16>> {
     SET.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
+/// The lowest port [`free_port`] hands out (above the usual BitTorrent ports 6881-6999).
+const LOWEST: u16 = 10_000;
+
+/// How many ports outside the ephemeral range there must be for [`free_port`] to use them.
+const ENOUGH: usize = 2_000;
+
+/// The kernel's ephemeral port range in this network namespace, when it can be read.
+fn ephemeral_range() -> Option<RangeInclusive<u16>> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    parse_range(&text)
+}
+
+/// Parses `ip_local_port_range` ("32768\t60999\n").
+fn parse_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let mut it = text.split_whitespace().map(|w| w.parse::<u16>().ok());
+    let (lo, hi) = (it.next()??, it.next()??);
+    (lo <= hi).then_some(lo..=hi)
+}
+
+/// The ports from [`LOWEST`] up that lie outside `ephemeral`, as spans; empty when there are fewer
+/// than [`ENOUGH`] of them.
+fn outside(ephemeral: &RangeInclusive<u16>) -> Vec<RangeInclusive<u16>> {
+    let mut spans = Vec::new();
+    if *ephemeral.start() > LOWEST {
+        spans.push(LOWEST..=ephemeral.start() - 1);
+    }
+    if *ephemeral.end() < u16::MAX {
+        spans.push((ephemeral.end() + 1).max(LOWEST)..=u16::MAX);
+    }
+    let total: usize = spans.iter().map(|r| r.len()).sum();
+    if total < ENOUGH {
+        spans.clear();
+    }
+    spans
+}
+
+/// The `n`-th port of `spans` (modulo their total size).
+fn nth_port(spans: &[RangeInclusive<u16>], n: u64) -> Option<u16> {
+    let total: u64 = spans.iter().map(|r| r.len() as u64).sum();
+    let mut i = n.checked_rem(total)?;
+    for r in spans {
+        let len = r.len() as u64;
+        if i < len {
+            return u16::try_from(u64::from(*r.start()) + i).ok();
+        }
+        i -= len;
+    }
+    None
+}
+
 /// A port that TCP and UDP could both bind on 127.0.0.1 just now, never handed out before by this
-/// process. Another program may still take it before ours binds it; callers that start a server
-/// on it should treat "address in use" as a reason to retry with a new port.
+/// process, outside the kernel's ephemeral range when that leaves room (see the module's doc).
+/// Another program of the machine may still take it before ours binds it; callers that start a
+/// server on it should treat "address in use" as a reason to retry with a new port.
 pub fn free_port() -> Result<u16> {
-    pick_port(handed_out(), || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+    static SPANS: OnceLock<Vec<RangeInclusive<u16>>> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let spans = SPANS.get_or_init(|| ephemeral_range().map_or_else(Vec::new, |r| outside(&r)));
+    if spans.is_empty() {
+        return pick_port(handed_out(), || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)));
+    }
+    // A random start per process (test binaries of other checkouts may run at the same time
+    // outside a network namespace), then a stride through the spans.
+    static START: OnceLock<u64> = OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    pick_port(handed_out(), || {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = nth_port(spans, start.wrapping_add(k.wrapping_mul(7_919)))
+            .ok_or_else(|| std::io::Error::other("no candidate port"))?;
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+    })
 }
 
 /// The loop of [`free_port`], with the set of ports already handed out and the source of TCP
@@ -161,6 +240,40 @@ mod tests {
         });
         assert!(second.is_err(), "{second:?}");
         assert_eq!(tries, ATTEMPTS);
+    }
+
+    #[test]
+    fn ports_come_from_outside_the_ephemeral_range() {
+        let Some(ephemeral) = ephemeral_range() else {
+            return; // not Linux: nothing to check
+        };
+        let spans = outside(&ephemeral);
+        for _ in 0..20 {
+            let p = free_port().unwrap();
+            if !spans.is_empty() {
+                assert!(!ephemeral.contains(&p), "{p} is in {ephemeral:?}");
+                assert!(p >= LOWEST, "{p}");
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_outside_the_ephemeral_one() {
+        assert_eq!(parse_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_range("60999 32768"), None);
+        assert_eq!(parse_range("x"), None);
+        let spans = outside(&(32768..=60999));
+        assert_eq!(spans, vec![10_000..=32767, 61000..=65535]);
+        // 22768 ports below, 4536 above: the n-th wraps around both.
+        assert_eq!(nth_port(&spans, 0), Some(10_000));
+        assert_eq!(nth_port(&spans, 22_767), Some(32_767));
+        assert_eq!(nth_port(&spans, 22_768), Some(61_000));
+        assert_eq!(nth_port(&spans, 22_768 + 4_535), Some(65_535));
+        assert_eq!(nth_port(&spans, 22_768 + 4_536), Some(10_000));
+        // An ephemeral range covering nearly everything leaves too little room.
+        assert!(outside(&(1024..=65000)).is_empty());
+        assert_eq!(outside(&(1024..=60000)), vec![60001..=65535]);
+        assert_eq!(nth_port(&[], 3), None);
     }
 
     #[test]

@@ -297,6 +297,17 @@ impl ChildGuard {
         self.try_status().is_none()
     }
 
+    /// Whether this child itself (not another program) has a TCP socket listening on `port` of
+    /// 127.0.0.1: one of its open files (`/proc/PID/fd`) is a socket that `/proc/net/tcp` lists as
+    /// listening there. A readiness check that a program on a recycled port cannot pass.
+    pub fn listens_on_tcp(&self, port: u16) -> bool {
+        let ours = socket_inodes(self.pid());
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        listening_inodes(&table, [127, 0, 0, 1], port)
+            .iter()
+            .any(|inode| ours.contains(inode))
+    }
+
     /// Sends `signal` (e.g. `Signal::HUP`) to the child's PID; an error if it has exited.
     pub fn signal(&self, signal: Signal) -> Result<()> {
         self.shared.signal(signal)
@@ -392,6 +403,36 @@ impl Drop for ChildGuard {
             let _ = handle.join();
         }
     }
+}
+
+/// The inodes of the sockets that process `pid` has open (`socket:[INODE]` links in its fd dir).
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|link| {
+            let text = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            text.parse().ok()
+        })
+        .collect()
+}
+
+/// The inodes of the sockets that `/proc/net/tcp` (given as `table`) lists as listening on
+/// `ip:port`. Its addresses are hex in host byte order: 127.0.0.1:80 is `0100007F:0050` on x86.
+fn listening_inodes(table: &str, ip: [u8; 4], port: u16) -> Vec<u64> {
+    let local = format!("{:08X}:{port:04X}", u32::from_ne_bytes(ip));
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl, local_address, rem_address, st (0A = LISTEN), ..., inode (the 10th field).
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
 }
 
 fn read_lossy(path: &Path) -> String {
@@ -610,6 +651,51 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn listens_on_tcp_tells_our_listener_from_another_program() {
+        let dir = tempfile::tempdir().unwrap();
+        // A child that listens on a port we picked, and one that does not (sleep).
+        let port = super::super::ports::free_port().unwrap();
+        let mut cmd = Command::new(crate::interop::SYSTEM_PYTHON);
+        cmd.args([
+            "-c",
+            &format!(
+                "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',{port}))\n\
+                 s.listen()\nprint('ready',flush=True)\ntime.sleep(30)"
+            ),
+        ]);
+        let listener =
+            ChildGuard::spawn("listener", &cmd, dir.path(), Duration::from_secs(60)).unwrap();
+        let mut other = Command::new("sleep");
+        other.arg("30");
+        let other =
+            ChildGuard::spawn("other", &other, dir.path(), Duration::from_secs(60)).unwrap();
+        wait_for(
+            "the listener",
+            Duration::from_secs(20),
+            &[&listener],
+            || Ok(listener.stdout_text().contains("ready").then_some(())),
+        )
+        .unwrap();
+        assert!(listener.listens_on_tcp(port));
+        assert!(!other.listens_on_tcp(port), "sleep does not listen there");
+        assert!(!listener.listens_on_tcp(port.wrapping_add(1)));
+    }
+
+    #[test]
+    fn reads_listening_sockets_of_proc_net_tcp() {
+        let lo = format!("{:08X}", u32::from_ne_bytes([127, 0, 0, 1]));
+        let table = format!(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             \x20  0: {lo}:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n\
+             \x20  1: {lo}:1F90 {lo}:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0\n\
+             \x20  2: 00000000:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0\n"
+        );
+        assert_eq!(listening_inodes(&table, [127, 0, 0, 1], 8080), vec![4242]);
+        assert!(listening_inodes(&table, [127, 0, 0, 1], 8081).is_empty());
+        assert_eq!(listening_inodes(&table, [0, 0, 0, 0], 8081), vec![4444]);
     }
 
     #[test]

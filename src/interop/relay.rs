@@ -135,7 +135,8 @@ impl DirectionStats {
     fn snapshot(&self) -> DirectionCounts {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         DirectionCounts {
-            received: get(&self.received),
+            // First, and with Acquire: the other counts of the datagrams it counts are in.
+            received: self.received.load(Ordering::Acquire),
             received_bytes: get(&self.received_bytes),
             forwarded: get(&self.forwarded),
             forwarded_bytes: get(&self.forwarded_bytes),
@@ -236,16 +237,22 @@ impl Shared {
         dest: SocketAddr,
         data: &[u8],
     ) {
-        stats.received.fetch_add(1, Ordering::Relaxed);
-        stats
-            .received_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        // `received` is counted last, once this datagram's fate is in the other counters: a reader
+        // that sees `received` reach N knows the lost, overflow, reordered and duplicated counts
+        // of those N too (tests wait on `received`, then read the rest).
+        let count_received = || {
+            stats
+                .received_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            stats.received.fetch_add(1, Ordering::Release);
+        };
         // Draw all three every time, so one fate does not shift the draws of the others.
         let lost = draws.chance(self.config.loss);
         let reordered = draws.chance(self.config.reorder);
         let duplicated = draws.chance(self.config.duplicate);
         if lost {
             stats.lost.fetch_add(1, Ordering::Relaxed);
+            count_received();
             return;
         }
         let mut due = Instant::now() + self.config.delay;
@@ -275,6 +282,7 @@ impl Shared {
             }));
         }
         drop(queue);
+        count_received();
         self.wake.notify_one();
     }
 
@@ -480,11 +488,15 @@ fn send_loop(shared: &Shared) {
                 };
                 // Send without holding the lock, so the receivers keep queueing meanwhile.
                 drop(queue);
-                if item.socket.send_to(&item.data, item.dest).is_ok() {
-                    item.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                    item.stats
-                        .forwarded_bytes
-                        .fetch_add(item.data.len() as u64, Ordering::Relaxed);
+                // Counted before the send (and taken back if it fails): the destination may read
+                // the datagram before this thread runs again, and a test that then reads
+                // `forwarded` must find it counted.
+                let len = item.data.len() as u64;
+                item.stats.forwarded_bytes.fetch_add(len, Ordering::Relaxed);
+                item.stats.forwarded.fetch_add(1, Ordering::Release);
+                if item.socket.send_to(&item.data, item.dest).is_err() {
+                    item.stats.forwarded.fetch_sub(1, Ordering::Relaxed);
+                    item.stats.forwarded_bytes.fetch_sub(len, Ordering::Relaxed);
                 }
                 queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             }
@@ -529,8 +541,23 @@ mod tests {
         (client, target)
     }
 
-    /// Receives until `want` datagrams arrived or the socket stays quiet for its read timeout.
+    /// How long [`drain`] waits for each datagram: only a bound for a loaded machine.
+    const ARRIVAL: Duration = Duration::from_secs(10);
+
+    /// Receives until `want` datagrams arrived, or none came for [`ARRIVAL`].
     fn drain(socket: &UdpSocket, want: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+        socket
+            .set_read_timeout(Some(ARRIVAL))
+            .expect("read timeout");
+        let got = receive(socket, want);
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("read timeout");
+        got
+    }
+
+    /// Receives until `want` datagrams arrived or the socket stays quiet for its read timeout.
+    fn receive(socket: &UdpSocket, want: usize) -> Vec<(Vec<u8>, SocketAddr)> {
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
         while got.len() < want {
@@ -752,8 +779,8 @@ mod tests {
         client.send_to(b"x", addr).unwrap();
         assert_eq!(drain(&target, 1).len(), 1);
         drop(relay);
-        // The listening port is closed: nothing is relayed any more.
+        // The listening port is closed: nothing is relayed any more (within `pair`'s 500 ms).
         let _ = client.send_to(b"y", addr);
-        assert!(drain(&target, 1).is_empty());
+        assert!(receive(&target, 1).is_empty());
     }
 }

@@ -30,6 +30,9 @@ pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the daemon gets to start answering RPC.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How many times [`Transmission::start`] starts the daemon (on new ports) before giving up.
+pub const START_ATTEMPTS: usize = 3;
+
 /// A running `transmission-daemon`, stopped by PID when dropped.
 #[derive(Debug)]
 pub struct Transmission {
@@ -82,7 +85,8 @@ pub fn settings_json(rpc_port: u16, peer_port: u16, download_dir: &Path) -> Stri
 }
 
 impl Transmission {
-    /// Starts the daemon in the foreground on free loopback ports and waits until RPC answers.
+    /// Starts the daemon in the foreground on free loopback ports and waits until it listens on
+    /// both and RPC answers; on new ports again (up to [`START_ATTEMPTS`] times) when it does not.
     /// `bound` is its hard run-time bound. `Ok(None)` when it is missing and skipping is allowed.
     pub fn start(name: &str, bound: Duration) -> Result<Option<Transmission>> {
         let Some(daemon) = require_tool("transmission-daemon") else {
@@ -91,46 +95,74 @@ impl Transmission {
         let Some(remote) = require_tool("transmission-remote") else {
             return Ok(None);
         };
-        let dir = tempfile::Builder::new()
-            .prefix("hb-transmission-")
-            .tempdir()
-            .map_err(HarnessError::io("create the transmission dir"))?;
-        let config = dir.path().join("config");
-        let download_dir = dir.path().join("download");
-        for d in [&config, &download_dir] {
-            fs::create_dir_all(d).map_err(HarnessError::io(format!("create {}", d.display())))?;
+        let mut last_err = None;
+        for _attempt in 0..START_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("hb-transmission-")
+                .tempdir()
+                .map_err(HarnessError::io("create the transmission dir"))?;
+            let config = dir.path().join("config");
+            let download_dir = dir.path().join("download");
+            for d in [&config, &download_dir] {
+                fs::create_dir_all(d)
+                    .map_err(HarnessError::io(format!("create {}", d.display())))?;
+            }
+            let rpc_port = free_port()?;
+            let peer_port = free_port()?;
+            fs::write(
+                config.join("settings.json"),
+                settings_json(rpc_port, peer_port, &download_dir),
+            )
+            .map_err(HarnessError::io("write settings.json"))?;
+            let mut cmd = Command::new(&daemon);
+            cmd.arg("-f").arg("-g").arg(&config);
+            let proc = ChildGuard::spawn(name, &cmd, dir.path(), bound)?;
+            let t = Transmission {
+                proc,
+                rpc_port,
+                peer_port,
+                remote: remote.clone(),
+                download_dir,
+                dir,
+            };
+            match t.wait_ready() {
+                Ok(()) => return Ok(Some(t)),
+                // Another program took one of its ports: start again on new ones.
+                Err(e @ (HarnessError::Exited { .. } | HarnessError::Timeout { .. })) => {
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let rpc_port = free_port()?;
-        let peer_port = free_port()?;
-        fs::write(
-            config.join("settings.json"),
-            settings_json(rpc_port, peer_port, &download_dir),
-        )
-        .map_err(HarnessError::io("write settings.json"))?;
-        let mut cmd = Command::new(daemon);
-        cmd.arg("-f").arg("-g").arg(&config);
-        let proc = ChildGuard::spawn(name, &cmd, dir.path(), bound)?;
-        let t = Transmission {
-            proc,
-            rpc_port,
-            peer_port,
-            remote,
-            download_dir,
-            dir,
-        };
-        let rpc = SocketAddr::from((Ipv4Addr::LOCALHOST, rpc_port));
+        Err(last_err.unwrap_or_else(|| HarnessError::Tool {
+            what: "start transmission-daemon".into(),
+            detail: "no attempt was made".into(),
+        }))
+    }
+
+    /// Waits until the daemon itself listens on its RPC and peer ports (another program that took
+    /// one of them in the meantime does not count: see [`ChildGuard::listens_on_tcp`]; the daemon
+    /// logs a failed peer-port bind and runs on without it) and RPC answers.
+    fn wait_ready(&self) -> Result<()> {
+        let rpc = SocketAddr::from((Ipv4Addr::LOCALHOST, self.rpc_port));
         wait_for(
-            &format!("transmission-daemon RPC on {rpc}"),
+            &format!(
+                "transmission-daemon listening on {rpc} (RPC) and port {} (peers)",
+                self.peer_port
+            ),
             READY_TIMEOUT,
-            &[&t.proc],
+            &[&self.proc],
             || {
-                if TcpStream::connect_timeout(&rpc, Duration::from_millis(200)).is_err() {
+                if !self.proc.listens_on_tcp(self.rpc_port)
+                    || !self.proc.listens_on_tcp(self.peer_port)
+                    || TcpStream::connect_timeout(&rpc, Duration::from_millis(200)).is_err()
+                {
                     return Ok(None);
                 }
-                Ok(t.remote(&["-l"]).ok())
+                Ok(self.remote(&["-l"]).ok())
             },
-        )?;
-        Ok(Some(t))
+        )
+        .map(drop)
     }
 
     /// The daemon's process (PID, logs, stop).

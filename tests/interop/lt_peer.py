@@ -14,7 +14,8 @@ bootstrapped from the given loopback nodes only; uTP only with --transport), and
 
 Exit codes: 0 = leecher finished (or seeder told to stop with SIGTERM/SIGINT or a `quit` line on
 stdin, or its --max-seconds elapsed), 2 = leecher hit --max-seconds before finishing, 3 = bad arguments
-or the torrent could not be added, 4 = a leecher's data could not be flushed to disk in time.
+or the torrent could not be added, 4 = a leecher's data could not be flushed to disk in time, 5 = it
+could not listen on --port (TCP or UDP taken: a `listen_failed` event says which).
 
 libtorrent 2.0 reports a torrent finished once every piece passed its hash check, which can be before
 its disk threads have written the last blocks, and the script leaves with os._exit (no graceful
@@ -101,6 +102,10 @@ def settings(listen_port, listen_ip="127.0.0.1"):
         "ignore_limits_on_local_network": True,
         "seeding_outgoing_connections": True,
         "listen_system_port_fallback": False,
+        # The given port or nothing: by default libtorrent tries the next ten port numbers when its
+        # port is taken, and then listens where the harness does not look, while the program that
+        # took the port answers in its place. Exit code 5 instead, and the harness picks a new port.
+        "max_retry_port_bind": 0,
         # Plaintext BitTorrent out (what Hyperblow speaks); plaintext or MSE accepted in.
         "out_enc_policy": int(lt.enc_policy.pe_disabled),
         "in_enc_policy": int(lt.enc_policy.pe_enabled),
@@ -217,6 +222,10 @@ def main():
         pack["enable_incoming_tcp"] = args.transport == "both"
         pack["enable_outgoing_tcp"] = args.transport == "both"
     if args.dht_bootstrap:
+        # Outgoing connections from the listen address too (not the kernel's choice, 127.0.0.1):
+        # the DHT tests tell peers apart by address, and a peer that found us in the DHT may dial
+        # in before we dial it.
+        pack["outgoing_interfaces"] = args.listen
         pack["enable_dht"] = True
         pack["dht_bootstrap_nodes"] = ",".join(
             ("[%s]:%d" if ":" in h else "%s:%d") % (h, p) for h, p in args.dht_bootstrap)
@@ -308,6 +317,9 @@ def main():
                 emit({"kind": "event", "event": "peer_disconnected", "message": alert.message()})
             elif name == "listen_succeeded_alert":
                 emit({"kind": "event", "event": "listening", "message": alert.message()})
+            elif name == "listen_failed_alert":
+                emit({"kind": "event", "event": "listen_failed", "message": alert.message()})
+                code, reason = 5, "cannot listen on port %d: %s" % (args.port, alert.message())
             elif name == "dht_reply_alert":
                 emit({"kind": "event", "event": "dht_reply", "peers": alert.num_peers})
             elif name == "dht_announce_alert":
@@ -320,6 +332,8 @@ def main():
             elif alert.category() & lt.alert.category_t.error_notification:
                 emit({"kind": "event", "event": "error", "alert": name, "message": alert.message()})
 
+        if code == 5:
+            break
         st = handle.status()
         if args.connect and t >= next_connect and st.num_peers < len(args.connect):
             # connect_peer is a no-op for a peer already connected; a refused one is retried here.
@@ -350,7 +364,7 @@ def main():
             next_status = t + args.interval
         waiter.wait(100)
 
-    if args.role == "leech" and handle.status().has_metadata:
+    if args.role == "leech" and code != 5 and handle.status().has_metadata:
         # Bounded so that the process stays within --max-seconds plus the harness's slack.
         budget = min(FLUSH_TIMEOUT, max(1.0, deadline + 3.0 - time.monotonic()))
         if not flush_to_disk(ses, waiter, handle, budget) and reason == "finished":
