@@ -15,7 +15,7 @@ use hyperblow_core::engine::ConnId;
 use hyperblow_core::wire::FrameTracker;
 
 use crate::runtime::Runtime;
-use crate::session::{Ctl, Net};
+use crate::session::{Ctl, Net, Spawner};
 use crate::tls::{TlsClient, TlsStream};
 use std::sync::Arc;
 
@@ -49,7 +49,8 @@ pub(crate) enum WriterCmd {
     Close,
 }
 
-/// Dials `addr` with a timeout; once connected, reports it, starts the writer, and becomes the reader.
+/// Dials `addr` with a timeout; once connected, reports it, starts the writer (through `spawner`,
+/// inside the event loop's task like this one), and becomes the reader.
 ///
 /// With `tls` (the server name and the session's TLS settings) the TLS handshake runs first, within the
 /// same timeout, and only a verified connection is reported as connected; a failed handshake is a
@@ -57,6 +58,7 @@ pub(crate) enum WriterCmd {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn connect_task<R: Runtime>(
     rt: R,
+    spawner: Spawner,
     conn: ConnId,
     addr: SocketAddr,
     tls: Option<(String, Arc<TlsClient>)>,
@@ -99,14 +101,14 @@ pub(crate) async fn connect_task<R: Runtime>(
                     return;
                 }
                 let (reader, writer) = stream.split();
-                rt.spawn(writer_task(conn, writer, writer_rx, ctl));
+                let _ = spawner.unbounded_send(Box::pin(writer_task(conn, writer, writer_rx, ctl)));
                 stream_reader_task::<R, _>(conn, reader, net).await;
                 return;
             }
             if net.send(Net::Connected(conn)).await.is_err() {
                 return;
             }
-            rt.spawn(writer_task(conn, writer, writer_rx, ctl));
+            let _ = spawner.unbounded_send(Box::pin(writer_task(conn, writer, writer_rx, ctl)));
             reader_task::<R>(conn, reader, net).await;
         }
         Either::Left((Err(e), _)) => {
