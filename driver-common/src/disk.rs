@@ -18,7 +18,7 @@ use hyperblow_core::metainfo::Info;
 use hyperblow_core::InfoHash;
 use hyperblow_storage::{
     check_pieces, default_threads, hash_piece, resume_path, Storage, StorageConfig, StorageError,
-    StorageErrorKind, Verify,
+    StorageErrorKind, Verify, WorkerPool,
 };
 
 use crate::handle::{AddTorrentRequest, StartKind};
@@ -90,22 +90,53 @@ impl Disk {
         }
     }
 
-    /// A flush to run on a worker when [`WRITEBACK_EVERY`] bytes were written since the last one
-    /// began and none is running: it starts the writeback of what is in the page cache, and (with
+    /// Starts a flush on a thread of its own when [`WRITEBACK_EVERY`] bytes were written since the
+    /// last one began and none is running: it writes back what is in the page cache, and (with
     /// direct writes, whose data is on the device already) commits the file system's journal and
-    /// the device's cache. A failure is left to the next resume save, whose flush retries the file
+    /// the device's cache. Not on the worker pool: a flush mostly waits for the disk, and a worker
+    /// waiting there is one fewer hashing (measured with 16 KiB pieces, on 2 cores: the download
+    /// slowed by a fifth). A failure is left to the next resume save, whose flush retries the file
     /// and reports it.
-    pub fn writeback(&self) -> Option<impl FnOnce() + Send + 'static> {
+    pub fn writeback(&self) {
         if self.storage.unsynced_bytes() < WRITEBACK_EVERY
             || self.syncing.swap(true, Ordering::AcqRel)
         {
-            return None;
+            return;
         }
         let (storage, syncing) = (Arc::clone(&self.storage), Arc::clone(&self.syncing));
-        Some(move || {
-            let _ = storage.flush();
-            syncing.store(false, Ordering::Release);
-        })
+        let flag = Arc::clone(&syncing);
+        let spawned = std::thread::Builder::new()
+            .name("hyperblow-sync".into())
+            .spawn(move || {
+                let _ = storage.flush();
+                syncing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            // No thread to be had: the next resume save flushes instead.
+            flag.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Runs `job`, which mostly waits for the disk (a resume save flushes first), on a thread of its
+/// own rather than on the worker pool, whose threads (one per core) hash; on the pool only if no
+/// thread can be had.
+pub(crate) fn run_beside_pool(pool: &WorkerPool, job: impl FnOnce() + Send + 'static) {
+    let job = Arc::new(Mutex::new(Some(job)));
+    let mine = Arc::clone(&job);
+    let spawned = std::thread::Builder::new()
+        .name("hyperblow-save".into())
+        .spawn(move || {
+            let job = mine.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(job) = job {
+                job();
+            }
+        });
+    if spawned.is_err() {
+        let job = job.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(job) = job {
+            pool.execute(job);
+        }
     }
 }
 

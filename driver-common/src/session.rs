@@ -840,12 +840,11 @@ impl<R: Runtime> Session<R> {
                 if write {
                     self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
                     let mut next = None;
-                    let mut writeback = None;
                     if let Some(d) = self.disks.get_mut(&torrent) {
                         if result == JobResult::Written {
                             d.dirty = true;
                             d.written_since_save = d.written_since_save.saturating_add(1);
-                            writeback = d.writeback();
+                            d.writeback();
                         }
                         if queued {
                             next = d.write_queue.pop_front();
@@ -854,9 +853,6 @@ impl<R: Runtime> Session<R> {
                     }
                     if let Some(w) = next {
                         self.run_write(torrent, w);
-                    }
-                    if let Some(job) = writeback {
-                        self.pool.execute(job);
                     }
                 }
                 if let Some(e) = error {
@@ -1356,7 +1352,7 @@ impl<R: Runtime> Session<R> {
                 *id,
             );
             let ctl = ctl_tx.clone();
-            pool.execute(move || {
+            disk::run_beside_pool(pool, move || {
                 let r = disk::save(&storage, &path, &hash, &have, clean);
                 let _ = ctl.unbounded_send(Ctl::ResumeSaved(id, r));
             });
