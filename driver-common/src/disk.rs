@@ -30,7 +30,9 @@ pub(crate) const CHECKPOINT_SHARE: u32 = 20;
 
 /// Once this many bytes were written since a torrent's last flush, a flush starts on a worker (see
 /// [`Disk::writeback`]): writeback keeps up with the download, so the flush of a checkpoint or of
-/// the end of a download finds little left, and checkpoints can claim the pieces.
+/// the end of a download finds little left, and checkpoints can claim the pieces. (A flush, not
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which would start writeback without waiting: `rustix`
+/// 1.1 has no safe wrapper for it, and the workspace forbids `unsafe`.)
 pub(crate) const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
 
 /// One torrent's disk state as the event loop keeps it.
