@@ -922,6 +922,7 @@ impl<R: Runtime> Session<R> {
                         if result == JobResult::Written {
                             d.dirty = true;
                             d.written_since_save = d.written_since_save.saturating_add(1);
+                            d.writeback();
                         }
                         if queued {
                             next = d.write_queue.pop_front();
@@ -1429,7 +1430,7 @@ impl<R: Runtime> Session<R> {
                 *id,
             );
             let ctl = ctl_tx.clone();
-            pool.execute(move || {
+            disk::run_beside_pool(pool, move || {
                 let r = disk::save(&storage, &path, &hash, &have, clean);
                 let _ = ctl.unbounded_send(Ctl::ResumeSaved(id, r));
             });

@@ -60,6 +60,7 @@
 
 mod cache;
 mod check;
+mod durable;
 mod error;
 mod resume;
 mod storage;

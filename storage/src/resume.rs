@@ -111,9 +111,10 @@ impl Storage {
     /// that read would be in the recorded times but not in `have`, and be lost on load. While
     /// pieces are being written, use [`Storage::save_checkpoint`].
     ///
-    /// Call it after [`Storage::flush`] if the pieces in `have` must survive a power loss (a crash or
-    /// `kill -9` loses nothing either way: written data is in the page cache). Call it from one place at
-    /// a time: concurrent saves to one path are serialized, and the last to finish wins.
+    /// It runs [`Storage::flush`] first and records only the pieces of `have` that are durable
+    /// ([`Storage::durable_pieces`]), so the record survives `kill -9` and a power loss without
+    /// claiming a piece the disk may not hold. Call it from one place at a time: concurrent saves to
+    /// one path are serialized, and the last to finish wins.
     pub fn save_resume(
         &self,
         path: &Path,
@@ -161,6 +162,17 @@ impl Storage {
             ));
         };
         let _guard = self.resume_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Only durable pieces are claimed: a flush (cheap when the writeback kept up) makes the
+        // pieces written so far durable, and any piece of `have` it did not cover (written after
+        // it began, or lost to a failed sync) stays out of the record.
+        self.flush()?;
+        let durable = self.durable_pieces();
+        let mut have = have.clone();
+        for i in 0..pieces {
+            if have.get(i) && !durable.get(i) {
+                have.clear(i);
+            }
+        }
         let files = self
             .file_states()?
             .into_iter()

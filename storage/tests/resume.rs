@@ -46,16 +46,39 @@ fn round_trip() {
     assert_eq!(s.load_resume(&path, &HASH), Some(have.clone()));
     // A fresh storage (after a restart) trusts it too, and no temporary file was left behind.
     let again = storage(dir.path(), s.layout());
-    assert_eq!(again.load_resume(&path, &HASH), Some(have));
+    assert_eq!(again.load_resume(&path, &HASH), Some(have.clone()));
     let names: Vec<_> = fs::read_dir(path.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
-    // Saving again replaces it.
+    // Saving again replaces it; a record never claims a piece that was not written and synced.
+    let mut more = have.clone();
+    write_pieces(&s, &content(s.layout(), 1), &[1], 3);
+    more.set(1);
     let full = Bitfield::full(s.layout().piece_count());
     s.save_resume(&path, &HASH, &full).unwrap();
-    assert_eq!(s.load_resume(&path, &HASH), Some(full));
+    assert_eq!(s.load_resume(&path, &HASH), Some(more));
+}
+
+/// After a restart, pieces from a trusted record count as durable; pieces found by hashing (they
+/// may sit in the page cache only, written before a `kill -9`) do not until a flush covers them.
+#[test]
+fn a_record_claims_trusted_and_flushed_pieces_only() {
+    let (dir, s, path, have) = saved();
+    let again = storage(dir.path(), s.layout());
+    assert_eq!(again.durable_pieces().count_ones(), 0);
+    again.trust_durable(&have);
+    again.found_unsynced(1);
+    assert_eq!(again.durable_pieces(), have);
+    // The save flushes first, so piece 1 is claimed too; piece 3 never was on disk.
+    let mut want = have.clone();
+    want.set(1);
+    want.set(3);
+    again.save_resume(&path, &HASH, &want).unwrap();
+    want.clear(3);
+    assert_eq!(again.load_resume(&path, &HASH), Some(want));
+    assert_eq!(again.unsynced_bytes(), 0);
 }
 
 #[test]
