@@ -331,7 +331,7 @@ fn seed_to_libtorrent(kind: &str, rt: &str, magnet: bool, seed: u64) {
     // Its own progress reports count everything libtorrent downloaded as uploaded.
     let uploaded = wait_for(
         "hyperblow seed to report the upload",
-        Duration::from_secs(10),
+        BOUND,
         &[&seeder],
         || {
             Ok(seeder
@@ -345,9 +345,7 @@ fn seed_to_libtorrent(kind: &str, rt: &str, magnet: bool, seed: u64) {
     .unwrap_or_else(|e| panic!("{e}"));
     // Ctrl-C: the seeder stops cleanly (exit code 130, as for an interrupted run).
     seeder.signal(Signal::INT).expect("SIGINT hyperblow seed");
-    let status = seeder
-        .wait_exit(Duration::from_secs(15))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let status = seeder.wait_exit(BOUND).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.code(), Some(130), "{}", seeder.log_tail(30));
     println!(
         "[timing] `hyperblow seed` ({rt}) -> libtorrent ({}) via {kind} opentracker: libtorrent \

@@ -703,7 +703,7 @@ mod tests {
         let t = Instant::now();
         let err = run_bounded(Command::new("sleep").arg("30"), Duration::from_millis(150));
         assert!(matches!(err, Err(HarnessError::Timeout { .. })));
-        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(25));
         let ok = run_checked(Command::new("echo").arg("hi"), Duration::from_secs(5)).unwrap();
         assert_eq!(ok.stdout, "hi\n");
         assert!(run_checked(&mut Command::new("false"), Duration::from_secs(5)).is_err());
