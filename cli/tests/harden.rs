@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bin, exit_code, fixture, s, spawn, spawn_hyperblow, wait_json_event, Fixture};
+use common::{
+    bin, download_args, exit_code, fixture, s, spawn, spawn_hyperblow, wait_json_event, Fixture,
+};
 
 const FILES: &[(&str, usize)] = &[("a.bin", 100_000), ("b.bin", 33_333)];
 const PIECE: u32 = 32 * 1024;
@@ -104,16 +106,7 @@ fn handshake_for(fx: &Fixture) -> [u8; 68] {
 
 fn download(torrent: &Path, out: &Path, extra: &[&str]) -> Output {
     Command::new(bin())
-        .args([
-            "download",
-            "--no-dht",
-            s(torrent),
-            "-o",
-            s(out),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(extra)
+        .args(download_args(torrent, out, extra))
         .output()
         .expect("run hyperblow")
 }
@@ -187,20 +180,11 @@ fn a_failed_resume_save_is_not_reported_as_saved() {
     let _mount = Mount(state.clone());
     let child = spawn(
         "unsaved",
-        &[
-            "download",
-            "--no-dht",
-            s(&fx.torrent),
-            "-o",
-            s(&out),
-            "--bind",
-            "127.0.0.1",
-            "--peer",
-            &peer,
-            "--timeout",
-            "3s",
-            "--json",
-        ],
+        &download_args(
+            &fx.torrent,
+            &out,
+            &["--peer", &peer, "--timeout", "3s", "--json"],
+        ),
         fx.dir.path(),
     );
     wait_json_event(&child, "added", Duration::from_secs(30));
@@ -245,18 +229,7 @@ fn timeout_is_not_overshot_by_an_unanswering_udp_tracker() {
     let started = Instant::now();
     let child = spawn_hyperblow(
         "silent-tracker",
-        &[
-            "download",
-            "--no-dht",
-            s(&fx.torrent),
-            "-o",
-            s(&out),
-            "--bind",
-            "127.0.0.1",
-            "--timeout",
-            "2s",
-            "--quiet",
-        ],
+        &download_args(&fx.torrent, &out, &["--timeout", "2s", "--quiet"]),
         fx.dir.path(),
         HANG_BOUND,
     );

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    bin, exit_code, s, spawn, start_seeder, start_seeder_with, wait_json_event, Fixture, BOUND,
-    DONE_WITHIN,
+    bin, download_args, exit_code, s, spawn, start_seeder, start_seeder_with, wait_json_event,
+    Fixture, BOUND, DONE_WITHIN,
 };
 use hyperblow_tests::interop::{wait_for, ChildGuard, Signal};
 use hyperblow_tests::trackers::TestTracker;
@@ -60,20 +60,11 @@ fn throttled_seeder(fx: &Fixture, runtime: &str) -> ChildGuard {
 }
 
 fn leech_args<'a>(fx: &'a Fixture, out: &'a Path, runtime: &'a str) -> Vec<&'a str> {
-    vec![
-        "download",
-        "--no-dht",
-        s(&fx.torrent),
-        "-o",
-        s(out),
-        "--runtime",
-        runtime,
-        "--bind",
-        "127.0.0.1",
-        "--json",
-        "--timeout",
-        "20s",
-    ]
+    download_args(
+        &fx.torrent,
+        out,
+        &["--runtime", runtime, "--json", "--timeout", "20s"],
+    )
 }
 
 fn assert_same_tree(files: &[(&str, usize)], a: &Path, b: &Path) {
@@ -481,18 +472,7 @@ fn exit_codes_for_bad_torrent_no_peers_and_magnet() {
     let out = fx.dir.path().join("out");
     let lonely = spawn(
         "lonely",
-        &[
-            "download",
-            "--no-dht",
-            s(&fx.torrent),
-            "-o",
-            s(&out),
-            "--bind",
-            "127.0.0.1",
-            "--timeout",
-            "3s",
-            "--quiet",
-        ],
+        &download_args(&fx.torrent, &out, &["--timeout", "3s", "--quiet"]),
         fx.dir.path(),
     );
     assert_eq!(exit_code(&lonely, BOUND), 5, "{}", lonely.log_tail(20));

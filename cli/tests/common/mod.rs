@@ -87,6 +87,22 @@ pub fn spawn_hyperblow(name: &str, args: &[&str], log_dir: &Path, bound: Duratio
     ChildGuard::spawn(name, &cmd, log_dir, bound).expect("spawn hyperblow")
 }
 
+/// `download --no-dht TORRENT -o OUT --bind 127.0.0.1` and then `extra`: the loopback-only
+/// download the CLI tests start from.
+pub fn download_args<'a>(torrent: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "download",
+        "--no-dht",
+        s(torrent),
+        "-o",
+        s(out),
+        "--bind",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// [`spawn_hyperblow`] bounded by [`BOUND`].
 pub fn spawn(name: &str, args: &[&str], log_dir: &Path) -> ChildGuard {
     spawn_hyperblow(name, args, log_dir, BOUND)
