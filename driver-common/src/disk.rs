@@ -46,7 +46,7 @@ pub(crate) struct Disk {
     /// How many: a checkpoint is due once they reach [`CHECKPOINT_SHARE`] of the torrent, however
     /// soon after the last one, so that a restart after a crash hashes little.
     pub written_since_save: u32,
-    /// A resume save is running on the pool.
+    /// A resume save is running (on a thread of its own, see [`run_beside_pool`]).
     pub saving: bool,
     /// When the last save started.
     pub last_save: Option<StdInstant>,
@@ -59,7 +59,7 @@ pub(crate) struct Disk {
     /// Held by whoever writes to the torrent's files; `true` once the torrent is removed (no write
     /// may start after that).
     pub gate: Arc<Mutex<bool>>,
-    /// A writeback flush (see [`Disk::writeback`]) is running on the pool.
+    /// A writeback flush (see [`Disk::writeback`]) is running on its thread.
     pub syncing: Arc<AtomicBool>,
 }
 
@@ -97,9 +97,9 @@ impl Disk {
     /// direct writes, whose data is on the device already) commits the file system's journal and
     /// the device's cache. Not on the worker pool: a flush mostly waits for the disk, and a worker
     /// waiting there is one fewer hashing (measured with 16 KiB pieces, on 2 cores: the download
-    /// slowed by a fifth). A failure is left to the next resume save, whose flush retries the file
-    /// and reports it.
-    pub fn writeback(&self) {
+    /// slowed by a fifth). A failure goes to `failed`, on the flush's thread: the kernel reports a
+    /// failed writeback once, so a later flush would not see it again.
+    pub fn writeback(&self, failed: impl FnOnce(StorageError) + Send + 'static) {
         if self.storage.unsynced_bytes() < WRITEBACK_EVERY
             || self.syncing.swap(true, Ordering::AcqRel)
         {
@@ -110,8 +110,11 @@ impl Disk {
         let spawned = std::thread::Builder::new()
             .name("hyperblow-sync".into())
             .spawn(move || {
-                let _ = storage.flush();
+                let result = storage.flush();
                 syncing.store(false, Ordering::Release);
+                if let Err(e) = result {
+                    failed(e);
+                }
             });
         if spawned.is_err() {
             // No thread to be had: the next resume save flushes instead.

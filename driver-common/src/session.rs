@@ -135,6 +135,8 @@ pub(crate) enum Ctl {
     Event(SessionEvent),
     /// A resume save finished.
     ResumeSaved(TorrentId, Result<(), StorageError>),
+    /// A writeback flush failed (see `Disk::writeback`): the torrent stops, as after a failed write.
+    FlushFailed(TorrentId, StorageError),
     /// The files of a magnet torrent that got its metadata were checked.
     MagnetChecked(
         TorrentId,
@@ -918,11 +920,15 @@ impl<R: Runtime> Session<R> {
                 if write {
                     self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
                     let mut next = None;
+                    let ctl = &self.ctl_tx;
                     if let Some(d) = self.disks.get_mut(&torrent) {
                         if result == JobResult::Written {
                             d.dirty = true;
                             d.written_since_save = d.written_since_save.saturating_add(1);
-                            d.writeback();
+                            let ctl = ctl.clone();
+                            d.writeback(move |e| {
+                                let _ = ctl.unbounded_send(Ctl::FlushFailed(torrent, e));
+                            });
                         }
                         if queued {
                             next = d.write_queue.pop_front();
@@ -961,6 +967,15 @@ impl<R: Runtime> Session<R> {
             Ctl::Prepared(req, result, reply) => self.add_prepared(*req, result, reply),
             Ctl::MagnetChecked(id, result) => self.magnet_checked(id, result),
             Ctl::Event(ev) => self.broadcast(ev),
+            Ctl::FlushFailed(torrent, e) => {
+                self.broadcast(SessionEvent::StorageError {
+                    torrent,
+                    kind: e.kind,
+                    message: format!("flushing to disk: {e}"),
+                });
+                self.engine
+                    .handle_storage_failed(now, torrent, disk::failure(&e));
+            }
             Ctl::ResumeSaved(torrent, result) => {
                 if let Some(d) = self.disks.get_mut(&torrent) {
                     d.saving = false;

@@ -39,6 +39,9 @@ struct Inner {
     pending_bytes: u64,
     /// Covered by a completed flush (or trusted from a record written after one).
     durable: Bitfield,
+    /// A sync failed: from then on no piece becomes durable in this session (see
+    /// [`Durability::flush`]).
+    failed: bool,
 }
 
 impl Durability {
@@ -49,6 +52,7 @@ impl Durability {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 durable: Bitfield::new(pieces),
+                failed: false,
             }),
             flushing: Mutex::new(()),
         }
@@ -87,9 +91,14 @@ impl Durability {
     }
 
     /// Syncs every dirty file of `layer` and then counts the pieces written before the flush began
-    /// as durable. A failed sync loses those pieces for good (the kernel may have dropped the dirty
-    /// pages when it reported the error, so a later successful sync would prove nothing about them):
-    /// they stay out of every record, and a restart hashes them again.
+    /// as durable.
+    ///
+    /// A failed sync ends all trust for the rest of the session: no piece written so far that is
+    /// not durable yet, nor any written later, is ever counted durable. The kernel may have dropped
+    /// any page that was dirty while the failed writeback ran, including pages of writes that
+    /// returned during this flush (which are not in its list), and it reports such an error once
+    /// per file, so a later successful sync proves nothing about them. Records then claim only what
+    /// was durable before the failure, and a restart hashes the rest again.
     pub(crate) fn flush<L: SyncLayer>(&self, layer: &L) -> Result<(), L::Error> {
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(PoisonError::into_inner);
         // The pieces first, the files second: every piece taken here had its files marked dirty
@@ -100,14 +109,28 @@ impl Durability {
             inner.pending_bytes = 0;
             std::mem::take(&mut inner.pending)
         };
-        layer.sync_dirty()?;
+        let synced = layer.sync_dirty();
         let mut inner = self.lock();
+        if synced.is_err() {
+            inner.failed = true;
+        }
+        if inner.failed {
+            inner.pending.clear();
+            inner.pending_bytes = 0;
+            return synced;
+        }
         for i in pieces {
             if i < inner.durable.len() {
                 inner.durable.set(i);
             }
         }
         Ok(())
+    }
+
+    /// Whether a sync has failed in this session (nothing becomes durable any more).
+    #[cfg(test)]
+    pub(crate) fn failed(&self) -> bool {
+        self.lock().failed
     }
 }
 
@@ -184,6 +207,9 @@ mod tests {
                 self.files.write(self.durability, p, f);
             }
             if std::mem::take(&mut *self.files.fail_next_sync.borrow_mut()) {
+                // The failed writeback may drop every page of the file that was dirty while it
+                // ran, also those of writes that returned during it.
+                self.files.volatile.borrow_mut().remove(&file);
                 return Err(io::Error::other("EIO"));
             }
             self.files.on_disk.borrow_mut().extend(covered);
@@ -224,14 +250,39 @@ mod tests {
             files: &files,
             durability: &d,
         };
+        files.write(&d, 0, 1);
+        d.flush(&layer).unwrap();
         files.write(&d, 3, 0);
         *files.fail_next_sync.borrow_mut() = true;
         assert!(d.flush(&layer).is_err());
+        assert!(d.failed());
         // The file is synced again next time, but piece 3's bytes may be gone: never claimed.
+        // Nor is anything written later: the session no longer trusts its syncs. What was
+        // durable before the failure stays durable.
         files.write(&d, 4, 0);
         d.flush(&layer).unwrap();
-        assert_eq!(durable_set(&d), BTreeSet::from([4]));
+        assert_eq!(durable_set(&d), BTreeSet::from([0]));
+        assert_eq!(d.pending_bytes(), 0);
         assert!(!files.on_disk.borrow().contains(&3));
+    }
+
+    #[test]
+    fn a_write_that_returned_during_a_failed_sync_is_never_durable() {
+        let files = FakeFiles::default();
+        let d = Durability::new(8);
+        let layer = Layer {
+            files: &files,
+            durability: &d,
+        };
+        files.write(&d, 1, 0);
+        // Piece 2 lands in file 0 while the failing sync runs: the failed writeback may take
+        // its page too, and the kernel reports that error only once.
+        files.during_sync.borrow_mut().push((2, 0));
+        *files.fail_next_sync.borrow_mut() = true;
+        assert!(d.flush(&layer).is_err());
+        d.flush(&layer).unwrap();
+        assert!(durable_set(&d).is_empty());
+        assert!(files.on_disk.borrow().is_empty());
     }
 
     /// One step of a random history: a write of a piece into a file, a write that lands during

@@ -754,7 +754,9 @@ impl Storage {
     /// flush (including ones whose handle was closed since) and the directories whose entries
     /// changed, then counts the pieces whose writes returned before it began as durable (see
     /// [`Storage::durable_pieces`]). Flushes of one storage run one at a time. Files that failed to
-    /// sync stay marked, and the pieces it covered are never counted durable.
+    /// sync stay marked; after a failed sync no piece that was not durable yet, and none written
+    /// later, is counted durable in this session (see `Durability::flush` for why), so records
+    /// claim only what was durable before it and a restart hashes the rest.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.durability.flush(&FileSync(self))
     }
@@ -793,7 +795,7 @@ impl Storage {
         let (open, closed) = self.cache.take_dirty();
         let mut first_error = None;
         for (i, handle) in &open {
-            if let Err(e) = handle.sync_data() {
+            if let Err(e) = handle.sync_data().or_else(cannot_sync) {
                 self.cache.mark_dirty(*i);
                 first_error.get_or_insert(StorageError::io(StorageOp::Sync, self.path_of(*i), e));
             }
@@ -801,7 +803,7 @@ impl Storage {
         self.cache.return_synced(open);
         for i in closed {
             let path = self.path_of(i);
-            let result = File::open(path).and_then(|f| f.sync_data());
+            let result = File::open(path).and_then(|f| f.sync_data().or_else(cannot_sync));
             match result {
                 Ok(()) => {}
                 // The user deleted it: nothing left to sync.
@@ -834,6 +836,16 @@ impl Storage {
             .handle
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// A sync that failed because the file system cannot sync at all counts as done: `EINVAL` (a file
+/// system without `fsync`, such as an ISO 9660 image or squashfs, seeded from) and `EROFS` (mounted
+/// read-only). Neither holds data of ours waiting in the page cache: they accept no writes.
+fn cannot_sync(e: io::Error) -> io::Result<()> {
+    match e.kind() {
+        io::ErrorKind::InvalidInput | io::ErrorKind::ReadOnlyFilesystem => Ok(()),
+        _ => Err(e),
     }
 }
 

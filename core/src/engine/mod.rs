@@ -840,6 +840,20 @@ impl Engine {
 
     // ===== work ==================================================================================
 
+    /// The driver's storage of `torrent` failed outside any job: a background flush (`fdatasync`)
+    /// reported an error, so pieces written before it may not be on the disk. The torrent stops
+    /// with the failure's message, as after a failed write; other torrents go on. A restart's check
+    /// finds what the disk really holds (records claim only pieces a successful flush covered).
+    pub fn handle_storage_failed(
+        &mut self,
+        now: Instant,
+        torrent: TorrentId,
+        failure: StorageFailure,
+    ) {
+        self.torrent_error(now, torrent, failure.message);
+        self.maintain(now);
+    }
+
     /// A job finished.
     pub fn handle_job_done(&mut self, now: Instant, id: JobId, result: JobResult) {
         let Some(info) = self.jobs.remove(&id) else {

@@ -1626,6 +1626,54 @@ fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
     assert_eq!(net.nodes[1].engine.pieces.bytes(), 0);
 }
 
+/// A failed background flush (the driver's `fdatasync`, outside any job) stops the torrent like a
+/// failed write: its peers are dropped and the error names the failure; the seeder goes on.
+#[test]
+fn a_failed_flush_stops_the_torrent() {
+    let (mut net, _meta, _content, ts, tl) = seed_and_leech(vec![]);
+    let (now, seeder) = (net.now, net.nodes[0].addr);
+    net.nodes[1].engine.add_peer(now, tl, seeder);
+    assert!(net.run_until(Duration::from_secs(30), |n| {
+        n.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PieceVerified { .. }))
+    }));
+    let now = net.now;
+    net.nodes[1].engine.handle_storage_failed(
+        now,
+        tl,
+        StorageFailure {
+            kind: StorageFailureKind::Other,
+            message: "syncing multi/a: Input/output error".into(),
+        },
+    );
+    net.settle();
+    let st = net.nodes[1]
+        .engine
+        .torrent_stats(net.now, tl)
+        .expect("stats");
+    assert!(
+        matches!(&st.state, TorrentState::Error(m) if m.contains("Input/output error")),
+        "{:?}",
+        st.state
+    );
+    assert_eq!(st.peers, 0);
+    assert!(net.nodes[1]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::TorrentError { torrent, .. } if *torrent == tl)));
+    let seed = net.nodes[0]
+        .engine
+        .torrent_stats(net.now, ts)
+        .expect("seeder stats");
+    assert!(
+        matches!(seed.state, TorrentState::Seeding),
+        "{:?}",
+        seed.state
+    );
+}
+
 #[test]
 fn a_verify_job_out_at_a_disk_error_still_settles_its_piece_after_resume() {
     let (mut net, _meta, content, _ts, tl) = seed_and_leech(vec![]);
