@@ -299,6 +299,9 @@ impl Display {
             SessionEvent::Engine(Event::PeerRefused { addr, reason, .. }) => {
                 tracing::debug!("peer {addr} refused: {reason}")
             }
+            SessionEvent::Engine(Event::PeerConnectFailed { addr, reason, .. }) => {
+                tracing::debug!("connecting to peer {addr} failed: {reason}")
+            }
             SessionEvent::Engine(Event::WebSeedError { url, message, .. }) => {
                 tracing::warn!("web seed {url}: {message}")
             }
@@ -528,6 +531,12 @@ pub fn event_json(ev: &SessionEvent) -> Option<Value> {
                 addr,
                 reason,
             } => json!({"event": "peer_refused", "torrent": torrent.map(|t| t.0),
+                "addr": addr.to_string(), "reason": reason}),
+            Event::PeerConnectFailed {
+                torrent,
+                addr,
+                reason,
+            } => json!({"event": "peer_connect_failed", "torrent": torrent.0,
                 "addr": addr.to_string(), "reason": reason}),
             Event::WebSeedError {
                 torrent,

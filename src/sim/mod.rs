@@ -1476,5 +1476,6 @@ fn event_tag(e: &Event) -> u64 {
         Event::ScrapeResult { url, .. } => 14 << 32 | url.len() as u64,
         Event::PeerRefused { addr, .. } => 15 << 32 | u64::from(addr.port()),
         Event::WebSeedError { url, .. } => 16 << 32 | url.len() as u64,
+        Event::PeerConnectFailed { addr, .. } => 17 << 32 | u64::from(addr.port()),
     }
 }

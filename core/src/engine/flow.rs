@@ -691,6 +691,11 @@ impl Engine {
                 });
             } else if c.outgoing {
                 t.book.failed(now, &c.addr);
+                self.events.push_back(Event::PeerConnectFailed {
+                    torrent: tid,
+                    addr: c.addr,
+                    reason: reason.to_owned(),
+                });
             }
             if t.choker.is_unchoked(id) {
                 t.choker.rechoke_soon();

@@ -245,6 +245,18 @@ pub enum Event {
         /// Why, in one line.
         reason: String,
     },
+    /// A connection we dialled to a peer ended before its handshake completed (refused, timed
+    /// out, closed, or the handshake or its encryption failed); the address is tried again after
+    /// its back-off. Front ends log it at debug level, so that a peer given by hand that cannot be
+    /// reached says why.
+    PeerConnectFailed {
+        /// The torrent.
+        torrent: TorrentId,
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why, in one line.
+        reason: String,
+    },
     /// A peer was turned away (a connection cap, the per-address cap, a full torrent with no
     /// connection to give up for it). Front ends log it at debug level: without it a refused honest
     /// peer leaves no trace.

@@ -1626,6 +1626,29 @@ fn a_torrent_stopped_by_a_write_failure_completes_after_resume() {
     assert_eq!(net.nodes[1].engine.pieces.bytes(), 0);
 }
 
+/// A dial to a peer that fails before the handshake (nobody listens there) is told as
+/// `PeerConnectFailed` with the reason, so a peer given by hand that cannot be reached leaves a
+/// trace; it is tried again after its back-off.
+#[test]
+fn a_failed_dial_is_reported_and_retried() {
+    let (mut net, _meta, _content, _ts, tl) = seed_and_leech(vec![]);
+    let nobody: SocketAddr = "127.0.0.99:6881".parse().expect("addr");
+    let now = net.now;
+    net.nodes[1].engine.add_peer(now, tl, nobody);
+    let failures = |n: &Net| {
+        n.nodes[1]
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(e, Event::PeerConnectFailed { torrent, addr, reason }
+                    if *torrent == tl && *addr == nobody && reason.contains("refused"))
+            })
+            .count()
+    };
+    assert!(net.run_until(Duration::from_secs(5), |n| failures(n) == 1));
+    assert!(net.run_until(Duration::from_secs(120), |n| failures(n) >= 2));
+}
+
 /// A failed background flush (the driver's `fdatasync`, outside any job) stops the torrent like a
 /// failed write: its peers are dropped and the error names the failure; the seeder goes on.
 #[test]
